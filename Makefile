@@ -1,0 +1,47 @@
+# tpwire - two commands do everything on a fresh machine: `make gen` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tpwire-bootstrap
+SPECS := $(sort $(wildcard spec/*.yaml))
+# torch is pinned: 2.13.0 installs the CPU build from the machine's local wheel,
+# an unpinned torch would download gigabytes of CUDA packages.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: gen test check lint typecheck fresh clean-venv help
+
+help:
+	@echo "make gen    - bootstrap .venv, compile spec/ into generated/ and docs/"
+	@echo "make test   - run the test suite"
+	@echo "make check  - ruff, mypy --strict, freshness of generated output"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+gen: $(STAMP)
+	$(PY) -m tpwire gen $(SPECS) --out generated --docs docs/spec
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy -p tpwire.codegen -p tpwire.runtime -p tpwire.generated -p tpwire
+
+fresh: gen
+	@git add -N generated docs >/dev/null 2>&1 || true
+	@if [ -n "$$(git status --porcelain -- generated docs)" ]; then \
+		echo "error: 'make gen' changed generated/ or docs/; commit the regenerated output:"; \
+		git status --short -- generated docs; exit 1; \
+	fi
+
+check: lint typecheck fresh
+
+clean-venv:
+	rm -rf $(VENV)

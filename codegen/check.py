@@ -1,0 +1,512 @@
+"""Stage 2 - check: structure against the shipped meta-schema, then meaning.
+
+Every problem becomes a located ``SpecError``; all of them are collected and raised
+together, sorted by position. Nothing here raises anything else for any input tree.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import keyword
+import math
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from . import expr
+from .errors import SpecError, SpecErrors
+from .load import LoadedSpec, PathKey
+from .model import (
+    CDim,
+    CEnum,
+    CExpr,
+    CField,
+    CHeader,
+    CheckedSpec,
+    CInvariant,
+    CMessage,
+    TypeRef,
+)
+
+SPEC_LANGUAGE_VERSION = 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_FIELDS = 62  # presence bits fit one int64 word
+MAX_HEADER_FIELDS = 16
+MAX_RANK = 8
+MAX_STR_LEN = 256
+WIRE_DTYPE_NAMES = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+)
+_BASE_TYPES = ("int", "float", "bool", "str", "tensor")
+_RESERVED = frozenset({"m", "h", "MESSAGE_ID", "MESSAGE_VERSION", "ACTION", "self", "cls"})
+
+
+@cache
+def meta_schema() -> dict[str, Any]:
+    text = resources.files("tpwire.codegen").joinpath("meta_schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _describe(path: PathKey) -> str:
+    return ".".join(str(p) for p in path) or "the spec"
+
+
+def _did_you_mean(name: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def meta_errors(loaded: LoadedSpec) -> list[SpecError]:
+    """Structural errors from the meta-schema, located at the offending key or value."""
+    validator = jsonschema.Draft202012Validator(meta_schema())
+    out: list[SpecError] = []
+    for err in validator.iter_errors(loaded.data):
+        path: PathKey = tuple(err.absolute_path)
+        where = _describe(path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = set(err.schema.get("properties", {}))
+            if allowed:
+                for key in sorted(set(err.instance) - allowed):
+                    hint = _did_you_mean(key, allowed)
+                    out.append(
+                        loaded.error(
+                            (*path, key), "unknown-key", f"unknown key {key!r} in {where}{hint}",
+                            key=True,
+                        )
+                    )
+                continue
+        if err.validator == "required":
+            out.append(loaded.error(path, "missing-key", f"{where}: {err.message}"))
+            continue
+        if err.validator == "pattern" and len(path) and err.parent is None:
+            out.append(loaded.error(path, "bad-name", f"{where}: {err.message}"))
+            continue
+        if err.validator == "propertyNames":
+            bad = err.instance
+            out.append(
+                loaded.error(
+                    (*path, bad) if isinstance(bad, str) else path,
+                    "bad-name",
+                    f"bad name {bad!r} in {where}: {err.message}",
+                    key=True,
+                )
+            )
+            continue
+        out.append(loaded.error(path, "schema", f"{where}: {err.message}"))
+    return out
+
+
+class _Checker:
+    def __init__(self, loaded: LoadedSpec) -> None:
+        self.spec = loaded
+        self.data = loaded.data
+        self.errors: list[SpecError] = []
+        self.enums: dict[str, CEnum] = {}
+
+    def fail(
+        self, path: PathKey, code: str, message: str, *, key: bool = False, offset: int | None = None
+    ) -> None:
+        self.errors.append(self.spec.error(path, code, message, key=key, offset=offset))
+
+    # -- enums ------------------------------------------------------------------------
+
+    def check_enums(self) -> tuple[CEnum, ...]:
+        out = []
+        for name, body in self.data["enums"].items():
+            path: PathKey = ("enums", name)
+            seen: dict[int, str] = {}
+            members = []
+            for member, value in body["values"].items():
+                mpath = (*path, "values", member)
+                if keyword.iskeyword(member) or member.startswith("_") or member == "mro":
+                    self.fail(mpath, "bad-name", f"enum member {member!r} is reserved", key=True)
+                if not INT64_MIN <= value <= INT64_MAX:
+                    self.fail(mpath, "range", f"{name}.{member} = {value} does not fit int64")
+                if value in seen:
+                    self.fail(
+                        mpath, "duplicate-value",
+                        f"{name}.{member} reuses value {value} of {name}.{seen[value]}",
+                    )
+                seen[value] = member
+                members.append((member, int(value)))
+            enum = CEnum(name, body.get("doc", ""), tuple(members))
+            self.enums[name] = enum
+            out.append(enum)
+        return tuple(out)
+
+    # -- types and fields -------------------------------------------------------------
+
+    def parse_type(self, text: str, path: PathKey) -> TypeRef | None:
+        parts = [p.strip() for p in text.split("|")]
+        nullable = False
+        if len(parts) == 2 and parts[1] == "None":
+            nullable = True
+            parts = parts[:1]
+        if len(parts) != 1 or not parts[0]:
+            self.fail(path, "bad-type", f"cannot read type {text!r}: use T or 'T | None'")
+            return None
+        base = parts[0]
+        if base in _BASE_TYPES:
+            return TypeRef(base, None, nullable)
+        if base in self.enums:
+            return TypeRef("enum", base, nullable)
+        options = [*_BASE_TYPES, *self.enums]
+        self.fail(path, "unknown-type", f"unknown type {base!r}{_did_you_mean(base, options)}")
+        return None
+
+    def check_field(
+        self, name: str, body: Mapping[str, Any], path: PathKey, dims: Mapping[str, CDim]
+    ) -> CField | None:
+        if name in _RESERVED or keyword.iskeyword(name):
+            self.fail(path, "bad-name", f"field name {name!r} is reserved", key=True)
+        t = self.parse_type(body["type"], (*path, "type"))
+        if t is None:
+            return None
+        kind = t.kind
+
+        def only_for(key: str, kinds: tuple[str, ...]) -> None:
+            if key in body and kind not in kinds:
+                self.fail(
+                    (*path, key), "bad-key", f"{key!r} does not apply to a {t} field", key=True
+                )
+
+        only_for("range", ("int", "float"))
+        only_for("max_len", ("str",))
+        for key in ("dtypes", "shape", "max_elements"):
+            only_for(key, ("tensor",))
+        only_for("derived", ("int", "float", "bool"))
+        rmin = rmax = None
+        if kind in ("int", "float") and "range" in body:
+            rmin, rmax = body["range"].get("min"), body["range"].get("max")
+            for bound, key in ((rmin, "min"), (rmax, "max")):
+                if bound is None:
+                    continue
+                bpath = (*path, "range", key)
+                if kind == "int" and type(bound) is not int:
+                    self.fail(bpath, "bad-range", f"int field bound must be an integer, got {bound!r}")
+                elif kind == "int" and not INT64_MIN <= bound <= INT64_MAX:
+                    self.fail(bpath, "bad-range", f"bound {bound} does not fit int64")
+                elif isinstance(bound, float) and not math.isfinite(bound):
+                    self.fail(bpath, "bad-range", f"bound {bound} is not finite")
+            if (
+                isinstance(rmin, int | float)
+                and isinstance(rmax, int | float)
+                and rmin > rmax
+            ):
+                self.fail(
+                    (*path, "range"), "impossible-range", f"range min {rmin} > max {rmax}: no value fits"
+                )
+        max_len = None
+        if kind == "str":
+            max_len = body.get("max_len")
+            if max_len is None:
+                self.fail(path, "missing-key", f"str field {name!r} needs max_len")
+            elif not 1 <= max_len <= MAX_STR_LEN:
+                self.fail(
+                    (*path, "max_len"), "bad-range", f"max_len must be 1..{MAX_STR_LEN}, got {max_len}"
+                )
+        dtypes: tuple[str, ...] = ()
+        shape: tuple[int | str, ...] = ()
+        max_elements = None
+        if kind == "tensor":
+            dtypes, shape, max_elements = self.check_tensor(name, body, path, dims)
+        required_always = (
+            not t.nullable
+            and not any(k in body for k in ("required_when", "forbidden_when", "none_unless"))
+        )
+        return CField(
+            name=name,
+            path=path,
+            type=t,
+            always_required=required_always,
+            range_min=rmin,
+            range_max=rmax,
+            max_len=max_len,
+            dtypes=dtypes,
+            shape=shape,
+            max_elements=max_elements,
+            doc=body.get("doc", ""),
+            why=body.get("why", ""),
+            check=body.get("check", ""),
+            fm=body.get("fm"),
+        )
+
+    def check_tensor(
+        self, name: str, body: Mapping[str, Any], path: PathKey, dims: Mapping[str, CDim]
+    ) -> tuple[tuple[str, ...], tuple[int | str, ...], int | None]:
+        dtypes = body.get("dtypes")
+        shape = body.get("shape")
+        if dtypes is None:
+            self.fail(path, "missing-key", f"tensor field {name!r} needs dtypes")
+            dtypes = []
+        if shape is None:
+            self.fail(path, "missing-key", f"tensor field {name!r} needs shape")
+            shape = []
+        seen: set[str] = set()
+        for i, d in enumerate(dtypes):
+            if d not in WIRE_DTYPE_NAMES:
+                hint = _did_you_mean(d, WIRE_DTYPE_NAMES)
+                self.fail((*path, "dtypes", i), "unknown-dtype", f"unknown dtype {d!r}{hint}")
+            elif d in seen:
+                self.fail((*path, "dtypes", i), "duplicate-dtype", f"dtype {d!r} listed twice")
+            seen.add(d)
+        if len(shape) > MAX_RANK:
+            self.fail((*path, "shape"), "impossible-shape", f"rank {len(shape)} exceeds {MAX_RANK}")
+        smallest = 1
+        for i, d in enumerate(shape):
+            dpath = (*path, "shape", i)
+            if isinstance(d, int) and not isinstance(d, bool):
+                if d < 0:
+                    self.fail(dpath, "impossible-shape", f"dimension {d} is negative")
+                smallest *= max(d, 0)
+            elif isinstance(d, str) and d in dims:
+                smallest *= dims[d].min
+            else:
+                hint = _did_you_mean(str(d), dims)
+                self.fail(dpath, "unknown-dim", f"unknown dimension {d!r}; declare it under dims{hint}")
+        max_elements = body.get("max_elements")
+        if max_elements is not None:
+            if max_elements < 1:
+                self.fail((*path, "max_elements"), "bad-range", "max_elements must be >= 1")
+            elif smallest > max_elements:
+                self.fail(
+                    (*path, "max_elements"),
+                    "impossible-shape",
+                    f"the smallest legal shape has {smallest} elements, over max_elements {max_elements}",
+                )
+        return tuple(dtypes), tuple(shape), max_elements
+
+    # -- expressions ------------------------------------------------------------------
+
+    def check_expr(
+        self,
+        source: str,
+        path: PathKey,
+        symbols: Mapping[str, expr.Sym],
+        want: expr.Ty | None,
+        what: str,
+    ) -> CExpr | None:
+        enums = {e.name: [m for m, _ in e.members] for e in self.enums.values()}
+        try:
+            node = expr.parse(source)
+            ty = expr.typecheck(node, symbols, enums)
+        except expr.ExprError as exc:
+            self.fail(path, exc.code, f"{exc.message} in {what}", offset=exc.offset)
+            return None
+        if want is not None and not _assignable(ty, want):
+            self.fail(path, "expr-type", f"{what} must be {want}, got {ty}", offset=0)
+            return None
+        return CExpr(source, node, path)
+
+    def attach_rules(
+        self, field: CField, body: Mapping[str, Any], symbols: Mapping[str, expr.Sym]
+    ) -> CField:
+        rules: dict[str, CExpr | None] = {}
+        for key in ("required_when", "forbidden_when", "none_unless"):
+            if key in body:
+                rules[key] = self.check_expr(
+                    body[key], (*field.path, key), symbols, expr.BOOL, f"{key} of {field.name!r}"
+                )
+        if "derived" in body:
+            want = expr.Ty(field.type.kind)
+            rules["derived"] = self.check_expr(
+                body["derived"], (*field.path, "derived"), symbols, want, f"derived of {field.name!r}"
+            )
+            node = rules["derived"]
+            if node is not None and field.name in expr.names(node.node):
+                self.fail((*field.path, "derived"), "derived-cycle", f"{field.name!r} is derived from itself")
+        return _replace(field, **rules)
+
+    # -- header -----------------------------------------------------------------------
+
+    def check_header(self) -> CHeader | None:
+        body = self.data["header"]
+        fields_body: dict[str, Any] = body["fields"]
+        slots: list[str] = body["slots"]
+        hpath: PathKey = ("header",)
+        if len(fields_body) > MAX_HEADER_FIELDS:
+            self.fail((*hpath, "fields"), "too-many-fields", f"header has over {MAX_HEADER_FIELDS} fields")
+        seen: set[str] = set()
+        for i, s in enumerate(slots):
+            if s in seen:
+                self.fail((*hpath, "slots", i), "slot-order", f"slot {s!r} listed twice")
+            elif s not in fields_body:
+                hint = _did_you_mean(s, fields_body)
+                self.fail((*hpath, "slots", i), "slot-order", f"slot {s!r} is not a header field{hint}")
+            seen.add(s)
+        for name in fields_body:
+            if name not in seen:
+                self.fail((*hpath, "fields", name), "slot-order", f"header field {name!r} has no slot", key=True)
+        fields: dict[str, CField] = {}
+        for name, fbody in fields_body.items():
+            f = self.check_field(name, fbody, (*hpath, "fields", name), {})
+            if f is None:
+                continue
+            if f.type.kind not in ("int", "bool", "enum"):
+                self.fail((*hpath, "fields", name, "type"), "bad-type", f"header field {name!r} must be int, bool or an enum, got {f.type}")
+                continue
+            fields[name] = f
+        action = body["action"]
+        if action not in fields_body:
+            self.fail((*hpath, "action"), "unknown-field", f"action field {action!r} is not a header field{_did_you_mean(action, fields_body)}")
+        elif action in fields and (fields[action].type.kind != "enum" or not fields[action].always_required):
+            self.fail((*hpath, "action"), "bad-type", f"action field {action!r} must be a required enum")
+        symbols = {n: expr.Sym(f.type.ty, not f.always_required) for n, f in fields.items()}
+        for name, f in list(fields.items()):
+            fields[name] = self.attach_rules(f, fields_body[name], symbols)
+        ordered = tuple(fields[s] for s in slots if s in fields)
+        return CHeader(tuple(slots), action, ordered, body.get("doc", ""))
+
+    # -- messages ---------------------------------------------------------------------
+
+    def check_message(self, name: str, body: Mapping[str, Any], action_enum: CEnum | None) -> CMessage | None:
+        path: PathKey = ("messages", name)
+        for key in ("id", "version"):
+            v = body[key]
+            if type(v) is not int or not 1 <= v <= 2**31 - 1:
+                self.fail((*path, key), "bad-version" if key == "version" else "bad-id", f"message {key} must be an integer >= 1, got {v!r}")
+        action = body["action"]
+        if action_enum is not None and action not in dict(action_enum.members):
+            hint = _did_you_mean(action, dict(action_enum.members))
+            self.fail((*path, "action"), "unknown-action", f"{action!r} is not a member of {action_enum.name}{hint}")
+        dims: dict[str, CDim] = {}
+        for dname, dbody in body.get("dims", {}).items():
+            dmin, dmax = dbody.get("min", 0), dbody["max"]
+            if dmin < 0 or dmin > dmax:
+                self.fail((*path, "dims", dname), "impossible-range", f"dimension {dname} range {dmin}..{dmax} is empty or negative")
+            dims[dname] = CDim(dname, dmin, dmax, dbody.get("doc", ""))
+        fields_body: dict[str, Any] = body["fields"]
+        if len(fields_body) > MAX_FIELDS:
+            self.fail((*path, "fields"), "too-many-fields", f"message has {len(fields_body)} fields, the limit is {MAX_FIELDS}")
+        fields: dict[str, CField] = {}
+        for fname, fbody in fields_body.items():
+            if fname in dims:
+                self.fail((*path, "fields", fname), "duplicate-name", f"{fname!r} is both a field and a dimension", key=True)
+            f = self.check_field(fname, fbody, (*path, "fields", fname), dims)
+            if f is not None:
+                fields[fname] = f
+        used = {d for f in fields.values() for d in f.shape if isinstance(d, str)}
+        for dname in dims:
+            if dname not in used:
+                self.fail((*path, "dims", dname), "unused-dim", f"dimension {dname} is bound by no tensor", key=True)
+        symbols: dict[str, expr.Sym] = {
+            n: expr.Sym(f.type.ty, not f.always_required) for n, f in fields.items()
+        }
+        for dname in dims:
+            binders = [f for f in fields.values() if dname in f.shape]
+            symbols[dname] = expr.Sym(expr.INT, not any(f.always_required for f in binders))
+        for fname, f in list(fields.items()):
+            fields[fname] = self.attach_rules(f, fields_body[fname], symbols)
+        disc = body.get("discriminator")
+        if disc is not None:
+            f = fields.get(disc)
+            if f is None:
+                self.fail((*path, "discriminator"), "unknown-field", f"discriminator {disc!r} is not a field{_did_you_mean(disc, fields)}")
+            elif f.type.kind != "enum" or not f.always_required:
+                self.fail((*path, "discriminator"), "bad-type", f"discriminator {disc!r} must be a required enum field without rules")
+        vfield = body.get("version_field")
+        if vfield is not None:
+            f = fields.get(vfield)
+            if f is None:
+                self.fail((*path, "version_field"), "unknown-field", f"version_field {vfield!r} is not a field{_did_you_mean(vfield, fields)}")
+            elif f.type.kind != "int":
+                self.fail((*path, "version_field"), "bad-type", f"version_field {vfield!r} must be an int field")
+        invariants = []
+        seen_ids: set[str] = set()
+        for i, inv in enumerate(body.get("invariants", [])):
+            ipath = (*path, "invariants", i)
+            if inv["id"] in seen_ids:
+                self.fail((*ipath, "id"), "duplicate-invariant", f"invariant id {inv['id']!r} is used twice")
+            seen_ids.add(inv["id"])
+            ce = self.check_expr(inv["expr"], (*ipath, "expr"), symbols, expr.BOOL, f"invariant {inv['id']!r}")
+            if ce is not None:
+                invariants.append(CInvariant(inv["id"], ce, inv["message"], inv.get("fm")))
+        return CMessage(
+            name=name,
+            path=path,
+            id=body["id"],
+            version=body["version"],
+            action=action,
+            discriminator=disc,
+            version_field=vfield,
+            doc=body.get("doc", ""),
+            dims=tuple(dims.values()),
+            fields=tuple(fields.values()),
+            invariants=tuple(invariants),
+        )
+
+    def run(self) -> CheckedSpec | None:
+        version = self.data["tpwire"]
+        if version != SPEC_LANGUAGE_VERSION:
+            self.fail(("tpwire",), "unsupported-version", f"spec language version {version!r} is not supported (this tpwire reads {SPEC_LANGUAGE_VERSION})")
+        enums = self.check_enums()
+        header = self.check_header()
+        action_enum = None
+        if header is not None:
+            action_field = next((f for f in header.fields if f.name == header.action), None)
+            if action_field is not None and action_field.type.enum in self.enums:
+                action_enum = self.enums[action_field.type.enum]
+        messages = []
+        ids: dict[int, str] = {}
+        actions: dict[str, str] = {}
+        for name, body in self.data["messages"].items():
+            m = self.check_message(name, body, action_enum)
+            if m is None:
+                continue
+            if m.id in ids:
+                self.fail((*m.path, "id"), "duplicate-id", f"message id {m.id} is already used by {ids[m.id]}")
+            ids[m.id] = name
+            if m.action in actions:
+                self.fail((*m.path, "action"), "duplicate-action", f"action {m.action} already carries {actions[m.action]}")
+            actions[m.action] = name
+            messages.append(m)
+        if header is None:
+            return None
+        return CheckedSpec(
+            file=self.spec.file,
+            sha256=self.spec.sha256,
+            protocol=self.data["protocol"],
+            doc=self.data.get("doc", ""),
+            enums=enums,
+            header=header,
+            messages=tuple(messages),
+        )
+
+
+def _assignable(got: expr.Ty, want: expr.Ty) -> bool:
+    return got == want or (want == expr.FLOAT and got == expr.INT)
+
+
+def _replace(f: CField, **changes: Any) -> CField:
+    from dataclasses import replace
+
+    return replace(f, **changes)
+
+
+def check(loaded: LoadedSpec) -> CheckedSpec:
+    """Run every check; raise ``SpecErrors`` with all problems found."""
+    errors = meta_errors(loaded)
+    if errors:
+        raise SpecErrors(errors)
+    checker = _Checker(loaded)
+    try:
+        spec = checker.run()
+    except (RecursionError, MemoryError):
+        raise SpecErrors([loaded.error((), "too-large", "spec is too complex to check")]) from None
+    if checker.errors or spec is None:
+        raise SpecErrors(checker.errors)
+    return spec

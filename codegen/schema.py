@@ -1,0 +1,163 @@
+"""JSON Schema (draft 2020-12) of an envelope's non-tensor fields, in plain-data form.
+
+Plain data: ``{"header": {...}, "message": "<class name>", "fields": {...}}`` with enums
+by member name, tensors as ``{"dtype": ..., "shape": [...]}`` (not checked here) and
+None as null. Rules that JSON Schema can say (ranges, required/forbidden under simple
+equality conditions, the discriminator) are translated; the rest (arithmetic, ``len``,
+invariants, shapes) is listed under ``x-tpwire-unchecked``: a documented limitation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import expr
+from .ir import FieldIR, MessageIR, ProtocolIR, VariantIR
+
+Schema = dict[str, Any]
+
+
+def _value_schema(f: FieldIR, enums: dict[str, list[str]]) -> Schema:
+    if f.kind == "int":
+        return {"type": "integer", "minimum": int(f.range_min or 0), "maximum": int(f.range_max or 0)}
+    if f.kind == "float":
+        s: Schema = {"type": "number"}
+        if f.range_min is not None:
+            s["minimum"] = float(f.range_min)
+        if f.range_max is not None:
+            s["maximum"] = float(f.range_max)
+        return s
+    if f.kind == "bool":
+        return {"type": "boolean"}
+    if f.kind == "str":
+        return {"type": "string", "maxLength": f.max_len}
+    if f.kind == "enum" and f.enum is not None:
+        return {"enum": enums[f.enum]}
+    return {"type": "object", "description": "tensor (not checked by this schema)"}
+
+
+def _const(node: expr.Node, enum_names: dict[str, dict[int, str]]) -> tuple[bool, Any]:
+    if isinstance(node, expr.Const) and node.value is not None:
+        return True, node.value
+    if isinstance(node, expr.EnumRef):
+        return True, node.member
+    return False, None
+
+
+def _condition(node: expr.Node, tensors: set[str], enum_names: dict[str, dict[int, str]]) -> Schema | None:
+    """An ``if`` subschema equivalent to a condition, or None when JSON Schema cannot say it."""
+    if isinstance(node, expr.Compare) and node.op == "==":
+        for a, b in ((node.left, node.right), (node.right, node.left)):
+            ok, value = _const(b, enum_names)
+            if isinstance(a, expr.Name) and ok and a.id not in tensors:
+                return {"properties": {a.id: {"const": value}}, "required": [a.id]}
+        return None
+    if isinstance(node, expr.BoolOp):
+        parts = [_condition(v, tensors, enum_names) for v in node.values]
+        if any(p is None for p in parts):
+            return None
+        return {"allOf" if node.op == "and" else "anyOf": parts}
+    if isinstance(node, expr.IsNone) and isinstance(node.operand, expr.Name):
+        name = node.operand.id
+        if node.negated:
+            return {"properties": {name: {"not": {"type": "null"}}}, "required": [name]}
+        return {"properties": {name: {"type": "null"}}}
+    return None
+
+
+def _variant_schema(m: MessageIR, v: VariantIR, enums: dict[str, list[str]]) -> Schema:
+    enum_names: dict[str, dict[int, str]] = {}
+    tensors = {f.name for f in m.tensors}
+    props: Schema = {}
+    required: list[str] = []
+    rules: list[Schema] = []
+    unchecked: list[str] = []
+    for vf in v.fields:
+        f = vf.field
+        if vf.annotation == "None":
+            props[f.name] = {"type": "null"}
+            continue
+        base = _value_schema(f, enums)
+        if vf.annotation.startswith("Literal["):
+            props[f.name] = {"const": v.member}
+            required.append(f.name)
+            continue
+        nullable = vf.annotation.endswith("| None")
+        props[f.name] = {"anyOf": [base, {"type": "null"}]} if nullable else base
+        if not nullable or f.explicit_none:
+            required.append(f.name)
+        present: Schema = {"properties": {f.name: {"not": {"type": "null"}}}, "required": [f.name]}
+        for kind, e in (("required_when", f.required_when), ("forbidden_when", f.forbidden_when), ("none_unless", f.none_unless)):
+            if e is None or not nullable:
+                continue
+            cond = _condition(expr.partial_eval(e.node, {m.discriminator.name: v.member_value} if m.discriminator and v.member_value is not None else {}, {}), tensors, enum_names)
+            if cond is None:
+                unchecked.append(f"{f.name} {kind}: {e.text}")
+            elif kind == "required_when":
+                rules.append({"if": cond, "then": present})
+            elif kind == "forbidden_when":
+                rules.append({"if": cond, "then": {"properties": {f.name: {"type": "null"}}}})
+            else:
+                rules.append({"if": {"not": cond}, "then": {"properties": {f.name: {"type": "null"}}}})
+        if f.derived is not None:
+            unchecked.append(f"{f.name} derived: {f.derived.text}")
+        if f.is_tensor:
+            unchecked.append(f"{f.name} dtype/shape: {f.shape_text}")
+    unchecked += [f"invariant {i.id}: {i.expr.text}" for i in m.invariants]
+    schema: Schema = {
+        "type": "object",
+        "properties": props,
+        "required": sorted(required),
+        "additionalProperties": False,
+    }
+    if rules:
+        schema["allOf"] = rules
+    if unchecked:
+        schema["x-tpwire-unchecked"] = unchecked
+    return schema
+
+
+def json_schema(p: ProtocolIR) -> Schema:
+    enums = {e.name: [name for name, _ in e.members] for e in p.enums}
+    header_props: Schema = {}
+    header_required = []
+    for f in p.header.fields:
+        base = _value_schema(f, enums)
+        if f.always_required:
+            header_props[f.name] = base
+            header_required.append(f.name)
+        else:
+            header_props[f.name] = {"anyOf": [base, {"type": "null"}]}
+    defs: Schema = {
+        "Header": {
+            "type": "object",
+            "properties": header_props,
+            "required": sorted(header_required),
+            "additionalProperties": False,
+        }
+    }
+    branches = []
+    for m in p.messages:
+        for v in m.variants:
+            defs[v.class_name] = _variant_schema(m, v, enums)
+            branches.append(
+                {
+                    "if": {"properties": {"message": {"const": v.class_name}}, "required": ["message"]},
+                    "then": {"properties": {"fields": {"$ref": f"#/$defs/{v.class_name}"}}, "required": ["fields"]},
+                }
+            )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:tpwire:{p.name}:{p.fingerprint_hex}",
+        "title": f"{p.name}: envelope non-tensor fields",
+        "type": "object",
+        "properties": {
+            "header": {"$ref": "#/$defs/Header"},
+            "message": {"enum": [None, *p.all_classes]},
+            "fields": {"type": ["object", "null"]},
+        },
+        "required": ["header"],
+        "additionalProperties": False,
+        "allOf": branches,
+        "$defs": defs,
+    }

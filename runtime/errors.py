@@ -1,0 +1,102 @@
+"""Errors and violations shared by every generated protocol module.
+
+Violations are data (protovalidate style): a stable ``code``, the field path, what the
+rule expected and what it saw, the rule text and the failure-mode id it guards, plus the
+header ids so one log line localises the chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: The stable violation codes of DESIGN section 4.
+VIOLATION_CODES = (
+    "missing",
+    "forbidden",
+    "type",
+    "dtype",
+    "shape",
+    "range",
+    "must_be_none",
+    "invariant",
+    "version",
+    "unknown_field",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule of one envelope."""
+
+    code: str
+    field: str
+    expected: str
+    actual: str
+    rule: str
+    fm: str | None = None
+    message: str = ""
+    call_id: int | None = None
+    chunk_index: int | None = None
+    cache_epoch: int | None = None
+
+    def ids(self) -> str:
+        return (
+            f"call_id={self.call_id} chunk_index={self.chunk_index} cache_epoch={self.cache_epoch}"
+        )
+
+    def __str__(self) -> str:
+        fm = f" [{self.fm}]" if self.fm else ""
+        why = f": {self.message}" if self.message else ""
+        return (
+            f"{self.ids()} {self.field}: {self.code}{fm}{why}; expected {self.expected}, "
+            f"got {self.actual} (rule: {self.rule})"
+        )
+
+    def as_dict(self) -> dict[str, str | int | None]:
+        return {
+            "code": self.code,
+            "field": self.field,
+            "expected": self.expected,
+            "actual": self.actual,
+            "rule": self.rule,
+            "fm": self.fm,
+            "message": self.message,
+            "call_id": self.call_id,
+            "chunk_index": self.chunk_index,
+            "cache_epoch": self.cache_epoch,
+        }
+
+
+class EnvelopeInvalid(Exception):
+    """An envelope broke one or more rules of its spec; carries every violation."""
+
+    def __init__(self, violations: Iterable[Violation]) -> None:
+        self.violations: tuple[Violation, ...] = tuple(violations)
+        lines = "\n".join(f"  - {v}" for v in self.violations)
+        n = len(self.violations)
+        super().__init__(f"envelope invalid ({n} violation{'s' if n != 1 else ''}):\n{lines}")
+
+    @property
+    def codes(self) -> frozenset[str]:
+        return frozenset(v.code for v in self.violations)
+
+
+class WireError(Exception):
+    """Frames from a peer that do not decode under this protocol.
+
+    Raised before anything is allocated from the peer's numbers. ``code`` is stable
+    (``frame0``, ``magic``, ``wire-version``, ``checksum``, ``fingerprint``, ``action``,
+    ``header``, ``message-id``, ``message-version``, ``presence``, ``scalar``, ``dtype``,
+    ``rank``, ``dim``, ``size``, ``frame1``), ``word`` is the frame 0 index involved.
+    """
+
+    def __init__(self, code: str, message: str, word: int | None = None) -> None:
+        self.code = code
+        self.word = word
+        at = f" (frame 0 word {word})" if word is not None else ""
+        super().__init__(f"wire error [{code}]{at}: {message}")
+
+
+class ProtocolMismatch(WireError):
+    """The peer speaks another protocol, spec revision or wire version."""

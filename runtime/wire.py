@@ -1,0 +1,475 @@
+"""Wire format support shared by the generated protocol modules (DESIGN section 5).
+
+Frame 0 is a fixed-length int64 vector: magic + wire version, spec fingerprint, header
+slots, header presence, message id and version, field presence, scalar slots, the tensor
+manifest, the byte length of frame 1 and a checksum. Frame 1 is the tensor bytes, split
+into *segments* that both sides derive from the manifest alone: every tensor under
+``COALESCE_LIMIT`` bytes goes into one packed segment (16-byte aligned), every larger
+tensor is its own segment, sent straight from (or received straight into) its storage.
+
+Nothing here unpickles, evaluates or allocates from a peer's numbers before they have
+been checked against the spec's bounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
+
+MAGIC = 0x74707769  # "tpwi"
+WIRE_VERSION = 1
+MAGIC_WORD = (MAGIC << 16) | WIRE_VERSION
+#: Fixed words before the header slots: magic/version, fingerprint.
+W_MAGIC = 0
+W_FINGERPRINT = 1
+W_HEADER = 2
+ALIGN = 16
+COALESCE_LIMIT = 64 * 1024
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class WireDtype:
+    code: int
+    name: str
+    torch_dtype: torch.dtype
+    itemsize: int
+
+
+#: Every dtype the wire can carry, by stable code (0 means "tensor absent").
+WIRE_DTYPES: tuple[WireDtype, ...] = (
+    WireDtype(1, "float32", torch.float32, 4),
+    WireDtype(2, "float16", torch.float16, 2),
+    WireDtype(3, "bfloat16", torch.bfloat16, 2),
+    WireDtype(4, "float64", torch.float64, 8),
+    WireDtype(5, "int64", torch.int64, 8),
+    WireDtype(6, "int32", torch.int32, 4),
+    WireDtype(7, "int16", torch.int16, 2),
+    WireDtype(8, "int8", torch.int8, 1),
+    WireDtype(9, "uint8", torch.uint8, 1),
+    WireDtype(10, "bool", torch.bool, 1),
+)
+DTYPE_BY_NAME: dict[str, WireDtype] = {d.name: d for d in WIRE_DTYPES}
+DTYPE_BY_CODE: dict[int, WireDtype] = {d.code: d for d in WIRE_DTYPES}
+DTYPE_BY_TORCH: dict[torch.dtype, WireDtype] = {d.torch_dtype: d for d in WIRE_DTYPES}
+
+
+def dtype_name(dtype: object) -> str:
+    """The spec name of a torch dtype (``torch.bfloat16`` -> ``bfloat16``)."""
+    wd = DTYPE_BY_TORCH.get(dtype) if isinstance(dtype, torch.dtype) else None
+    return wd.name if wd is not None else str(dtype).removeprefix("torch.")
+
+
+# --- scalars ---------------------------------------------------------------------------
+
+
+def float_to_word(x: float) -> int:
+    word: int = struct.unpack("<q", struct.pack("<d", x))[0]
+    return word
+
+
+def word_to_float(w: int) -> float:
+    x: float = struct.unpack("<d", struct.pack("<q", w))[0]
+    return x
+
+
+def str_to_words(s: str, nwords: int) -> list[int]:
+    """Length word + UTF-8 bytes packed little-endian into ``nwords`` words."""
+    raw = s.encode("utf-8")
+    padded = raw.ljust(nwords * 8, b"\0")
+    return [len(raw), *struct.unpack(f"<{nwords}q", padded)]
+
+
+def words_to_str(words: Sequence[int], max_len: int, word: int) -> str:
+    n = words[0]
+    if not 0 <= n <= max_len:
+        raise WireError("scalar", f"string length {n} outside 0..{max_len}", word)
+    raw = struct.pack(f"<{len(words) - 1}q", *words[1:])
+    if any(raw[n:]):
+        raise WireError("scalar", "string padding is not zero", word)
+    try:
+        return raw[:n].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError("scalar", f"string is not UTF-8: {exc.reason}", word) from None
+
+
+def word_to_bool(w: int, word: int) -> bool:
+    if w == 0:
+        return False
+    if w == 1:
+        return True
+    raise WireError("scalar", f"bool slot holds {w}, expected 0 or 1", word)
+
+
+# --- frame 0 ---------------------------------------------------------------------------
+
+
+def _checksum(body: bytes) -> int:
+    digest = hashlib.blake2b(body, digest_size=8).digest()
+    value: int = struct.unpack("<q", digest)[0]
+    return value
+
+
+def seal(words: list[int]) -> torch.Tensor:
+    """Frame 0 from its words; the last word is set to the checksum of the others."""
+    buf = array("q", words)
+    buf[-1] = _checksum(buf[:-1].tobytes())
+    return torch.frombuffer(buf, dtype=torch.int64)
+
+
+def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
+    """Check the envelope of frame 0 and return its words.
+
+    Order matters for the error a peer sees: shape, magic, wire version, checksum,
+    fingerprint. Only then are the words trusted enough to be read as a header.
+    """
+    if not isinstance(frame0, torch.Tensor):
+        raise WireError("frame0", f"frame 0 must be a torch.Tensor, got {type(frame0).__name__}")
+    if frame0.dtype != torch.int64 or frame0.dim() != 1:
+        raise WireError(
+            "frame0", f"frame 0 must be a 1-D int64 tensor, got {frame0.dtype} {list(frame0.shape)}"
+        )
+    if frame0.numel() != length:
+        raise WireError("frame0", f"frame 0 has {frame0.numel()} words, this protocol uses {length}")
+    words: list[int] = frame0.tolist()
+    if words[W_MAGIC] >> 16 != MAGIC:
+        raise ProtocolMismatch("magic", f"bad magic {words[W_MAGIC]:#x}", W_MAGIC)
+    if words[W_MAGIC] & 0xFFFF != WIRE_VERSION:
+        raise ProtocolMismatch(
+            "wire-version",
+            f"peer speaks wire version {words[W_MAGIC] & 0xFFFF}, this side {WIRE_VERSION}",
+            W_MAGIC,
+        )
+    if _checksum(array("q", words[:-1]).tobytes()) != words[-1]:
+        raise WireError("checksum", "frame 0 checksum mismatch (corrupted frame)", length - 1)
+    if words[W_FINGERPRINT] != fingerprint:
+        raise ProtocolMismatch(
+            "fingerprint",
+            f"peer spec fingerprint {words[W_FINGERPRINT]:#018x} != {fingerprint:#018x} "
+            "(ranks run different spec revisions)",
+            W_FINGERPRINT,
+        )
+    return words
+
+
+# --- tensors and frame 1 ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSlot:
+    """One tensor of a manifest: where it lives in frame 1 and how to view it."""
+
+    field: str
+    dtype: WireDtype
+    shape: tuple[int, ...]
+    nbytes: int
+    segment: int
+    offset: int
+
+
+def plan_segments(
+    entries: Sequence[tuple[str, WireDtype, tuple[int, ...]]],
+) -> tuple[tuple[TensorSlot, ...], tuple[int, ...]]:
+    """Assign each tensor (in wire order) to a segment; both sides call this."""
+    small: list[tuple[int, str, WireDtype, tuple[int, ...], int]] = []
+    large: list[tuple[int, str, WireDtype, tuple[int, ...], int]] = []
+    for i, (field, wd, shape) in enumerate(entries):
+        nbytes = math.prod(shape) * wd.itemsize
+        (small if nbytes < COALESCE_LIMIT else large).append((i, field, wd, shape, nbytes))
+    slots: list[TensorSlot | None] = [None] * len(entries)
+    sizes: list[int] = []
+    if small:
+        off = 0
+        for i, field, wd, shape, nbytes in small:
+            slots[i] = TensorSlot(field, wd, shape, nbytes, 0, off)
+            off += -(-nbytes // ALIGN) * ALIGN
+        sizes.append(off)
+    for i, field, wd, shape, nbytes in large:
+        slots[i] = TensorSlot(field, wd, shape, nbytes, len(sizes), 0)
+        sizes.append(nbytes)
+    return tuple(s for s in slots if s is not None), tuple(sizes)
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def pack_segments(
+    tensors: Sequence[torch.Tensor], slots: Sequence[TensorSlot], sizes: Sequence[int]
+) -> tuple[torch.Tensor, ...]:
+    """Frame 1 segments: small tensors copied into one buffer, large ones viewed in place."""
+    segments: list[torch.Tensor | None] = [None] * len(sizes)
+    packed: torch.Tensor | None = None
+    for t, slot in zip(tensors, slots, strict=True):
+        if slot.nbytes < COALESCE_LIMIT:
+            if packed is None:
+                packed = torch.zeros(sizes[0], dtype=torch.uint8, device=t.device)
+                segments[0] = packed
+            if slot.nbytes:
+                packed[slot.offset : slot.offset + slot.nbytes].copy_(_as_bytes(t))
+        else:
+            segments[slot.segment] = _as_bytes(t)
+    return tuple(s if s is not None else torch.empty(0, dtype=torch.uint8) for s in segments)
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """An encoded envelope: frame 0 (int64 words) and frame 1 (uint8 segments)."""
+
+    frame0: torch.Tensor
+    segments: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def frame1_nbytes(self) -> int:
+        return sum(int(s.numel()) for s in self.segments)
+
+    def frame1(self) -> torch.Tensor:
+        """Frame 1 as one contiguous uint8 buffer (copies when there are several segments)."""
+        if len(self.segments) == 1:
+            return self.segments[0]
+        if not self.segments:
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.cat(list(self.segments))
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What frame 0 announced, checked against the spec; nothing allocated yet."""
+
+    header: Any
+    message: type | None
+    scalars: Mapping[str, object]
+    slots: tuple[TensorSlot, ...]
+    segment_nbytes: tuple[int, ...]
+    validate: Callable[[Any, Any], list[Violation]] | None = None
+
+    @property
+    def frame1_nbytes(self) -> int:
+        return sum(self.segment_nbytes)
+
+    def allocate(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+        """Empty receive buffers for frame 1, sized from the checked manifest."""
+        return tuple(torch.empty(n, dtype=torch.uint8, device=device) for n in self.segment_nbytes)
+
+    def finish(self, segments: Sequence[torch.Tensor]) -> tuple[Any, Any]:
+        """Rebuild the message from received segments, then validate it."""
+        if len(segments) != len(self.segment_nbytes):
+            raise WireError(
+                "frame1",
+                f"expected {len(self.segment_nbytes)} frame 1 segments, got {len(segments)}",
+            )
+        for i, (seg, n) in enumerate(zip(segments, self.segment_nbytes, strict=True)):
+            if not isinstance(seg, torch.Tensor) or seg.dtype != torch.uint8 or seg.dim() != 1:
+                raise WireError("frame1", f"segment {i} must be a 1-D uint8 tensor")
+            if seg.numel() != n:
+                raise WireError(
+                    "frame1", f"segment {i} holds {seg.numel()} bytes, manifest announced {n}"
+                )
+        if self.message is None:
+            return self.header, None
+        values = dict(self.scalars)
+        for slot in self.slots:
+            raw = segments[slot.segment][slot.offset : slot.offset + slot.nbytes]
+            values[slot.field] = raw.view(slot.dtype.torch_dtype).view(slot.shape)
+        msg = self.message(**values)
+        if self.validate is not None:
+            violations = self.validate(msg, self.header)
+            if violations:
+                raise EnvelopeInvalid(violations)
+        return self.header, msg
+
+
+def tensors_identical(a: object, b: object) -> bool:
+    """Bit-for-bit equality of two tensors (dtype, shape and bytes; NaNs included)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return a is b or (a is None and b is None)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.device != b.device:
+        b = b.to(a.device)
+    return bool(torch.equal(_as_bytes(a.contiguous()), _as_bytes(b.contiguous())))
+
+
+def check_frames(frames: object) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    if not isinstance(frames, Frames):
+        raise WireError("frame0", f"expected Frames, got {type(frames).__name__}")
+    return frames.frame0, tuple(frames.segments)
+
+
+# --- helpers called by generated encoders and decoders -----------------------------------
+
+Entry = tuple[str, WireDtype, tuple[int, ...]]
+#: A dimension of a tensor pattern: a constant, or (symbol, min, max).
+DimPattern = int | tuple[str, int, int]
+
+
+def materialize(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    if device is not None and t.device != torch.device(device):
+        t = t.to(device)
+    return t.contiguous()
+
+
+def put_tensor(words: list[int], word: int, field: str, t: torch.Tensor) -> Entry:
+    wd = DTYPE_BY_TORCH[t.dtype]
+    shape = tuple(t.shape)
+    words[word] = wd.code
+    words[word + 1 : word + 1 + len(shape)] = shape
+    return field, wd, shape
+
+
+def read_tensor(
+    w: Sequence[int],
+    word: int,
+    field: str,
+    codes: tuple[int, ...],
+    pattern: tuple[DimPattern, ...],
+    dims: dict[str, int],
+    max_elements: int,
+) -> Entry:
+    """One manifest entry, checked against the spec before anything is allocated."""
+    code = w[word]
+    if code not in codes:
+        allowed = ", ".join(DTYPE_BY_CODE[c].name for c in codes)
+        raise WireError("dtype", f"{field}: dtype code {code} is not one of {allowed}", word)
+    shape: list[int] = []
+    for i, p in enumerate(pattern):
+        d = w[word + 1 + i]
+        if isinstance(p, int):
+            if d != p:
+                raise WireError("dim", f"{field}: dim {i} is {d}, the spec fixes {p}", word + 1 + i)
+        else:
+            sym, lo, hi = p
+            if not lo <= d <= hi:
+                raise WireError(
+                    "dim", f"{field}: dim {i} ({sym}) = {d} outside {lo}..{hi}", word + 1 + i
+                )
+            bound = dims.setdefault(sym, d)
+            if bound != d:
+                raise WireError(
+                    "dim", f"{field}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere", word + 1 + i
+                )
+        shape.append(d)
+    n = math.prod(shape)
+    if n > max_elements:
+        raise WireError("size", f"{field}: {n} elements exceed the bound {max_elements}", word)
+    return field, DTYPE_BY_CODE[code], tuple(shape)
+
+
+def shape_problem(
+    t: torch.Tensor,
+    pattern: tuple[DimPattern, ...],
+    dims: dict[str, int],
+    max_elements: int,
+) -> str | None:
+    """Why ``t``'s shape breaks ``pattern`` (binding symbols into ``dims`` when it fits)."""
+    shape = tuple(t.shape)
+    if len(shape) != len(pattern):
+        return f"rank {len(shape)} {list(shape)}"
+    new: dict[str, int] = {}
+    for i, (d, p) in enumerate(zip(shape, pattern, strict=True)):
+        if isinstance(p, int):
+            if d != p:
+                return f"{list(shape)}: dim {i} is {d}, not {p}"
+            continue
+        sym, lo, hi = p
+        if not lo <= d <= hi:
+            return f"{list(shape)}: dim {i} ({sym}) = {d} outside {lo}..{hi}"
+        bound = dims.get(sym, new.get(sym))
+        if bound is not None and bound != d:
+            return f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
+        new[sym] = d
+    n = math.prod(shape)
+    if n > max_elements:
+        return f"{list(shape)}: {n} elements exceed {max_elements}"
+    dims.update(new)
+    return None
+
+
+def enum_member(enum: Callable[[int], Any], value: int, word: int, code: str = "scalar") -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        name = getattr(enum, "__name__", "enum")
+        raise WireError(code, f"{value} is not a member of {name}", word) from None
+
+
+def require_zero(w: Sequence[int], start: int, stop: int) -> None:
+    """Absent fields and unused words are zero, so one envelope has one encoding."""
+    for i in range(start, stop):
+        if w[i] != 0:
+            raise WireError("presence", f"word {i} must be 0 here, holds {w[i]}", i)
+
+
+def require_unused_zero(w: Sequence[int], start: int, stop: int, used: frozenset[int]) -> None:
+    for i in range(start, stop):
+        if w[i] != 0 and i not in used:
+            raise WireError("presence", f"word {i} is unused by this message but holds {w[i]}", i)
+
+
+# --- helpers called by generated validators ----------------------------------------------
+
+
+class Stop(Exception):
+    """Ends a fail-fast validation at its first violation."""
+
+
+def add(out: list[Violation], fail_fast: bool, v: Violation) -> None:
+    out.append(v)
+    if fail_fast:
+        raise Stop
+
+
+def show(x: object) -> str:
+    """A short, log-friendly rendering of a value (tensors by dtype and shape)."""
+    if isinstance(x, torch.Tensor):
+        return f"tensor[{dtype_name(x.dtype)}]{list(x.shape)}"
+    if isinstance(x, bool) or x is None:
+        return repr(x)
+    if isinstance(x, int) and hasattr(x, "name"):
+        return f"{type(x).__name__}.{x.name}"
+    if isinstance(x, int | float):
+        return repr(x)
+    if isinstance(x, str):
+        return repr(x if len(x) <= 80 else x[:77] + "...")
+    return f"<{type(x).__name__}>"
+
+
+def id_of(x: object) -> int | None:
+    return x if type(x) is int else None
+
+
+def sides(*items: tuple[str, object]) -> str:
+    return ", ".join(f"{text} = {show(value)}" for text, value in items)
+
+
+def class_names(carried: type | tuple[type, ...]) -> str:
+    classes = carried if isinstance(carried, tuple) else (carried,)
+    return " | ".join(c.__name__ for c in classes)
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def same_fields(a: object, b: object, fields: Mapping[str, object]) -> bool:
+    """Field-wise equality where tensors compare bit for bit."""
+    for name in fields:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if not tensors_identical(x, y):
+                return False
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
