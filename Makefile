@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(PY) -m mypy -p tpwire.codegen -p tpwire.runtime -p tpwire.generated -p tpwire
+	$(PY) -m mypy -p tpwire
 
 fresh: gen
 	@git add -N generated docs >/dev/null 2>&1 || true

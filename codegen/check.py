@@ -90,12 +90,9 @@ def meta_errors(loaded: LoadedSpec) -> list[SpecError]:
                     )
                 continue
         if err.validator == "required":
-            out.append(loaded.error(path, "missing-key", f"{where}: {err.message}"))
+            out.append(loaded.error(path, "missing-key", f"{where}: {err.message}", key=True))
             continue
-        if err.validator == "pattern" and len(path) and err.parent is None:
-            out.append(loaded.error(path, "bad-name", f"{where}: {err.message}"))
-            continue
-        if err.validator == "propertyNames":
+        if "propertyNames" in err.absolute_schema_path:
             bad = err.instance
             out.append(
                 loaded.error(
@@ -105,6 +102,9 @@ def meta_errors(loaded: LoadedSpec) -> list[SpecError]:
                     key=True,
                 )
             )
+            continue
+        if err.validator == "pattern" and len(path) and err.parent is None:
+            out.append(loaded.error(path, "bad-name", f"{where}: {err.message}"))
             continue
         out.append(loaded.error(path, "schema", f"{where}: {err.message}"))
     return out
@@ -214,7 +214,7 @@ class _Checker:
         if kind == "str":
             max_len = body.get("max_len")
             if max_len is None:
-                self.fail(path, "missing-key", f"str field {name!r} needs max_len")
+                self.fail(path, "missing-key", f"str field {name!r} needs max_len", key=True)
             elif not 1 <= max_len <= MAX_STR_LEN:
                 self.fail(
                     (*path, "max_len"), "bad-range", f"max_len must be 1..{MAX_STR_LEN}, got {max_len}"
@@ -251,10 +251,10 @@ class _Checker:
         dtypes = body.get("dtypes")
         shape = body.get("shape")
         if dtypes is None:
-            self.fail(path, "missing-key", f"tensor field {name!r} needs dtypes")
+            self.fail(path, "missing-key", f"tensor field {name!r} needs dtypes", key=True)
             dtypes = []
         if shape is None:
-            self.fail(path, "missing-key", f"tensor field {name!r} needs shape")
+            self.fail(path, "missing-key", f"tensor field {name!r} needs shape", key=True)
             shape = []
         seen: set[str] = set()
         for i, d in enumerate(dtypes):
@@ -321,14 +321,25 @@ class _Checker:
                 rules[key] = self.check_expr(
                     body[key], (*field.path, key), symbols, expr.BOOL, f"{key} of {field.name!r}"
                 )
-        if "derived" in body:
-            want = expr.Ty(field.type.kind)
+        # 'derived' on other kinds is already reported as bad-key (and Ty("enum") would raise).
+        if "derived" in body and field.type.kind in ("int", "float", "bool"):
+            want = field.type.ty
             rules["derived"] = self.check_expr(
                 body["derived"], (*field.path, "derived"), symbols, want, f"derived of {field.name!r}"
             )
             node = rules["derived"]
             if node is not None and field.name in expr.names(node.node):
-                self.fail((*field.path, "derived"), "derived-cycle", f"{field.name!r} is derived from itself")
+                at = next(
+                    n.offset
+                    for n in expr.walk(node.node)
+                    if isinstance(n, expr.Name) and n.id == field.name
+                )
+                self.fail(
+                    (*field.path, "derived"),
+                    "derived-cycle",
+                    f"{field.name!r} is derived from itself",
+                    offset=at,
+                )
         return _replace(field, **rules)
 
     # -- header -----------------------------------------------------------------------

@@ -56,9 +56,9 @@ def outputs(irs: list[ProtocolIR], out: Path, docs: Path | None) -> list[Output]
             files.append(Output(docs / f"{p.module}.schema.json", render.render_schema(p)))
     modules = sorted(p.module for p in irs)
     init = render.format_python(
-        render.environment().get_template("package_init.py.j2").render(
-            version=render.GENERATOR_VERSION, modules=modules
-        ),
+        render.environment()
+        .get_template("package_init.py.j2")
+        .render(version=render.GENERATOR_VERSION, modules=modules),
         "__init__.py",
     )
     files.append(Output(out / "__init__.py", init))
@@ -82,12 +82,18 @@ def stale_files(files: list[Output], dirs: list[Path]) -> list[Path]:
         if not d.is_dir():
             continue
         for candidate in sorted(d.iterdir()):
-            if candidate.is_file() and candidate.resolve() not in wanted and _is_generated(candidate):
+            if (
+                candidate.is_file()
+                and candidate.resolve() not in wanted
+                and _is_generated(candidate)
+            ):
                 stale.append(candidate)
     return stale
 
 
-def generate(specs: list[str | Path], out: Path, docs: Path | None, *, check_only: bool = False) -> list[str]:
+def generate(
+    specs: list[str | Path], out: Path, docs: Path | None, *, check_only: bool = False
+) -> list[str]:
     """Compile ``specs``; write (or, with ``check_only``, compare) every output.
 
     Returns the list of changes (written, removed, or that would be). All specs are
@@ -105,7 +111,17 @@ def generate(specs: list[str | Path], out: Path, docs: Path | None, *, check_onl
     seen: dict[str, str] = {}
     for p in irs:
         if p.module in seen:
-            raise SpecErrors([SpecError(p.source, 1, 1, "duplicate-protocol", f"protocol {p.module!r} is also defined by {seen[p.module]}")])
+            raise SpecErrors(
+                [
+                    SpecError(
+                        p.source,
+                        1,
+                        1,
+                        "duplicate-protocol",
+                        f"protocol {p.module!r} is also defined by {seen[p.module]}",
+                    )
+                ]
+            )
         seen[p.module] = p.source
     files = outputs(irs, out, docs)
     changes: list[str] = []
@@ -158,7 +174,7 @@ def compile(path_or_text: str | os.PathLike[str] | bytes) -> ModuleType:
     if isinstance(path_or_text, bytes) or (isinstance(path_or_text, str) and "\n" in path_or_text):
         p = protocol_ir_from_text(path_or_text)
     else:
-        p = protocol_ir(path_or_text)
+        p = protocol_ir(Path(path_or_text))
     source = render.render_module(p)
     tag = hashlib.sha256(source.encode()).hexdigest()[:12]
     base = f"tpwire_compiled.{p.module}_{tag}"
@@ -168,5 +184,8 @@ def compile(path_or_text: str | os.PathLike[str] | bytes) -> ModuleType:
         sys.modules["tpwire_compiled"] = pkg
     module = _import_source(base, source, f"<tpwire {p.source}>")
     strategies_source = render.render_strategies(p, bindings=base)
-    module.strategies = _import_source(f"{base}_strategies", strategies_source, f"<tpwire {p.source} strategies>")  # type: ignore[attr-defined]
+    strategies = _import_source(
+        f"{base}_strategies", strategies_source, f"<tpwire {p.source} strategies>"
+    )
+    module.__dict__["strategies"] = strategies
     return module

@@ -995,6 +995,12 @@ def to_python(
                 return f"({emit(n.left)} is {'not ' if n.op == '!=' else ''}{emit(n.right)})"
             case Compare() if n.op in ("==", "!=") and _is_bool_const(n.left):
                 return f"({emit(n.right)} is {'not ' if n.op == '!=' else ''}{emit(n.left)})"
+            case Not(operand=IsNone() as inner):
+                # `x is not None` rather than `not (x is None)`: same meaning, lint-clean (E714)
+                return emit(IsNone(inner.operand, not inner.negated, n.offset))
+            case Not(operand=Compare() as inner) if inner.op in ("==", "!="):
+                flipped: CmpOp = "!=" if inner.op == "==" else "=="
+                return emit(Compare(flipped, inner.left, inner.right, n.offset))
             case BinOp() | Compare():
                 return f"({emit(n.left)} {n.op} {emit(n.right)})"
             case BoolOp():

@@ -37,6 +37,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 class ExprIR:
     text: str  # canonical spec text, for docs and rule strings
     py: str  # Python, names spelled by the caller's context
+    negated_py: str  # Python for ``not <expr>``, lint-clean
     none_guard: str  # "a is not None and b is not None" ("" when nothing is nullable)
     refs: tuple[str, ...]  # field names it reads (skip when any of them is ill-typed)
     node: expr.Node
@@ -46,10 +47,9 @@ class ExprIR:
     #: the same expression over plain data: fields as ``f["x"]``, dimensions as ``d["X"]``
     data_py: str = ""
     data_guard: str = ""
-    #: for ``name == expr`` (either side) on a scalar field: the field and the other side,
-    #: so strategies can make the invariant hold by construction
-    solve_field: str | None = None
-    solve_data_py: str | None = None
+    #: ``(field, python)`` for each ``field == expr`` conjunct on a scalar field, so
+    #: strategies can make the expression hold by construction
+    solves: tuple[tuple[str, str], ...] = ()
 
     @property
     def data_guarded(self) -> str:
@@ -63,6 +63,11 @@ class ExprIR:
     def guarded(self) -> str:
         """True only when every operand is present and the expression holds."""
         return f"({self.none_guard} and {self.py})" if self.none_guard else self.py
+
+    @property
+    def negated_guarded(self) -> str:
+        """``not guarded``."""
+        return f"not ({self.none_guard} and {self.py})" if self.none_guard else self.negated_py
 
     @property
     def refs_py(self) -> str:
@@ -141,6 +146,26 @@ class FieldIR:
         if self.kind == "tensor":
             return f"isinstance({var}, torch.Tensor)"
         return f"type({var}) is {self.value_py}"
+
+    def strategy_py(self, version: int | None = None) -> str:
+        """A hypothesis strategy for a present value (``d`` holds the drawn dimensions)."""
+        if version is not None:
+            return f"st.just({version})"
+        if self.kind == "int":
+            return f"st.integers({self.range_min}, {self.range_max})"
+        if self.kind == "float":
+            return (
+                f"st.floats({self.range_min}, {self.range_max}, "
+                "allow_nan=False, allow_infinity=False)"
+            )
+        if self.kind == "bool":
+            return "st.booleans()"
+        if self.kind == "enum":
+            return f"st.sampled_from({self.enum})"
+        if self.kind == "str":
+            return f"_s.text({self.max_len})"
+        dims = [str(x.const) if x.symbol is None else f"d[{x.symbol!r}]" for x in self.dims]
+        return f"_s.tensors({self.dtypes_py}, ({''.join(f'{x}, ' for x in dims)}))"
 
     def type_fails(self, var: str) -> str:
         if self.kind == "tensor":
@@ -226,6 +251,13 @@ class VariantIR:
     @property
     def absent_names(self) -> tuple[str, ...]:
         return tuple(f"`{vf.field.name}`" for vf in self.fields if vf.annotation == "None")
+
+    other_member: str | None = None
+
+    @property
+    def other_member_py(self) -> str:
+        """Another discriminator member (a mutant that breaks the variant's plan)."""
+        return f"{self.enum}.{self.other_member}" if self.other_member is not None else "None"
 
     @property
     def member_py(self) -> str:
@@ -355,9 +387,24 @@ class ProtocolIR:
         names = [e.name for e in self.enums] + list(self.all_classes)
         names += [m.name for m in self.messages if len(m.variants) > 1]
         names += [
-            "FINGERPRINT", "FRAME0_LEN", "MESSAGES", "PROTOCOL", "EnvelopeInvalid", "Frames",
-            "Header", "Manifest", "Message", "ProtocolMismatch", "Violation", "WireError",
-            "check", "decode", "encode", "read_frame0", "validate",
+            "FINGERPRINT",
+            "FRAME0_LEN",
+            "MESSAGES",
+            "PROTOCOL",
+            "EnvelopeInvalid",
+            "Frames",
+            "Header",
+            "Manifest",
+            "Message",
+            "ProtocolMismatch",
+            "Violation",
+            "WireError",
+            "check",
+            "decode",
+            "encode",
+            "read_frame0",
+            "validate",
+            "validate_header",
         ]
 
         def key(n: str) -> tuple[int, str]:
@@ -417,19 +464,31 @@ def _python_expr(
     data_guard = " and ".join(
         f"{data_name(n)} is not None" for n in sorted(expr.value_names(node) & nullable)
     )
-    solve_field = solve_py = None
-    if isinstance(node, expr.Compare) and node.op == "==":
-        for target, other in ((node.left, node.right), (node.right, node.left)):
+    solves: list[tuple[str, str]] = []
+    conjuncts = node.values if isinstance(node, expr.BoolOp) and node.op == "and" else (node,)
+    for part in conjuncts:
+        if not (isinstance(part, expr.Compare) and part.op == "=="):
+            continue
+        for target, other in ((part.left, part.right), (part.right, part.left)):
             if (
                 isinstance(target, expr.Name)
                 and target.id in scalars
                 and target.id not in expr.names(other)
             ):
-                solve_field = target.id
-                solve_py = expr.to_python(other, data_name, enum_member)
+                solves.append((target.id, expr.to_python(other, data_name, enum_member)))
                 break
+    negated = expr.to_python(expr.Not(node), name, enum_member)
     return ExprIR(
-        expr.to_text(node), py, guard, refs, node, sides, data_py, data_guard, solve_field, solve_py
+        expr.to_text(node),
+        py,
+        negated,
+        guard,
+        refs,
+        node,
+        sides,
+        data_py,
+        data_guard,
+        tuple(solves),
     )
 
 
@@ -437,9 +496,13 @@ def _python_expr(
 
 
 def _value_py(t: TypeRef) -> str:
-    return {"int": "int", "float": "float", "bool": "bool", "str": "str", "tensor": "torch.Tensor"}.get(
-        t.kind, t.enum or ""
-    )
+    return {
+        "int": "int",
+        "float": "float",
+        "bool": "bool",
+        "str": "str",
+        "tensor": "torch.Tensor",
+    }.get(t.kind, t.enum or "")
 
 
 def _check_py(t: TypeRef) -> str:
@@ -570,8 +633,12 @@ def _camel(member: str) -> str:
 
 
 def _variant_fields(
-    m: CMessage, fields: tuple[FieldIR, ...], known: dict[str, object], enums: dict[str, dict[str, int]],
-    disc: str | None, disc_member: str | None,
+    m: CMessage,
+    fields: tuple[FieldIR, ...],
+    known: dict[str, object],
+    enums: dict[str, dict[str, int]],
+    disc: str | None,
+    disc_member: str | None,
 ) -> tuple[VariantFieldIR, ...]:
     out = []
     for cf, f in zip(m.fields, fields, strict=True):
@@ -712,10 +779,9 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
     for m in spec.messages:
         dims = {d.name: (d.min, d.max) for d in m.dims}
         names = frozenset(f.name for f in m.fields)
+        # a dimension is None when no well-formed tensor binds it, even a required one
         nullable = frozenset(f.name for f in m.fields if not f.always_required) | frozenset(
-            d.name
-            for d in m.dims
-            if not any(f.always_required for f in m.fields if d.name in f.shape)
+            d.name for d in m.dims
         )
         word = scalar_base
         placed: dict[str, tuple[int, int]] = {}
@@ -745,6 +811,7 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
                         fields=_variant_fields(m, fields, known, enums, disc.name, member),
                         doc=f"{m.name} with {disc.name} = {member}.",
                         enum=disc.enum,
+                        other_member=next((o for o in enums[disc.enum] if o != member), None),
                     )
                 )
         else:
@@ -761,7 +828,9 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
             for i in m.invariants
         )
         dim_decls = tuple(
-            DimDeclIR(d.name, d.min, d.max, d.doc, tuple(f.name for f in m.fields if d.name in f.shape))
+            DimDeclIR(
+                d.name, d.min, d.max, d.doc, tuple(f.name for f in m.fields if d.name in f.shape)
+            )
             for d in m.dims
         )
         messages.append(
@@ -785,7 +854,8 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
         )
     by_action = {m.action: m for m in messages}
     actions = tuple(
-        ActionIR(member, value, by_action.get(member)) for member, value in enums[action_enum].items()
+        ActionIR(member, value, by_action.get(member))
+        for member, value in enums[action_enum].items()
     )
     return ProtocolIR(
         name=spec.protocol,

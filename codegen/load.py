@@ -91,6 +91,23 @@ def _decode(raw: bytes, file: str) -> str:
         ) from None
 
 
+def _unencodable(value: object) -> bool:
+    """A double-quoted ``"\\ud800"`` escape yields a lone surrogate, which no output can hold."""
+    return isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value)
+
+
+class _AliasNode(yaml.ScalarNode):
+    """Stands for an alias at the alias's own position (PyYAML would share the anchored node)."""
+
+
+class _Loader(yaml.SafeLoader):
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.get_event()
+            return _AliasNode("tag:yaml.org,2002:null", "", event.start_mark, event.end_mark)
+        return super().compose_node(parent, index)
+
+
 class _Walker:
     def __init__(self, loaded: LoadedSpec, loader: yaml.SafeLoader) -> None:
         self.loaded = loaded
@@ -102,7 +119,14 @@ class _Walker:
     def _mark(self, node: yaml.Node) -> Mark:
         style = getattr(node, "style", None)
         offset = 1 if style in ("'", '"') else (0 if style is None else -1)
-        return Mark(node.start_mark.line + 1, node.start_mark.column + 1, offset)
+        start, end = node.start_mark, node.end_mark
+        if isinstance(node, yaml.ScalarNode) and offset >= 0:
+            # Offsets into the value map onto the source only when the source spells the
+            # value verbatim (one line, no escapes); otherwise point at the scalar itself.
+            source = self.loaded.text[start.index + offset : end.index - offset]
+            if source != node.value:
+                offset = -1
+        return Mark(start.line + 1, start.column + 1, offset)
 
     def _fail(self, node: yaml.Node, code: str, message: str) -> None:
         m = self._mark(node)
@@ -115,7 +139,7 @@ class _Walker:
         if len(path) > MAX_DEPTH:
             self._fail(node, "too-deep", f"nesting deeper than {MAX_DEPTH} levels")
             return None
-        if id(node) in self.seen:
+        if isinstance(node, _AliasNode) or id(node) in self.seen:
             self._fail(node, "yaml-alias", "YAML aliases are not allowed in specs")
             return None
         self.seen.add(id(node))
@@ -127,6 +151,9 @@ class _Walker:
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
+        if _unencodable(node.value):
+            self._fail(node, "encoding", "string holds a lone surrogate escape (not valid UTF-8)")
+            return None
         try:
             return self.loader.construct_object(node, deep=True)
         except (ValueError, yaml.YAMLError) as exc:
@@ -141,6 +168,9 @@ class _Walker:
                 self._fail(key_node, "key-type", "mapping keys must be plain strings")
                 continue
             key = str(key_node.value)
+            if _unencodable(key):
+                self._fail(key_node, "encoding", "key holds a lone surrogate escape (not valid UTF-8)")
+                continue
             if key in first:
                 prev = first[key].start_mark.line + 1
                 self._fail(key_node, "duplicate-key", f"duplicate key {key!r} (first at line {prev})")
@@ -163,7 +193,7 @@ def load_text(source: str | bytes, file: str = "<spec>") -> LoadedSpec:
     ):
         raise _err(file, 1, 1, "empty", "spec is empty")
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
         line, col = _line_col(text, exc.position)
         raise _err(file, line, col, "yaml-syntax", f"unacceptable character #x{exc.character:04x}") from None
@@ -174,7 +204,9 @@ def load_text(source: str | bytes, file: str = "<spec>") -> LoadedSpec:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             problem = exc.problem or "invalid YAML"
-            raise _err(file, line, col, "yaml-syntax", f"{problem}") from None
+            if exc.context:
+                problem = f"{exc.context}: {problem}"
+            raise _err(file, line, col, "yaml-syntax", problem) from None
         except yaml.YAMLError as exc:
             raise _err(file, 1, 1, "yaml-syntax", str(exc).splitlines()[0]) from None
         except RecursionError:

@@ -64,7 +64,18 @@ def format_python(source: str, filename: str = "generated.py") -> str:
     if cmd is None:
         return source
     fix = subprocess.run(
-        [*cmd, "check", *_RUFF_ARGS, "--select", "F401", "--fix-only", "--quiet", "--stdin-filename", filename, "-"],
+        [
+            *cmd,
+            "check",
+            *_RUFF_ARGS,
+            "--select",
+            "F401",
+            "--fix-only",
+            "--quiet",
+            "--stdin-filename",
+            filename,
+            "-",
+        ],
         input=source,
         capture_output=True,
         text=True,

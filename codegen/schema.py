@@ -19,7 +19,11 @@ Schema = dict[str, Any]
 
 def _value_schema(f: FieldIR, enums: dict[str, list[str]]) -> Schema:
     if f.kind == "int":
-        return {"type": "integer", "minimum": int(f.range_min or 0), "maximum": int(f.range_max or 0)}
+        return {
+            "type": "integer",
+            "minimum": int(f.range_min or 0),
+            "maximum": int(f.range_max or 0),
+        }
     if f.kind == "float":
         s: Schema = {"type": "number"}
         if f.range_min is not None:
@@ -44,7 +48,9 @@ def _const(node: expr.Node, enum_names: dict[str, dict[int, str]]) -> tuple[bool
     return False, None
 
 
-def _condition(node: expr.Node, tensors: set[str], enum_names: dict[str, dict[int, str]]) -> Schema | None:
+def _condition(
+    node: expr.Node, tensors: set[str], enum_names: dict[str, dict[int, str]]
+) -> Schema | None:
     """An ``if`` subschema equivalent to a condition, or None when JSON Schema cannot say it."""
     if isinstance(node, expr.Compare) and node.op == "==":
         for a, b in ((node.left, node.right), (node.right, node.left)):
@@ -87,10 +93,24 @@ def _variant_schema(m: MessageIR, v: VariantIR, enums: dict[str, list[str]]) -> 
         if not nullable or f.explicit_none:
             required.append(f.name)
         present: Schema = {"properties": {f.name: {"not": {"type": "null"}}}, "required": [f.name]}
-        for kind, e in (("required_when", f.required_when), ("forbidden_when", f.forbidden_when), ("none_unless", f.none_unless)):
+        for kind, e in (
+            ("required_when", f.required_when),
+            ("forbidden_when", f.forbidden_when),
+            ("none_unless", f.none_unless),
+        ):
             if e is None or not nullable:
                 continue
-            cond = _condition(expr.partial_eval(e.node, {m.discriminator.name: v.member_value} if m.discriminator and v.member_value is not None else {}, {}), tensors, enum_names)
+            cond = _condition(
+                expr.partial_eval(
+                    e.node,
+                    {m.discriminator.name: v.member_value}
+                    if m.discriminator and v.member_value is not None
+                    else {},
+                    {},
+                ),
+                tensors,
+                enum_names,
+            )
             if cond is None:
                 unchecked.append(f"{f.name} {kind}: {e.text}")
             elif kind == "required_when":
@@ -98,7 +118,9 @@ def _variant_schema(m: MessageIR, v: VariantIR, enums: dict[str, list[str]]) -> 
             elif kind == "forbidden_when":
                 rules.append({"if": cond, "then": {"properties": {f.name: {"type": "null"}}}})
             else:
-                rules.append({"if": {"not": cond}, "then": {"properties": {f.name: {"type": "null"}}}})
+                rules.append(
+                    {"if": {"not": cond}, "then": {"properties": {f.name: {"type": "null"}}}}
+                )
         if f.derived is not None:
             unchecked.append(f"{f.name} derived: {f.derived.text}")
         if f.is_tensor:
@@ -142,8 +164,14 @@ def json_schema(p: ProtocolIR) -> Schema:
             defs[v.class_name] = _variant_schema(m, v, enums)
             branches.append(
                 {
-                    "if": {"properties": {"message": {"const": v.class_name}}, "required": ["message"]},
-                    "then": {"properties": {"fields": {"$ref": f"#/$defs/{v.class_name}"}}, "required": ["fields"]},
+                    "if": {
+                        "properties": {"message": {"const": v.class_name}},
+                        "required": ["message"],
+                    },
+                    "then": {
+                        "properties": {"fields": {"$ref": f"#/$defs/{v.class_name}"}},
+                        "required": ["fields"],
+                    },
                 }
             )
     return {

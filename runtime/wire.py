@@ -142,7 +142,9 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
             "frame0", f"frame 0 must be a 1-D int64 tensor, got {frame0.dtype} {list(frame0.shape)}"
         )
     if frame0.numel() != length:
-        raise WireError("frame0", f"frame 0 has {frame0.numel()} words, this protocol uses {length}")
+        raise WireError(
+            "frame0", f"frame 0 has {frame0.numel()} words, this protocol uses {length}"
+        )
     words: list[int] = frame0.tolist()
     if words[W_MAGIC] >> 16 != MAGIC:
         raise ProtocolMismatch("magic", f"bad magic {words[W_MAGIC]:#x}", W_MAGIC)
@@ -358,7 +360,9 @@ def read_tensor(
             bound = dims.setdefault(sym, d)
             if bound != d:
                 raise WireError(
-                    "dim", f"{field}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere", word + 1 + i
+                    "dim",
+                    f"{field}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere",
+                    word + 1 + i,
                 )
         shape.append(d)
     n = math.prod(shape)

@@ -1,0 +1,33 @@
+"""Replace a marked block in a markdown file, touching nothing else."""
+
+from __future__ import annotations
+
+import re
+
+
+class SpliceError(Exception):
+    pass
+
+
+def splice(text: str, name: str, block: str, file: str = "<markdown>") -> str:
+    """``text`` with the body between the ``name`` markers replaced by ``block``.
+
+    Idempotent: splicing the same block twice gives the same text.
+    """
+    begin = f"<!-- tpwire:begin {name} -->"
+    end = f"<!-- tpwire:end {name} -->"
+    starts = [m.start() for m in re.finditer(re.escape(begin), text)]
+    ends = [m.start() for m in re.finditer(re.escape(end), text)]
+    if len(starts) != 1 or len(ends) != 1:
+        line = text.count("\n", 0, starts[1]) + 1 if len(starts) > 1 else 1
+        found = f"found {len(starts)} begin and {len(ends)} end markers"
+        raise SpliceError(
+            f"{file}:{line}:1: error[splice]: need exactly one '{begin}' and one '{end}'; {found}"
+        )
+    if ends[0] < starts[0]:
+        line = text.count("\n", 0, ends[0]) + 1
+        raise SpliceError(f"{file}:{line}:1: error[splice]: '{end}' comes before '{begin}'")
+    head = text[: starts[0] + len(begin)]
+    tail = text[ends[0] :]
+    body = "\n" + block if block.endswith("\n") else "\n" + block + "\n"
+    return head + body + tail

@@ -1,0 +1,5 @@
+import sys
+
+from tpwire.cli import main
+
+sys.exit(main())
