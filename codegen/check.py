@@ -84,7 +84,9 @@ def meta_errors(loaded: LoadedSpec) -> list[SpecError]:
                     hint = _did_you_mean(key, allowed)
                     out.append(
                         loaded.error(
-                            (*path, key), "unknown-key", f"unknown key {key!r} in {where}{hint}",
+                            (*path, key),
+                            "unknown-key",
+                            f"unknown key {key!r} in {where}{hint}",
                             key=True,
                         )
                     )
@@ -118,7 +120,13 @@ class _Checker:
         self.enums: dict[str, CEnum] = {}
 
     def fail(
-        self, path: PathKey, code: str, message: str, *, key: bool = False, offset: int | None = None
+        self,
+        path: PathKey,
+        code: str,
+        message: str,
+        *,
+        key: bool = False,
+        offset: int | None = None,
     ) -> None:
         self.errors.append(self.spec.error(path, code, message, key=key, offset=offset))
 
@@ -138,7 +146,8 @@ class _Checker:
                     self.fail(mpath, "range", f"{name}.{member} = {value} does not fit int64")
                 if value in seen:
                     self.fail(
-                        mpath, "duplicate-value",
+                        mpath,
+                        "duplicate-value",
                         f"{name}.{member} reuses value {value} of {name}.{seen[value]}",
                     )
                 seen[value] = member
@@ -197,18 +206,18 @@ class _Checker:
                     continue
                 bpath = (*path, "range", key)
                 if kind == "int" and type(bound) is not int:
-                    self.fail(bpath, "bad-range", f"int field bound must be an integer, got {bound!r}")
+                    self.fail(
+                        bpath, "bad-range", f"int field bound must be an integer, got {bound!r}"
+                    )
                 elif kind == "int" and not INT64_MIN <= bound <= INT64_MAX:
                     self.fail(bpath, "bad-range", f"bound {bound} does not fit int64")
                 elif isinstance(bound, float) and not math.isfinite(bound):
                     self.fail(bpath, "bad-range", f"bound {bound} is not finite")
-            if (
-                isinstance(rmin, int | float)
-                and isinstance(rmax, int | float)
-                and rmin > rmax
-            ):
+            if isinstance(rmin, int | float) and isinstance(rmax, int | float) and rmin > rmax:
                 self.fail(
-                    (*path, "range"), "impossible-range", f"range min {rmin} > max {rmax}: no value fits"
+                    (*path, "range"),
+                    "impossible-range",
+                    f"range min {rmin} > max {rmax}: no value fits",
                 )
         max_len = None
         if kind == "str":
@@ -217,16 +226,17 @@ class _Checker:
                 self.fail(path, "missing-key", f"str field {name!r} needs max_len", key=True)
             elif not 1 <= max_len <= MAX_STR_LEN:
                 self.fail(
-                    (*path, "max_len"), "bad-range", f"max_len must be 1..{MAX_STR_LEN}, got {max_len}"
+                    (*path, "max_len"),
+                    "bad-range",
+                    f"max_len must be 1..{MAX_STR_LEN}, got {max_len}",
                 )
         dtypes: tuple[str, ...] = ()
         shape: tuple[int | str, ...] = ()
         max_elements = None
         if kind == "tensor":
             dtypes, shape, max_elements = self.check_tensor(name, body, path, dims)
-        required_always = (
-            not t.nullable
-            and not any(k in body for k in ("required_when", "forbidden_when", "none_unless"))
+        required_always = not t.nullable and not any(
+            k in body for k in ("required_when", "forbidden_when", "none_unless")
         )
         return CField(
             name=name,
@@ -277,7 +287,9 @@ class _Checker:
                 smallest *= dims[d].min
             else:
                 hint = _did_you_mean(str(d), dims)
-                self.fail(dpath, "unknown-dim", f"unknown dimension {d!r}; declare it under dims{hint}")
+                self.fail(
+                    dpath, "unknown-dim", f"unknown dimension {d!r}; declare it under dims{hint}"
+                )
         max_elements = body.get("max_elements")
         if max_elements is not None:
             if max_elements < 1:
@@ -325,7 +337,11 @@ class _Checker:
         if "derived" in body and field.type.kind in ("int", "float", "bool"):
             want = field.type.ty
             rules["derived"] = self.check_expr(
-                body["derived"], (*field.path, "derived"), symbols, want, f"derived of {field.name!r}"
+                body["derived"],
+                (*field.path, "derived"),
+                symbols,
+                want,
+                f"derived of {field.name!r}",
             )
             node = rules["derived"]
             if node is not None and field.name in expr.names(node.node):
@@ -350,32 +366,53 @@ class _Checker:
         slots: list[str] = body["slots"]
         hpath: PathKey = ("header",)
         if len(fields_body) > MAX_HEADER_FIELDS:
-            self.fail((*hpath, "fields"), "too-many-fields", f"header has over {MAX_HEADER_FIELDS} fields")
+            self.fail(
+                (*hpath, "fields"), "too-many-fields", f"header has over {MAX_HEADER_FIELDS} fields"
+            )
         seen: set[str] = set()
         for i, s in enumerate(slots):
             if s in seen:
                 self.fail((*hpath, "slots", i), "slot-order", f"slot {s!r} listed twice")
             elif s not in fields_body:
                 hint = _did_you_mean(s, fields_body)
-                self.fail((*hpath, "slots", i), "slot-order", f"slot {s!r} is not a header field{hint}")
+                self.fail(
+                    (*hpath, "slots", i), "slot-order", f"slot {s!r} is not a header field{hint}"
+                )
             seen.add(s)
         for name in fields_body:
             if name not in seen:
-                self.fail((*hpath, "fields", name), "slot-order", f"header field {name!r} has no slot", key=True)
+                self.fail(
+                    (*hpath, "fields", name),
+                    "slot-order",
+                    f"header field {name!r} has no slot",
+                    key=True,
+                )
         fields: dict[str, CField] = {}
         for name, fbody in fields_body.items():
             f = self.check_field(name, fbody, (*hpath, "fields", name), {})
             if f is None:
                 continue
             if f.type.kind not in ("int", "bool", "enum"):
-                self.fail((*hpath, "fields", name, "type"), "bad-type", f"header field {name!r} must be int, bool or an enum, got {f.type}")
+                self.fail(
+                    (*hpath, "fields", name, "type"),
+                    "bad-type",
+                    f"header field {name!r} must be int, bool or an enum, got {f.type}",
+                )
                 continue
             fields[name] = f
         action = body["action"]
         if action not in fields_body:
-            self.fail((*hpath, "action"), "unknown-field", f"action field {action!r} is not a header field{_did_you_mean(action, fields_body)}")
-        elif action in fields and (fields[action].type.kind != "enum" or not fields[action].always_required):
-            self.fail((*hpath, "action"), "bad-type", f"action field {action!r} must be a required enum")
+            self.fail(
+                (*hpath, "action"),
+                "unknown-field",
+                f"action field {action!r} is not a header field{_did_you_mean(action, fields_body)}",
+            )
+        elif action in fields and (
+            fields[action].type.kind != "enum" or not fields[action].always_required
+        ):
+            self.fail(
+                (*hpath, "action"), "bad-type", f"action field {action!r} must be a required enum"
+            )
         symbols = {n: expr.Sym(f.type.ty, not f.always_required) for n, f in fields.items()}
         for name, f in list(fields.items()):
             fields[name] = self.attach_rules(f, fields_body[name], symbols)
@@ -384,36 +421,64 @@ class _Checker:
 
     # -- messages ---------------------------------------------------------------------
 
-    def check_message(self, name: str, body: Mapping[str, Any], action_enum: CEnum | None) -> CMessage | None:
+    def check_message(
+        self, name: str, body: Mapping[str, Any], action_enum: CEnum | None
+    ) -> CMessage | None:
         path: PathKey = ("messages", name)
         for key in ("id", "version"):
             v = body[key]
             if type(v) is not int or not 1 <= v <= 2**31 - 1:
-                self.fail((*path, key), "bad-version" if key == "version" else "bad-id", f"message {key} must be an integer >= 1, got {v!r}")
+                self.fail(
+                    (*path, key),
+                    "bad-version" if key == "version" else "bad-id",
+                    f"message {key} must be an integer >= 1, got {v!r}",
+                )
         action = body["action"]
         if action_enum is not None and action not in dict(action_enum.members):
             hint = _did_you_mean(action, dict(action_enum.members))
-            self.fail((*path, "action"), "unknown-action", f"{action!r} is not a member of {action_enum.name}{hint}")
+            self.fail(
+                (*path, "action"),
+                "unknown-action",
+                f"{action!r} is not a member of {action_enum.name}{hint}",
+            )
         dims: dict[str, CDim] = {}
         for dname, dbody in body.get("dims", {}).items():
             dmin, dmax = dbody.get("min", 0), dbody["max"]
             if dmin < 0 or dmin > dmax:
-                self.fail((*path, "dims", dname), "impossible-range", f"dimension {dname} range {dmin}..{dmax} is empty or negative")
+                self.fail(
+                    (*path, "dims", dname),
+                    "impossible-range",
+                    f"dimension {dname} range {dmin}..{dmax} is empty or negative",
+                )
             dims[dname] = CDim(dname, dmin, dmax, dbody.get("doc", ""))
         fields_body: dict[str, Any] = body["fields"]
         if len(fields_body) > MAX_FIELDS:
-            self.fail((*path, "fields"), "too-many-fields", f"message has {len(fields_body)} fields, the limit is {MAX_FIELDS}")
+            self.fail(
+                (*path, "fields"),
+                "too-many-fields",
+                f"message has {len(fields_body)} fields, the limit is {MAX_FIELDS}",
+            )
         fields: dict[str, CField] = {}
         for fname, fbody in fields_body.items():
             if fname in dims:
-                self.fail((*path, "fields", fname), "duplicate-name", f"{fname!r} is both a field and a dimension", key=True)
+                self.fail(
+                    (*path, "fields", fname),
+                    "duplicate-name",
+                    f"{fname!r} is both a field and a dimension",
+                    key=True,
+                )
             f = self.check_field(fname, fbody, (*path, "fields", fname), dims)
             if f is not None:
                 fields[fname] = f
         used = {d for f in fields.values() for d in f.shape if isinstance(d, str)}
         for dname in dims:
             if dname not in used:
-                self.fail((*path, "dims", dname), "unused-dim", f"dimension {dname} is bound by no tensor", key=True)
+                self.fail(
+                    (*path, "dims", dname),
+                    "unused-dim",
+                    f"dimension {dname} is bound by no tensor",
+                    key=True,
+                )
         symbols: dict[str, expr.Sym] = {
             n: expr.Sym(f.type.ty, not f.always_required) for n, f in fields.items()
         }
@@ -426,24 +491,46 @@ class _Checker:
         if disc is not None:
             f = fields.get(disc)
             if f is None:
-                self.fail((*path, "discriminator"), "unknown-field", f"discriminator {disc!r} is not a field{_did_you_mean(disc, fields)}")
+                self.fail(
+                    (*path, "discriminator"),
+                    "unknown-field",
+                    f"discriminator {disc!r} is not a field{_did_you_mean(disc, fields)}",
+                )
             elif f.type.kind != "enum" or not f.always_required:
-                self.fail((*path, "discriminator"), "bad-type", f"discriminator {disc!r} must be a required enum field without rules")
+                self.fail(
+                    (*path, "discriminator"),
+                    "bad-type",
+                    f"discriminator {disc!r} must be a required enum field without rules",
+                )
         vfield = body.get("version_field")
         if vfield is not None:
             f = fields.get(vfield)
             if f is None:
-                self.fail((*path, "version_field"), "unknown-field", f"version_field {vfield!r} is not a field{_did_you_mean(vfield, fields)}")
+                self.fail(
+                    (*path, "version_field"),
+                    "unknown-field",
+                    f"version_field {vfield!r} is not a field{_did_you_mean(vfield, fields)}",
+                )
             elif f.type.kind != "int":
-                self.fail((*path, "version_field"), "bad-type", f"version_field {vfield!r} must be an int field")
+                self.fail(
+                    (*path, "version_field"),
+                    "bad-type",
+                    f"version_field {vfield!r} must be an int field",
+                )
         invariants = []
         seen_ids: set[str] = set()
         for i, inv in enumerate(body.get("invariants", [])):
             ipath = (*path, "invariants", i)
             if inv["id"] in seen_ids:
-                self.fail((*ipath, "id"), "duplicate-invariant", f"invariant id {inv['id']!r} is used twice")
+                self.fail(
+                    (*ipath, "id"),
+                    "duplicate-invariant",
+                    f"invariant id {inv['id']!r} is used twice",
+                )
             seen_ids.add(inv["id"])
-            ce = self.check_expr(inv["expr"], (*ipath, "expr"), symbols, expr.BOOL, f"invariant {inv['id']!r}")
+            ce = self.check_expr(
+                inv["expr"], (*ipath, "expr"), symbols, expr.BOOL, f"invariant {inv['id']!r}"
+            )
             if ce is not None:
                 invariants.append(CInvariant(inv["id"], ce, inv["message"], inv.get("fm")))
         return CMessage(
@@ -463,7 +550,11 @@ class _Checker:
     def run(self) -> CheckedSpec | None:
         version = self.data["tpwire"]
         if version != SPEC_LANGUAGE_VERSION:
-            self.fail(("tpwire",), "unsupported-version", f"spec language version {version!r} is not supported (this tpwire reads {SPEC_LANGUAGE_VERSION})")
+            self.fail(
+                ("tpwire",),
+                "unsupported-version",
+                f"spec language version {version!r} is not supported (this tpwire reads {SPEC_LANGUAGE_VERSION})",
+            )
         enums = self.check_enums()
         header = self.check_header()
         action_enum = None
@@ -479,10 +570,18 @@ class _Checker:
             if m is None:
                 continue
             if m.id in ids:
-                self.fail((*m.path, "id"), "duplicate-id", f"message id {m.id} is already used by {ids[m.id]}")
+                self.fail(
+                    (*m.path, "id"),
+                    "duplicate-id",
+                    f"message id {m.id} is already used by {ids[m.id]}",
+                )
             ids[m.id] = name
             if m.action in actions:
-                self.fail((*m.path, "action"), "duplicate-action", f"action {m.action} already carries {actions[m.action]}")
+                self.fail(
+                    (*m.path, "action"),
+                    "duplicate-action",
+                    f"action {m.action} already carries {actions[m.action]}",
+                )
             actions[m.action] = name
             messages.append(m)
         if header is None:

@@ -61,7 +61,13 @@ class LoadedSpec:
         return self.marks.get((), Mark(1, 1))
 
     def error(
-        self, path: PathKey, code: str, message: str, *, key: bool = False, offset: int | None = None
+        self,
+        path: PathKey,
+        code: str,
+        message: str,
+        *,
+        key: bool = False,
+        offset: int | None = None,
     ) -> SpecError:
         m = self.mark(path, key=key)
         col = m.col
@@ -103,7 +109,7 @@ class _AliasNode(yaml.ScalarNode):
 class _Loader(yaml.SafeLoader):
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.get_event()
+            event: Any = self.get_event()  # type: ignore[no-untyped-call]
             return _AliasNode("tag:yaml.org,2002:null", "", event.start_mark, event.end_mark)
         return super().compose_node(parent, index)
 
@@ -169,11 +175,15 @@ class _Walker:
                 continue
             key = str(key_node.value)
             if _unencodable(key):
-                self._fail(key_node, "encoding", "key holds a lone surrogate escape (not valid UTF-8)")
+                self._fail(
+                    key_node, "encoding", "key holds a lone surrogate escape (not valid UTF-8)"
+                )
                 continue
             if key in first:
                 prev = first[key].start_mark.line + 1
-                self._fail(key_node, "duplicate-key", f"duplicate key {key!r} (first at line {prev})")
+                self._fail(
+                    key_node, "duplicate-key", f"duplicate key {key!r} (first at line {prev})"
+                )
                 continue
             first[key] = key_node
             self.loaded.key_marks[(*path, key)] = self._mark(key_node)
@@ -196,7 +206,9 @@ def load_text(source: str | bytes, file: str = "<spec>") -> LoadedSpec:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
         line, col = _line_col(text, exc.position)
-        raise _err(file, line, col, "yaml-syntax", f"unacceptable character #x{exc.character:04x}") from None
+        raise _err(
+            file, line, col, "yaml-syntax", f"unacceptable character #x{exc.character:04x}"
+        ) from None
     try:
         try:
             root = loader.get_single_node()

@@ -154,6 +154,8 @@ def _ids(h: Header | None) -> _Ids:
 def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
     bad: set[str] = set()
     v_call_id = h.call_id
+    if v_call_id is None:
+        bad.add("call_id")  # reported as missing; expressions must not read it
     if v_call_id is not None:
         if type(v_call_id) is not int:
             bad.add("call_id")
@@ -220,6 +222,8 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
     v_cache_epoch = h.cache_epoch
+    if v_cache_epoch is None:
+        bad.add("cache_epoch")  # reported as missing; expressions must not read it
     if v_cache_epoch is not None:
         if type(v_cache_epoch) is not int:
             bad.add("cache_epoch")
@@ -253,6 +257,8 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
     v_action = h.action
+    if v_action is None:
+        bad.add("action")  # reported as missing; expressions must not read it
     if v_action is not None:
         if type(v_action) is not PPAction:
             bad.add("action")
@@ -333,6 +339,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     bad: set[str] = set()
     dims: dict[str, int] = {}
     v_pp_envelope_version = m.pp_envelope_version
+    if v_pp_envelope_version is None:
+        bad.add("pp_envelope_version")  # reported as missing; expressions must not read it
     if v_pp_envelope_version is not None:
         if type(v_pp_envelope_version) is not int:
             bad.add("pp_envelope_version")
@@ -366,6 +374,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_height = m.height
+    if v_height is None:
+        bad.add("height")  # reported as missing; expressions must not read it
     if v_height is not None:
         if type(v_height) is not int:
             bad.add("height")
@@ -390,6 +400,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_width = m.width
+    if v_width is None:
+        bad.add("width")  # reported as missing; expressions must not read it
     if v_width is not None:
         if type(v_width) is not int:
             bad.add("width")
@@ -414,6 +426,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_current_start_frame = m.current_start_frame
+    if v_current_start_frame is None:
+        bad.add("current_start_frame")  # reported as missing; expressions must not read it
     if v_current_start_frame is not None:
         if type(v_current_start_frame) is not int:
             bad.add("current_start_frame")
@@ -447,6 +461,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_init_cache = m.init_cache
+    if v_init_cache is None:
+        bad.add("init_cache")  # reported as missing; expressions must not read it
     if v_init_cache is not None:
         if type(v_init_cache) is not bool:
             bad.add("init_cache")
@@ -465,6 +481,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_reset_kv_cache = m.reset_kv_cache
+    if v_reset_kv_cache is None:
+        bad.add("reset_kv_cache")  # reported as missing; expressions must not read it
     if v_reset_kv_cache is not None:
         if type(v_reset_kv_cache) is not bool:
             bad.add("reset_kv_cache")
@@ -483,6 +501,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_reset_crossattn_cache = m.reset_crossattn_cache
+    if v_reset_crossattn_cache is None:
+        bad.add("reset_crossattn_cache")  # reported as missing; expressions must not read it
     if v_reset_crossattn_cache is not None:
         if type(v_reset_crossattn_cache) is not bool:
             bad.add("reset_crossattn_cache")
@@ -501,6 +521,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_kv_cache_attention_bias = m.kv_cache_attention_bias
+    if v_kv_cache_attention_bias is None:
+        bad.add("kv_cache_attention_bias")  # reported as missing; expressions must not read it
     if v_kv_cache_attention_bias is not None:
         if type(v_kv_cache_attention_bias) is not float:
             bad.add("kv_cache_attention_bias")
@@ -538,6 +560,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_do_kv_recompute = m.do_kv_recompute
+    if v_do_kv_recompute is None:
+        bad.add("do_kv_recompute")  # reported as missing; expressions must not read it
     if v_do_kv_recompute is not None:
         if type(v_do_kv_recompute) is not bool:
             bad.add("do_kv_recompute")
@@ -556,6 +580,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_num_denoise_steps = m.num_denoise_steps
+    if v_num_denoise_steps is None:
+        bad.add("num_denoise_steps")  # reported as missing; expressions must not read it
     if v_num_denoise_steps is not None:
         if type(v_num_denoise_steps) is not int:
             bad.add("num_denoise_steps")
@@ -589,6 +615,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_expected_generator_calls = m.expected_generator_calls
+    if v_expected_generator_calls is None:
+        bad.add("expected_generator_calls")  # reported as missing; expressions must not read it
     if v_expected_generator_calls is not None:
         if type(v_expected_generator_calls) is not int:
             bad.add("expected_generator_calls")
@@ -622,6 +650,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
     v_denoising_step_list = m.denoising_step_list
+    if v_denoising_step_list is None:
+        bad.add("denoising_step_list")  # reported as missing; expressions must not read it
     if v_denoising_step_list is not None:
         if not isinstance(v_denoising_step_list, torch.Tensor):
             bad.add("denoising_step_list")
@@ -674,6 +704,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                     ),
                 )
     v_latents_in = m.latents_in
+    if v_latents_in is None:
+        bad.add("latents_in")  # reported as missing; expressions must not read it
     if v_latents_in is not None:
         if not isinstance(v_latents_in, torch.Tensor):
             bad.add("latents_in")
@@ -740,6 +772,8 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                     ),
                 )
     v_conditioning_embeds = m.conditioning_embeds
+    if v_conditioning_embeds is None:
+        bad.add("conditioning_embeds")  # reported as missing; expressions must not read it
     if v_conditioning_embeds is not None:
         if not isinstance(v_conditioning_embeds, torch.Tensor):
             bad.add("conditioning_embeds")
@@ -1259,6 +1293,8 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
     bad: set[str] = set()
     dims: dict[str, int] = {}
     v_pp_result_version = m.pp_result_version
+    if v_pp_result_version is None:
+        bad.add("pp_result_version")  # reported as missing; expressions must not read it
     if v_pp_result_version is not None:
         if type(v_pp_result_version) is not int:
             bad.add("pp_result_version")
@@ -1292,6 +1328,8 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                 ),
             )
     v_latents_out = m.latents_out
+    if v_latents_out is None:
+        bad.add("latents_out")  # reported as missing; expressions must not read it
     if v_latents_out is not None:
         if not isinstance(v_latents_out, torch.Tensor):
             bad.add("latents_out")
@@ -1358,6 +1396,8 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                     ),
                 )
     v_observed_generator_calls = m.observed_generator_calls
+    if v_observed_generator_calls is None:
+        bad.add("observed_generator_calls")  # reported as missing; expressions must not read it
     if v_observed_generator_calls is not None:
         if type(v_observed_generator_calls) is not int:
             bad.add("observed_generator_calls")

@@ -435,7 +435,9 @@ def _invalid_PPEnvelope(draw: st.DrawFn, max_extra: int = 3) -> Mutant:
         None,
     )
     assume(options)
-    code, name, value = draw(st.sampled_from(options))
+    # rule kind first, so every kind is reached as often as any other
+    code = draw(st.sampled_from(sorted({o[0] for o in options})))
+    _, name, value = draw(st.sampled_from([o for o in options if o[0] == code]))
     return header, _s.mutate(msg, name, value), frozenset({code})
 
 
@@ -560,7 +562,9 @@ def _invalid_PPResult(draw: st.DrawFn, max_extra: int = 3) -> Mutant:
         None,
     )
     assume(options)
-    code, name, value = draw(st.sampled_from(options))
+    # rule kind first, so every kind is reached as often as any other
+    code = draw(st.sampled_from(sorted({o[0] for o in options})))
+    _, name, value = draw(st.sampled_from([o for o in options if o[0] == code]))
     return header, _s.mutate(msg, name, value), frozenset({code})
 
 

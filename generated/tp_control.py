@@ -187,6 +187,8 @@ def _ids(h: Header | None) -> _Ids:
 def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
     bad: set[str] = set()
     v_call_id = h.call_id
+    if v_call_id is None:
+        bad.add("call_id")  # reported as missing; expressions must not read it
     if v_call_id is not None:
         if type(v_call_id) is not int:
             bad.add("call_id")
@@ -253,6 +255,8 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
     v_control_epoch = h.control_epoch
+    if v_control_epoch is None:
+        bad.add("control_epoch")  # reported as missing; expressions must not read it
     if v_control_epoch is not None:
         if type(v_control_epoch) is not int:
             bad.add("control_epoch")
@@ -286,6 +290,8 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
     v_cache_epoch = h.cache_epoch
+    if v_cache_epoch is None:
+        bad.add("cache_epoch")  # reported as missing; expressions must not read it
     if v_cache_epoch is not None:
         if type(v_cache_epoch) is not int:
             bad.add("cache_epoch")
@@ -319,6 +325,8 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
     v_action = h.action
+    if v_action is None:
+        bad.add("action")  # reported as missing; expressions must not read it
     if v_action is not None:
         if type(v_action) is not TPAction:
             bad.add("action")
@@ -420,6 +428,8 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
     bad: set[str] = set()
     dims: dict[str, int] = {}
     v_tp_plan = m.tp_plan
+    if v_tp_plan is None:
+        bad.add("tp_plan")  # reported as missing; expressions must not read it
     if v_tp_plan is not None:
         if type(v_tp_plan) is not TPPlan:
             bad.add("tp_plan")

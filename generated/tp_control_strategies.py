@@ -647,7 +647,9 @@ def _invalid_InferV0FullPipeline(draw: st.DrawFn, max_extra: int = 3) -> Mutant:
         TPPlan.v1_generator_only,
     )
     assume(options)
-    code, name, value = draw(st.sampled_from(options))
+    # rule kind first, so every kind is reached as often as any other
+    code = draw(st.sampled_from(sorted({o[0] for o in options})))
+    _, name, value = draw(st.sampled_from([o for o in options if o[0] == code]))
     return header, _s.mutate(msg, name, value), frozenset({code})
 
 
@@ -759,7 +761,9 @@ def _invalid_InferV1GeneratorOnly(draw: st.DrawFn, max_extra: int = 3) -> Mutant
         TPPlan.v0_full_pipeline,
     )
     assume(options)
-    code, name, value = draw(st.sampled_from(options))
+    # rule kind first, so every kind is reached as often as any other
+    code = draw(st.sampled_from(sorted({o[0] for o in options})))
+    _, name, value = draw(st.sampled_from([o for o in options if o[0] == code]))
     return header, _s.mutate(msg, name, value), frozenset({code})
 
 
