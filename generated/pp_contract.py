@@ -9,8 +9,8 @@ accepted only if its ids and epoch match what rank 0 expects.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeAlias
 
 import torch

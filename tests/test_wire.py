@@ -1,0 +1,174 @@
+"""The decoder refuses bad frames with a typed WireError before allocating (DESIGN section 5)."""
+
+from __future__ import annotations
+
+from array import array
+
+import pytest
+import torch
+
+from tpwire.generated import pp_contract, tp_control
+from tpwire.runtime import wire
+from tpwire.runtime.errors import ProtocolMismatch, WireError
+
+HEADER = tp_control.Header(
+    call_id=7, chunk_index=3, control_epoch=1, cache_epoch=2, action=tp_control.TPAction.INFER
+)
+
+
+def v1_message(**changes: object) -> tp_control.InferV1GeneratorOnly:
+    fields: dict[str, object] = dict(
+        tp_envelope_version=1,
+        height=320,
+        width=576,
+        current_start_frame=12,
+        init_cache=False,
+        manage_cache=True,
+        tp_reset_kv_cache=False,
+        tp_reset_crossattn_cache=False,
+        conditioning_embeds_updated=False,
+        kv_cache_attention_bias=0.25,
+        tp_do_kv_recompute=True,
+        tp_num_denoise_steps=4,
+        tp_expected_generator_calls=5,
+        denoising_step_list=torch.tensor([1000, 750, 500, 250]),
+        latents=torch.randn(1, 3, 16, 40, 72).to(torch.bfloat16),
+        conditioning_embeds=torch.randn(1, 8, 64).to(torch.float16),
+        context_frames_override=torch.randn(1, 1, 16, 40, 72).to(torch.bfloat16),
+        base_seed=1234,
+    )
+    fields.update(changes)
+    return tp_control.InferV1GeneratorOnly(**fields)  # type: ignore[arg-type]
+
+
+def frames_with(words_change: dict[int, int], *, reseal: bool = True) -> wire.Frames:
+    frames = tp_control.encode(v1_message(), HEADER)
+    words = frames.frame0.tolist()
+    for i, v in words_change.items():
+        words[i] = v
+    f0 = wire.seal(words) if reseal else torch.tensor(words, dtype=torch.int64)
+    return wire.Frames(f0, frames.segments)
+
+
+def test_scope_sized_round_trip_is_zero_copy_for_large_tensors() -> None:
+    msg = v1_message()
+    frames = tp_control.encode(msg, HEADER)
+    assert frames.frame0.numel() == tp_control.FRAME0_LEN
+    # latents and context frames travel in place; small tensors share one packed segment
+    assert frames.segments[1].data_ptr() == msg.context_frames_override.data_ptr()  # type: ignore[union-attr]
+    header, back = tp_control.decode(frames)
+    assert header == HEADER and back == msg
+
+
+def test_noop_is_frame0_only() -> None:
+    h = tp_control.Header(
+        call_id=1, control_epoch=0, cache_epoch=0, action=tp_control.TPAction.NOOP
+    )
+    frames = tp_control.encode(None, h)
+    assert frames.segments == ()
+    assert tp_control.decode(frames) == (h, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "kind"),
+    [
+        ({0: 0x1234}, "magic", ProtocolMismatch),
+        ({0: (wire.MAGIC << 16) | 9}, "wire-version", ProtocolMismatch),
+        ({1: 12345}, "fingerprint", ProtocolMismatch),
+        ({tp_control.W_MESSAGE_VERSION: 2}, "message-version", ProtocolMismatch),
+        ({tp_control.W_MESSAGE_ID: 99}, "message-id", WireError),
+        ({6: 77}, "action", WireError),
+        ({tp_control.W_HEADER_PRESENCE: 0xFF}, "presence", WireError),
+        ({tp_control.W_PRESENCE: 1 << 40}, "presence", WireError),
+        ({tp_control.W_FRAME1: 10**12}, "frame1", WireError),
+    ],
+)
+def test_bad_frame0_is_refused(change: dict[int, int], code: str, kind: type[WireError]) -> None:
+    with pytest.raises(kind) as err:
+        tp_control.decode(frames_with(change))
+    assert err.value.code == code
+
+
+def test_flipped_bit_fails_the_checksum() -> None:
+    frames = tp_control.encode(v1_message(), HEADER)
+    words = frames.frame0.tolist()
+    words[5] ^= 1 << 17
+    with pytest.raises(WireError) as err:
+        tp_control.decode(wire.Frames(torch.tensor(words), frames.segments))
+    assert err.value.code == "checksum"
+
+
+@pytest.mark.parametrize("bad_dim", [0, -1, 513, 2**62, -(2**63)])
+def test_dims_beyond_spec_bounds_are_refused_before_allocation(bad_dim: int) -> None:
+    words = tp_control.encode(v1_message(), HEADER).frame0.tolist()
+    # the latents manifest entry: dtype code 3 (bfloat16), then [1, F, C, LH, LW]
+    at = next(
+        i
+        for i in range(tp_control.W_MANIFEST, tp_control.W_FRAME1)
+        if words[i : i + 6] == [3, 1, 3, 16, 40, 72]
+    )
+    words[at + 4] = bad_dim  # LH
+    with pytest.raises(WireError) as err:
+        tp_control.read_frame0(wire.seal(words))
+    assert err.value.code == "dim"
+    assert "LH" in str(err.value)
+
+
+def test_frame0_shape_and_type_are_checked() -> None:
+    for bad in (torch.zeros(3, dtype=torch.int64), torch.zeros(51, dtype=torch.int32), "x", None):
+        with pytest.raises(WireError) as err:
+            tp_control.read_frame0(bad)  # type: ignore[arg-type]
+        assert err.value.code == "frame0"
+
+
+def test_segments_must_match_the_manifest() -> None:
+    frames = tp_control.encode(v1_message(), HEADER)
+    manifest = tp_control.read_frame0(frames.frame0)
+    assert manifest.segment_nbytes == tuple(s.numel() for s in frames.segments)
+    with pytest.raises(WireError):
+        manifest.finish(frames.segments[:-1])
+    short = (*frames.segments[:-1], frames.segments[-1][:-1])
+    with pytest.raises(WireError):
+        manifest.finish(short)
+    with pytest.raises(WireError):
+        manifest.finish((*frames.segments[:-1], frames.segments[-1].view(torch.int8)))
+
+
+def test_receiver_validates_after_decoding() -> None:
+    # a peer with the same fingerprint that skipped validation cannot smuggle a bad plan
+    good = tp_control.encode(v1_message(), HEADER)
+    words = good.frame0.tolist()
+    steps_word = next(
+        i for i in range(tp_control.W_SCALARS, tp_control.W_MANIFEST) if words[i] == 4
+    )
+    words[steps_word] = 3
+    with pytest.raises(tp_control.EnvelopeInvalid) as err:
+        tp_control.decode(wire.Frames(wire.seal(words), good.segments))
+    assert "invariant" in err.value.codes
+
+
+def test_protocols_do_not_accept_each_other() -> None:
+    h = pp_contract.Header(call_id=1, cache_epoch=0, action=pp_contract.PPAction.NOOP)
+    frames = pp_contract.encode(None, h)
+    with pytest.raises(WireError):
+        tp_control.decode(frames)
+
+
+def test_unsupported_dtype_fails_in_encode_before_any_byte() -> None:
+    with pytest.raises(tp_control.EnvelopeInvalid) as err:
+        tp_control.encode(
+            v1_message(latents=torch.zeros(1, 3, 16, 40, 72, dtype=torch.bool)), HEADER
+        )
+    (v,) = err.value.violations
+    assert (v.code, v.field, v.actual) == ("dtype", "latents", "bool")
+    assert v.call_id == 7 and v.chunk_index == 3 and v.cache_epoch == 2
+
+
+def test_string_and_scalar_helpers() -> None:
+    assert wire.words_to_str(wire.str_to_words("héllo", 2), 12, 0) == "héllo"
+    with pytest.raises(WireError):
+        wire.words_to_str([99, 0, 0], 12, 0)
+    with pytest.raises(WireError):
+        wire.word_to_bool(2, 0)
+    assert wire.word_to_float(wire.float_to_word(-0.0)) == 0.0
+    assert array("q", [wire.float_to_word(1.5)])[0] == wire.float_to_word(1.5)
