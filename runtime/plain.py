@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from .wire import dtype_name
+from .wire import DTYPE_BY_NAME, dtype_name, show
 
 
 def plain_value(x: object) -> Any:
@@ -34,3 +36,112 @@ def to_plain(header: Any, msg: Any | None) -> dict[str, Any]:
         "message": type(msg).__name__ if msg is not None else None,
         "fields": _fields(msg) if msg is not None else None,
     }
+
+
+def _tensor_from_plain(value: Mapping[str, Any]) -> torch.Tensor | None:
+    dtype = DTYPE_BY_NAME.get(str(value.get("dtype")))
+    shape = value.get("shape")
+    if dtype is None or not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        return None
+    if any(d < 0 for d in shape) or math.prod(shape) > _PLAIN_TENSOR_LIMIT:
+        return None
+    fill = value.get("fill", 0)
+    data = value.get("data")
+    if data is not None:
+        try:
+            return torch.tensor(data, dtype=dtype.torch_dtype).reshape(shape)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    return torch.full(shape, fill, dtype=dtype.torch_dtype)
+
+
+#: Plain-data tensors are test fixtures, not payloads: keep them small.
+_PLAIN_TENSOR_LIMIT = 1 << 20
+
+
+def _value_from_plain(hint: str, value: Any, enums: Mapping[str, Any]) -> Any:
+    """Convert where the representation differs; anything unexpected stays as it is so
+    that ``validate`` reports it with the proper code."""
+    base = hint.replace(" | None", "").strip()
+    if base.startswith("Literal["):  # a variant's discriminator: Literal[Enum.member]
+        base = base.removeprefix("Literal[").split(".")[0]
+    if value is None:
+        return None
+    if base in enums and isinstance(value, str):
+        member = enums[base].__members__.get(value)
+        return member if member is not None else value
+    if base == "torch.Tensor" and isinstance(value, Mapping):
+        t = _tensor_from_plain(value)
+        return t if t is not None else value
+    return value
+
+
+def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[Any]]:
+    """Build ``(header, message, violations)`` from plain data for a generated ``protocol``.
+
+    Violations cover what only plain data can get wrong (``unknown_field``, an absent key
+    for a ``T | None`` field, an unknown message name) plus everything ``validate`` finds.
+    """
+    enums = {
+        name: obj
+        for name, obj in vars(protocol).items()
+        if isinstance(obj, type) and issubclass(obj, enum.Enum)
+    }
+    violations: list[Any] = []
+
+    def build(cls: Any, values: Mapping[str, Any], where: str) -> Any:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key in values:
+            if key not in fields:
+                violations.append(
+                    protocol.Violation(
+                        "unknown_field",
+                        f"{where}{key}",
+                        "no such field",
+                        show(values[key]),
+                        f"fields of {cls.__name__}",
+                    )
+                )
+        for name, f in fields.items():
+            if name in values:
+                kwargs[name] = _value_from_plain(str(f.type), values[name], enums)
+            elif f.default is dataclasses.MISSING:
+                if "None" in str(f.type):
+                    violations.append(
+                        protocol.Violation(
+                            "missing",
+                            f"{where}{name}",
+                            "an explicit value or null",
+                            "absent key",
+                            "T | None fields are always given",
+                        )
+                    )
+                kwargs[name] = None
+        return cls(**kwargs)
+
+    header = build(protocol.Header, data.get("header") or {}, "header.")
+    name = data.get("message")
+    msg = None
+    if name is not None:
+        cls = protocol.MESSAGES.get(name)
+        if cls is None:
+            violations.append(
+                protocol.Violation(
+                    "type",
+                    "message",
+                    "one of " + ", ".join(protocol.MESSAGES),
+                    show(name),
+                    "message class",
+                )
+            )
+        else:
+            msg = build(cls, data.get("fields") or {}, "")
+    hdr = data.get("header") or {}
+    ids = {k: hdr.get(k) if type(hdr.get(k)) is int else None for k in _IDS}
+    found = [dataclasses.replace(v, **ids) for v in violations]
+    found.extend(protocol.validate(msg, header))
+    return header, msg, found
+
+
+_IDS = ("call_id", "chunk_index", "cache_epoch")

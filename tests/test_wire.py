@@ -172,3 +172,28 @@ def test_string_and_scalar_helpers() -> None:
         wire.word_to_bool(2, 0)
     assert wire.word_to_float(wire.float_to_word(-0.0)) == 0.0
     assert array("q", [wire.float_to_word(1.5)])[0] == wire.float_to_word(1.5)
+
+
+def test_encode_materializes_contiguous_tensors_on_the_device() -> None:
+    strided = torch.randn(1, 3, 40, 16, 72).to(torch.bfloat16).transpose(2, 3)
+    assert not strided.is_contiguous()
+    frames = tp_control.encode(v1_message(latents=strided), HEADER, device="cpu")
+    _, back = tp_control.decode(frames)
+    assert isinstance(back, tp_control.InferV1GeneratorOnly)
+    assert back.latents.is_contiguous()
+    assert torch.equal(back.latents, strided)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_materialization_round_trip() -> None:
+    msg = v1_message()
+    frames = tp_control.encode(msg, HEADER, device="cuda")
+    assert all(s.is_cuda for s in frames.segments)
+    manifest = tp_control.read_frame0(frames.frame0)
+    buffers = manifest.allocate("cuda")
+    for dst, src in zip(buffers, frames.segments, strict=True):
+        dst.copy_(src)
+    header, back = manifest.finish(buffers)
+    assert header == HEADER
+    assert back.latents.is_cuda and back.latents.dtype == torch.bfloat16
+    assert torch.equal(back.latents.cpu(), msg.latents)
