@@ -317,7 +317,7 @@ class _Checker:
             node = expr.parse(source)
             ty = expr.typecheck(node, symbols, enums)
         except expr.ExprError as exc:
-            self.fail(path, exc.code, f"{exc.message} in {what}", offset=exc.offset)
+            self.fail(path, exc.code, f"{what}: {exc.message}", offset=exc.offset)
             return None
         if want is not None and not _assignable(ty, want):
             self.fail(path, "expr-type", f"{what} must be {want}, got {ty}", offset=0)

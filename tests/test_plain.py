@@ -63,6 +63,6 @@ def test_bad_enum_names_and_message_names_are_reported() -> None:
 def test_plain_form_of_valid_envelopes_is_valid(envelope: tuple[Any, Any]) -> None:
     header, msg = envelope
     plain = to_plain(header, msg)
-    header2, msg2, violations = from_plain(tp_control, plain)
+    header2, _, violations = from_plain(tp_control, plain)
     assert header2 == header
     assert violations == []
