@@ -17,8 +17,7 @@ import jinja2
 
 from .ir import ProtocolIR
 from .schema import json_schema
-
-GENERATOR_VERSION = "0.1.0"
+from .stamp import GENERATOR_VERSION
 
 
 def _py(value: object) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import expr
 from .ir import FieldIR, MessageIR, ProtocolIR, VariantIR
+from .stamp import GENERATED_MARK, GENERATOR_VERSION
 
 Schema = dict[str, Any]
 
@@ -71,8 +72,15 @@ def _condition(
     return None
 
 
-def _variant_schema(m: MessageIR, v: VariantIR, enums: dict[str, list[str]]) -> Schema:
+def _variant_schema(
+    m: MessageIR, v: VariantIR, enums: dict[str, list[str]], values: dict[str, dict[str, int]]
+) -> Schema:
     enum_names: dict[str, dict[int, str]] = {}
+    known: dict[str, object] = (
+        {m.discriminator.name: v.member_value}
+        if m.discriminator is not None and v.member_value is not None
+        else {}
+    )
     tensors = {f.name for f in m.tensors}
     props: Schema = {}
     required: list[str] = []
@@ -84,6 +92,12 @@ def _variant_schema(m: MessageIR, v: VariantIR, enums: dict[str, list[str]]) -> 
             props[f.name] = {"type": "null"}
             continue
         base = _value_schema(f, enums)
+        if f.name == m.version_field:
+            base = {"const": m.version}
+        if f.kind == "str":
+            unchecked.append(
+                f"{f.name} max_len: UTF-8 bytes <= {f.max_len} (maxLength counts characters)"
+            )
         if vf.annotation.startswith("Literal["):
             props[f.name] = {"const": v.member}
             required.append(f.name)
@@ -100,17 +114,12 @@ def _variant_schema(m: MessageIR, v: VariantIR, enums: dict[str, list[str]]) -> 
         ):
             if e is None or not nullable:
                 continue
-            cond = _condition(
-                expr.partial_eval(
-                    e.node,
-                    {m.discriminator.name: v.member_value}
-                    if m.discriminator and v.member_value is not None
-                    else {},
-                    {},
-                ),
-                tensors,
-                enum_names,
-            )
+            node = expr.partial_eval(e.node, known, values)
+            if expr.is_const(node):
+                held = expr.const_value(node)
+                if (kind == "none_unless") != (held is False):
+                    continue  # never applies in this variant (or is already in the type)
+            cond = _condition(node, tensors, enum_names)
             if cond is None:
                 unchecked.append(f"{f.name} {kind}: {e.text}")
             elif kind == "required_when":
@@ -141,27 +150,66 @@ def _variant_schema(m: MessageIR, v: VariantIR, enums: dict[str, list[str]]) -> 
 
 def json_schema(p: ProtocolIR) -> Schema:
     enums = {e.name: [name for name, _ in e.members] for e in p.enums}
+    values = {e.name: dict(e.members) for e in p.enums}
     header_props: Schema = {}
     header_required = []
+    header_rules: list[Schema] = []
+    header_unchecked: list[str] = []
     for f in p.header.fields:
         base = _value_schema(f, enums)
         if f.always_required:
             header_props[f.name] = base
             header_required.append(f.name)
-        else:
-            header_props[f.name] = {"anyOf": [base, {"type": "null"}]}
-    defs: Schema = {
-        "Header": {
-            "type": "object",
-            "properties": header_props,
-            "required": sorted(header_required),
-            "additionalProperties": False,
-        }
+            continue
+        header_props[f.name] = {"anyOf": [base, {"type": "null"}]}
+        present: Schema = {"properties": {f.name: {"not": {"type": "null"}}}, "required": [f.name]}
+        absent: Schema = {"properties": {f.name: {"type": "null"}}}
+        for kind, e in (
+            ("required_when", f.required_when),
+            ("forbidden_when", f.forbidden_when),
+            ("none_unless", f.none_unless),
+        ):
+            if e is None:
+                continue
+            cond = _condition(e.node, set(), {})
+            if cond is None:
+                header_unchecked.append(f"{f.name} {kind}: {e.text}")
+            elif kind == "required_when":
+                header_rules.append({"if": cond, "then": present})
+            elif kind == "forbidden_when":
+                header_rules.append({"if": cond, "then": absent})
+            else:
+                header_rules.append({"if": {"not": cond}, "then": absent})
+    header: Schema = {
+        "type": "object",
+        "properties": header_props,
+        "required": sorted(header_required),
+        "additionalProperties": False,
     }
+    if header_rules:
+        header["allOf"] = header_rules
+    if header_unchecked:
+        header["x-tpwire-unchecked"] = header_unchecked
+    defs: Schema = {"Header": header}
     branches = []
+    for a in p.actions:
+        carried: list[str | None] = (
+            [v.class_name for v in a.message.variants] if a.message is not None else [None]
+        )
+        branches.append(
+            {
+                "if": {
+                    "properties": {
+                        "header": {"properties": {p.header.action: {"const": a.member}}}
+                    },
+                    "required": ["header"],
+                },
+                "then": {"properties": {"message": {"enum": carried}}},
+            }
+        )
     for m in p.messages:
         for v in m.variants:
-            defs[v.class_name] = _variant_schema(m, v, enums)
+            defs[v.class_name] = _variant_schema(m, v, enums, values)
             branches.append(
                 {
                     "if": {
@@ -175,6 +223,7 @@ def json_schema(p: ProtocolIR) -> Schema:
                 }
             )
     return {
+        "$comment": f"{GENERATED_MARK} {GENERATOR_VERSION} from {p.source} - do not edit",
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:tpwire:{p.name}:{p.fingerprint_hex}",
         "title": f"{p.name}: envelope non-tensor fields",

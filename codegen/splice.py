@@ -19,7 +19,9 @@ def splice(text: str, name: str, block: str, file: str = "<markdown>") -> str:
     starts = [m.start() for m in re.finditer(re.escape(begin), text)]
     ends = [m.start() for m in re.finditer(re.escape(end), text)]
     if len(starts) != 1 or len(ends) != 1:
-        line = text.count("\n", 0, starts[1]) + 1 if len(starts) > 1 else 1
+        # point at the first marker too many (or at the top when one is missing)
+        extra = starts[1:2] or ends[1:2]
+        line = text.count("\n", 0, extra[0]) + 1 if extra else 1
         found = f"found {len(starts)} begin and {len(ends)} end markers"
         raise SpliceError(
             f"{file}:{line}:1: error[splice]: need exactly one '{begin}' and one '{end}'; {found}"
@@ -29,5 +31,6 @@ def splice(text: str, name: str, block: str, file: str = "<markdown>") -> str:
         raise SpliceError(f"{file}:{line}:1: error[splice]: '{end}' comes before '{begin}'")
     head = text[: starts[0] + len(begin)]
     tail = text[ends[0] :]
-    body = "\n" + block if block.endswith("\n") else "\n" + block + "\n"
+    nl = "\r\n" if "\r\n" in text else "\n"
+    body = nl + block if block.endswith("\n") else nl + block + nl
     return head + body + tail

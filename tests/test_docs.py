@@ -58,8 +58,10 @@ def tables(markdown: str) -> list[Table]:
     lines = markdown.splitlines()
     i = 0
     while i < len(lines):
-        if lines[i].startswith("|") and i + 1 < len(lines) and re.fullmatch(
-            r"\|(\s*:?-+:?\s*\|)+", lines[i + 1].strip()
+        if (
+            lines[i].startswith("|")
+            and i + 1 < len(lines)
+            and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1].strip())
         ):
             columns = _cells(lines[i])
             start = i
@@ -141,10 +143,15 @@ def test_header_table_rows(tp_tables: str) -> None:
     t = _header_table(tp_tables)
     fields = [_uncode(r["field"]) for r in t.rows]
     assert all(f.startswith("header.") for f in fields)
-    got = {f.removeprefix("header."): _uncode(r["required_when"]) for f, r in zip(fields, t.rows, strict=True)}
+    got = {
+        f.removeprefix("header."): _uncode(r["required_when"])
+        for f, r in zip(fields, t.rows, strict=True)
+    }
     assert got == HEADER_REQUIRED_WHEN
     assert len(fields) == len(set(fields)) == 5
-    types = {f.removeprefix("header."): _uncode(r["type"]) for f, r in zip(fields, t.rows, strict=True)}
+    types = {
+        f.removeprefix("header."): _uncode(r["type"]) for f, r in zip(fields, t.rows, strict=True)
+    }
     assert types["action"] == "TPAction"
     assert types["call_id"] == types["chunk_index"] == "int"
 
@@ -175,9 +182,14 @@ def test_payload_types_and_constraints(tp_tables: str) -> None:
     assert _uncode(rows["latents"]["type"]) == "tensor[bfloat16/float16][1, F, C, LH, LW]"
     # the escaped pipe of an Optional type survives the table
     assert _uncode(rows["context_frames_override"]["type"]).endswith(" | None")
-    assert "None unless tp_do_kv_recompute == True" in rows["context_frames_override"]["required_when"]
+    assert (
+        "None unless tp_do_kv_recompute == True" in rows["context_frames_override"]["required_when"]
+    )
     assert rows["tp_num_denoise_steps"]["constraints"] == "1 <= tp_num_denoise_steps <= 64"
-    assert rows["tp_expected_generator_calls"]["constraints"] == "1 <= tp_expected_generator_calls <= 65"
+    assert (
+        rows["tp_expected_generator_calls"]["constraints"]
+        == "1 <= tp_expected_generator_calls <= 65"
+    )
     assert rows["height"]["constraints"] == "8 <= height <= 4096"
     assert "finite" in rows["kv_cache_attention_bias"]["constraints"]
     assert rows["video"]["FM"] == "FM-15"
@@ -287,7 +299,9 @@ def test_splice_is_idempotent(capsys: pytest.CaptureFixture[str], manual: Path) 
     assert manual.stat().st_mtime_ns == mtime
 
 
-def test_splice_check_fresh_and_hand_edited(capsys: pytest.CaptureFixture[str], manual: Path) -> None:
+def test_splice_check_fresh_and_hand_edited(
+    capsys: pytest.CaptureFixture[str], manual: Path
+) -> None:
     rc, _, _ = run(capsys, "docs", TP_SPEC, "--splice", manual, "--check")
     assert rc == 1, "an empty block is stale"
     assert run(capsys, "docs", TP_SPEC, "--splice", manual)[0] == 0
@@ -365,12 +379,6 @@ def test_splice_duplicated_end_marker(capsys: pytest.CaptureFixture[str], manual
     assert manual.read_text("utf-8") == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG codegen/splice.py splice(): with one begin and two end markers the error is "
-    "located at line 1 (the line is only computed from a second *begin* marker), not at the "
-    "second end marker",
-)
 def test_splice_duplicated_end_marker_is_located(
     capsys: pytest.CaptureFixture[str], manual: Path
 ) -> None:
@@ -394,7 +402,10 @@ def test_splice_end_before_begin(capsys: pytest.CaptureFixture[str], tmp_path: P
 def test_splice_name_selects_the_block(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, tp_tables: str
 ) -> None:
-    other_begin, other_end = "<!-- tpwire:begin tp_envelope_v1 -->", "<!-- tpwire:end tp_envelope_v1 -->"
+    other_begin, other_end = (
+        "<!-- tpwire:begin tp_envelope_v1 -->",
+        "<!-- tpwire:end tp_envelope_v1 -->",
+    )
     text = _with_markers(MANUAL.read_text("utf-8"), other_begin, other_end)
     # a second, differently named block elsewhere stays as it is
     text += f"\n{BEGIN}\nkeep me\n{END}\n"
@@ -408,7 +419,9 @@ def test_splice_name_selects_the_block(
     assert body == b"\n" + tp_tables.encode()
     assert tail.endswith(f"\n{BEGIN}\nkeep me\n{END}\n".encode())
     assert _split(text.encode(), other_begin, other_end)[0] == head
-    rc, _, _ = run(capsys, "docs", TP_SPEC, "--splice", target, "--name", "tp_envelope_v1", "--check")
+    rc, _, _ = run(
+        capsys, "docs", TP_SPEC, "--splice", target, "--name", "tp_envelope_v1", "--check"
+    )
     assert rc == 0
     # the default name (the protocol's) addresses the other block
     rc, _, _ = run(capsys, "docs", TP_SPEC, "--splice", target, "--check")
@@ -426,23 +439,14 @@ def test_splice_missing_target_exits_1(capsys: pytest.CaptureFixture[str], tmp_p
     assert not target.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG src/tpwire/cli.py cmd_docs(): an unreadable --splice target is reported as "
-    "'FILE: error: cannot read: ...', not in the documented 'file:line:col: error[code]: "
-    "message' format",
-)
-def test_splice_missing_target_is_located(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_splice_missing_target_is_located(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     target = tmp_path / "absent.md"
     _, _, err = run(capsys, "docs", TP_SPEC, "--splice", target)
     assert re.match(rf"^{re.escape(str(target))}:\d+:\d+: error\[[a-z0-9-]+\]: ", err), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG src/tpwire/cli.py cmd_docs(): a non-UTF-8 --splice target raises "
-    "UnicodeDecodeError (only OSError is caught): 'tpwire: internal error', exit 70",
-)
 def test_splice_non_utf8_target_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "latin1.md"
     data = f"caf\xe9\n{BEGIN}\n{END}\n".encode("latin-1")
@@ -453,13 +457,9 @@ def test_splice_non_utf8_target_exits_1(capsys: pytest.CaptureFixture[str], tmp_
     assert rc == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG src/tpwire/cli.py cmd_docs(): the target is read with Path.read_text "
-    "(universal newlines) and written with write_text, so CRLF line endings outside the "
-    "block are rewritten to LF: the text around the markers is not byte-identical",
-)
-def test_splice_keeps_crlf_outside_the_block(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_splice_keeps_crlf_outside_the_block(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     target = tmp_path / "crlf.md"
     data = _with_markers(MANUAL.read_text("utf-8")).replace("\n", "\r\n").encode("utf-8")
     target.write_bytes(data)
@@ -488,7 +488,9 @@ def test_checked_in_page_is_the_page_output(
     # the block inside the page is exactly what `docs` prints
     rc, tables_out, _ = run(capsys, "docs", f"spec/{name}.yaml")
     assert rc == 0
-    _, body, _ = _split(page.encode(), f"<!-- tpwire:begin {name} -->", f"<!-- tpwire:end {name} -->")
+    _, body, _ = _split(
+        page.encode(), f"<!-- tpwire:begin {name} -->", f"<!-- tpwire:end {name} -->"
+    )
     assert body == b"\n" + tables_out.encode()
 
 

@@ -11,7 +11,13 @@ from tpwire.runtime.plain import from_plain, to_plain
 
 
 def plain_v1() -> dict[str, Any]:
-    header = {"call_id": 4, "chunk_index": 2, "control_epoch": 0, "cache_epoch": 1, "action": "INFER"}
+    header = {
+        "call_id": 4,
+        "chunk_index": 2,
+        "control_epoch": 0,
+        "cache_epoch": 1,
+        "action": "INFER",
+    }
     fields = {
         "tp_envelope_version": 1, "height": 320, "width": 576, "current_start_frame": 0,
         "init_cache": True, "manage_cache": True, "tp_reset_kv_cache": True,

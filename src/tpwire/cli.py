@@ -58,6 +58,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
+    if args.check and args.splice is None:
+        print("tpwire docs: --check needs --splice FILE", file=sys.stderr)
+        return EXIT_FAIL
     p = compiler.protocol_ir(args.spec)
     tables = render.render_tables(p)
     if args.splice is None:
@@ -66,10 +69,16 @@ def cmd_docs(args: argparse.Namespace) -> int:
     target = Path(args.splice)
     name = args.name or p.name
     try:
-        old = target.read_text("utf-8")
+        # bytes in, bytes out: line endings outside the block stay as they are
+        old = target.read_bytes().decode("utf-8")
     except OSError as exc:
-        print(f"{target}: error: cannot read: {exc.strerror}", file=sys.stderr)
+        print(f"{target}:1:1: error[io]: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
+    except UnicodeDecodeError as exc:
+        print(f"{target}:1:1: error[encoding]: not UTF-8 (byte {exc.start})", file=sys.stderr)
+        return EXIT_FAIL
+    if "\r\n" in old:
+        tables = tables.replace("\n", "\r\n")
     try:
         new = splice(old, name, tables, str(target))
     except SpliceError as exc:
@@ -84,7 +93,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAIL
-    target.write_text(new, "utf-8")
+    target.write_bytes(new.encode("utf-8"))
     print(f"{target}: block '{name}' updated")
     return EXIT_OK
 
