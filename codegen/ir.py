@@ -298,14 +298,16 @@ class MessageIR:
     invariants: tuple[InvariantIR, ...]
     presence_mask: int
     used_words: tuple[int, ...]
+    words: tuple[int, int]  # [first scalar word, frame-1 length word)
 
     @property
     def required_mask(self) -> int:
         return sum(f.bit for f in self.fields if f.always_required)
 
     @property
-    def used_words_py(self) -> str:
-        return "frozenset({" + ", ".join(str(w) for w in self.used_words) + "})"
+    def unused_words(self) -> tuple[int, ...]:
+        """Scalar and manifest words this message leaves unused (they must be zero)."""
+        return tuple(w for w in range(self.words[0], self.words[1]) if w not in self.used_words)
 
     @property
     def expr_dims(self) -> tuple[str, ...]:
@@ -850,6 +852,7 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
                 invariants=invariants,
                 presence_mask=(1 << len(fields)) - 1,
                 used_words=tuple(used),
+                words=(scalar_base, w_frame1),
             )
         )
     by_action = {m.action: m for m in messages}

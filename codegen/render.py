@@ -36,6 +36,7 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["py"] = _py
+    env.filters["hex"] = hex
     return env
 
 

@@ -1734,7 +1734,7 @@ def encode(
 
 def _read_header(w: list[int]) -> Header:
     presence = w[W_HEADER_PRESENCE]
-    if presence & ~2:
+    if presence & ~0x2:
         raise WireError(
             "presence", f"unknown header presence bits {presence:#x}", W_HEADER_PRESENCE
         )
@@ -1762,49 +1762,10 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
             W_MESSAGE_VERSION,
         )
     presence = w[W_PRESENCE]
-    if presence & ~65535 or presence & 16383 != 16383:
+    if presence & ~0xFFFF or (presence & 0x3FFF) != 0x3FFF:
         raise WireError(
             "presence", f"presence bits {presence:#x} do not fit PPEnvelope", W_PRESENCE
         )
-    _w.require_unused_zero(
-        w,
-        W_SCALARS,
-        W_FRAME1,
-        frozenset(
-            {
-                10,
-                11,
-                12,
-                13,
-                14,
-                15,
-                16,
-                17,
-                18,
-                19,
-                20,
-                21,
-                22,
-                23,
-                24,
-                25,
-                26,
-                27,
-                28,
-                29,
-                30,
-                31,
-                32,
-                33,
-                34,
-                35,
-                36,
-                37,
-                38,
-                39,
-            }
-        ),
-    )
     values: dict[str, object] = {}
     values["pp_envelope_version"] = w[10]
     values["height"] = w[11]
@@ -1911,9 +1872,11 @@ def _read_PPResult(w: list[int], header: Header) -> Manifest:
             W_MESSAGE_VERSION,
         )
     presence = w[W_PRESENCE]
-    if presence & ~15 or presence & 7 != 7:
+    if presence & ~0xF or (presence & 0x7) != 0x7:
         raise WireError("presence", f"presence bits {presence:#x} do not fit PPResult", W_PRESENCE)
-    _w.require_unused_zero(w, W_SCALARS, W_FRAME1, frozenset({10, 11, 12, 22, 23, 24, 25, 26, 27}))
+    _w.require_zero_at(
+        w, (13, 14, 15, 16, 17, 18, 19, 20, 21, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39)
+    )
     values: dict[str, object] = {}
     values["pp_result_version"] = w[10]
     values["observed_generator_calls"] = w[11]

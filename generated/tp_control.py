@@ -1915,7 +1915,7 @@ def encode(
 
 def _read_header(w: list[int]) -> Header:
     presence = w[W_HEADER_PRESENCE]
-    if presence & ~2:
+    if presence & ~0x2:
         raise WireError(
             "presence", f"unknown header presence bits {presence:#x}", W_HEADER_PRESENCE
         )
@@ -1951,55 +1951,8 @@ def _read_Infer(w: list[int], header: Header) -> Manifest:
             W_MESSAGE_VERSION,
         )
     presence = w[W_PRESENCE]
-    if presence & ~1048575 or presence & 1 != 1:
+    if presence & ~0xFFFFF or (presence & 0x1) != 0x1:
         raise WireError("presence", f"presence bits {presence:#x} do not fit Infer", W_PRESENCE)
-    _w.require_unused_zero(
-        w,
-        W_SCALARS,
-        W_FRAME1,
-        frozenset(
-            {
-                11,
-                12,
-                13,
-                14,
-                15,
-                16,
-                17,
-                18,
-                19,
-                20,
-                21,
-                22,
-                23,
-                24,
-                25,
-                26,
-                27,
-                28,
-                29,
-                30,
-                31,
-                32,
-                33,
-                34,
-                35,
-                36,
-                37,
-                38,
-                39,
-                40,
-                41,
-                42,
-                43,
-                44,
-                45,
-                46,
-                47,
-                48,
-            }
-        ),
-    )
     values: dict[str, object] = {}
     values["tp_plan"] = _w.enum_member(TPPlan, w[11], 11, "scalar")
     if presence & 2:

@@ -416,9 +416,9 @@ def require_zero(w: Sequence[int], start: int, stop: int) -> None:
             raise WireError("presence", f"word {i} must be 0 here, holds {w[i]}", i)
 
 
-def require_unused_zero(w: Sequence[int], start: int, stop: int, used: frozenset[int]) -> None:
-    for i in range(start, stop):
-        if w[i] != 0 and i not in used:
+def require_zero_at(w: Sequence[int], words: Sequence[int]) -> None:
+    for i in words:
+        if w[i] != 0:
             raise WireError("presence", f"word {i} is unused by this message but holds {w[i]}", i)
 
 

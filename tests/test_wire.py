@@ -197,3 +197,25 @@ def test_cuda_materialization_round_trip() -> None:
     assert header == HEADER
     assert back.latents.is_cuda and back.latents.dtype == torch.bfloat16
     assert torch.equal(back.latents.cpu(), msg.latents)
+
+
+def test_words_a_message_does_not_use_must_be_zero() -> None:
+    header = pp_contract.Header(
+        call_id=3, chunk_index=1, cache_epoch=0, action=pp_contract.PPAction.RESULT
+    )
+    result = pp_contract.PPResult(
+        pp_result_version=1,
+        latents_out=torch.zeros(1, 1, 4, 2, 2, dtype=torch.float16),
+        observed_generator_calls=5,
+        output_digest=None,
+    )
+    frames = pp_contract.encode(result, header)
+    assert pp_contract.decode(frames) == (header, result)
+    words = frames.frame0.tolist()
+    unused = next(
+        i for i in range(pp_contract.W_SCALARS, pp_contract.W_FRAME1) if words[i] == 0 and i > 20
+    )
+    words[unused] = 1
+    with pytest.raises(WireError) as err:
+        pp_contract.decode(wire.Frames(wire.seal(words), frames.segments))
+    assert err.value.code == "presence" and err.value.word == unused
