@@ -6,6 +6,7 @@ together, sorted by position. Nothing here raises anything else for any input tr
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import keyword
@@ -356,7 +357,13 @@ class _Checker:
                     f"{field.name!r} is derived from itself",
                     offset=at,
                 )
-        return _replace(field, **rules)
+        return dataclasses.replace(
+            field,
+            required_when=rules.get("required_when"),
+            forbidden_when=rules.get("forbidden_when"),
+            none_unless=rules.get("none_unless"),
+            derived=rules.get("derived"),
+        )
 
     # -- header -----------------------------------------------------------------------
 
@@ -599,12 +606,6 @@ class _Checker:
 
 def _assignable(got: expr.Ty, want: expr.Ty) -> bool:
     return got == want or (want == expr.FLOAT and got == expr.INT)
-
-
-def _replace(f: CField, **changes: Any) -> CField:
-    from dataclasses import replace
-
-    return replace(f, **changes)
 
 
 def check(loaded: LoadedSpec) -> CheckedSpec:
