@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import json
 import keyword
 import math
@@ -31,6 +32,7 @@ from .model import (
     CInvariant,
     CMessage,
     TypeRef,
+    variant_class_name,
 )
 
 SPEC_LANGUAGE_VERSION = 1
@@ -52,7 +54,25 @@ WIRE_DTYPE_NAMES = (
     "bool",
 )
 _BASE_TYPES = ("int", "float", "bool", "str", "tensor")
-_RESERVED = frozenset({"m", "h", "MESSAGE_ID", "MESSAGE_VERSION", "ACTION", "self", "cls"})
+#: Field names the generated classes use themselves, or that would shadow the type names
+#: of their own annotations inside the class body.
+_RESERVED = frozenset(
+    {"m", "h", "MESSAGE_ID", "MESSAGE_VERSION", "ACTION", "self", "cls"}
+    | {"int", "float", "bool", "str", "torch", "enum", "None"}
+)
+#: Module-level names of a generated bindings or strategies module.
+_MODULE_NAMES = frozenset(
+    {
+        "Any", "Callable", "ClassVar", "Envelope", "EnvelopeInvalid", "FINGERPRINT",
+        "FRAME0_LEN", "Final", "Frames", "Header", "Literal", "MESSAGES", "Manifest", "Message",
+        "Mutant", "PROTOCOL", "ProtocolMismatch", "SPEC_SHA256", "TypeAlias", "Violation",
+        "WireError",
+    }
+)  # fmt: skip
+#: Enum member names that would shadow IntEnum/int attributes (``name``, ``value``, ``real``).
+_ENUM_ATTRS = frozenset(
+    n for n in [*vars(enum.Enum), *vars(enum.IntEnum), *dir(int)] if not n.startswith("_")
+)
 
 
 @cache
@@ -119,6 +139,8 @@ class _Checker:
         self.data = loaded.data
         self.errors: list[SpecError] = []
         self.enums: dict[str, CEnum] = {}
+        #: tensor fields of rank 0 in the message being checked (len() is undefined)
+        self.scalar_tensors: frozenset[str] = frozenset()
 
     def fail(
         self,
@@ -141,8 +163,13 @@ class _Checker:
             members = []
             for member, value in body["values"].items():
                 mpath = (*path, "values", member)
-                if keyword.iskeyword(member) or member.startswith("_") or member == "mro":
+                if keyword.iskeyword(member) or member.startswith("_") or member in _ENUM_ATTRS:
                     self.fail(mpath, "bad-name", f"enum member {member!r} is reserved", key=True)
+                if type(value) is not int:
+                    self.fail(
+                        mpath, "not-integer", f"{name}.{member} = {value!r} is not an integer"
+                    )
+                    continue
                 if not INT64_MIN <= value <= INT64_MAX:
                     self.fail(mpath, "range", f"{name}.{member} = {value} does not fit int64")
                 if value in seen:
@@ -223,7 +250,14 @@ class _Checker:
         max_len = None
         if kind == "str":
             max_len = body.get("max_len")
-            if max_len is None:
+            if max_len is not None and type(max_len) is not int:
+                self.fail(
+                    (*path, "max_len"),
+                    "not-integer",
+                    f"max_len must be an integer, got {max_len!r}",
+                )
+                max_len = None
+            elif max_len is None:
                 self.fail(path, "missing-key", f"str field {name!r} needs max_len", key=True)
             elif not 1 <= max_len <= MAX_STR_LEN:
                 self.fail(
@@ -292,6 +326,13 @@ class _Checker:
                     dpath, "unknown-dim", f"unknown dimension {d!r}; declare it under dims{hint}"
                 )
         max_elements = body.get("max_elements")
+        if max_elements is not None and type(max_elements) is not int:
+            self.fail(
+                (*path, "max_elements"),
+                "not-integer",
+                f"max_elements must be an integer, got {max_elements!r}",
+            )
+            max_elements = None
         if max_elements is not None:
             if max_elements < 1:
                 self.fail((*path, "max_elements"), "bad-range", "max_elements must be >= 1")
@@ -323,6 +364,20 @@ class _Checker:
         if want is not None and not _assignable(ty, want):
             self.fail(path, "expr-type", f"{what} must be {want}, got {ty}", offset=0)
             return None
+        for sub in expr.walk(node):
+            if (
+                isinstance(sub, expr.Call)
+                and sub.func == "len"
+                and isinstance(sub.arg, expr.Name)
+                and sub.arg.id in self.scalar_tensors
+            ):
+                self.fail(
+                    path,
+                    "expr-type",
+                    f"{what}: len() of 0-d tensor {sub.arg.id!r}",
+                    offset=sub.offset,
+                )
+                return None
         return CExpr(source, node, path)
 
     def attach_rules(
@@ -451,6 +506,13 @@ class _Checker:
         dims: dict[str, CDim] = {}
         for dname, dbody in body.get("dims", {}).items():
             dmin, dmax = dbody.get("min", 0), dbody["max"]
+            if type(dmin) is not int or type(dmax) is not int:
+                self.fail(
+                    (*path, "dims", dname),
+                    "not-integer",
+                    f"dimension {dname} bounds must be integers",
+                )
+                continue
             if dmin < 0 or dmin > dmax:
                 self.fail(
                     (*path, "dims", dname),
@@ -489,6 +551,9 @@ class _Checker:
         symbols: dict[str, expr.Sym] = {
             n: expr.Sym(f.type.ty, not f.always_required) for n, f in fields.items()
         }
+        self.scalar_tensors = frozenset(
+            n for n, f in fields.items() if f.type.kind == "tensor" and not f.shape
+        )
         for dname in dims:
             binders = [f for f in fields.values() if dname in f.shape]
             symbols[dname] = expr.Sym(expr.INT, not any(f.always_required for f in binders))
@@ -554,6 +619,37 @@ class _Checker:
             invariants=tuple(invariants),
         )
 
+    def check_names(self, messages: list[CMessage]) -> None:
+        """Names that would collide in the generated modules."""
+        protocol = self.data["protocol"]
+        if keyword.iskeyword(protocol) or protocol.endswith("_strategies"):
+            self.fail(("protocol",), "bad-name", f"protocol name {protocol!r} is reserved")
+        taken: dict[str, str] = {}
+
+        def claim(name: str, path: PathKey, what: str) -> None:
+            if name in _MODULE_NAMES:
+                self.fail(
+                    path,
+                    "bad-name",
+                    f"{what} {name!r} is a name the generated module uses",
+                    key=True,
+                )
+            elif name in taken:
+                self.fail(
+                    path, "duplicate-name", f"{what} {name!r} collides with {taken[name]}", key=True
+                )
+            else:
+                taken[name] = f"{what} {name!r}"
+
+        for name in self.enums:
+            claim(name, ("enums", name), "enum")
+        for m in messages:
+            claim(m.name, m.path, "message")
+            disc = next((f for f in m.fields if f.name == m.discriminator), None)
+            if disc is not None and disc.type.enum in self.enums:
+                for member, _ in self.enums[disc.type.enum].members:
+                    claim(variant_class_name(m.name, member), m.path, f"class of {m.name}.{member}")
+
     def run(self) -> CheckedSpec | None:
         version = self.data["tpwire"]
         if version != SPEC_LANGUAGE_VERSION:
@@ -591,6 +687,7 @@ class _Checker:
                 )
             actions[m.action] = name
             messages.append(m)
+        self.check_names(messages)
         if header is None:
             return None
         return CheckedSpec(

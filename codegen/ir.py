@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import expr
-from .model import CExpr, CField, CheckedSpec, CMessage, TypeRef
+from .model import CExpr, CField, CheckedSpec, CMessage, TypeRef, variant_class_name
 
 WIRE_VERSION = 1
 #: Fixed frame 0 words before the header slots: magic/version, fingerprint.
@@ -169,7 +169,7 @@ class FieldIR:
 
     def type_fails(self, var: str) -> str:
         if self.kind == "tensor":
-            return f"not isinstance({var}, torch.Tensor)"
+            return f"not _w.is_dense({var})"
         return f"type({var}) is not {self.value_py}"
 
     def range_test(self, var: str) -> str:
@@ -183,7 +183,7 @@ class FieldIR:
                 parts.append(f"{var} <= {self.range_max}")
             return " and ".join(parts)
         if self.kind == "str":
-            return f"len({var}.encode()) <= {self.max_len}"
+            return f"0 <= _w.utf8_len({var}) <= {self.max_len}"
         return ""
 
     def word_of(self, var: str) -> str:
@@ -387,7 +387,7 @@ class ProtocolIR:
     def exported(self) -> tuple[str, ...]:
         """``__all__``, in the isort-style order ruff (RUF022) expects."""
         names = [e.name for e in self.enums] + list(self.all_classes)
-        names += [m.name for m in self.messages if len(m.variants) > 1]
+        names += [m.name for m in self.messages if m.discriminator is not None]
         names += [
             "FINGERPRINT",
             "FRAME0_LEN",
@@ -410,7 +410,8 @@ class ProtocolIR:
         ]
 
         def key(n: str) -> tuple[int, str]:
-            return (0 if n.isupper() else 1 if n[:1].isupper() else 2, n)
+            # ruff files a one-letter capital with the CamelCase names
+            return (0 if n.isupper() and len(n) > 1 else 1 if n[:1].isupper() else 2, n)
 
         return tuple(sorted(set(names), key=key))
 
@@ -630,10 +631,6 @@ def _scalar_width(f: CField) -> int:
 # --- variants ----------------------------------------------------------------------------
 
 
-def _camel(member: str) -> str:
-    return "".join(p[:1].upper() + p[1:] for p in member.split("_") if p)
-
-
 def _variant_fields(
     m: CMessage,
     fields: tuple[FieldIR, ...],
@@ -807,7 +804,7 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
                 known: dict[str, object] = {disc.name: value}
                 variants.append(
                     VariantIR(
-                        class_name=f"{m.name}{_camel(member)}",
+                        class_name=variant_class_name(m.name, member),
                         member=member,
                         member_value=value,
                         fields=_variant_fields(m, fields, known, enums, disc.name, member),

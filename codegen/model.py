@@ -14,6 +14,11 @@ from .load import PathKey
 SCALAR_KINDS = ("int", "float", "bool", "str", "enum")
 
 
+def variant_class_name(message: str, member: str) -> str:
+    """``Infer`` + ``v1_generator_only`` -> ``InferV1GeneratorOnly``."""
+    return message + "".join(p[:1].upper() + p[1:] for p in member.split("_") if p)
+
+
 @dataclass(frozen=True)
 class TypeRef:
     kind: str  # int | float | bool | str | enum | tensor

@@ -7,9 +7,7 @@ normalised with ``ruff format`` so the checked-in bindings are lint- and format-
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from functools import cache
 from typing import Any
 
@@ -25,6 +23,17 @@ def _py(value: object) -> str:
     return repr(value)
 
 
+def _docstring(text: str) -> str:
+    """Spec prose made safe inside a triple-quoted docstring."""
+    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    return text[:-1] + '\\"' if text.endswith('"') else text
+
+
+def _md(text: str) -> str:
+    """Spec prose made safe inside a markdown table cell (and a spliced block)."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("<!--", "&lt;!--")
+
+
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -37,6 +46,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["py"] = _py
     env.filters["hex"] = hex
+    env.filters["docstring"] = _docstring
+    env.filters["md"] = _md
     return env
 
 
@@ -48,52 +59,32 @@ def _render(template: str, **context: Any) -> str:
 _RUFF_ARGS = ("--isolated", "--line-length", "100", "--target-version", "py311")
 
 
-def _ruff_command() -> list[str] | None:
+def _ruff() -> str:
+    """The ruff binary of the installed ``ruff`` package (a dependency: output depends on it)."""
     try:
         from ruff.__main__ import find_ruff_bin  # type: ignore[import-untyped]
-
-        return [str(find_ruff_bin())]
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("ruff")
-        return [found] if found else None
+    except ImportError:
+        raise RuntimeError("tpwire needs the 'ruff' package to format generated code") from None
+    return str(find_ruff_bin())
 
 
-def format_python(source: str, filename: str = "generated.py") -> str:
-    """``ruff format`` the source (identity when ruff is not installed)."""
-    cmd = _ruff_command()
-    if cmd is None:
-        return source
-    fix = subprocess.run(
-        [
-            *cmd,
-            "check",
-            *_RUFF_ARGS,
-            "--select",
-            "F401",
-            "--fix-only",
-            "--quiet",
-            "--stdin-filename",
-            filename,
-            "-",
-        ],
-        input=source,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if fix.returncode == 0:
-        source = fix.stdout
+def _run_ruff(args: list[str], source: str, filename: str) -> str:
     done = subprocess.run(
-        [*cmd, "format", *_RUFF_ARGS, "--quiet", "--stdin-filename", filename, "-"],
+        [_ruff(), *args, *_RUFF_ARGS, "--quiet", "--stdin-filename", filename, "-"],
         input=source,
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise RuntimeError(f"ruff format failed on generated {filename}")
+        raise RuntimeError(f"ruff {args[0]} failed on generated {filename}: {done.stderr.strip()}")
     return done.stdout
+
+
+def format_python(source: str, filename: str = "generated.py") -> str:
+    """Drop unused imports and ``ruff format``: the same bytes on every machine."""
+    source = _run_ruff(["check", "--select", "F401", "--fix-only", "--exit-zero"], source, filename)
+    return _run_ruff(["format"], source, filename)
 
 
 def render_module(p: ProtocolIR, *, fmt: bool = True) -> str:

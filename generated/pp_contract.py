@@ -146,7 +146,7 @@ _NO_IDS: Final[_Ids] = (None, None, None)
 
 
 def _ids(h: Header | None) -> _Ids:
-    if h is None:
+    if type(h) is not Header:
         return _NO_IDS
     return (_w.id_of(h.call_id), _w.id_of(h.chunk_index), _w.id_of(h.cache_epoch))
 
@@ -174,6 +174,7 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
         elif not (0 <= v_call_id <= 9223372036854775807):
+            bad.add("call_id")
             _w.add(
                 out,
                 ff,
@@ -207,6 +208,7 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
         elif not (0 <= v_chunk_index <= 9223372036854775807):
+            bad.add("chunk_index")
             _w.add(
                 out,
                 ff,
@@ -242,6 +244,7 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
         elif not (0 <= v_cache_epoch <= 9223372036854775807):
+            bad.add("cache_epoch")
             _w.add(
                 out,
                 ff,
@@ -359,6 +362,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
         elif not (-9223372036854775808 <= v_pp_envelope_version <= 9223372036854775807):
+            bad.add("pp_envelope_version")
             _w.add(
                 out,
                 ff,
@@ -385,6 +389,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 Violation("type", "height", "int", _w.show(v_height), "type: int", None, "", *ids),
             )
         elif not (8 <= v_height <= 4096):
+            bad.add("height")
             _w.add(
                 out,
                 ff,
@@ -411,6 +416,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 Violation("type", "width", "int", _w.show(v_width), "type: int", None, "", *ids),
             )
         elif not (8 <= v_width <= 4096):
+            bad.add("width")
             _w.add(
                 out,
                 ff,
@@ -446,6 +452,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
         elif not (0 <= v_current_start_frame <= 9223372036854775807):
+            bad.add("current_start_frame")
             _w.add(
                 out,
                 ff,
@@ -545,6 +552,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
             and v_kv_cache_attention_bias >= 0.0
             and v_kv_cache_attention_bias <= 1.0
         ):
+            bad.add("kv_cache_attention_bias")
             _w.add(
                 out,
                 ff,
@@ -600,6 +608,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
         elif not (1 <= v_num_denoise_steps <= 64):
+            bad.add("num_denoise_steps")
             _w.add(
                 out,
                 ff,
@@ -635,6 +644,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
         elif not (1 <= v_expected_generator_calls <= 65):
+            bad.add("expected_generator_calls")
             _w.add(
                 out,
                 ff,
@@ -653,7 +663,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_denoising_step_list is None:
         bad.add("denoising_step_list")  # reported as missing; expressions must not read it
     if v_denoising_step_list is not None:
-        if not isinstance(v_denoising_step_list, torch.Tensor):
+        if not _w.is_dense(v_denoising_step_list):
             bad.add("denoising_step_list")
             _w.add(
                 out,
@@ -686,7 +696,13 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                         *ids,
                     ),
                 )
-            problem = _w.shape_problem(v_denoising_step_list, (("S", 1, 64),), dims, 64)
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
+            problem = _w.shape_problem(
+                v_denoising_step_list,
+                (("S", 1, 64),),
+                dims if "denoising_step_list" not in bad else {},
+                64,
+            )
             if problem is not None:
                 bad.add("denoising_step_list")
                 _w.add(
@@ -707,7 +723,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_latents_in is None:
         bad.add("latents_in")  # reported as missing; expressions must not read it
     if v_latents_in is not None:
-        if not isinstance(v_latents_in, torch.Tensor):
+        if not _w.is_dense(v_latents_in):
             bad.add("latents_in")
             _w.add(
                 out,
@@ -743,6 +759,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_latents_in,
                 (
@@ -752,7 +769,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                     ("LH", 1, 512),
                     ("LW", 1, 512),
                 ),
-                dims,
+                dims if "latents_in" not in bad else {},
                 16777216,
             )
             if problem is not None:
@@ -775,7 +792,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_conditioning_embeds is None:
         bad.add("conditioning_embeds")  # reported as missing; expressions must not read it
     if v_conditioning_embeds is not None:
-        if not isinstance(v_conditioning_embeds, torch.Tensor):
+        if not _w.is_dense(v_conditioning_embeds):
             bad.add("conditioning_embeds")
             _w.add(
                 out,
@@ -811,6 +828,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_conditioning_embeds,
                 (
@@ -818,7 +836,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                     ("T", 1, 1024),
                     ("D", 1, 8192),
                 ),
-                dims,
+                dims if "conditioning_embeds" not in bad else {},
                 8388608,
             )
             if problem is not None:
@@ -839,7 +857,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 )
     v_context_frames = m.context_frames
     if v_context_frames is not None:
-        if not isinstance(v_context_frames, torch.Tensor):
+        if not _w.is_dense(v_context_frames):
             bad.add("context_frames")
             _w.add(
                 out,
@@ -875,6 +893,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_context_frames,
                 (
@@ -884,7 +903,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                     ("LH", 1, 512),
                     ("LW", 1, 512),
                 ),
-                dims,
+                dims if "context_frames" not in bad else {},
                 16777216,
             )
             if problem is not None:
@@ -922,6 +941,7 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 ),
             )
         elif not (-9223372036854775808 <= v_input_digest <= 9223372036854775807):
+            bad.add("input_digest")
             _w.add(
                 out,
                 ff,
@@ -1110,15 +1130,15 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
             )
         )
     ):
-        want_expected_generator_calls = int(m.do_kv_recompute) + m.num_denoise_steps
-        if v_expected_generator_calls != want_expected_generator_calls:
+        _want_expected_generator_calls = int(m.do_kv_recompute) + m.num_denoise_steps
+        if v_expected_generator_calls != _want_expected_generator_calls:
             _w.add(
                 out,
                 ff,
                 Violation(
                     "invariant",
                     "expected_generator_calls",
-                    _w.show(want_expected_generator_calls),
+                    _w.show(_want_expected_generator_calls),
                     _w.show(v_expected_generator_calls),
                     "derived: expected_generator_calls == int(do_kv_recompute) + num_denoise_steps",
                     "FM-02",
@@ -1313,6 +1333,7 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                 ),
             )
         elif not (-9223372036854775808 <= v_pp_result_version <= 9223372036854775807):
+            bad.add("pp_result_version")
             _w.add(
                 out,
                 ff,
@@ -1331,7 +1352,7 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
     if v_latents_out is None:
         bad.add("latents_out")  # reported as missing; expressions must not read it
     if v_latents_out is not None:
-        if not isinstance(v_latents_out, torch.Tensor):
+        if not _w.is_dense(v_latents_out):
             bad.add("latents_out")
             _w.add(
                 out,
@@ -1367,6 +1388,7 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_latents_out,
                 (
@@ -1376,7 +1398,7 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                     ("LH", 1, 512),
                     ("LW", 1, 512),
                 ),
-                dims,
+                dims if "latents_out" not in bad else {},
                 16777216,
             )
             if problem is not None:
@@ -1416,6 +1438,7 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                 ),
             )
         elif not (1 <= v_observed_generator_calls <= 65):
+            bad.add("observed_generator_calls")
             _w.add(
                 out,
                 ff,
@@ -1449,6 +1472,7 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                 ),
             )
         elif not (-9223372036854775808 <= v_output_digest <= 9223372036854775807):
+            bad.add("output_digest")
             _w.add(
                 out,
                 ff,
@@ -1546,7 +1570,24 @@ def validate(
     ids = _ids(header)
     try:
         if header is not None:
-            _validate_header(header, out, ids, fail_fast)
+            if type(header) is Header:
+                _validate_header(header, out, ids, fail_fast)
+            else:
+                _w.add(
+                    out,
+                    fail_fast,
+                    Violation(
+                        "type",
+                        "header",
+                        "Header",
+                        _w.show(header),
+                        "header type",
+                        None,
+                        "not this protocol's Header",
+                        *ids,
+                    ),
+                )
+                header = None
         if msg is not None:
             validator = _VALIDATORS.get(type(msg))
             if validator is None:
@@ -1605,6 +1646,18 @@ def validate(
 
 def validate_header(header: Header, *, fail_fast: bool = False) -> list[Violation]:
     """Every violation of the header's own rules (without its message)."""
+    if type(header) is not Header:
+        return [
+            Violation(
+                "type",
+                "header",
+                "Header",
+                _w.show(header),
+                "header type",
+                None,
+                "not this protocol's Header",
+            )
+        ]
     out: list[Violation] = []
     try:
         _validate_header(header, out, _ids(header), fail_fast)
@@ -1717,7 +1770,7 @@ def encode(
     Raises ``EnvelopeInvalid`` (nothing has been sent). Once this returns, sending the
     frames cannot fail for a reason that lies in the data.
     """
-    violations = validate(msg, header)
+    violations = validate(msg, header) if header is not None else validate_header(header)
     if violations:
         raise EnvelopeInvalid(violations)
     words = [0] * FRAME0_LEN
@@ -1950,7 +2003,7 @@ def read_frame0(frame0: torch.Tensor) -> Manifest:
         )
     if mid == 0:
         _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1 + 1)
-        return Manifest(header, None, {}, (), ())
+        return Manifest(header, None, {}, (), (), validate)
     return _READERS[mid](words, header)
 
 

@@ -179,7 +179,7 @@ _NO_IDS: Final[_Ids] = (None, None, None)
 
 
 def _ids(h: Header | None) -> _Ids:
-    if h is None:
+    if type(h) is not Header:
         return _NO_IDS
     return (_w.id_of(h.call_id), _w.id_of(h.chunk_index), _w.id_of(h.cache_epoch))
 
@@ -207,6 +207,7 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
         elif not (0 <= v_call_id <= 9223372036854775807):
+            bad.add("call_id")
             _w.add(
                 out,
                 ff,
@@ -240,6 +241,7 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
         elif not (0 <= v_chunk_index <= 9223372036854775807):
+            bad.add("chunk_index")
             _w.add(
                 out,
                 ff,
@@ -275,6 +277,7 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
         elif not (0 <= v_control_epoch <= 9223372036854775807):
+            bad.add("control_epoch")
             _w.add(
                 out,
                 ff,
@@ -310,6 +313,7 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                 ),
             )
         elif not (0 <= v_cache_epoch <= 9223372036854775807):
+            bad.add("cache_epoch")
             _w.add(
                 out,
                 ff,
@@ -466,6 +470,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 ),
             )
         elif not (-9223372036854775808 <= v_tp_envelope_version <= 9223372036854775807):
+            bad.add("tp_envelope_version")
             _w.add(
                 out,
                 ff,
@@ -490,6 +495,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 Violation("type", "height", "int", _w.show(v_height), "type: int", None, "", *ids),
             )
         elif not (8 <= v_height <= 4096):
+            bad.add("height")
             _w.add(
                 out,
                 ff,
@@ -514,6 +520,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 Violation("type", "width", "int", _w.show(v_width), "type: int", None, "", *ids),
             )
         elif not (8 <= v_width <= 4096):
+            bad.add("width")
             _w.add(
                 out,
                 ff,
@@ -547,6 +554,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 ),
             )
         elif not (0 <= v_current_start_frame <= 9223372036854775807):
+            bad.add("current_start_frame")
             _w.add(
                 out,
                 ff,
@@ -674,6 +682,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             and v_kv_cache_attention_bias >= 0.0
             and v_kv_cache_attention_bias <= 1.0
         ):
+            bad.add("kv_cache_attention_bias")
             _w.add(
                 out,
                 ff,
@@ -725,6 +734,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 ),
             )
         elif not (1 <= v_tp_num_denoise_steps <= 64):
+            bad.add("tp_num_denoise_steps")
             _w.add(
                 out,
                 ff,
@@ -758,6 +768,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 ),
             )
         elif not (1 <= v_tp_expected_generator_calls <= 65):
+            bad.add("tp_expected_generator_calls")
             _w.add(
                 out,
                 ff,
@@ -774,7 +785,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             )
     v_denoising_step_list = m.denoising_step_list
     if v_denoising_step_list is not None:
-        if not isinstance(v_denoising_step_list, torch.Tensor):
+        if not _w.is_dense(v_denoising_step_list):
             bad.add("denoising_step_list")
             _w.add(
                 out,
@@ -807,7 +818,13 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                         *ids,
                     ),
                 )
-            problem = _w.shape_problem(v_denoising_step_list, (("S", 1, 64),), dims, 64)
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
+            problem = _w.shape_problem(
+                v_denoising_step_list,
+                (("S", 1, 64),),
+                dims if "denoising_step_list" not in bad else {},
+                64,
+            )
             if problem is not None:
                 bad.add("denoising_step_list")
                 _w.add(
@@ -826,7 +843,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 )
     v_latents = m.latents
     if v_latents is not None:
-        if not isinstance(v_latents, torch.Tensor):
+        if not _w.is_dense(v_latents):
             bad.add("latents")
             _w.add(
                 out,
@@ -862,6 +879,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_latents,
                 (
@@ -871,7 +889,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                     ("LH", 1, 512),
                     ("LW", 1, 512),
                 ),
-                dims,
+                dims if "latents" not in bad else {},
                 16777216,
             )
             if problem is not None:
@@ -892,7 +910,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 )
     v_conditioning_embeds = m.conditioning_embeds
     if v_conditioning_embeds is not None:
-        if not isinstance(v_conditioning_embeds, torch.Tensor):
+        if not _w.is_dense(v_conditioning_embeds):
             bad.add("conditioning_embeds")
             _w.add(
                 out,
@@ -928,6 +946,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_conditioning_embeds,
                 (
@@ -935,7 +954,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                     ("T", 1, 1024),
                     ("D", 1, 8192),
                 ),
-                dims,
+                dims if "conditioning_embeds" not in bad else {},
                 8388608,
             )
             if problem is not None:
@@ -956,7 +975,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 )
     v_context_frames_override = m.context_frames_override
     if v_context_frames_override is not None:
-        if not isinstance(v_context_frames_override, torch.Tensor):
+        if not _w.is_dense(v_context_frames_override):
             bad.add("context_frames_override")
             _w.add(
                 out,
@@ -992,6 +1011,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_context_frames_override,
                 (
@@ -1001,7 +1021,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                     ("LH", 1, 512),
                     ("LW", 1, 512),
                 ),
-                dims,
+                dims if "context_frames_override" not in bad else {},
                 16777216,
             )
             if problem is not None:
@@ -1032,6 +1052,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 ),
             )
         elif not (0 <= v_base_seed <= 9223372036854775807):
+            bad.add("base_seed")
             _w.add(
                 out,
                 ff,
@@ -1048,7 +1069,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             )
     v_video = m.video
     if v_video is not None:
-        if not isinstance(v_video, torch.Tensor):
+        if not _w.is_dense(v_video):
             bad.add("video")
             _w.add(
                 out,
@@ -1086,6 +1107,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                         *ids,
                     ),
                 )
+            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_video,
                 (
@@ -1094,7 +1116,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                     ("VW", 1, 4096),
                     3,
                 ),
-                dims,
+                dims if "video" not in bad else {},
                 268435456,
             )
             if problem is not None:
@@ -1113,15 +1135,15 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                         *ids,
                     ),
                 )
-    want_variant = _VARIANTS_Infer[type(m)]
-    if "tp_plan" not in bad and v_tp_plan != want_variant:
+    _variant = _VARIANTS_Infer[type(m)]
+    if "tp_plan" not in bad and v_tp_plan != _variant:
         _w.add(
             out,
             ff,
             Violation(
                 "type",
                 "tp_plan",
-                _w.show(want_variant),
+                _w.show(_variant),
                 _w.show(v_tp_plan),
                 "discriminator selects the class",
                 "FM-01",
@@ -1698,7 +1720,24 @@ def validate(
     ids = _ids(header)
     try:
         if header is not None:
-            _validate_header(header, out, ids, fail_fast)
+            if type(header) is Header:
+                _validate_header(header, out, ids, fail_fast)
+            else:
+                _w.add(
+                    out,
+                    fail_fast,
+                    Violation(
+                        "type",
+                        "header",
+                        "Header",
+                        _w.show(header),
+                        "header type",
+                        None,
+                        "not this protocol's Header",
+                        *ids,
+                    ),
+                )
+                header = None
         if msg is not None:
             validator = _VALIDATORS.get(type(msg))
             if validator is None:
@@ -1757,6 +1796,18 @@ def validate(
 
 def validate_header(header: Header, *, fail_fast: bool = False) -> list[Violation]:
     """Every violation of the header's own rules (without its message)."""
+    if type(header) is not Header:
+        return [
+            Violation(
+                "type",
+                "header",
+                "Header",
+                _w.show(header),
+                "header type",
+                None,
+                "not this protocol's Header",
+            )
+        ]
     out: list[Violation] = []
     try:
         _validate_header(header, out, _ids(header), fail_fast)
@@ -1898,7 +1949,7 @@ def encode(
     Raises ``EnvelopeInvalid`` (nothing has been sent). Once this returns, sending the
     frames cannot fail for a reason that lies in the data.
     """
-    violations = validate(msg, header)
+    violations = validate(msg, header) if header is not None else validate_header(header)
     if violations:
         raise EnvelopeInvalid(violations)
     words = [0] * FRAME0_LEN
@@ -2155,7 +2206,7 @@ def read_frame0(frame0: torch.Tensor) -> Manifest:
         )
     if mid == 0:
         _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1 + 1)
-        return Manifest(header, None, {}, (), ())
+        return Manifest(header, None, {}, (), (), validate)
     return _READERS[mid](words, header)
 
 

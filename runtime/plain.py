@@ -47,12 +47,12 @@ def _tensor_from_plain(value: Mapping[str, Any]) -> torch.Tensor | None:
         return None
     fill = value.get("fill", 0)
     data = value.get("data")
-    if data is not None:
-        try:
+    try:
+        if data is not None:
             return torch.tensor(data, dtype=dtype.torch_dtype).reshape(shape)
-        except (TypeError, ValueError, RuntimeError):
-            return None
-    return torch.full(shape, fill, dtype=dtype.torch_dtype)
+        return torch.full(shape, fill, dtype=dtype.torch_dtype)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        return None
 
 
 #: Plain-data tensors are test fixtures, not payloads: keep them small.
@@ -120,11 +120,21 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
                 kwargs[name] = None
         return cls(**kwargs)
 
-    header = build(protocol.Header, data.get("header") or {}, "header.")
+    def mapping(key: str) -> Mapping[str, Any]:
+        value = data.get(key)
+        if value is None or isinstance(value, Mapping):
+            return value or {}
+        violations.append(
+            protocol.Violation("type", key, "a mapping", show(value), "plain envelope shape")
+        )
+        return {}
+
+    hdr = mapping("header")
+    header = build(protocol.Header, hdr, "header.")
     name = data.get("message")
     msg = None
     if name is not None:
-        cls = protocol.MESSAGES.get(name)
+        cls = protocol.MESSAGES.get(name) if isinstance(name, str) else None
         if cls is None:
             violations.append(
                 protocol.Violation(
@@ -136,8 +146,7 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
                 )
             )
         else:
-            msg = build(cls, data.get("fields") or {}, "")
-    hdr = data.get("header") or {}
+            msg = build(cls, mapping("fields"), "")
     ids = {k: hdr.get(k) if type(hdr.get(k)) is int else None for k in _IDS}
     found = [dataclasses.replace(v, **ids) for v in violations]
     found.extend(protocol.validate(msg, header))

@@ -279,13 +279,20 @@ class Manifest:
                 raise WireError(
                     "frame1", f"segment {i} holds {seg.numel()} bytes, manifest announced {n}"
                 )
-        if self.message is None:
-            return self.header, None
-        values = dict(self.scalars)
-        for slot in self.slots:
-            raw = segments[slot.segment][slot.offset : slot.offset + slot.nbytes]
-            values[slot.field] = raw.view(slot.dtype.torch_dtype).view(slot.shape)
-        msg = self.message(**values)
+            if not seg.is_contiguous() or seg.storage_offset() % 8 or seg.device.type == "meta":
+                raise WireError(
+                    "frame1",
+                    f"segment {i} must be a contiguous, 8-byte aligned buffer with storage",
+                )
+        msg = None
+        if self.message is not None:
+            values = dict(self.scalars)
+            for slot in self.slots:
+                raw = segments[slot.segment][slot.offset : slot.offset + slot.nbytes]
+                if slot.dtype.torch_dtype is torch.bool and slot.nbytes and int(raw.max()) > 1:
+                    raise WireError("frame1", f"{slot.field}: a bool tensor byte is not 0 or 1")
+                values[slot.field] = raw.view(slot.dtype.torch_dtype).view(slot.shape)
+            msg = self.message(**values)
         if self.validate is not None:
             violations = self.validate(msg, self.header)
             if violations:
@@ -438,11 +445,15 @@ def add(out: list[Violation], fail_fast: bool, v: Violation) -> None:
 def show(x: object) -> str:
     """A short, log-friendly rendering of a value (tensors by dtype and shape)."""
     if isinstance(x, torch.Tensor):
+        if not is_dense(x):  # nested/sparse/meta tensors: even .shape may raise
+            return f"<{type(x).__name__} layout={x.layout} device={x.device.type}>"
         return f"tensor[{dtype_name(x.dtype)}]{list(x.shape)}"
     if isinstance(x, bool) or x is None:
         return repr(x)
     if isinstance(x, int) and hasattr(x, "name"):
         return f"{type(x).__name__}.{x.name}"
+    if isinstance(x, int) and not INT64_MIN <= x <= INT64_MAX:
+        return f"<int of {x.bit_length()} bits>"  # repr of a huge int can raise
     if isinstance(x, int | float):
         return repr(x)
     if isinstance(x, str):
@@ -465,6 +476,26 @@ def class_names(carried: type | tuple[type, ...]) -> str:
 
 def finite(x: float) -> bool:
     return math.isfinite(x)
+
+
+def utf8_len(s: str) -> int:
+    """UTF-8 length of ``s``; -1 when it cannot be encoded (lone surrogates)."""
+    try:
+        return len(s.encode("utf-8"))
+    except UnicodeEncodeError:
+        return -1
+
+
+def is_dense(t: object) -> bool:
+    """A plain strided tensor with real storage: what the wire can carry byte for byte."""
+    return (
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.layout is torch.strided  # type: ignore[attr-defined]
+        and not t.is_nested  # type: ignore[attr-defined]
+        and t.device.type != "meta"  # type: ignore[attr-defined]
+        and not t.is_neg()  # type: ignore[attr-defined]
+        and not t.is_conj()  # type: ignore[attr-defined]
+    )
 
 
 def same_fields(a: object, b: object, fields: Mapping[str, object]) -> bool:

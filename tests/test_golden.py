@@ -119,3 +119,31 @@ def test_compile_from_text_gives_working_bindings() -> None:
         assert mini.decode(mini.encode(msg, header)) == (header, msg)
 
     round_trip()
+
+
+def test_generated_code_for_unusual_specs_is_typed_and_lint_clean(tmp_path: Path) -> None:
+    """mypy --strict and ruff on the bindings of the golden specs (one-member discriminator,
+    bool tensors, strings, quotes and backslashes in docs, float derived from int)."""
+    pkg = tmp_path / "gencheck"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("mini", "odd"):
+        ir = compiler.protocol_ir_from_text((GOLDEN / f"{name}.yaml").read_bytes(), f"{name}.yaml")
+        (pkg / f"{name}.py").write_text(render.render_module(ir))
+        strategies = render.render_strategies(ir, bindings=f"gencheck.{name}")
+        (pkg / f"{name}_strategies.py").write_text(strategies)
+    env = {**os.environ, "MYPYPATH": str(tmp_path)}
+    typed = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "-p", "gencheck"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert typed.returncode == 0, typed.stdout
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--config", str(ROOT / "pyproject.toml"), str(pkg)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout
