@@ -19,6 +19,8 @@ from typing import Any
 
 import jsonschema
 
+from tpwire.runtime.dtypes import DTYPE_CODES
+
 from . import expr
 from .errors import SpecError, SpecErrors
 from .load import LoadedSpec, PathKey
@@ -41,18 +43,7 @@ MAX_FIELDS = 62  # presence bits fit one int64 word
 MAX_HEADER_FIELDS = 16
 MAX_RANK = 8
 MAX_STR_LEN = 256
-WIRE_DTYPE_NAMES = (
-    "float32",
-    "float16",
-    "bfloat16",
-    "float64",
-    "int64",
-    "int32",
-    "int16",
-    "int8",
-    "uint8",
-    "bool",
-)
+WIRE_DTYPE_NAMES = tuple(DTYPE_CODES)
 _BASE_TYPES = ("int", "float", "bool", "str", "tensor")
 #: Field names the generated classes use themselves, or that would shadow the type names
 #: of their own annotations inside the class body.

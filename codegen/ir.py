@@ -12,24 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tpwire.runtime.dtypes import DTYPE_CODES, WIRE_VERSION
+
 from . import expr
 from .model import CExpr, CField, CheckedSpec, CMessage, TypeRef, variant_class_name
 
-WIRE_VERSION = 1
 #: Fixed frame 0 words before the header slots: magic/version, fingerprint.
 FIXED_WORDS = 2
-DTYPE_CODES = {
-    "float32": 1,
-    "float16": 2,
-    "bfloat16": 3,
-    "float64": 4,
-    "int64": 5,
-    "int32": 6,
-    "int16": 7,
-    "int8": 8,
-    "uint8": 9,
-    "bool": 10,
-}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -92,7 +81,6 @@ class FieldIR:
     enum: str | None
     type_text: str  # as the spec says it, for docs
     value_py: str  # Python type of a present value
-    check_py: str  # expression true when `v` has the right runtime type
     explicit_none: bool
     always_required: bool
     required_when: ExprIR | None
@@ -141,11 +129,6 @@ class FieldIR:
     @property
     def bit(self) -> int:
         return 1 << self.index
-
-    def type_test(self, var: str) -> str:
-        if self.kind == "tensor":
-            return f"isinstance({var}, torch.Tensor)"
-        return f"type({var}) is {self.value_py}"
 
     def strategy_py(self, version: int | None = None) -> str:
         """A hypothesis strategy for a present value (``d`` holds the drawn dimensions)."""
@@ -508,12 +491,6 @@ def _value_py(t: TypeRef) -> str:
     }.get(t.kind, t.enum or "")
 
 
-def _check_py(t: TypeRef) -> str:
-    if t.kind == "tensor":
-        return "isinstance(v, torch.Tensor)"
-    return f"type(v) is {_value_py(t)}"
-
-
 def _literal(x: int | float | None) -> str | None:
     return None if x is None else repr(x)
 
@@ -585,7 +562,6 @@ def _field_ir(
         enum=f.type.enum,
         type_text=_type_text(f),
         value_py=_value_py(f.type),
-        check_py=_check_py(f.type),
         explicit_none=f.type.nullable,
         always_required=f.always_required,
         required_when=conv(f.required_when),

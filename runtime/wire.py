@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from .dtypes import DTYPE_TABLE, WIRE_VERSION
 from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
 
 MAGIC = 0x74707769  # "tpwi"
-WIRE_VERSION = 1
 MAGIC_WORD = (MAGIC << 16) | WIRE_VERSION
 #: Fixed words before the header slots: magic/version, fingerprint.
 W_MAGIC = 0
@@ -49,17 +49,8 @@ class WireDtype:
 
 
 #: Every dtype the wire can carry, by stable code (0 means "tensor absent").
-WIRE_DTYPES: tuple[WireDtype, ...] = (
-    WireDtype(1, "float32", torch.float32, 4),
-    WireDtype(2, "float16", torch.float16, 2),
-    WireDtype(3, "bfloat16", torch.bfloat16, 2),
-    WireDtype(4, "float64", torch.float64, 8),
-    WireDtype(5, "int64", torch.int64, 8),
-    WireDtype(6, "int32", torch.int32, 4),
-    WireDtype(7, "int16", torch.int16, 2),
-    WireDtype(8, "int8", torch.int8, 1),
-    WireDtype(9, "uint8", torch.uint8, 1),
-    WireDtype(10, "bool", torch.bool, 1),
+WIRE_DTYPES: tuple[WireDtype, ...] = tuple(
+    WireDtype(code, name, getattr(torch, name), itemsize) for name, code, itemsize in DTYPE_TABLE
 )
 DTYPE_BY_NAME: dict[str, WireDtype] = {d.name: d for d in WIRE_DTYPES}
 DTYPE_BY_CODE: dict[int, WireDtype] = {d.code: d for d in WIRE_DTYPES}

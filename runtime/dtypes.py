@@ -1,0 +1,20 @@
+"""The wire's dtype table and version, without torch: the compiler reads it too."""
+
+from __future__ import annotations
+
+WIRE_VERSION = 1
+
+#: (spec name, stable wire code, item size in bytes); code 0 means "tensor absent".
+DTYPE_TABLE: tuple[tuple[str, int, int], ...] = (
+    ("float32", 1, 4),
+    ("float16", 2, 2),
+    ("bfloat16", 3, 2),
+    ("float64", 4, 8),
+    ("int64", 5, 8),
+    ("int32", 6, 4),
+    ("int16", 7, 2),
+    ("int8", 8, 1),
+    ("uint8", 9, 1),
+    ("bool", 10, 1),
+)
+DTYPE_CODES: dict[str, int] = {name: code for name, code, _ in DTYPE_TABLE}
