@@ -54,7 +54,7 @@ _RESERVED = frozenset(
 #: Module-level names of a generated bindings or strategies module.
 _MODULE_NAMES = frozenset(
     {
-        "Any", "Callable", "ClassVar", "Envelope", "EnvelopeInvalid", "FINGERPRINT",
+        "ACTION_ENUM", "ACTION_FIELD", "PAYLOAD_ACTIONS", "Any", "Callable", "ClassVar", "Envelope", "EnvelopeInvalid", "FINGERPRINT",
         "FRAME0_LEN", "Final", "Frames", "Header", "Literal", "MESSAGES", "Manifest", "Message",
         "Mutant", "PROTOCOL", "ProtocolMismatch", "SPEC_SHA256", "TypeAlias", "Violation",
         "WireError",

@@ -372,8 +372,11 @@ class ProtocolIR:
         names = [e.name for e in self.enums] + list(self.all_classes)
         names += [m.name for m in self.messages if m.discriminator is not None]
         names += [
+            "ACTION_ENUM",
+            "ACTION_FIELD",
             "FINGERPRINT",
             "FRAME0_LEN",
+            "PAYLOAD_ACTIONS",
             "MESSAGES",
             "PROTOCOL",
             "EnvelopeInvalid",

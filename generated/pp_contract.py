@@ -20,9 +20,12 @@ from tpwire.runtime.errors import EnvelopeInvalid, ProtocolMismatch, Violation, 
 from tpwire.runtime.wire import Frames, Manifest
 
 __all__ = [
+    "ACTION_ENUM",
+    "ACTION_FIELD",
     "FINGERPRINT",
     "FRAME0_LEN",
     "MESSAGES",
+    "PAYLOAD_ACTIONS",
     "PROTOCOL",
     "EnvelopeInvalid",
     "Frames",
@@ -139,6 +142,15 @@ MESSAGES: Final[dict[str, type[Message]]] = {
     "PPEnvelope": PPEnvelope,
     "PPResult": PPResult,
 }
+#: The header field that says what follows, its enum, and the actions that carry a message.
+ACTION_FIELD: Final = "action"
+ACTION_ENUM: Final = PPAction
+PAYLOAD_ACTIONS: Final = frozenset(
+    {
+        PPAction.INFER,
+        PPAction.RESULT,
+    }
+)
 _Ids: TypeAlias = tuple[int | None, int | None, int | None]
 _Device: TypeAlias = torch.device | str | None
 _Encoded: TypeAlias = tuple[list[torch.Tensor], list[_w.Entry]]

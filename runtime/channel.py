@@ -1,0 +1,352 @@
+"""Generated bindings over a ``torch.distributed`` group: the anti-stranding channel.
+
+``BroadcastChannel`` (TP: one source rank -> every rank of a group). The sender runs the
+whole preflight (``encode``: validate, materialize, every byte) before the first
+collective; frame 0 then frame 1 follow. Anything that goes wrong after frame 0 poisons
+the channel: one log line with the ids and the reason, then ``os._exit`` with a distinct
+code (or ``ChannelPoisoned`` under ``poison="raise"``), because a peer may already be
+committed to the next collective. Crash, never hang.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, NoReturn
+
+import torch
+import torch.distributed as dist
+
+from . import parity
+from .errors import EnvelopeInvalid, WireError
+from .wire import Frames
+
+#: Distinct exit codes, so a supervisor can tell why a rank died.
+EXIT_POISONED = 86
+EXIT_WATCHDOG = 87
+
+
+class ChannelPoisoned(RuntimeError):
+    """The channel can no longer be trusted to be in lockstep with its peers."""
+
+
+class OrderingError(RuntimeError):
+    """A header broke the ordering rules (call_id, chunk_index, cache_epoch)."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """What ``recv`` hands over: the action, the header and the typed message (or None)."""
+
+    action: Any
+    header: Any
+    msg: Any
+
+
+def _ids(header: Any) -> str:
+    parts = [
+        f"{name}={getattr(header, name, None)}"
+        for name in ("call_id", "chunk_index", "cache_epoch")
+    ]
+    return " ".join(parts)
+
+
+def _log(line: str) -> None:
+    # stderr, flushed: the process may os._exit right after
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class Ordering:
+    """``call_id`` strictly increasing over all actions, ``chunk_index`` increasing over
+    payload actions, ``cache_epoch`` non-decreasing (it is bumped on hard cuts)."""
+
+    def __init__(self, payload_actions: frozenset[Any], action_field: str) -> None:
+        self.payload_actions = payload_actions
+        self.action_field = action_field
+        self.call_id: int | None = None
+        self.chunk_index: int | None = None
+        self.cache_epoch: int | None = None
+
+    def problem(self, header: Any) -> str | None:
+        call_id = getattr(header, "call_id", None)
+        if self.call_id is not None and call_id is not None and call_id <= self.call_id:
+            kind = "duplicate" if call_id == self.call_id else "regressing"
+            return f"{kind} call_id {call_id} after {self.call_id}"
+        epoch = getattr(header, "cache_epoch", None)
+        if self.cache_epoch is not None and epoch is not None and epoch < self.cache_epoch:
+            return f"cache_epoch went back from {self.cache_epoch} to {epoch}"
+        chunk = getattr(header, "chunk_index", None)
+        payload = getattr(header, self.action_field) in self.payload_actions
+        if (
+            payload
+            and self.chunk_index is not None
+            and chunk is not None
+            and chunk <= self.chunk_index
+        ):
+            return f"chunk_index {chunk} after {self.chunk_index}"
+        return None
+
+    def commit(self, header: Any) -> None:
+        self.call_id = getattr(header, "call_id", self.call_id)
+        self.cache_epoch = getattr(header, "cache_epoch", self.cache_epoch)
+        if getattr(header, self.action_field) in self.payload_actions:
+            chunk = getattr(header, "chunk_index", None)
+            self.chunk_index = chunk if chunk is not None else self.chunk_index
+
+
+class BroadcastChannel:
+    """Envelopes of one generated ``protocol`` from rank ``src`` to every rank of ``group``."""
+
+    def __init__(
+        self,
+        protocol: ModuleType,
+        group: dist.ProcessGroup | None = None,
+        src: int = 0,
+        device: torch.device | str | None = None,
+        cpu_group: dist.ProcessGroup | None = None,
+        parity_env: Sequence[str] = (),
+        parity_flags: Mapping[str, object] | None = None,
+        watchdog_s: float | None = None,
+        heartbeat_s: float | None = None,
+        poison: str = "exit",
+    ) -> None:
+        if poison not in ("exit", "raise"):
+            raise ValueError("poison must be 'exit' or 'raise'")
+        self.protocol = protocol
+        self.group = group
+        self.src = src
+        self.device = torch.device(device) if device is not None else None
+        self.cpu_group = cpu_group
+        self.parity_env = tuple(parity_env)
+        self.parity_flags = dict(parity_flags or {})
+        self.watchdog_s = watchdog_s
+        self.heartbeat_s = heartbeat_s
+        self.poison = poison
+        self.rank = dist.get_rank()
+        self.is_sender = self.rank == src
+        self.opened = False
+        self.closed = False
+        self.poisoned = False
+        self.last_header: Any = None
+        self._ordering = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
+        self._lock = threading.Lock()
+        self._last_send = time.monotonic()
+        self._heartbeat: threading.Thread | None = None
+        # frame 0 travels on the CPU group when there is one (small, needs no device copy)
+        self._frame0_device = (
+            torch.device("cpu") if cpu_group is not None or self.device is None else self.device
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> BroadcastChannel:
+        """The handshake: parity of spec, plan, env keys and flags on every rank."""
+        rec = parity.record(self.protocol, self.parity_env, self.parity_flags)
+        rec["src"] = self.src
+        parity.check(rec, self.cpu_group if self.cpu_group is not None else self.group)
+        self.opened = True
+        if self.is_sender and self.heartbeat_s:
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="tpwire-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+        return self
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> BroadcastChannel:
+        return self if self.opened else self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sender -------------------------------------------------------------------------
+
+    def send(self, msg: Any, header: Any) -> Frames:
+        """Preflight everything, then commit: frame 0, frame 1."""
+        self._ready(sender=True)
+        try:
+            frames: Frames = self.protocol.encode(msg, header, device=self.device)
+        except EnvelopeInvalid as exc:
+            first = exc.violations[0] if exc.violations else None
+            _log(
+                f"tpwire[rank {self.rank}]: refused before frame 0 {_ids(header)}: "
+                f"{len(exc.violations)} violation(s), first: {first}"
+            )
+            raise
+        problem = self._ordering.problem(header)
+        if problem is not None:
+            raise OrderingError(f"refused before frame 0 {_ids(header)}: {problem}")
+        with self._lock:
+            self._transmit(frames, header)
+        return frames
+
+    def noop(self) -> None:
+        """A heartbeat: frame 0 only."""
+        self._send_action("NOOP")
+
+    def shutdown(self) -> None:
+        """Tell every rank to leave its receive loop; the channel is closed afterwards."""
+        self._send_action("SHUTDOWN")
+        self.closed = True
+
+    def error(self, reason: str) -> None:
+        """A terminal ERROR frame, so peers exit cleanly instead of being stranded."""
+        _log(f"tpwire[rank {self.rank}]: ERROR broadcast after {_ids(self.last_header)}: {reason}")
+        self._send_action("ERROR")
+        self.closed = True
+
+    def _send_action(self, name: str) -> None:
+        self._ready(sender=True)
+        with self._lock:
+            header = self._next_header(name)
+            self._transmit(self.protocol.encode(None, header), header)
+
+    def _next_header(self, action_name: str) -> Any:
+        header_cls = self.protocol.Header
+        last = self.last_header
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(header_cls):
+            values[f.name] = getattr(last, f.name) if last is not None else 0
+        if "call_id" in values:
+            values["call_id"] = last.call_id + 1 if last is not None else 0
+        values[self.protocol.ACTION_FIELD] = self.protocol.ACTION_ENUM[action_name]
+        return header_cls(**values)
+
+    def _transmit(self, frames: Frames, header: Any) -> None:
+        """The commitment: after the first byte of frame 0, any failure poisons."""
+        frame0 = frames.frame0.to(self._frame0_device)
+        with self._deadline(f"send of {_ids(header)}"):
+            try:
+                self._broadcast(frame0, frame0=True)
+            except Exception as exc:  # a peer is gone or the group is broken
+                self._poison(header, f"frame 0 broadcast failed: {exc}")
+            try:
+                for segment in frames.segments:
+                    self._broadcast(segment, frame0=False)
+            except Exception as exc:
+                self._poison(header, f"frame 1 broadcast failed after frame 0: {exc}")
+        self._ordering.commit(header)
+        self.last_header = header
+        self._last_send = time.monotonic()
+
+    def _beat(self) -> None:
+        assert self.heartbeat_s is not None
+        while not self.closed and not self.poisoned:
+            time.sleep(min(self.heartbeat_s / 4, 0.25))
+            if self.closed or self.poisoned:
+                return
+            if time.monotonic() - self._last_send >= self.heartbeat_s:
+                with self._lock:
+                    if self.closed or time.monotonic() - self._last_send < self.heartbeat_s:
+                        continue
+                    header = self._next_header("NOOP")
+                    self._transmit(self.protocol.encode(None, header), header)
+
+    # -- receiver -----------------------------------------------------------------------
+
+    def recv(self) -> Received:
+        """The next envelope: frame 0 checked against the spec and the ordering rules, frame 1
+        into buffers sized from the checked manifest, then the full validation.
+
+        ``EnvelopeInvalid`` is raised after the whole envelope has been received, so the
+        channel stays in lockstep and the caller decides (a relay broadcasts ERROR).
+        """
+        self._ready(sender=False)
+        frame0 = torch.empty(
+            self.protocol.FRAME0_LEN, dtype=torch.int64, device=self._frame0_device
+        )
+        with self._deadline(f"a header after {_ids(self.last_header)}"):
+            try:
+                self._broadcast(frame0, frame0=True)
+            except Exception as exc:
+                self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
+        try:
+            manifest = self.protocol.read_frame0(frame0.cpu())
+        except WireError as exc:
+            self._poison(self.last_header, f"frame 0 refused: {exc}")
+        header = manifest.header
+        problem = self._ordering.problem(header)
+        segments = manifest.allocate(self.device)
+        with self._deadline(f"frame 1 of {_ids(header)}"):
+            try:
+                for segment in segments:
+                    self._broadcast(segment, frame0=False)
+            except Exception as exc:
+                self._poison(header, f"frame 1 receive failed: {exc}")
+        if problem is not None:
+            # frame 1 is drained, so the sender is not stranded; this rank stops here
+            self._poison(header, f"ordering: {problem}")
+        self._ordering.commit(header)
+        self.last_header = header
+        try:
+            header, msg = manifest.finish(segments)
+        except WireError as exc:
+            self._poison(header, f"frame 1 refused: {exc}")
+        except EnvelopeInvalid as exc:
+            _log(
+                f"tpwire[rank {self.rank}]: envelope refused after receive {_ids(header)}: "
+                f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
+            )
+            raise
+        action = getattr(header, self.protocol.ACTION_FIELD)
+        if action.name == "SHUTDOWN":
+            self.closed = True
+        return Received(action, header, msg)
+
+    # -- shared -------------------------------------------------------------------------
+
+    def _ready(self, *, sender: bool) -> None:
+        if self.poisoned:
+            raise ChannelPoisoned("the channel is poisoned")
+        if not self.opened:
+            raise RuntimeError("call open() first (the parity handshake)")
+        if self.closed:
+            raise RuntimeError("the channel is closed")
+        if sender != self.is_sender:
+            role = "the source rank" if sender else "a receiving rank"
+            raise RuntimeError(f"only {role} may call this (rank {self.rank}, src {self.src})")
+
+    def _broadcast(self, tensor: torch.Tensor, *, frame0: bool) -> None:
+        group = self.cpu_group if frame0 and self.cpu_group is not None else self.group
+        dist.broadcast(tensor, src=self.src, group=group)
+
+    @contextmanager
+    def _deadline(self, what: str) -> Iterator[None]:
+        if not self.watchdog_s:
+            yield
+            return
+        seconds = self.watchdog_s
+
+        def fire() -> None:
+            _log(
+                f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
+                f"last ids {_ids(self.last_header)}; exiting {EXIT_WATCHDOG}"
+            )
+            os._exit(EXIT_WATCHDOG)
+
+        timer = threading.Timer(seconds, fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _poison(self, header: Any, reason: str) -> NoReturn:
+        self.poisoned = True
+        line = f"tpwire[rank {self.rank}]: POISONED {_ids(header)}: {reason}"
+        if self.poison == "raise":
+            _log(line)
+            raise ChannelPoisoned(line)
+        _log(f"{line}; exiting {EXIT_POISONED}")
+        os._exit(EXIT_POISONED)

@@ -1,0 +1,93 @@
+"""The open handshake: every rank shows its parity record, every rank sees every diff.
+
+A record holds what must be identical on all ranks before the first message (spec
+fingerprint, plan, chosen environment keys, flags that gate collectives, compile on/off).
+Records travel as canonical JSON bytes through two all-gathers (lengths, then padded
+bytes): no pickle. Every rank computes the same diff from the same records, so a mismatch
+fails on all ranks at once instead of hanging the first gated collective.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+Record = dict[str, Any]
+
+
+class ParityMismatch(RuntimeError):
+    """Ranks disagree on something that must be identical; ``diff`` has one line per key."""
+
+    def __init__(self, diff: Sequence[str]) -> None:
+        self.diff = tuple(diff)
+        super().__init__("rank parity mismatch:\n" + "\n".join(f"  {line}" for line in diff))
+
+
+def record(
+    protocol: Any,
+    env_keys: Iterable[str] = (),
+    flags: Mapping[str, object] | None = None,
+) -> Record:
+    """This rank's parity record."""
+    flags = flags or {}
+    return {
+        "protocol": protocol.PROTOCOL,
+        "fingerprint": f"{protocol.FINGERPRINT:#018x}",
+        "env": {k: os.environ.get(k) for k in sorted(env_keys)},
+        "flags": {k: flags[k] for k in sorted(flags)},
+    }
+
+
+def _flatten(rec: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in rec.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def diff(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per key whose value is not the same on every rank."""
+    flat = [_flatten(r) for r in records]
+    keys = sorted({k for f in flat for k in f})
+    lines = []
+    for key in keys:
+        values = [f.get(key, "<missing>") for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            shown = ", ".join(f"rank{i}={v!r}" for i, v in enumerate(values))
+            lines.append(f"{key}: {shown}")
+    return lines
+
+
+def exchange(rec: Record, group: dist.ProcessGroup | None = None) -> list[Record]:
+    """All-gather every rank's record (canonical JSON bytes; parsed, never unpickled)."""
+    raw = json.dumps(rec, sort_keys=True, separators=(",", ":"), default=str).encode()
+    world = dist.get_world_size(group)
+    length = torch.tensor([len(raw)], dtype=torch.int64)
+    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(lengths, length, group=group)
+    size = max(int(n.item()) for n in lengths)
+    mine = torch.zeros(size, dtype=torch.uint8)
+    mine[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    gathered = [torch.zeros(size, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(gathered, mine, group=group)
+    out = []
+    for n, buf in zip(lengths, gathered, strict=True):
+        out.append(json.loads(bytes(buf[: int(n.item())].tolist()).decode()))
+    return out
+
+
+def check(rec: Record, group: dist.ProcessGroup | None = None) -> list[Record]:
+    """Exchange records and raise ``ParityMismatch`` (on every rank) if they differ."""
+    records = exchange(rec, group)
+    lines = diff(records)
+    if lines:
+        raise ParityMismatch(lines)
+    return records

@@ -1,0 +1,222 @@
+"""Scenarios run by tests/test_channel.py on real gloo process groups (one call per rank).
+
+Each returns JSON-able data the test asserts on; logs go to the rank's log file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import torch
+
+from tpwire.generated import tp_control as tc
+from tpwire.runtime import wire
+from tpwire.runtime.channel import BroadcastChannel, ChannelPoisoned
+from tpwire.runtime.errors import EnvelopeInvalid
+from tpwire.runtime.parity import ParityMismatch
+
+
+def header(
+    call_id: int, chunk: int | None = None, epoch: int = 0, action: str = "INFER"
+) -> tc.Header:
+    return tc.Header(
+        call_id=call_id,
+        chunk_index=chunk if chunk is not None else call_id,
+        control_epoch=0,
+        cache_epoch=epoch,
+        action=tc.TPAction[action],
+    )
+
+
+def envelope(seed: int, *, recompute: bool = False, **changes: Any) -> tc.InferV1GeneratorOnly:
+    """A small but complete v1 envelope, the same on every rank for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    fields: dict[str, Any] = dict(
+        tp_envelope_version=1,
+        height=16,
+        width=24,
+        current_start_frame=seed,
+        init_cache=seed == 0,
+        manage_cache=True,
+        tp_reset_kv_cache=seed == 0,
+        tp_reset_crossattn_cache=False,
+        conditioning_embeds_updated=False,
+        kv_cache_attention_bias=0.25,
+        tp_do_kv_recompute=recompute,
+        tp_num_denoise_steps=4,
+        tp_expected_generator_calls=4 + int(recompute),
+        denoising_step_list=torch.tensor([1000, 750, 500, 250]),
+        latents=torch.randn(1, 1, 4, 2, 3, generator=g).to(torch.bfloat16),
+        conditioning_embeds=torch.randn(1, 2, 8, generator=g).to(torch.float16),
+        context_frames_override=(
+            torch.randn(1, 1, 4, 2, 3, generator=g).to(torch.bfloat16) if recompute else None
+        ),
+        base_seed=seed,
+    )
+    fields.update(changes)
+    return tc.InferV1GeneratorOnly(**fields)
+
+
+def stream(rank: int, world: int, n: int = 4) -> Any:
+    ch = BroadcastChannel(tc, poison="raise").open()
+    if rank == 0:
+        for i in range(n):
+            ch.send(envelope(i, recompute=i % 2 == 1), header(i + 1, chunk=i))
+        ch.noop()
+        ch.shutdown()
+        return {"sent": n}
+    seen = []
+    while True:
+        got = ch.recv()
+        row: dict[str, Any] = {"action": got.action.name, "call_id": got.header.call_id}
+        if got.msg is not None:
+            i = got.header.chunk_index
+            row["equal"] = got.msg == envelope(i, recompute=i % 2 == 1)
+        seen.append(row)
+        if got.action is tc.TPAction.SHUTDOWN:
+            return seen
+
+
+def preflight(rank: int, world: int) -> Any:
+    """OM-01, OM-02, OM-03 (both sides) and OM-10: refused before frame 0, no peer stranded."""
+    ch = BroadcastChannel(tc, poison="raise").open()
+    if rank == 0:
+        refused = {}
+        attempts = {
+            "OM-01": envelope(1, base_seed=lambda: 0),  # unserializable value in the meta
+            "OM-02": envelope(1, latents=torch.zeros(1, 1, 4, 2, 3, dtype=torch.bool)),
+            "OM-03": envelope(1, tp_num_denoise_steps=5),
+            "OM-10": envelope(1, recompute=True, context_frames_override=None),
+        }
+        for om, msg in attempts.items():
+            try:
+                ch.send(msg, header(1))
+            except EnvelopeInvalid as exc:
+                refused[om] = sorted({(v.code, v.field) for v in exc.violations})
+        ch.send(envelope(1), header(1))  # the worker gets this one next
+        # a buggy rank 0 that skipped validation: the worker must refuse before any work
+        frames = tc.encode(envelope(2), header(2))
+        words = frames.frame0.tolist()
+        steps = next(i for i in range(tc.W_SCALARS, tc.W_MANIFEST) if words[i] == 4)
+        words[steps] = 5
+        ch._transmit(wire.Frames(wire.seal(words), frames.segments), header(2))
+        ch.send(envelope(3), header(3))
+        ch.shutdown()
+        return refused
+    out: dict[str, Any] = {"received": []}
+    while True:
+        try:
+            got = ch.recv()
+        except EnvelopeInvalid as exc:
+            out["worker_refused"] = sorted({(v.code, v.field) for v in exc.violations})
+            out["refused_ids"] = [exc.violations[0].call_id, exc.violations[0].chunk_index]
+            continue
+        out["received"].append([got.action.name, got.header.call_id])
+        if got.action is tc.TPAction.SHUTDOWN:
+            return out
+
+
+def parity_flags(rank: int, world: int) -> Any:
+    plan = "v1_generator_only" if rank == 0 else "v0_full_pipeline"
+    try:
+        BroadcastChannel(tc, parity_flags={"tp_plan": plan, "compile": True}).open()
+    except ParityMismatch as exc:
+        return {"diff": list(exc.diff)}
+    return {"diff": None}
+
+
+def parity_env(rank: int, world: int) -> Any:
+    try:
+        BroadcastChannel(tc, parity_env=("SCOPE_TP_INPUT_DIGEST", "SCOPE_KV_BIAS_BACKEND")).open()
+    except ParityMismatch as exc:
+        return {"diff": list(exc.diff)}
+    return {"diff": None}
+
+
+def sender_dies(rank: int, world: int, watchdog_s: float) -> Any:
+    """OM-13: rank 0 is killed mid-stream; the worker exits within the watchdog window."""
+    ch = BroadcastChannel(tc, watchdog_s=watchdog_s).open()
+    if rank == 0:
+        for i in range(2):
+            ch.send(envelope(i), header(i + 1, chunk=i))
+        time.sleep(0.2)
+        os._exit(9)  # killed: no SHUTDOWN, no goodbye
+    while True:
+        ch.recv()  # the channel exits the process when rank 0 is gone
+
+
+def worker_dies(rank: int, world: int, watchdog_s: float) -> Any:
+    """A worker is killed mid-stream; rank 0 exits instead of waiting on it forever."""
+    ch = BroadcastChannel(tc, watchdog_s=watchdog_s).open()
+    if rank == 1:
+        ch.recv()
+        ch.recv()
+        os._exit(9)
+    for i in range(10_000):
+        ch.send(envelope(i), header(i + 1, chunk=i))
+    return {"sent_all": True}  # must not get here
+
+
+def bad_order(rank: int, world: int, call_id: int) -> Any:
+    """A duplicate or regressing call_id reaches the worker (rank 0 forges it)."""
+    ch = BroadcastChannel(tc, poison="raise").open()
+    if rank == 0:
+        ch.send(envelope(0), header(5, chunk=0))
+        noop = header(call_id, action="NOOP")
+        ch._transmit(tc.encode(None, noop), noop)
+        return {}
+    first = ch.recv()
+    try:
+        ch.recv()
+    except ChannelPoisoned as exc:
+        return {"first": first.header.call_id, "poisoned": str(exc)}
+    return {"poisoned": None}
+
+
+def bad_fingerprint(rank: int, world: int) -> Any:
+    """Frame 0 from a rank that runs another spec revision."""
+    ch = BroadcastChannel(tc, poison="raise").open()
+    if rank == 0:
+        noop = header(1, action="NOOP")
+        words = tc.encode(None, noop).frame0.tolist()
+        words[1] ^= 0x5A5A
+        ch._transmit(wire.Frames(wire.seal(words), ()), noop)
+        return {}
+    try:
+        ch.recv()
+    except ChannelPoisoned as exc:
+        return {"poisoned": str(exc)}
+    return {"poisoned": None}
+
+
+def heartbeat(rank: int, world: int) -> Any:
+    """An idle rank 0 keeps its workers' watchdogs fed with NOOPs."""
+    if rank == 0:
+        ch = BroadcastChannel(tc, heartbeat_s=0.2).open()
+        time.sleep(1.2)
+        ch.send(envelope(0), dataclasses.replace(header(100, chunk=0)))
+        ch.shutdown()
+        return {}
+    ch = BroadcastChannel(tc, watchdog_s=0.8).open()
+    actions = []
+    while True:
+        got = ch.recv()
+        actions.append(got.action.name)
+        if got.action is tc.TPAction.SHUTDOWN:
+            return {"actions": actions}
+
+
+def sender_hangs(rank: int, world: int, watchdog_s: float) -> Any:
+    """Rank 0 is alive but wedged (no error reaches the worker): the watchdog fires."""
+    ch = BroadcastChannel(tc, watchdog_s=watchdog_s).open()
+    if rank == 0:
+        ch.send(envelope(0), header(1, chunk=0))
+        time.sleep(watchdog_s + 3.0)
+        os._exit(0)
+    ch.recv()
+    started = time.monotonic()
+    ch.recv()  # never completes: the watchdog exits the process
+    return {"waited": time.monotonic() - started}

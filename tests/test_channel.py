@@ -1,0 +1,129 @@
+"""BroadcastChannel on real gloo process groups: the operator test matrix rows that apply.
+
+Every scenario runs under a hard timeout (tests/mp.py): a hang is a failure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mp import run_ranks
+
+from tpwire.runtime.channel import EXIT_POISONED, EXIT_WATCHDOG
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_stream_round_trips_every_envelope(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("stream", tmp_path)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    assert r1.result == [
+        {"action": "INFER", "call_id": 1, "equal": True},
+        {"action": "INFER", "call_id": 2, "equal": True},
+        {"action": "INFER", "call_id": 3, "equal": True},
+        {"action": "INFER", "call_id": 4, "equal": True},
+        {"action": "NOOP", "call_id": 5},
+        {"action": "SHUTDOWN", "call_id": 6},
+    ]
+
+
+@pytest.fixture(scope="module")
+def preflight(tmp_path_factory: pytest.TempPathFactory) -> list:  # type: ignore[type-arg]
+    return run_ranks("preflight", tmp_path_factory.mktemp("preflight"))
+
+
+def test_om01_unserializable_meta_fails_before_frame0(preflight: list) -> None:  # type: ignore[type-arg]
+    r0, r1 = preflight
+    assert r0.result["OM-01"] == [["type", "base_seed"]]
+    # the worker was not stranded: the next header it saw is the next valid envelope
+    assert r1.result["received"][0] == ["INFER", 1]
+    assert "refused before frame 0 call_id=1 chunk_index=1 cache_epoch=0" in r0.log
+    assert "base_seed" in r0.log
+
+
+def test_om02_unsupported_dtype_fails_before_frame0(preflight: list) -> None:  # type: ignore[type-arg]
+    assert preflight[0].result["OM-02"] == [["dtype", "latents"]]
+
+
+def test_om03_inconsistent_plan_rejected_on_both_sides(preflight: list) -> None:  # type: ignore[type-arg]
+    r0, r1 = preflight
+    assert ["invariant", "denoising_step_list, tp_num_denoise_steps"] in r0.result["OM-03"]
+    # forged frames from a rank 0 that skipped validation: refused by the worker after the
+    # full receive (lockstep intact), before any generator call, with both numbers and ids
+    assert ["invariant", "denoising_step_list, tp_num_denoise_steps"] in r1.result["worker_refused"]
+    assert r1.result["refused_ids"] == [2, 2]
+    assert "tp_num_denoise_steps = 5, len(denoising_step_list) = 4" in r1.log
+    assert r1.result["received"] == [["INFER", 1], ["INFER", 3], ["SHUTDOWN", 4]]
+
+
+def test_om10_recompute_without_context_frames(preflight: list) -> None:  # type: ignore[type-arg]
+    assert ["missing", "context_frames_override"] in preflight[0].result["OM-10"]
+
+
+def test_om04_plan_mismatch_fails_the_handshake_on_every_rank(tmp_path: Path) -> None:
+    results = run_ranks("parity_flags", tmp_path)
+    for r in results:
+        assert r.exitcode == 0, r.log
+        assert r.result["diff"] == [
+            "flags.tp_plan: rank0='v1_generator_only', rank1='v0_full_pipeline'"
+        ]
+
+
+def test_om05_gating_flag_on_one_rank_only(tmp_path: Path) -> None:
+    results = run_ranks(
+        "parity_env",
+        tmp_path,
+        env={0: {"SCOPE_TP_INPUT_DIGEST": "1", "SCOPE_KV_BIAS_BACKEND": "fa4"},
+             1: {"SCOPE_KV_BIAS_BACKEND": "fa4"}},
+    )  # fmt: skip
+    for r in results:
+        assert r.result["diff"] == ["env.SCOPE_TP_INPUT_DIGEST: rank0='1', rank1=None"]
+
+
+def test_om13_workers_exit_when_rank0_dies(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("sender_dies", tmp_path, watchdog_s=3.0, timeout=30)
+    assert r0.exitcode == 9
+    assert r1.exitcode in (EXIT_POISONED, EXIT_WATCHDOG), r1.log
+    assert r1.seconds < r0.seconds + 3.0 + 2.0  # within the watchdog window (+ slack)
+    assert "call_id=2 chunk_index=1 cache_epoch=0" in r1.log  # the last ids it saw
+
+
+def test_rank0_exits_when_a_worker_dies(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("worker_dies", tmp_path, watchdog_s=3.0, timeout=30)
+    assert r1.exitcode == 9
+    assert r0.exitcode in (EXIT_POISONED, EXIT_WATCHDOG), r0.log
+    assert r0.result is None
+    assert "POISONED" in r0.log or "WATCHDOG" in r0.log
+
+
+@pytest.mark.parametrize(("call_id", "kind"), [(5, "duplicate"), (3, "regressing")])
+def test_duplicate_and_regressing_call_ids_crash_the_worker(
+    tmp_path: Path, call_id: int, kind: str
+) -> None:
+    _, r1 = run_ranks("bad_order", tmp_path, call_id=call_id)
+    assert r1.result["first"] == 5
+    assert f"ordering: {kind} call_id {call_id} after 5" in r1.result["poisoned"]
+    assert f"call_id={call_id}" in r1.result["poisoned"]
+
+
+def test_wrong_fingerprint_is_a_clear_protocol_mismatch(tmp_path: Path) -> None:
+    _, r1 = run_ranks("bad_fingerprint", tmp_path)
+    poisoned = r1.result["poisoned"]
+    assert "frame 0 refused" in poisoned and "[fingerprint]" in poisoned
+    assert "different spec revisions" in poisoned
+
+
+def test_heartbeat_keeps_an_idle_stream_alive(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("heartbeat", tmp_path)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    actions = r1.result["actions"]
+    assert actions.count("NOOP") >= 3
+    assert actions[-2:] == ["INFER", "SHUTDOWN"]
+
+
+def test_watchdog_exits_a_worker_whose_rank0_is_wedged(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("sender_hangs", tmp_path, watchdog_s=1.0, timeout=30)
+    assert r1.exitcode == EXIT_WATCHDOG, r1.log
+    assert r1.seconds < r0.seconds - 1.0  # it did not wait for rank 0
+    assert "WATCHDOG: a header after call_id=1 chunk_index=0 cache_epoch=0" in r1.log
