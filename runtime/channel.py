@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
-from . import parity
+from . import parity, tripwire
 from .errors import EnvelopeInvalid, WireError
 from .wire import Frames
 
@@ -117,6 +117,7 @@ class BroadcastChannel:
         watchdog_s: float | None = None,
         heartbeat_s: float | None = None,
         poison: str = "exit",
+        tripwires: bool = False,
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
@@ -126,7 +127,9 @@ class BroadcastChannel:
         self.device = torch.device(device) if device is not None else None
         self.cpu_group = cpu_group
         self.parity_env = tuple(parity_env)
-        self.parity_flags = dict(parity_flags or {})
+        # the tripwire collectives run only if every rank agrees they do (FM-03)
+        self.tripwires = tripwires
+        self.parity_flags = {**dict(parity_flags or {}), "tpwire.tripwires": tripwires}
         self.watchdog_s = watchdog_s
         self.heartbeat_s = heartbeat_s
         self.poison = poison
@@ -302,6 +305,29 @@ class BroadcastChannel:
         if action.name == "SHUTDOWN":
             self.closed = True
         return Received(action, header, msg)
+
+    # -- drift tripwires (bringup) ----------------------------------------------------
+
+    def check_inputs(self, msg: Any, header: Any) -> None:
+        """Every rank compares the digest of the envelope it is about to run (OM-11)."""
+        self._tripwire_ready()
+        value = tripwire.digest_envelope(self.protocol, msg, header)
+        self._compare(value, f"the inputs of {_ids(header)}")
+
+    def check_same(self, tensor: torch.Tensor, what: str) -> None:
+        """Every rank compares a tensor that must be identical (an output, a replicated weight)."""
+        self._tripwire_ready()
+        self._compare(tripwire.digest_tensors([tensor]), what)
+
+    def _tripwire_ready(self) -> None:
+        if not self.tripwires:
+            raise RuntimeError("open the channel with tripwires=True (a parity-checked flag)")
+        if not self.opened or self.poisoned:
+            raise RuntimeError("the channel is not open")
+
+    def _compare(self, value: int, what: str) -> None:
+        with self._deadline(f"the digest check of {what}"):
+            tripwire.compare(value, what, self.group)
 
     # -- shared -------------------------------------------------------------------------
 

@@ -220,3 +220,46 @@ def sender_hangs(rank: int, world: int, watchdog_s: float) -> Any:
     started = time.monotonic()
     ch.recv()  # never completes: the watchdog exits the process
     return {"waited": time.monotonic() - started}
+
+
+def drift(rank: int, world: int) -> Any:
+    """OM-11: one rank's input is perturbed after the broadcast (test-only)."""
+    from tpwire.runtime.tripwire import DriftDetected
+
+    ch = BroadcastChannel(tc, tripwires=True, poison="raise").open()
+    h = header(1, chunk=0)
+    if rank == 0:
+        msg = envelope(0)
+        ch.send(msg, h)
+    else:
+        msg = ch.recv().msg
+    ch.check_inputs(msg, h)  # identical: passes
+    if rank == 0:
+        msg.latents.view(-1)[0] += 1  # Franken-model in the making
+    try:
+        ch.check_inputs(msg, h)
+    except DriftDetected as exc:
+        return {"drift": str(exc)}
+    return {"drift": None}
+
+
+def ledger_counts(rank: int, world: int) -> Any:
+    from tpwire.runtime.lockstep import Ledger, LockstepError
+
+    ledger = Ledger()
+    ledger.begin(5, header(1, chunk=0))
+    for _ in range(5 if rank == 0 else 4):
+        ledger.call()
+    try:
+        ledger.check_ranks()
+    except LockstepError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
+def tripwire_on_one_rank(rank: int, world: int) -> Any:
+    try:
+        BroadcastChannel(tc, tripwires=rank == 0).open()
+    except ParityMismatch as exc:
+        return {"diff": list(exc.diff)}
+    return {"diff": None}

@@ -127,3 +127,22 @@ def test_watchdog_exits_a_worker_whose_rank0_is_wedged(tmp_path: Path) -> None:
     assert r1.exitcode == EXIT_WATCHDOG, r1.log
     assert r1.seconds < r0.seconds - 1.0  # it did not wait for rank 0
     assert "WATCHDOG: a header after call_id=1 chunk_index=0 cache_epoch=0" in r1.log
+
+
+def test_om11_perturbed_input_is_a_digest_mismatch_on_every_rank(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("drift", tmp_path)
+    for r in (r0, r1):
+        assert r.exitcode == 0, r.log
+        assert "drift in the inputs of call_id=1 chunk_index=0 cache_epoch=0" in r.result["drift"]
+        assert "ranks [1] differ from rank 0" in r.result["drift"]
+    assert r0.result == r1.result
+
+
+def test_ledger_counts_are_compared_across_ranks(tmp_path: Path) -> None:
+    for r in run_ranks("ledger_counts", tmp_path):
+        assert "generator call counts differ: rank0=5, rank1=4" in r.result["error"]
+
+
+def test_tripwire_flag_on_one_rank_fails_the_handshake(tmp_path: Path) -> None:
+    for r in run_ranks("tripwire_on_one_rank", tmp_path):
+        assert r.result["diff"] == ["flags.tpwire.tripwires: rank0=True, rank1=False"]

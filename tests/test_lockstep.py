@@ -1,0 +1,72 @@
+"""The result gate (refs/21 acceptance rules, OM-09) and the call-count ledger (FM-02)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tpwire.generated import pp_contract as pp
+from tpwire.runtime.lockstep import Ids, Ledger, LockstepError, ResultGate
+
+
+def hdr(call_id: int, chunk: int, epoch: int, action: str = "RESULT") -> pp.Header:
+    return pp.Header(
+        call_id=call_id, chunk_index=chunk, cache_epoch=epoch, action=pp.PPAction[action]
+    )
+
+
+def test_om09_delayed_result_across_a_hard_cut_is_dropped_by_epoch() -> None:
+    logged: list[str] = []
+    gate = ResultGate(max_pending=2, log=logged.append)
+    gate.expect(hdr(1, 0, 0, "INFER"))
+    gate.expect(hdr(2, 1, 0, "INFER"))
+    assert gate.accept(hdr(1, 0, 0))
+    assert gate.hard_cut(1) == [Ids(0, 2, 1)]  # the in-flight envelope is flushed
+    gate.expect(hdr(3, 2, 1, "INFER"))
+    assert gate.accept(hdr(2, 1, 0)) is False  # the delayed result of the old world
+    assert gate.accept(hdr(3, 2, 1))
+    assert gate.dropped == [(Ids(0, 2, 1), "stale epoch 0 < 1")]
+    assert any("dropped result call_id=2 chunk_index=1 cache_epoch=0" in line for line in logged)
+
+
+def test_duplicates_are_dropped_and_regressions_crash() -> None:
+    gate = ResultGate(log=lambda _: None)
+    gate.expect(hdr(4, 0, 0, "INFER"))
+    assert gate.accept(hdr(4, 0, 0))
+    assert gate.accept(hdr(4, 0, 0)) is False  # duplicate
+    gate.expect(hdr(5, 1, 0, "INFER"))
+    with pytest.raises(LockstepError, match="out of order: expected call_id=5"):
+        gate.accept(hdr(6, 2, 0))  # ahead of time
+    with pytest.raises(LockstepError, match="future epoch"):
+        gate.accept(hdr(5, 1, 3))
+    with pytest.raises(LockstepError, match="out of order"):
+        gate.accept(hdr(5, 7, 0))  # right call_id, wrong chunk
+
+
+def test_pending_results_are_bounded_and_ordered() -> None:
+    gate = ResultGate(max_pending=1, log=lambda _: None)
+    gate.expect(hdr(1, 0, 0, "INFER"))
+    with pytest.raises(LockstepError, match="already pending"):
+        gate.expect(hdr(2, 1, 0, "INFER"))
+    with pytest.raises(LockstepError, match="hard_cut"):
+        ResultGate().expect(hdr(1, 0, 5, "INFER"))
+    with pytest.raises(LockstepError, match="must bump"):
+        gate.hard_cut(0)
+    with pytest.raises(LockstepError, match="no envelope is pending"):
+        ResultGate().accept(hdr(1, 0, 0))
+
+
+def test_ledger_refuses_the_extra_call_and_reports_a_missing_one() -> None:
+    ledger = Ledger()
+    ledger.begin(5, hdr(9, 3, 1, "INFER"))
+    for _ in range(5):
+        ledger.call()
+    with pytest.raises(LockstepError, match="generator call 6 exceeds the plan's expected 5"):
+        ledger.call()
+    ledger.end()
+    ledger.begin(5, hdr(10, 4, 1, "INFER"))
+    for _ in range(4):
+        ledger.call()
+    with pytest.raises(LockstepError, match=r"call_id=10 .*observed 4 generator calls, expected 5"):
+        ledger.end()
+    with pytest.raises(LockstepError, match="outside a planned chunk"):
+        ledger.call()
