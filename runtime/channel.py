@@ -1,6 +1,7 @@
-"""Generated bindings over a ``torch.distributed`` group: the anti-stranding channel.
+"""Generated bindings over a ``torch.distributed`` group: the anti-stranding channels.
 
-``BroadcastChannel`` (TP: one source rank -> every rank of a group). The sender runs the
+``BroadcastChannel`` (TP: one source rank -> every rank of a group) and ``P2PChannel``
+(PP: stage <-> stage, envelopes one way and results the other). The sender runs the
 whole preflight (``encode``: validate, materialize, every byte) before the first
 collective; frame 0 then frame 1 follow. Anything that goes wrong after frame 0 poisons
 the channel: one log line with the ids and the reason, then ``os._exit`` with a distinct
@@ -102,28 +103,26 @@ class Ordering:
             self.chunk_index = chunk if chunk is not None else self.chunk_index
 
 
-class BroadcastChannel:
-    """Envelopes of one generated ``protocol`` from rank ``src`` to every rank of ``group``."""
+class _Channel:
+    """What both channels share: preflight, the commitment, poison, ordering, watchdog."""
 
     def __init__(
         self,
         protocol: ModuleType,
-        group: dist.ProcessGroup | None = None,
-        src: int = 0,
-        device: torch.device | str | None = None,
-        cpu_group: dist.ProcessGroup | None = None,
-        parity_env: Sequence[str] = (),
-        parity_flags: Mapping[str, object] | None = None,
-        watchdog_s: float | None = None,
-        heartbeat_s: float | None = None,
-        poison: str = "exit",
-        tripwires: bool = False,
+        group: dist.ProcessGroup | None,
+        device: torch.device | str | None,
+        cpu_group: dist.ProcessGroup | None,
+        parity_env: Sequence[str],
+        parity_flags: Mapping[str, object] | None,
+        watchdog_s: float | None,
+        heartbeat_s: float | None,
+        poison: str,
+        tripwires: bool,
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
         self.protocol = protocol
         self.group = group
-        self.src = src
         self.device = torch.device(device) if device is not None else None
         self.cpu_group = cpu_group
         self.parity_env = tuple(parity_env)
@@ -134,12 +133,14 @@ class BroadcastChannel:
         self.heartbeat_s = heartbeat_s
         self.poison = poison
         self.rank = dist.get_rank()
-        self.is_sender = self.rank == src
         self.opened = False
         self.closed = False
         self.poisoned = False
+        #: the last header sent and the last one received (ids for logs and heartbeats)
+        self.last_sent: Any = None
         self.last_header: Any = None
-        self._ordering = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
+        self._sent_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
+        self._recv_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
         self._lock = threading.Lock()
         self._last_send = time.monotonic()
         self._heartbeat: threading.Thread | None = None
@@ -148,25 +149,40 @@ class BroadcastChannel:
             torch.device("cpu") if cpu_group is not None or self.device is None else self.device
         )
 
+    # transport: what each channel kind does with one tensor of one frame
+    def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        raise NotImplementedError
+
+    def _get(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        raise NotImplementedError
+
+    def _handshake_group(self) -> dist.ProcessGroup | None:
+        return self.cpu_group if self.cpu_group is not None else self.group
+
+    def _check_role(self, sender: bool) -> None:
+        """Broadcast channels have one sender; p2p ends both send and receive."""
+
     # -- lifecycle ----------------------------------------------------------------------
 
-    def open(self) -> BroadcastChannel:
+    def open(self) -> Any:
         """The handshake: parity of spec, plan, env keys and flags on every rank."""
         rec = parity.record(self.protocol, self.parity_env, self.parity_flags)
-        rec["src"] = self.src
-        parity.check(rec, self.cpu_group if self.cpu_group is not None else self.group)
+        parity.check(rec, self._handshake_group())
         self.opened = True
-        if self.is_sender and self.heartbeat_s:
+        if self.heartbeat_s and self._may_send():
             self._heartbeat = threading.Thread(
                 target=self._beat, name="tpwire-heartbeat", daemon=True
             )
             self._heartbeat.start()
         return self
 
+    def _may_send(self) -> bool:
+        return True
+
     def close(self) -> None:
         self.closed = True
 
-    def __enter__(self) -> BroadcastChannel:
+    def __enter__(self) -> Any:
         return self if self.opened else self.open()
 
     def __exit__(self, *exc: object) -> None:
@@ -186,7 +202,7 @@ class BroadcastChannel:
                 f"{len(exc.violations)} violation(s), first: {first}"
             )
             raise
-        problem = self._ordering.problem(header)
+        problem = self._sent_order.problem(header)
         if problem is not None:
             raise OrderingError(f"refused before frame 0 {_ids(header)}: {problem}")
         with self._lock:
@@ -204,7 +220,7 @@ class BroadcastChannel:
 
     def error(self, reason: str) -> None:
         """A terminal ERROR frame, so peers exit cleanly instead of being stranded."""
-        _log(f"tpwire[rank {self.rank}]: ERROR broadcast after {_ids(self.last_header)}: {reason}")
+        _log(f"tpwire[rank {self.rank}]: ERROR sent after {_ids(self.last_header)}: {reason}")
         self._send_action("ERROR")
         self.closed = True
 
@@ -216,7 +232,7 @@ class BroadcastChannel:
 
     def _next_header(self, action_name: str) -> Any:
         header_cls = self.protocol.Header
-        last = self.last_header
+        last = self.last_sent
         values: dict[str, Any] = {}
         for f in dataclasses.fields(header_cls):
             values[f.name] = getattr(last, f.name) if last is not None else 0
@@ -230,16 +246,16 @@ class BroadcastChannel:
         frame0 = frames.frame0.to(self._frame0_device)
         with self._deadline(f"send of {_ids(header)}"):
             try:
-                self._broadcast(frame0, frame0=True)
+                self._put(frame0, FRAME0_TAG, frame0=True)
             except Exception as exc:  # a peer is gone or the group is broken
-                self._poison(header, f"frame 0 broadcast failed: {exc}")
+                self._poison(header, f"frame 0 send failed: {exc}")
             try:
-                for segment in frames.segments:
-                    self._broadcast(segment, frame0=False)
+                for i, segment in enumerate(frames.segments):
+                    self._put(segment, _segment_tag(header, i), frame0=False)
             except Exception as exc:
-                self._poison(header, f"frame 1 broadcast failed after frame 0: {exc}")
-        self._ordering.commit(header)
-        self.last_header = header
+                self._poison(header, f"frame 1 send failed after frame 0: {exc}")
+        self._sent_order.commit(header)
+        self.last_sent = header
         self._last_send = time.monotonic()
 
     def _beat(self) -> None:
@@ -270,7 +286,7 @@ class BroadcastChannel:
         )
         with self._deadline(f"a header after {_ids(self.last_header)}"):
             try:
-                self._broadcast(frame0, frame0=True)
+                self._get(frame0, FRAME0_TAG, frame0=True)
             except Exception as exc:
                 self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
         try:
@@ -278,18 +294,18 @@ class BroadcastChannel:
         except WireError as exc:
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
-        problem = self._ordering.problem(header)
+        problem = self._recv_order.problem(header)
         segments = manifest.allocate(self.device)
         with self._deadline(f"frame 1 of {_ids(header)}"):
             try:
-                for segment in segments:
-                    self._broadcast(segment, frame0=False)
+                for i, segment in enumerate(segments):
+                    self._get(segment, _segment_tag(header, i), frame0=False)
             except Exception as exc:
                 self._poison(header, f"frame 1 receive failed: {exc}")
         if problem is not None:
             # frame 1 is drained, so the sender is not stranded; this rank stops here
             self._poison(header, f"ordering: {problem}")
-        self._ordering.commit(header)
+        self._recv_order.commit(header)
         self.last_header = header
         try:
             header, msg = manifest.finish(segments)
@@ -327,7 +343,7 @@ class BroadcastChannel:
 
     def _compare(self, value: int, what: str) -> None:
         with self._deadline(f"the digest check of {what}"):
-            tripwire.compare(value, what, self.group)
+            tripwire.compare(value, what, self._compare_group())
 
     # -- shared -------------------------------------------------------------------------
 
@@ -338,13 +354,10 @@ class BroadcastChannel:
             raise RuntimeError("call open() first (the parity handshake)")
         if self.closed:
             raise RuntimeError("the channel is closed")
-        if sender != self.is_sender:
-            role = "the source rank" if sender else "a receiving rank"
-            raise RuntimeError(f"only {role} may call this (rank {self.rank}, src {self.src})")
+        self._check_role(sender)
 
-    def _broadcast(self, tensor: torch.Tensor, *, frame0: bool) -> None:
-        group = self.cpu_group if frame0 and self.cpu_group is not None else self.group
-        dist.broadcast(tensor, src=self.src, group=group)
+    def _compare_group(self) -> dist.ProcessGroup | None:
+        return self.group
 
     @contextmanager
     def _deadline(self, what: str) -> Iterator[None]:
@@ -376,3 +389,97 @@ class BroadcastChannel:
             raise ChannelPoisoned(line)
         _log(f"{line}; exiting {EXIT_POISONED}")
         os._exit(EXIT_POISONED)
+
+
+class BroadcastChannel(_Channel):
+    """Envelopes of one generated ``protocol`` from rank ``src`` to every rank of ``group``."""
+
+    def __init__(
+        self,
+        protocol: ModuleType,
+        group: dist.ProcessGroup | None = None,
+        src: int = 0,
+        device: torch.device | str | None = None,
+        cpu_group: dist.ProcessGroup | None = None,
+        parity_env: Sequence[str] = (),
+        parity_flags: Mapping[str, object] | None = None,
+        watchdog_s: float | None = None,
+        heartbeat_s: float | None = None,
+        poison: str = "exit",
+        tripwires: bool = False,
+    ) -> None:
+        super().__init__(
+            protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
+            heartbeat_s, poison, tripwires,
+        )  # fmt: skip
+        self.src = src
+        self.is_sender = self.rank == src
+        self.parity_flags["tpwire.src"] = src
+
+    def _may_send(self) -> bool:
+        return self.is_sender
+
+    def _check_role(self, sender: bool) -> None:
+        if sender != self.is_sender:
+            role = "the source rank" if sender else "a receiving rank"
+            raise RuntimeError(f"only {role} may call this (rank {self.rank}, src {self.src})")
+
+    def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        group = self.cpu_group if frame0 and self.cpu_group is not None else self.group
+        dist.broadcast(tensor, src=self.src, group=group)
+
+    _get = _put  # a broadcast is the same call on every rank
+
+
+class P2PChannel(_Channel):
+    """Envelopes and results between this rank and one ``peer`` (pipeline stages).
+
+    Both ends send and receive. Segment tags derive from ``(cache_epoch, call_id, index)``
+    so a stale or misordered frame cannot be taken for the current one (refs/20). The
+    handshake and the tripwires run on ``group``, which must be exactly the two ends
+    (``dist.new_group([a, b])``, or the world when it has two ranks).
+    """
+
+    def __init__(
+        self,
+        protocol: ModuleType,
+        peer: int,
+        group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+        cpu_group: dist.ProcessGroup | None = None,
+        parity_env: Sequence[str] = (),
+        parity_flags: Mapping[str, object] | None = None,
+        watchdog_s: float | None = None,
+        heartbeat_s: float | None = None,
+        poison: str = "exit",
+        tripwires: bool = False,
+    ) -> None:
+        super().__init__(
+            protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
+            heartbeat_s, poison, tripwires,
+        )  # fmt: skip
+        if peer == self.rank:
+            raise ValueError("a p2p channel needs another rank as its peer")
+        if dist.get_world_size(group) != 2:
+            # the handshake and tripwires are collectives on this group: only the two ends
+            # call them, so a larger group would hang
+            raise ValueError("a p2p channel needs a group of exactly its two ends")
+        self.peer = peer
+
+    def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        group = self.cpu_group if frame0 and self.cpu_group is not None else self.group
+        dist.send(tensor, dst=self.peer, group=group, tag=tag)
+
+    def _get(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        group = self.cpu_group if frame0 and self.cpu_group is not None else self.group
+        dist.recv(tensor, src=self.peer, group=group, tag=tag)
+
+
+FRAME0_TAG = 0
+
+
+def _segment_tag(header: Any, index: int) -> int:
+    """Tags of frame 1 segments, derived from the ids frame 0 announced."""
+    epoch = getattr(header, "cache_epoch", 0) or 0
+    call_id = getattr(header, "call_id", 0) or 0
+    return 1 + ((epoch * 1_000_003 + call_id) * 16 + index) % (1 << 24)

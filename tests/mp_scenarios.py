@@ -263,3 +263,110 @@ def tripwire_on_one_rank(rank: int, world: int) -> Any:
     except ParityMismatch as exc:
         return {"diff": list(exc.diff)}
     return {"diff": None}
+
+
+def pp_envelope(i: int, *, init: bool = False) -> Any:
+    from tpwire.generated import pp_contract as pp
+
+    g = torch.Generator().manual_seed(i)
+    return pp.PPEnvelope(
+        pp_envelope_version=1, height=16, width=24, current_start_frame=i, init_cache=init,
+        reset_kv_cache=init, reset_crossattn_cache=False, kv_cache_attention_bias=0.5,
+        do_kv_recompute=False, num_denoise_steps=2, expected_generator_calls=2,
+        denoising_step_list=torch.tensor([900, 400]),
+        latents_in=torch.randn(1, 1, 4, 2, 3, generator=g).to(torch.bfloat16),
+        conditioning_embeds=torch.randn(1, 2, 8, generator=g).to(torch.bfloat16),
+        context_frames=None, input_digest=None,
+    )  # fmt: skip
+
+
+def pp_header(call_id: int, chunk: int, epoch: int, action: str) -> Any:
+    from tpwire.generated import pp_contract as pp
+
+    return pp.Header(
+        call_id=call_id, chunk_index=chunk, cache_epoch=epoch, action=pp.PPAction[action]
+    )
+
+
+def pp_hard_cut(rank: int, world: int) -> Any:
+    """OM-09 over real p2p: results of the old epoch arrive after the hard cut and are dropped."""
+    from tpwire.generated import pp_contract as pp
+    from tpwire.runtime.channel import P2PChannel
+    from tpwire.runtime.lockstep import Ledger, ResultGate
+
+    ch = P2PChannel(pp, peer=1 - rank, poison="raise").open()
+    if rank == 0:
+        gate = ResultGate(max_pending=2)
+        used = []
+        for call_id, chunk in ((1, 0), (2, 1)):
+            h = pp_header(call_id, chunk, 0, "INFER")
+            ch.send(pp_envelope(chunk), h)
+            gate.expect(h)
+        flushed = gate.hard_cut(1)
+        for _ in range(2):
+            got = ch.recv()
+            if gate.accept(got.header):
+                used.append(got.header.call_id)
+        h = pp_header(3, 2, 1, "INFER")
+        ch.send(pp_envelope(2, init=True), h)
+        gate.expect(h)
+        got = ch.recv()
+        if gate.accept(got.header):
+            used.append(got.header.call_id)
+        ch.shutdown()
+        return {
+            "flushed": [i.call_id for i in flushed],
+            "dropped": [[i.call_id, why] for i, why in gate.dropped],
+            "used": used,
+        }
+    ledger = Ledger()
+    pending = []
+    while True:
+        got = ch.recv()
+        if got.action is pp.PPAction.SHUTDOWN:
+            return {"ok": True}
+        pending.append(got)
+        if len(pending) == 2 or got.header.cache_epoch == 1:
+            for env in pending:  # stage 1 runs them late: the cut already happened
+                ledger.begin(env.msg.expected_generator_calls, env.header)
+                for _ in range(env.msg.num_denoise_steps):
+                    ledger.call()
+                ledger.end()
+                out = pp.PPResult(
+                    pp_result_version=1, latents_out=env.msg.latents_in,
+                    observed_generator_calls=ledger.observed, output_digest=None,
+                )  # fmt: skip
+                h = env.header
+                ch.send(out, pp_header(h.call_id, h.chunk_index, h.cache_epoch, "RESULT"))
+            pending.clear()
+
+
+def relay_error(rank: int, world: int) -> Any:
+    """OM-07: the mesh leader refuses an invalid envelope and broadcasts ERROR to its mesh."""
+    import torch.distributed as dist
+
+    from tpwire.generated import pp_contract as pp
+    from tpwire.runtime.channel import P2PChannel
+
+    link = dist.new_group([0, 1])
+    mesh = dist.new_group([1, 2])
+    if rank == 0:
+        ch = P2PChannel(pp, peer=1, group=link, poison="raise").open()
+        h = pp_header(1, 0, 0, "INFER")
+        frames = pp.encode(pp_envelope(0), h)
+        words = frames.frame0.tolist()
+        words[pp.W_SCALARS] = 2  # pp_envelope_version 2: a rank 0 from the future
+        ch._transmit(wire.Frames(wire.seal(words), frames.segments), h)
+        return {}
+    mesh_ch = BroadcastChannel(tc, group=mesh, src=1, watchdog_s=10).open()
+    if rank == 1:
+        ch = P2PChannel(pp, peer=0, group=link, poison="raise").open()
+        try:
+            ch.recv()
+        except EnvelopeInvalid as exc:
+            reason = f"invalid envelope from stage 0: {exc.violations[0]}"
+            mesh_ch.error(reason)  # validate-before-bcast: the mesh gets a terminal action
+            return {"relayed": reason}
+        return {"relayed": None}
+    got = mesh_ch.recv()
+    return {"action": got.action.name}

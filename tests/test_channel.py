@@ -146,3 +146,22 @@ def test_ledger_counts_are_compared_across_ranks(tmp_path: Path) -> None:
 def test_tripwire_flag_on_one_rank_fails_the_handshake(tmp_path: Path) -> None:
     for r in run_ranks("tripwire_on_one_rank", tmp_path):
         assert r.result["diff"] == ["flags.tpwire.tripwires: rank0=True, rank1=False"]
+
+
+def test_om09_p2p_results_of_an_old_epoch_are_dropped(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("pp_hard_cut", tmp_path)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r0.log + r1.log
+    assert r0.result == {
+        "flushed": [1, 2],
+        "dropped": [[1, "stale epoch 0 < 1"], [2, "stale epoch 0 < 1"]],
+        "used": [3],
+    }
+    assert "dropped result call_id=1 chunk_index=0 cache_epoch=0" in r0.log
+
+
+def test_om07_leader_broadcasts_error_instead_of_stranding_its_mesh(tmp_path: Path) -> None:
+    r0, r1, r2 = run_ranks("relay_error", tmp_path, world=3)
+    assert [r.exitcode for r in (r0, r1, r2)] == [0, 0, 0], r1.log + r2.log
+    assert "version" in r1.result["relayed"] and "call_id=1" in r1.result["relayed"]
+    assert r2.result == {"action": "ERROR"}
+    assert r2.seconds < 10  # no watchdog needed: the mesh was told
