@@ -8,12 +8,13 @@ SPECS := $(sort $(wildcard spec/*.yaml))
 # an unpinned torch would download gigabytes of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: gen test check lint typecheck fresh clean-venv help
+.PHONY: gen test check lint typecheck fresh demo clean-venv help
 
 help:
 	@echo "make gen    - bootstrap .venv, compile spec/ into generated/ and docs/"
 	@echo "make test   - run the test suite"
 	@echo "make check  - ruff, mypy --strict, freshness of generated output"
+	@echo "make demo   - 2 ranks (torchrun, CPU/gloo) stream 20 Scope-sized chunks"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,9 @@ fresh: gen
 	fi
 
 check: lint typecheck fresh
+
+demo: $(STAMP)
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node 2 examples/scope_stream.py --chunks 20
 
 clean-venv:
 	rm -rf $(VENV)

@@ -59,7 +59,7 @@ def _tensor_from_plain(value: Mapping[str, Any]) -> torch.Tensor | None:
 _PLAIN_TENSOR_LIMIT = 1 << 20
 
 
-def _value_from_plain(hint: str, value: Any, enums: Mapping[str, Any]) -> Any:
+def value_from_plain(hint: str, value: Any, enums: Mapping[str, Any]) -> Any:
     """Convert where the representation differs; anything unexpected stays as it is so
     that ``validate`` reports it with the proper code."""
     base = hint.replace(" | None", "").strip()
@@ -76,17 +76,22 @@ def _value_from_plain(hint: str, value: Any, enums: Mapping[str, Any]) -> Any:
     return value
 
 
+def enums_of(protocol: Any) -> dict[str, Any]:
+    """The enum classes of a generated module, by name."""
+    return {
+        name: obj
+        for name, obj in vars(protocol).items()
+        if isinstance(obj, type) and issubclass(obj, enum.Enum)
+    }
+
+
 def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[Any]]:
     """Build ``(header, message, violations)`` from plain data for a generated ``protocol``.
 
     Violations cover what only plain data can get wrong (``unknown_field``, an absent key
     for a ``T | None`` field, an unknown message name) plus everything ``validate`` finds.
     """
-    enums = {
-        name: obj
-        for name, obj in vars(protocol).items()
-        if isinstance(obj, type) and issubclass(obj, enum.Enum)
-    }
+    enums = enums_of(protocol)
     violations: list[Any] = []
 
     def build(cls: Any, values: Mapping[str, Any], where: str) -> Any:
@@ -105,7 +110,7 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
                 )
         for name, f in fields.items():
             if name in values:
-                kwargs[name] = _value_from_plain(str(f.type), values[name], enums)
+                kwargs[name] = value_from_plain(str(f.type), values[name], enums)
             elif f.default is dataclasses.MISSING:
                 if "None" in str(f.type):
                     violations.append(

@@ -165,3 +165,10 @@ def test_om07_leader_broadcasts_error_instead_of_stranding_its_mesh(tmp_path: Pa
     assert "version" in r1.result["relayed"] and "call_id=1" in r1.result["relayed"]
     assert r2.result == {"action": "ERROR"}
     assert r2.seconds < 10  # no watchdog needed: the mesh was told
+
+
+def test_compat_transport_carries_the_same_envelopes(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("compat_stream", tmp_path)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    assert [row.get("equal", True) for row in r1.result] == [True] * 6
+    assert [row["action"] for row in r1.result][-2:] == ["NOOP", "SHUTDOWN"]
