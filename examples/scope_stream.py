@@ -103,7 +103,7 @@ def main() -> None:
                 f"{us:8.0f} us",
                 flush=True,
             )
-    dist.destroy_process_group()
+    ch.close(destroy_group=True)
 
 
 if __name__ == "__main__":

@@ -179,8 +179,15 @@ class _Channel:
     def _may_send(self) -> bool:
         return True
 
-    def close(self) -> None:
+    def close(self, *, destroy_group: bool = False) -> None:
+        """Stop using the channel (after SHUTDOWN); optionally destroy its process group.
+
+        Never call it on a poisoned channel with ``destroy_group``: a peer may still be
+        blocked in a collective of that group (refs/03, crash-only).
+        """
         self.closed = True
+        if destroy_group and not self.poisoned:
+            dist.destroy_process_group(self.group)
 
     def __enter__(self) -> Any:
         return self if self.opened else self.open()
