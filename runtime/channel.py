@@ -209,12 +209,21 @@ class _Channel:
                 f"{len(exc.violations)} violation(s), first: {first}"
             )
             raise
+        with self._lock:  # check and commit atomically: a heartbeat may have taken an id
+            self._check_order(header)
+            self._transmit(frames, header)
+        return frames
+
+    def next_call_id(self) -> int:
+        """The smallest ``call_id`` the next send may use (heartbeats consume ids too)."""
+        with self._lock:
+            last = self._sent_order.call_id
+            return 0 if last is None else last + 1
+
+    def _check_order(self, header: Any) -> None:
         problem = self._sent_order.problem(header)
         if problem is not None:
             raise OrderingError(f"refused before frame 0 {_ids(header)}: {problem}")
-        with self._lock:
-            self._transmit(frames, header)
-        return frames
 
     def noop(self) -> None:
         """A heartbeat: frame 0 only."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .channel import FRAME0_TAG, BroadcastChannel, OrderingError, Received, _ids, _log
+from .channel import FRAME0_TAG, BroadcastChannel, Received, _ids, _log
 from .errors import EnvelopeInvalid
 from .plain import enums_of, plain_value, value_from_plain
 from .wire import DTYPE_BY_NAME, Frames
@@ -44,10 +44,8 @@ class CompatBroadcastChannel(BroadcastChannel):
     def send(self, msg: Any, header: Any) -> Frames:
         self._ready(sender=True)
         frames: Frames = self.protocol.encode(msg, header, device=self.device)  # the preflight
-        problem = self._sent_order.problem(header)
-        if problem is not None:
-            raise OrderingError(f"refused before the header {_ids(header)}: {problem}")
         with self._lock:
+            self._check_order(header)
             self._send_compat(msg, header)
         return frames
 
