@@ -96,8 +96,10 @@ class Ordering:
         return None
 
     def commit(self, header: Any) -> None:
-        self.call_id = getattr(header, "call_id", self.call_id)
-        self.cache_epoch = getattr(header, "cache_epoch", self.cache_epoch)
+        call_id = getattr(header, "call_id", None)
+        epoch = getattr(header, "cache_epoch", None)
+        self.call_id = call_id if call_id is not None else self.call_id
+        self.cache_epoch = epoch if epoch is not None else self.cache_epoch
         if getattr(header, self.action_field) in self.payload_actions:
             chunk = getattr(header, "chunk_index", None)
             self.chunk_index = chunk if chunk is not None else self.chunk_index
@@ -144,6 +146,8 @@ class _Channel:
         self._lock = threading.Lock()
         self._last_send = time.monotonic()
         self._heartbeat: threading.Thread | None = None
+        if cpu_group is not None and _members(cpu_group) != _members(group):
+            raise ValueError("cpu_group must hold exactly the ranks of group")
         # frame 0 travels on the CPU group when there is one (small, needs no device copy)
         self._frame0_device = (
             torch.device("cpu") if cpu_group is not None or self.device is None else self.device
@@ -166,8 +170,13 @@ class _Channel:
 
     def open(self) -> Any:
         """The handshake: parity of spec, plan, env keys and flags on every rank."""
+        if self.heartbeat_s and self.cpu_group is None:
+            # a heartbeat on the data group would take the slot of whatever collective the
+            # workers run next on it (tripwires, the model's own): give frame 0 its own group
+            raise ValueError("heartbeat_s needs a cpu_group used only by this channel")
         rec = parity.record(self.protocol, self.parity_env, self.parity_flags)
-        parity.check(rec, self._handshake_group())
+        with self._deadline("the open handshake"):
+            parity.check(rec, self._handshake_group())
         self.opened = True
         if self.heartbeat_s and self._may_send():
             self._heartbeat = threading.Thread(
@@ -192,7 +201,13 @@ class _Channel:
     def __enter__(self) -> Any:
         return self if self.opened else self.open()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # a sender leaving the block never strands its workers: SHUTDOWN, or ERROR on failure
+        if self.opened and not self.closed and not self.poisoned and self._may_send():
+            if exc is None:
+                self.shutdown()
+            else:
+                self.error(f"sender failed: {exc!r}")
         self.close()
 
     # -- sender -------------------------------------------------------------------------
@@ -210,6 +225,7 @@ class _Channel:
             )
             raise
         with self._lock:  # check and commit atomically: a heartbeat may have taken an id
+            self._ready(sender=True)
             self._check_order(header)
             self._transmit(frames, header)
         return frames
@@ -231,20 +247,22 @@ class _Channel:
 
     def shutdown(self) -> None:
         """Tell every rank to leave its receive loop; the channel is closed afterwards."""
-        self._send_action("SHUTDOWN")
-        self.closed = True
+        self._send_action("SHUTDOWN", closing=True)
 
     def error(self, reason: str) -> None:
         """A terminal ERROR frame, so peers exit cleanly instead of being stranded."""
-        _log(f"tpwire[rank {self.rank}]: ERROR sent after {_ids(self.last_header)}: {reason}")
-        self._send_action("ERROR")
-        self.closed = True
+        header = self._send_action("ERROR", closing=True)
+        _log(f"tpwire[rank {self.rank}]: ERROR sent {_ids(header)}: {reason}")
 
-    def _send_action(self, name: str) -> None:
+    def _send_action(self, name: str, *, closing: bool = False) -> Any:
         self._ready(sender=True)
         with self._lock:
+            self._ready(sender=True)  # a heartbeat may have poisoned it meanwhile
             header = self._next_header(name)
             self._transmit(self.protocol.encode(None, header), header)
+            if closing:
+                self.closed = True  # inside the lock: no heartbeat after SHUTDOWN/ERROR
+        return header
 
     def _next_header(self, action_name: str) -> Any:
         header_cls = self.protocol.Header
@@ -257,19 +275,21 @@ class _Channel:
         values[self.protocol.ACTION_FIELD] = self.protocol.ACTION_ENUM[action_name]
         return header_cls(**values)
 
-    def _transmit(self, frames: Frames, header: Any) -> None:
+    def _transmit(self, frames: Frames, header: Any, *, watched: bool = True) -> None:
         """The commitment: after the first byte of frame 0, any failure poisons."""
         frame0 = frames.frame0.to(self._frame0_device)
-        with self._deadline(f"send of {_ids(header)}"):
+        action = getattr(header, self.protocol.ACTION_FIELD).name
+        # a heartbeat may wait for busy workers as long as they compute: not a wedged send
+        with self._deadline(f"send of {action} {_ids(header)}", armed=watched):
             try:
                 self._put(frame0, FRAME0_TAG, frame0=True)
-            except Exception as exc:  # a peer is gone or the group is broken
-                self._poison(header, f"frame 0 send failed: {exc}")
+            except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
+                self._poison(header, f"frame 0 send failed: {exc!r}")
             try:
                 for i, segment in enumerate(frames.segments):
                     self._put(segment, _segment_tag(header, i), frame0=False)
-            except Exception as exc:
-                self._poison(header, f"frame 1 send failed after frame 0: {exc}")
+            except BaseException as exc:
+                self._poison(header, f"frame 1 send failed after frame 0: {exc!r}")
         self._sent_order.commit(header)
         self.last_sent = header
         self._last_send = time.monotonic()
@@ -285,7 +305,7 @@ class _Channel:
                     if self.closed or time.monotonic() - self._last_send < self.heartbeat_s:
                         continue
                     header = self._next_header("NOOP")
-                    self._transmit(self.protocol.encode(None, header), header)
+                    self._transmit(self.protocol.encode(None, header), header, watched=False)
 
     # -- receiver -----------------------------------------------------------------------
 
@@ -303,7 +323,7 @@ class _Channel:
         with self._deadline(f"a header after {_ids(self.last_header)}"):
             try:
                 self._get(frame0, FRAME0_TAG, frame0=True)
-            except Exception as exc:
+            except BaseException as exc:
                 self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
         try:
             manifest = self.protocol.read_frame0(frame0.cpu())
@@ -311,12 +331,12 @@ class _Channel:
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
         problem = self._recv_order.problem(header)
-        segments = manifest.allocate(self.device)
         with self._deadline(f"frame 1 of {_ids(header)}"):
             try:
+                segments = manifest.allocate(self.device)
                 for i, segment in enumerate(segments):
                     self._get(segment, _segment_tag(header, i), frame0=False)
-            except Exception as exc:
+            except BaseException as exc:
                 self._poison(header, f"frame 1 receive failed: {exc}")
         if problem is not None:
             # frame 1 is drained, so the sender is not stranded; this rank stops here
@@ -334,8 +354,8 @@ class _Channel:
             )
             raise
         action = getattr(header, self.protocol.ACTION_FIELD)
-        if action.name == "SHUTDOWN":
-            self.closed = True
+        if action.name in ("SHUTDOWN", "ERROR"):
+            self.closed = True  # terminal actions: no further frame will come
         return Received(action, header, msg)
 
     # -- drift tripwires (bringup) ----------------------------------------------------
@@ -343,13 +363,16 @@ class _Channel:
     def check_inputs(self, msg: Any, header: Any) -> None:
         """Every rank compares the digest of the envelope it is about to run (OM-11)."""
         self._tripwire_ready()
-        value = tripwire.digest_envelope(self.protocol, msg, header)
-        self._compare(value, f"the inputs of {_ids(header)}")
+        value, failure = tripwire.safely(
+            lambda: tripwire.digest_envelope(self.protocol, msg, header)
+        )
+        self._compare(value, f"the inputs of {_ids(header)}", failure)
 
     def check_same(self, tensor: torch.Tensor, what: str) -> None:
         """Every rank compares a tensor that must be identical (an output, a replicated weight)."""
         self._tripwire_ready()
-        self._compare(tripwire.digest_tensors([tensor]), what)
+        value, failure = tripwire.safely(lambda: tripwire.digest_tensors([tensor]))
+        self._compare(value, what, failure)
 
     def _tripwire_ready(self) -> None:
         if not self.tripwires:
@@ -357,9 +380,12 @@ class _Channel:
         if not self.opened or self.poisoned:
             raise RuntimeError("the channel is not open")
 
-    def _compare(self, value: int, what: str) -> None:
+    def _compare(self, value: int, what: str, failure: BaseException | None = None) -> None:
+        # every rank enters the collective, even one whose digest failed: no peer strands
         with self._deadline(f"the digest check of {what}"):
             tripwire.compare(value, what, self._compare_group())
+        if failure is not None:
+            raise failure
 
     # -- shared -------------------------------------------------------------------------
 
@@ -376,8 +402,8 @@ class _Channel:
         return self.group
 
     @contextmanager
-    def _deadline(self, what: str) -> Iterator[None]:
-        if not self.watchdog_s:
+    def _deadline(self, what: str, *, armed: bool = True) -> Iterator[None]:
+        if not self.watchdog_s or not armed:
             yield
             return
         seconds = self.watchdog_s
@@ -385,7 +411,7 @@ class _Channel:
         def fire() -> None:
             _log(
                 f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
-                f"last ids {_ids(self.last_header)}; exiting {EXIT_WATCHDOG}"
+                f"last ids {_ids(self.last_sent or self.last_header)}; exiting {EXIT_WATCHDOG}"
             )
             os._exit(EXIT_WATCHDOG)
 
@@ -450,7 +476,9 @@ class BroadcastChannel(_Channel):
 class P2PChannel(_Channel):
     """Envelopes and results between this rank and one ``peer`` (pipeline stages).
 
-    Both ends send and receive. Segment tags derive from ``(cache_epoch, call_id, index)``
+    Both ends send and receive; a send waits until the peer receives (gloo), so a stage that
+    keeps several envelopes in flight sends and receives from separate threads, or drains
+    results before sending more. Segment tags derive from ``(cache_epoch, call_id, index)``
     so a stale or misordered frame cannot be taken for the current one (refs/20). The
     handshake and the tripwires run on ``group``, which must be exactly the two ends
     (``dist.new_group([a, b])``, or the world when it has two ranks).
@@ -476,7 +504,15 @@ class P2PChannel(_Channel):
         )  # fmt: skip
         if peer == self.rank:
             raise ValueError("a p2p channel needs another rank as its peer")
-        if dist.get_world_size(group) != 2:
+        if heartbeat_s:
+            # both ends send on a p2p link and a RESULT carries its envelope's ids: a NOOP
+            # from either end would break ordering or block on a peer that stopped receiving
+            raise ValueError("p2p channels have no heartbeat; use watchdog_s on both ends")
+        if (
+            dist.get_world_size(group) != 2
+            or self.rank not in _members(group)
+            or peer not in _members(group)
+        ):
             # the handshake and tripwires are collectives on this group: only the two ends
             # call them, so a larger group would hang
             raise ValueError("a p2p channel needs a group of exactly its two ends")
@@ -492,6 +528,12 @@ class P2PChannel(_Channel):
 
 
 FRAME0_TAG = 0
+
+
+def _members(group: dist.ProcessGroup | None) -> list[int]:
+    if group is None:
+        return list(range(dist.get_world_size()))
+    return sorted(dist.get_process_group_ranks(group))
 
 
 def _segment_tag(header: Any, index: int) -> int:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from .channel import FRAME0_TAG, BroadcastChannel, Received, _ids, _log
 from .errors import EnvelopeInvalid
 from .plain import enums_of, plain_value, value_from_plain
-from .wire import DTYPE_BY_NAME, Frames
+from .wire import DTYPE_BY_NAME, Frames, materialize
 
 _ABSENT = -1
 
@@ -45,15 +45,16 @@ class CompatBroadcastChannel(BroadcastChannel):
         self._ready(sender=True)
         frames: Frames = self.protocol.encode(msg, header, device=self.device)  # the preflight
         with self._lock:
+            self._ready(sender=True)
             self._check_order(header)
             self._send_compat(msg, header)
         return frames
 
-    def _transmit(self, frames: Frames, header: Any) -> None:
+    def _transmit(self, frames: Frames, header: Any, *, watched: bool = True) -> None:
         """NOOP / SHUTDOWN / ERROR (and heartbeats): the header alone."""
-        self._send_compat(None, header)
+        self._send_compat(None, header, watched=watched)
 
-    def _send_compat(self, msg: Any, header: Any) -> None:
+    def _send_compat(self, msg: Any, header: Any, *, watched: bool = True) -> None:
         values = [getattr(header, name) for name in self._slots]
         slots = torch.tensor([_ABSENT if v is None else int(v) for v in values], dtype=torch.int64)
         meta: dict[str, Any] | None = None
@@ -63,7 +64,7 @@ class CompatBroadcastChannel(BroadcastChannel):
             for f in dataclasses.fields(msg):
                 value = getattr(msg, f.name)
                 if isinstance(value, torch.Tensor):
-                    tensors.append((f.name, value.contiguous()))
+                    tensors.append((f.name, materialize(value, self.device)))
                 else:
                     fields[f.name] = plain_value(value)
             tensors.sort(key=lambda kv: kv[0])
@@ -74,17 +75,17 @@ class CompatBroadcastChannel(BroadcastChannel):
                     [k, str(t.dtype).removeprefix("torch."), list(t.shape)] for k, t in tensors
                 ],
             }
-        with self._deadline(f"send of {_ids(header)}"):
+        with self._deadline(f"send of {_ids(header)}", armed=watched):
             try:
                 self._put(slots, FRAME0_TAG, frame0=True)
-            except Exception as exc:
-                self._poison(header, f"header broadcast failed: {exc}")
+            except BaseException as exc:
+                self._poison(header, f"header broadcast failed: {exc!r}")
             try:
                 if meta is not None:
                     dist.broadcast_object_list([meta], src=self.src, group=self.group)
                     for _, t in tensors:
                         self._put(t, 0, frame0=False)
-            except Exception as exc:
+            except BaseException as exc:
                 self._poison(header, f"payload broadcast failed after the header: {exc}")
         self._sent_order.commit(header)
         self.last_sent = header
@@ -96,33 +97,18 @@ class CompatBroadcastChannel(BroadcastChannel):
         with self._deadline(f"a header after {_ids(self.last_header)}"):
             try:
                 self._get(slots, FRAME0_TAG, frame0=True)
-            except Exception as exc:
-                self._poison(self.last_header, f"waiting for the header failed: {exc}")
-        values = dict(zip(self._slots, slots.tolist(), strict=True))
-        header_fields = {f.name: f for f in dataclasses.fields(self.protocol.Header)}
-        kwargs: dict[str, Any] = {}
-        for name, raw in values.items():
-            hint = str(header_fields[name].type)
-            enum_cls = self._enums.get(hint.replace(" | None", ""))
-            kwargs[name] = None if raw == _ABSENT else (enum_cls(raw) if enum_cls else raw)
-        header = self.protocol.Header(**kwargs)
-        action = getattr(header, self.protocol.ACTION_FIELD)
-        msg = None
-        if action in self.protocol.PAYLOAD_ACTIONS:
-            box: list[Any] = [None]
-            dist.broadcast_object_list(box, src=self.src, group=self.group)  # unpickles: unsafe
-            meta: Mapping[str, Any] = box[0]
-            cls = self.protocol.MESSAGES[meta["message"]]
-            kw: dict[str, Any] = {f.name: None for f in dataclasses.fields(cls)}
-            types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-            for name, value in meta["fields"].items():
-                kw[name] = value_from_plain(types[name], value, self._enums)
-            specs: Sequence[Sequence[Any]] = meta["tensor_specs"]
-            for key, dtype, shape in specs:
-                t = torch.empty(shape, dtype=DTYPE_BY_NAME[dtype].torch_dtype, device=self.device)
-                self._get(t, 0, frame0=False)
-                kw[key] = t
-            msg = cls(**kw)
+            except BaseException as exc:
+                self._poison(self.last_header, f"waiting for the header failed: {exc!r}")
+        header: Any = self.last_header
+        try:
+            header = self._header_from(slots.tolist())
+            action = getattr(header, self.protocol.ACTION_FIELD)
+            msg = None
+            if action in self.protocol.PAYLOAD_ACTIONS:
+                with self._deadline(f"the payload of {_ids(header)}"):
+                    msg = self._payload()
+        except BaseException as exc:  # the sender is mid-message: this rank cannot follow
+            self._poison(header, f"compat payload failed: {exc!r}")
         problem = self._recv_order.problem(header)
         if problem is not None:
             self._poison(header, f"ordering: {problem}")
@@ -132,6 +118,31 @@ class CompatBroadcastChannel(BroadcastChannel):
         if violations:
             _log(f"tpwire[rank {self.rank}]: envelope refused after receive {_ids(header)}")
             raise EnvelopeInvalid(violations)
-        if action.name == "SHUTDOWN":
+        if action.name in ("SHUTDOWN", "ERROR"):
             self.closed = True
         return Received(action, header, msg)
+
+    def _header_from(self, raw_slots: list[int]) -> Any:
+        header_fields = {f.name: f for f in dataclasses.fields(self.protocol.Header)}
+        kwargs: dict[str, Any] = {}
+        for name, raw in zip(self._slots, raw_slots, strict=True):
+            hint = str(header_fields[name].type)
+            enum_cls = self._enums.get(hint.replace(" | None", ""))
+            kwargs[name] = None if raw == _ABSENT else (enum_cls(raw) if enum_cls else raw)
+        return self.protocol.Header(**kwargs)
+
+    def _payload(self) -> Any:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=self.src, group=self.group)  # unpickles: unsafe
+        meta: Mapping[str, Any] = box[0]
+        cls = self.protocol.MESSAGES[meta["message"]]
+        kw: dict[str, Any] = {f.name: None for f in dataclasses.fields(cls)}
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        for name, value in meta["fields"].items():
+            kw[name] = value_from_plain(types[name], value, self._enums)
+        specs: Sequence[Sequence[Any]] = meta["tensor_specs"]
+        for key, dtype, shape in specs:
+            t = torch.empty(shape, dtype=DTYPE_BY_NAME[dtype].torch_dtype, device=self.device)
+            self._get(t, 0, frame0=False)
+            kw[key] = t
+        return cls(**kw)

@@ -64,8 +64,9 @@ class ResultGate:
         ids = Ids.of(envelope_header)
         if ids.cache_epoch != self.epoch:
             raise LockstepError(f"envelope {ids} sent in epoch {self.epoch}: bump with hard_cut()")
-        if self.pending and ids.call_id <= self.pending[-1].call_id:
-            raise LockstepError(f"envelope {ids} does not follow {self.pending[-1]}")
+        last = self.pending[-1] if self.pending else self.last_accepted
+        if last is not None and ids.call_id <= last.call_id:
+            raise LockstepError(f"envelope {ids} does not follow {last}")
         if len(self.pending) >= self.max_pending:
             raise LockstepError(
                 f"{len(self.pending)} results already pending (max {self.max_pending}): "
@@ -91,8 +92,10 @@ class ResultGate:
             return self._drop(ids, f"stale epoch {ids.cache_epoch} < {self.epoch}")
         if ids.cache_epoch > self.epoch:
             raise LockstepError(f"result {ids} is from a future epoch (current {self.epoch})")
+        if ids == self.last_accepted:
+            return self._drop(ids, "duplicate")
         if self.last_accepted is not None and ids.call_id <= self.last_accepted.call_id:
-            return self._drop(ids, f"duplicate or late (last accepted {self.last_accepted})")
+            raise LockstepError(f"result {ids} regresses behind {self.last_accepted}")
         if not self.pending:
             raise LockstepError(f"result {ids} arrived but no envelope is pending")
         want = self.pending[0]
@@ -143,7 +146,11 @@ class Ledger:
             )
 
     def check_ranks(self, group: dist.ProcessGroup | None = None) -> None:
-        """Optional: all-gather the counts of the last chunk and compare them across ranks."""
+        """Optional: all-gather the counts of this chunk and compare them across ranks.
+
+        Call it before ``end()``: ``end`` raises on one rank only, and a peer waiting in
+        this collective would be stranded.
+        """
         mine = torch.tensor([self.observed], dtype=torch.int64)
         counts = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size(group))]
         dist.all_gather(counts, mine, group=group)

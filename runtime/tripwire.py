@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ class DriftDetected(RuntimeError):
 
 
 def _bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().contiguous().cpu()
+    t = t.detach().resolve_conj().resolve_neg().contiguous().cpu()
     return bytes(t.reshape(-1).view(torch.uint8).numpy().tobytes()) if t.numel() else b""
 
 
@@ -49,6 +49,16 @@ def digest_envelope(protocol: Any, msg: Any, header: Any) -> int:
     """The digest of what a rank is about to run: its canonical encoding."""
     frames = protocol.encode(msg, header)
     return digest_tensors([frames.frame0, *frames.segments])
+
+
+def safely(compute: Callable[[], int]) -> tuple[int, BaseException | None]:
+    """A digest, or a sentinel and the error: the caller still joins the collective."""
+    try:
+        return compute(), None
+    except Exception as exc:
+        digest = hashlib.blake2b(repr(exc).encode(), digest_size=8).digest()
+        sentinel: int = struct.unpack("<q", digest)[0]
+        return sentinel, exc
 
 
 def compare(value: int, what: str, group: dist.ProcessGroup | None = None) -> list[int]:

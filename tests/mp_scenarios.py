@@ -5,7 +5,6 @@ Each returns JSON-able data the test asserts on; logs go to the rank's log file.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any
@@ -193,14 +192,22 @@ def bad_fingerprint(rank: int, world: int) -> Any:
 
 
 def heartbeat(rank: int, world: int) -> Any:
-    """An idle rank 0 keeps its workers' watchdogs fed with NOOPs."""
+    """An idle rank 0 keeps its workers' watchdogs fed with NOOPs (on a frame 0 group)."""
+    import torch.distributed as dist
+
+    cpu = dist.new_group(backend="gloo")
     if rank == 0:
-        ch = BroadcastChannel(tc, heartbeat_s=0.2).open()
+        try:
+            BroadcastChannel(tc, heartbeat_s=0.2)  # refused: no group of its own for NOOPs
+            BroadcastChannel(tc, heartbeat_s=0.2).open()
+        except ValueError as exc:
+            refused = str(exc)
+        ch = BroadcastChannel(tc, cpu_group=cpu, heartbeat_s=0.2).open()
         time.sleep(1.2)
-        ch.send(envelope(0), dataclasses.replace(header(100, chunk=0)))
+        ch.send(envelope(0), header(ch.next_call_id(), chunk=0))
         ch.shutdown()
-        return {}
-    ch = BroadcastChannel(tc, watchdog_s=0.8).open()
+        return {"refused": refused}
+    ch = BroadcastChannel(tc, cpu_group=cpu, watchdog_s=0.8).open()
     actions = []
     while True:
         got = ch.recv()
@@ -393,3 +400,30 @@ def compat_stream(rank: int, world: int, n: int = 4) -> Any:
         seen.append(row)
         if got.action is tc.TPAction.SHUTDOWN:
             return seen
+
+
+def drift_invalid(rank: int, world: int) -> Any:
+    """A rank whose local envelope does not even validate still joins the digest check."""
+    from tpwire.runtime.tripwire import DriftDetected
+
+    ch = BroadcastChannel(tc, tripwires=True, poison="raise").open()
+    msg = envelope(0) if rank == 0 else envelope(0, tp_num_denoise_steps=5)
+    try:
+        ch.check_inputs(msg, header(1, chunk=0))
+    except DriftDetected as exc:
+        return {"drift": str(exc)}
+    return {"drift": None}
+
+
+def with_block(rank: int, world: int) -> Any:
+    """A sender that fails inside ``with`` tells its workers (ERROR) instead of vanishing."""
+    if rank == 0:
+        try:
+            with BroadcastChannel(tc) as ch:
+                ch.send(envelope(0), header(1, chunk=0))
+                raise RuntimeError("the model crashed")
+        except RuntimeError:
+            return {}
+    ch = BroadcastChannel(tc, watchdog_s=10).open()
+    actions = [ch.recv().action.name, ch.recv().action.name]
+    return {"actions": actions, "closed": ch.closed}

@@ -117,6 +117,7 @@ def test_wrong_fingerprint_is_a_clear_protocol_mismatch(tmp_path: Path) -> None:
 def test_heartbeat_keeps_an_idle_stream_alive(tmp_path: Path) -> None:
     r0, r1 = run_ranks("heartbeat", tmp_path)
     assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    assert "needs a cpu_group" in r0.result["refused"]
     actions = r1.result["actions"]
     assert actions.count("NOOP") >= 3
     assert actions[-2:] == ["INFER", "SHUTDOWN"]
@@ -172,3 +173,16 @@ def test_compat_transport_carries_the_same_envelopes(tmp_path: Path) -> None:
     assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
     assert [row.get("equal", True) for row in r1.result] == [True] * 6
     assert [row["action"] for row in r1.result][-2:] == ["NOOP", "SHUTDOWN"]
+
+
+def test_a_rank_whose_digest_fails_still_joins_the_check(tmp_path: Path) -> None:
+    for r in run_ranks("drift_invalid", tmp_path):
+        assert r.exitcode == 0, r.log
+        assert "ranks [1] differ from rank 0" in r.result["drift"]
+
+
+def test_a_sender_failing_inside_with_sends_error(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("with_block", tmp_path)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r0.log + r1.log
+    assert r1.result == {"actions": ["INFER", "ERROR"], "closed": True}
+    assert "ERROR sent call_id=2" in r0.log and "the model crashed" in r0.log

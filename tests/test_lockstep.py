@@ -40,6 +40,13 @@ def test_duplicates_are_dropped_and_regressions_crash() -> None:
         gate.accept(hdr(5, 1, 3))
     with pytest.raises(LockstepError, match="out of order"):
         gate.accept(hdr(5, 7, 0))  # right call_id, wrong chunk
+    with pytest.raises(LockstepError, match="regresses behind call_id=4"):
+        gate.accept(hdr(3, 0, 0))  # lower call_id in the same epoch: never legitimate
+    fresh = ResultGate(log=lambda _: None)
+    fresh.expect(hdr(4, 0, 0, "INFER"))
+    assert fresh.accept(hdr(4, 0, 0))
+    with pytest.raises(LockstepError, match="does not follow call_id=4"):
+        fresh.expect(hdr(3, 1, 0, "INFER"))  # behind what was already accepted
 
 
 def test_pending_results_are_bounded_and_ordered() -> None:
