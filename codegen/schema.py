@@ -41,7 +41,7 @@ def _value_schema(f: FieldIR, enums: dict[str, list[str]]) -> Schema:
     return {"type": "object", "description": "tensor (not checked by this schema)"}
 
 
-def _const(node: expr.Node, enum_names: dict[str, dict[int, str]]) -> tuple[bool, Any]:
+def _const(node: expr.Node) -> tuple[bool, Any]:
     if isinstance(node, expr.Const) and node.value is not None:
         return True, node.value
     if isinstance(node, expr.EnumRef):
@@ -49,18 +49,16 @@ def _const(node: expr.Node, enum_names: dict[str, dict[int, str]]) -> tuple[bool
     return False, None
 
 
-def _condition(
-    node: expr.Node, tensors: set[str], enum_names: dict[str, dict[int, str]]
-) -> Schema | None:
+def _condition(node: expr.Node, tensors: set[str]) -> Schema | None:
     """An ``if`` subschema equivalent to a condition, or None when JSON Schema cannot say it."""
     if isinstance(node, expr.Compare) and node.op == "==":
         for a, b in ((node.left, node.right), (node.right, node.left)):
-            ok, value = _const(b, enum_names)
+            ok, value = _const(b)
             if isinstance(a, expr.Name) and ok and a.id not in tensors:
                 return {"properties": {a.id: {"const": value}}, "required": [a.id]}
         return None
     if isinstance(node, expr.BoolOp):
-        parts = [_condition(v, tensors, enum_names) for v in node.values]
+        parts = [_condition(v, tensors) for v in node.values]
         if any(p is None for p in parts):
             return None
         return {"allOf" if node.op == "and" else "anyOf": parts}
@@ -72,10 +70,59 @@ def _condition(
     return None
 
 
+def _presence_rules(
+    f: FieldIR,
+    known: dict[str, object],
+    values: dict[str, dict[str, int]],
+    tensors: set[str],
+    rules: list[Schema],
+    unchecked: list[str],
+) -> None:
+    """if/then rules for a nullable field's required_when / forbidden_when / none_unless."""
+    present: Schema = {"properties": {f.name: {"not": {"type": "null"}}}, "required": [f.name]}
+    absent: Schema = {"properties": {f.name: {"type": "null"}}}
+    for kind, e in (
+        ("required_when", f.required_when),
+        ("forbidden_when", f.forbidden_when),
+        ("none_unless", f.none_unless),
+    ):
+        if e is None:
+            continue
+        node = expr.partial_eval(e.node, known, values)
+        if expr.is_const(node):
+            held = expr.const_value(node)
+            if (kind == "none_unless") != (held is False):
+                continue  # never applies here (or is already in the type)
+        cond = _condition(node, tensors)
+        if cond is None:
+            unchecked.append(f"{f.name} {kind}: {e.text}")
+        elif kind == "required_when":
+            rules.append({"if": cond, "then": present})
+        elif kind == "forbidden_when":
+            rules.append({"if": cond, "then": absent})
+        else:
+            rules.append({"if": {"not": cond}, "then": absent})
+
+
+def _object(
+    props: Schema, required: list[str], rules: list[Schema], unchecked: list[str]
+) -> Schema:
+    schema: Schema = {
+        "type": "object",
+        "properties": props,
+        "required": sorted(required),
+        "additionalProperties": False,
+    }
+    if rules:
+        schema["allOf"] = rules
+    if unchecked:
+        schema["x-tpwire-unchecked"] = unchecked
+    return schema
+
+
 def _variant_schema(
     m: MessageIR, v: VariantIR, enums: dict[str, list[str]], values: dict[str, dict[str, int]]
 ) -> Schema:
-    enum_names: dict[str, dict[int, str]] = {}
     known: dict[str, object] = (
         {m.discriminator.name: v.member_value}
         if m.discriminator is not None and v.member_value is not None
@@ -106,46 +153,14 @@ def _variant_schema(
         props[f.name] = {"anyOf": [base, {"type": "null"}]} if nullable else base
         if not nullable or f.explicit_none:
             required.append(f.name)
-        present: Schema = {"properties": {f.name: {"not": {"type": "null"}}}, "required": [f.name]}
-        for kind, e in (
-            ("required_when", f.required_when),
-            ("forbidden_when", f.forbidden_when),
-            ("none_unless", f.none_unless),
-        ):
-            if e is None or not nullable:
-                continue
-            node = expr.partial_eval(e.node, known, values)
-            if expr.is_const(node):
-                held = expr.const_value(node)
-                if (kind == "none_unless") != (held is False):
-                    continue  # never applies in this variant (or is already in the type)
-            cond = _condition(node, tensors, enum_names)
-            if cond is None:
-                unchecked.append(f"{f.name} {kind}: {e.text}")
-            elif kind == "required_when":
-                rules.append({"if": cond, "then": present})
-            elif kind == "forbidden_when":
-                rules.append({"if": cond, "then": {"properties": {f.name: {"type": "null"}}}})
-            else:
-                rules.append(
-                    {"if": {"not": cond}, "then": {"properties": {f.name: {"type": "null"}}}}
-                )
+        if nullable:
+            _presence_rules(f, known, values, tensors, rules, unchecked)
         if f.derived is not None:
             unchecked.append(f"{f.name} derived: {f.derived.text}")
         if f.is_tensor:
             unchecked.append(f"{f.name} dtype/shape: {f.shape_text}")
     unchecked += [f"invariant {i.id}: {i.expr.text}" for i in m.invariants]
-    schema: Schema = {
-        "type": "object",
-        "properties": props,
-        "required": sorted(required),
-        "additionalProperties": False,
-    }
-    if rules:
-        schema["allOf"] = rules
-    if unchecked:
-        schema["x-tpwire-unchecked"] = unchecked
-    return schema
+    return _object(props, required, rules, unchecked)
 
 
 def json_schema(p: ProtocolIR) -> Schema:
@@ -162,34 +177,8 @@ def json_schema(p: ProtocolIR) -> Schema:
             header_required.append(f.name)
             continue
         header_props[f.name] = {"anyOf": [base, {"type": "null"}]}
-        present: Schema = {"properties": {f.name: {"not": {"type": "null"}}}, "required": [f.name]}
-        absent: Schema = {"properties": {f.name: {"type": "null"}}}
-        for kind, e in (
-            ("required_when", f.required_when),
-            ("forbidden_when", f.forbidden_when),
-            ("none_unless", f.none_unless),
-        ):
-            if e is None:
-                continue
-            cond = _condition(e.node, set(), {})
-            if cond is None:
-                header_unchecked.append(f"{f.name} {kind}: {e.text}")
-            elif kind == "required_when":
-                header_rules.append({"if": cond, "then": present})
-            elif kind == "forbidden_when":
-                header_rules.append({"if": cond, "then": absent})
-            else:
-                header_rules.append({"if": {"not": cond}, "then": absent})
-    header: Schema = {
-        "type": "object",
-        "properties": header_props,
-        "required": sorted(header_required),
-        "additionalProperties": False,
-    }
-    if header_rules:
-        header["allOf"] = header_rules
-    if header_unchecked:
-        header["x-tpwire-unchecked"] = header_unchecked
+        _presence_rules(f, {}, values, set(), header_rules, header_unchecked)
+    header = _object(header_props, header_required, header_rules, header_unchecked)
     defs: Schema = {"Header": header}
     branches = []
     for a in p.actions:
