@@ -59,8 +59,12 @@ def envelope(seed: int, *, recompute: bool = False, **changes: Any) -> tc.InferV
     return tc.InferV1GeneratorOnly(**fields)
 
 
-def stream(rank: int, world: int, n: int = 4) -> Any:
-    ch = BroadcastChannel(tc, poison="raise").open()
+def stream(rank: int, world: int, n: int = 4, compat: bool = False) -> Any:
+    """n envelopes, a NOOP and SHUTDOWN; ``compat`` uses Scope's current (pickle) wire."""
+    from tpwire.runtime.compat import CompatBroadcastChannel
+
+    kind = CompatBroadcastChannel if compat else BroadcastChannel
+    ch = kind(tc, poison="raise").open()
     if rank == 0:
         for i in range(n):
             ch.send(envelope(i, recompute=i % 2 == 1), header(i + 1, chunk=i))
@@ -377,29 +381,6 @@ def relay_error(rank: int, world: int) -> Any:
         return {"relayed": None}
     got = mesh_ch.recv()
     return {"action": got.action.name}
-
-
-def compat_stream(rank: int, world: int, n: int = 4) -> Any:
-    """The same stream over Scope's current wire (header + pickled meta + per-tensor)."""
-    from tpwire.runtime.compat import CompatBroadcastChannel
-
-    ch = CompatBroadcastChannel(tc, poison="raise").open()
-    if rank == 0:
-        for i in range(n):
-            ch.send(envelope(i, recompute=i % 2 == 1), header(i + 1, chunk=i))
-        ch.noop()
-        ch.shutdown()
-        return {}
-    seen = []
-    while True:
-        got = ch.recv()
-        row: dict[str, Any] = {"action": got.action.name, "call_id": got.header.call_id}
-        if got.msg is not None:
-            i = got.header.chunk_index
-            row["equal"] = got.msg == envelope(i, recompute=i % 2 == 1)
-        seen.append(row)
-        if got.action is tc.TPAction.SHUTDOWN:
-            return seen
 
 
 def drift_invalid(rank: int, world: int) -> Any:

@@ -169,7 +169,7 @@ def test_om07_leader_broadcasts_error_instead_of_stranding_its_mesh(tmp_path: Pa
 
 
 def test_compat_transport_carries_the_same_envelopes(tmp_path: Path) -> None:
-    r0, r1 = run_ranks("compat_stream", tmp_path)
+    r0, r1 = run_ranks("stream", tmp_path, compat=True)
     assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
     assert [row.get("equal", True) for row in r1.result] == [True] * 6
     assert [row["action"] for row in r1.result][-2:] == ["NOOP", "SHUTDOWN"]
