@@ -150,6 +150,16 @@ class FieldIR:
         dims = [str(x.const) if x.symbol is None else f"d[{x.symbol!r}]" for x in self.dims]
         return f"_s.tensors({self.dtypes_py}, ({''.join(f'{x}, ' for x in dims)}))"
 
+    def trusted_range_test(self, var: str) -> str:
+        """The range test a decoded value still needs (the decoder fixed its type; an int64
+        word always fits the full int64 range, so that test is dropped)."""
+        if self.kind == "int" and (self.range_min, self.range_max) == (
+            str(INT64_MIN),
+            str(INT64_MAX),
+        ):
+            return ""
+        return self.range_test(var)
+
     def type_fails(self, var: str) -> str:
         if self.kind == "tensor":
             return f"not _w.is_dense({var})"
@@ -264,6 +274,16 @@ class DimDeclIR:
     binders: tuple[str, ...]
 
 
+def _rule_reads(fields: tuple[FieldIR, ...]) -> tuple[str, ...]:
+    """The fields whose own presence or derived rule the rules pass checks: only those are
+    bound to locals there (expressions read ``m.<field>`` themselves)."""
+    return tuple(
+        f.name
+        for f in fields
+        if f.always_required or f.required_when or f.forbidden_when or f.none_unless or f.derived
+    )
+
+
 @dataclass(frozen=True)
 class MessageIR:
     name: str
@@ -293,6 +313,13 @@ class MessageIR:
         return tuple(w for w in range(self.words[0], self.words[1]) if w not in self.used_words)
 
     @property
+    def rule_reads(self) -> tuple[str, ...]:
+        reads = set(_rule_reads(self.fields))
+        if self.version_field:
+            reads.add(self.version_field)
+        return tuple(f.name for f in self.fields if f.name in reads)
+
+    @property
     def expr_dims(self) -> tuple[str, ...]:
         """Dimension symbols some expression reads (bound to locals in the validator)."""
         exprs = [i.expr for i in self.invariants] + [
@@ -320,6 +347,10 @@ class HeaderIR:
     doc: str
     presence_mask: int
     ids: tuple[tuple[str, str], ...]  # (violation id name, header field) for logs
+
+    @property
+    def rule_reads(self) -> tuple[str, ...]:
+        return _rule_reads(self.fields)
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,70 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                     *ids,
                 ),
             )
+    _header_rules(h, out, ids, ff, bad)
+
+
+def _check_decoded_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
+    bad: set[str] = set()
+    v_call_id = h.call_id
+    if v_call_id is not None and not (0 <= v_call_id <= 9223372036854775807):
+        bad.add("call_id")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "header.call_id",
+                "0 <= call_id <= 9223372036854775807",
+                _w.show(v_call_id),
+                "range: 0 <= call_id <= 9223372036854775807",
+                "FM-04",
+                "",
+                *ids,
+            ),
+        )
+    v_chunk_index = h.chunk_index
+    if v_chunk_index is not None and not (0 <= v_chunk_index <= 9223372036854775807):
+        bad.add("chunk_index")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "header.chunk_index",
+                "0 <= chunk_index <= 9223372036854775807",
+                _w.show(v_chunk_index),
+                "range: 0 <= chunk_index <= 9223372036854775807",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_cache_epoch = h.cache_epoch
+    if v_cache_epoch is not None and not (0 <= v_cache_epoch <= 9223372036854775807):
+        bad.add("cache_epoch")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "header.cache_epoch",
+                "0 <= cache_epoch <= 9223372036854775807",
+                _w.show(v_cache_epoch),
+                "range: 0 <= cache_epoch <= 9223372036854775807",
+                "FM-10",
+                "",
+                *ids,
+            ),
+        )
+    _header_rules(h, out, ids, ff, bad)
+
+
+def _header_rules(h: Header, out: list[Violation], ids: _Ids, ff: bool, bad: set[str]) -> None:
+    v_call_id = h.call_id
+    v_chunk_index = h.chunk_index
+    v_cache_epoch = h.cache_epoch
+    v_action = h.action
     if v_call_id is None:
         _w.add(
             out,
@@ -968,6 +1032,142 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                     *ids,
                 ),
             )
+    _rules_PPEnvelope(m, out, ids, ff, bad, dims)
+
+
+def _check_decoded_PPEnvelope(
+    m: PPEnvelope, out: list[Violation], ids: _Ids, ff: bool, dims: dict[str, int]
+) -> None:
+    bad: set[str] = set()
+    v_height = m.height
+    if v_height is not None and not (8 <= v_height <= 4096):
+        bad.add("height")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "height",
+                "8 <= height <= 4096",
+                _w.show(v_height),
+                "range: 8 <= height <= 4096",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_width = m.width
+    if v_width is not None and not (8 <= v_width <= 4096):
+        bad.add("width")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "width",
+                "8 <= width <= 4096",
+                _w.show(v_width),
+                "range: 8 <= width <= 4096",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_current_start_frame = m.current_start_frame
+    if v_current_start_frame is not None and not (
+        0 <= v_current_start_frame <= 9223372036854775807
+    ):
+        bad.add("current_start_frame")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "current_start_frame",
+                "0 <= current_start_frame <= 9223372036854775807",
+                _w.show(v_current_start_frame),
+                "range: 0 <= current_start_frame <= 9223372036854775807",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_kv_cache_attention_bias = m.kv_cache_attention_bias
+    if v_kv_cache_attention_bias is not None and not (
+        _w.finite(v_kv_cache_attention_bias)
+        and v_kv_cache_attention_bias >= 0.0
+        and v_kv_cache_attention_bias <= 1.0
+    ):
+        bad.add("kv_cache_attention_bias")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "kv_cache_attention_bias",
+                "kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
+                _w.show(v_kv_cache_attention_bias),
+                "range: kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_num_denoise_steps = m.num_denoise_steps
+    if v_num_denoise_steps is not None and not (1 <= v_num_denoise_steps <= 64):
+        bad.add("num_denoise_steps")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "num_denoise_steps",
+                "1 <= num_denoise_steps <= 64",
+                _w.show(v_num_denoise_steps),
+                "range: 1 <= num_denoise_steps <= 64",
+                "FM-02",
+                "",
+                *ids,
+            ),
+        )
+    v_expected_generator_calls = m.expected_generator_calls
+    if v_expected_generator_calls is not None and not (1 <= v_expected_generator_calls <= 65):
+        bad.add("expected_generator_calls")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "expected_generator_calls",
+                "1 <= expected_generator_calls <= 65",
+                _w.show(v_expected_generator_calls),
+                "range: 1 <= expected_generator_calls <= 65",
+                "FM-02",
+                "",
+                *ids,
+            ),
+        )
+    _rules_PPEnvelope(m, out, ids, ff, bad, dims)
+
+
+def _rules_PPEnvelope(
+    m: PPEnvelope, out: list[Violation], ids: _Ids, ff: bool, bad: set[str], dims: dict[str, int]
+) -> None:
+    v_pp_envelope_version = m.pp_envelope_version
+    v_height = m.height
+    v_width = m.width
+    v_current_start_frame = m.current_start_frame
+    v_init_cache = m.init_cache
+    v_reset_kv_cache = m.reset_kv_cache
+    v_reset_crossattn_cache = m.reset_crossattn_cache
+    v_kv_cache_attention_bias = m.kv_cache_attention_bias
+    v_do_kv_recompute = m.do_kv_recompute
+    v_num_denoise_steps = m.num_denoise_steps
+    v_expected_generator_calls = m.expected_generator_calls
+    v_denoising_step_list = m.denoising_step_list
+    v_latents_in = m.latents_in
+    v_conditioning_embeds = m.conditioning_embeds
+    v_context_frames = m.context_frames
     if (
         v_pp_envelope_version is not None
         and "pp_envelope_version" not in bad
@@ -1499,6 +1699,39 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
                     *ids,
                 ),
             )
+    _rules_PPResult(m, out, ids, ff, bad, dims)
+
+
+def _check_decoded_PPResult(
+    m: PPResult, out: list[Violation], ids: _Ids, ff: bool, dims: dict[str, int]
+) -> None:
+    bad: set[str] = set()
+    v_observed_generator_calls = m.observed_generator_calls
+    if v_observed_generator_calls is not None and not (1 <= v_observed_generator_calls <= 65):
+        bad.add("observed_generator_calls")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "observed_generator_calls",
+                "1 <= observed_generator_calls <= 65",
+                _w.show(v_observed_generator_calls),
+                "range: 1 <= observed_generator_calls <= 65",
+                "FM-02",
+                "",
+                *ids,
+            ),
+        )
+    _rules_PPResult(m, out, ids, ff, bad, dims)
+
+
+def _rules_PPResult(
+    m: PPResult, out: list[Violation], ids: _Ids, ff: bool, bad: set[str], dims: dict[str, int]
+) -> None:
+    v_pp_result_version = m.pp_result_version
+    v_latents_out = m.latents_out
+    v_observed_generator_calls = m.observed_generator_calls
     if (
         v_pp_result_version is not None
         and "pp_result_version" not in bad
@@ -1797,6 +2030,30 @@ def encode(
     return Frames(_w.seal(words), _w.pack_segments(tensors, slots, sizes))
 
 
+_DECODED_VALIDATORS: Final[
+    dict[type, Callable[[Any, list[Violation], _Ids, bool, dict[str, int]], None]]
+] = {
+    PPEnvelope: _check_decoded_PPEnvelope,
+    PPResult: _check_decoded_PPResult,
+}
+
+
+def _validate_decoded(msg: Message | None, header: Header, dims: dict[str, int]) -> list[Violation]:
+    """``validate`` of an envelope the decoder built: it fixed every type, dtype and shape
+    (binding ``dims``) and matched the message to the action, so ranges, presence rules,
+    derived fields and invariants remain."""
+    out: list[Violation] = []
+    ids = _ids(header)
+    _check_decoded_header(header, out, ids, False)
+    if msg is not None:
+        _DECODED_VALIDATORS[type(msg)](msg, out, ids, False, dims)
+    return out
+
+
+def _decoded_validator(dims: dict[str, int]) -> Callable[[Any, Any], list[Violation]]:
+    return lambda msg, header: _validate_decoded(msg, header, dims)
+
+
 def _read_header(w: list[int]) -> Header:
     presence = w[W_HEADER_PRESENCE]
     if presence & ~0x2:
@@ -1926,7 +2183,7 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
             W_FRAME1,
         )
     cls = PPEnvelope
-    return Manifest(header, cls, values, slots, sizes, validate)
+    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims))
 
 
 def _read_PPResult(w: list[int], header: Header) -> Manifest:
@@ -1981,7 +2238,7 @@ def _read_PPResult(w: list[int], header: Header) -> Manifest:
             W_FRAME1,
         )
     cls = PPResult
-    return Manifest(header, cls, values, slots, sizes, validate)
+    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims))
 
 
 _READERS: Final = {
@@ -2015,7 +2272,7 @@ def read_frame0(frame0: torch.Tensor) -> Manifest:
         )
     if mid == 0:
         _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1 + 1)
-        return Manifest(header, None, {}, (), (), validate)
+        return Manifest(header, None, {}, (), (), _decoded_validator({}))
     return _READERS[mid](words, header)
 
 

@@ -359,6 +359,88 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
                     *ids,
                 ),
             )
+    _header_rules(h, out, ids, ff, bad)
+
+
+def _check_decoded_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
+    bad: set[str] = set()
+    v_call_id = h.call_id
+    if v_call_id is not None and not (0 <= v_call_id <= 9223372036854775807):
+        bad.add("call_id")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "header.call_id",
+                "0 <= call_id <= 9223372036854775807",
+                _w.show(v_call_id),
+                "range: 0 <= call_id <= 9223372036854775807",
+                "FM-04",
+                "",
+                *ids,
+            ),
+        )
+    v_chunk_index = h.chunk_index
+    if v_chunk_index is not None and not (0 <= v_chunk_index <= 9223372036854775807):
+        bad.add("chunk_index")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "header.chunk_index",
+                "0 <= chunk_index <= 9223372036854775807",
+                _w.show(v_chunk_index),
+                "range: 0 <= chunk_index <= 9223372036854775807",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_control_epoch = h.control_epoch
+    if v_control_epoch is not None and not (0 <= v_control_epoch <= 9223372036854775807):
+        bad.add("control_epoch")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "header.control_epoch",
+                "0 <= control_epoch <= 9223372036854775807",
+                _w.show(v_control_epoch),
+                "range: 0 <= control_epoch <= 9223372036854775807",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_cache_epoch = h.cache_epoch
+    if v_cache_epoch is not None and not (0 <= v_cache_epoch <= 9223372036854775807):
+        bad.add("cache_epoch")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "header.cache_epoch",
+                "0 <= cache_epoch <= 9223372036854775807",
+                _w.show(v_cache_epoch),
+                "range: 0 <= cache_epoch <= 9223372036854775807",
+                "FM-10",
+                "",
+                *ids,
+            ),
+        )
+    _header_rules(h, out, ids, ff, bad)
+
+
+def _header_rules(h: Header, out: list[Violation], ids: _Ids, ff: bool, bad: set[str]) -> None:
+    v_call_id = h.call_id
+    v_chunk_index = h.chunk_index
+    v_control_epoch = h.control_epoch
+    v_cache_epoch = h.cache_epoch
+    v_action = h.action
     if v_call_id is None:
         _w.add(
             out,
@@ -1162,6 +1244,164 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 *ids,
             ),
         )
+    _rules_Infer(m, out, ids, ff, bad, dims)
+
+
+def _check_decoded_Infer(
+    m: Infer, out: list[Violation], ids: _Ids, ff: bool, dims: dict[str, int]
+) -> None:
+    bad: set[str] = set()
+    v_height = m.height
+    if v_height is not None and not (8 <= v_height <= 4096):
+        bad.add("height")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "height",
+                "8 <= height <= 4096",
+                _w.show(v_height),
+                "range: 8 <= height <= 4096",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_width = m.width
+    if v_width is not None and not (8 <= v_width <= 4096):
+        bad.add("width")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "width",
+                "8 <= width <= 4096",
+                _w.show(v_width),
+                "range: 8 <= width <= 4096",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_current_start_frame = m.current_start_frame
+    if v_current_start_frame is not None and not (
+        0 <= v_current_start_frame <= 9223372036854775807
+    ):
+        bad.add("current_start_frame")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "current_start_frame",
+                "0 <= current_start_frame <= 9223372036854775807",
+                _w.show(v_current_start_frame),
+                "range: 0 <= current_start_frame <= 9223372036854775807",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_kv_cache_attention_bias = m.kv_cache_attention_bias
+    if v_kv_cache_attention_bias is not None and not (
+        _w.finite(v_kv_cache_attention_bias)
+        and v_kv_cache_attention_bias >= 0.0
+        and v_kv_cache_attention_bias <= 1.0
+    ):
+        bad.add("kv_cache_attention_bias")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "kv_cache_attention_bias",
+                "kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
+                _w.show(v_kv_cache_attention_bias),
+                "range: kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    v_tp_num_denoise_steps = m.tp_num_denoise_steps
+    if v_tp_num_denoise_steps is not None and not (1 <= v_tp_num_denoise_steps <= 64):
+        bad.add("tp_num_denoise_steps")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "tp_num_denoise_steps",
+                "1 <= tp_num_denoise_steps <= 64",
+                _w.show(v_tp_num_denoise_steps),
+                "range: 1 <= tp_num_denoise_steps <= 64",
+                "FM-02",
+                "",
+                *ids,
+            ),
+        )
+    v_tp_expected_generator_calls = m.tp_expected_generator_calls
+    if v_tp_expected_generator_calls is not None and not (1 <= v_tp_expected_generator_calls <= 65):
+        bad.add("tp_expected_generator_calls")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "tp_expected_generator_calls",
+                "1 <= tp_expected_generator_calls <= 65",
+                _w.show(v_tp_expected_generator_calls),
+                "range: 1 <= tp_expected_generator_calls <= 65",
+                "FM-02",
+                "",
+                *ids,
+            ),
+        )
+    v_base_seed = m.base_seed
+    if v_base_seed is not None and not (0 <= v_base_seed <= 9223372036854775807):
+        bad.add("base_seed")
+        _w.add(
+            out,
+            ff,
+            Violation(
+                "range",
+                "base_seed",
+                "0 <= base_seed <= 9223372036854775807",
+                _w.show(v_base_seed),
+                "range: 0 <= base_seed <= 9223372036854775807",
+                None,
+                "",
+                *ids,
+            ),
+        )
+    _rules_Infer(m, out, ids, ff, bad, dims)
+
+
+def _rules_Infer(
+    m: Infer, out: list[Violation], ids: _Ids, ff: bool, bad: set[str], dims: dict[str, int]
+) -> None:
+    v_tp_plan = m.tp_plan
+    v_tp_envelope_version = m.tp_envelope_version
+    v_height = m.height
+    v_width = m.width
+    v_current_start_frame = m.current_start_frame
+    v_init_cache = m.init_cache
+    v_manage_cache = m.manage_cache
+    v_tp_reset_kv_cache = m.tp_reset_kv_cache
+    v_tp_reset_crossattn_cache = m.tp_reset_crossattn_cache
+    v_conditioning_embeds_updated = m.conditioning_embeds_updated
+    v_kv_cache_attention_bias = m.kv_cache_attention_bias
+    v_tp_do_kv_recompute = m.tp_do_kv_recompute
+    v_tp_num_denoise_steps = m.tp_num_denoise_steps
+    v_tp_expected_generator_calls = m.tp_expected_generator_calls
+    v_denoising_step_list = m.denoising_step_list
+    v_latents = m.latents
+    v_conditioning_embeds = m.conditioning_embeds
+    v_context_frames_override = m.context_frames_override
+    v_base_seed = m.base_seed
+    v_video = m.video
     if (
         v_tp_envelope_version is not None
         and "tp_envelope_version" not in bad
@@ -1975,6 +2215,30 @@ def encode(
     return Frames(_w.seal(words), _w.pack_segments(tensors, slots, sizes))
 
 
+_DECODED_VALIDATORS: Final[
+    dict[type, Callable[[Any, list[Violation], _Ids, bool, dict[str, int]], None]]
+] = {
+    InferV0FullPipeline: _check_decoded_Infer,
+    InferV1GeneratorOnly: _check_decoded_Infer,
+}
+
+
+def _validate_decoded(msg: Message | None, header: Header, dims: dict[str, int]) -> list[Violation]:
+    """``validate`` of an envelope the decoder built: it fixed every type, dtype and shape
+    (binding ``dims``) and matched the message to the action, so ranges, presence rules,
+    derived fields and invariants remain."""
+    out: list[Violation] = []
+    ids = _ids(header)
+    _check_decoded_header(header, out, ids, False)
+    if msg is not None:
+        _DECODED_VALIDATORS[type(msg)](msg, out, ids, False, dims)
+    return out
+
+
+def _decoded_validator(dims: dict[str, int]) -> Callable[[Any, Any], list[Violation]]:
+    return lambda msg, header: _validate_decoded(msg, header, dims)
+
+
 def _read_header(w: list[int]) -> Header:
     presence = w[W_HEADER_PRESENCE]
     if presence & ~0x2:
@@ -2185,7 +2449,7 @@ def _read_Infer(w: list[int], header: Header) -> Manifest:
             W_FRAME1,
         )
     cls = _CLASS_Infer[int(values["tp_plan"])]  # type: ignore[call-overload]
-    return Manifest(header, cls, values, slots, sizes, validate)
+    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims))
 
 
 _READERS: Final = {
@@ -2217,7 +2481,7 @@ def read_frame0(frame0: torch.Tensor) -> Manifest:
         )
     if mid == 0:
         _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1 + 1)
-        return Manifest(header, None, {}, (), (), validate)
+        return Manifest(header, None, {}, (), (), _decoded_validator({}))
     return _READERS[mid](words, header)
 
 

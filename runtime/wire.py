@@ -19,7 +19,7 @@ import struct
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -160,8 +160,7 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
 # --- tensors and frame 1 ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TensorSlot:
+class TensorSlot(NamedTuple):
     """One tensor of a manifest: where it lives in frame 1 and how to view it."""
 
     field: str
@@ -176,23 +175,26 @@ def plan_segments(
     entries: Sequence[tuple[str, WireDtype, tuple[int, ...]]],
 ) -> tuple[tuple[TensorSlot, ...], tuple[int, ...]]:
     """Assign each tensor (in wire order) to a segment; both sides call this."""
-    small: list[tuple[int, str, WireDtype, tuple[int, ...], int]] = []
-    large: list[tuple[int, str, WireDtype, tuple[int, ...], int]] = []
-    for i, (field, wd, shape) in enumerate(entries):
-        nbytes = math.prod(shape) * wd.itemsize
-        (small if nbytes < COALESCE_LIMIT else large).append((i, field, wd, shape, nbytes))
-    slots: list[TensorSlot | None] = [None] * len(entries)
+    slots: list[TensorSlot] = []
     sizes: list[int] = []
-    if small:
-        off = 0
-        for i, field, wd, shape, nbytes in small:
-            slots[i] = TensorSlot(field, wd, shape, nbytes, 0, off)
-            off += -(-nbytes // ALIGN) * ALIGN
-        sizes.append(off)
-    for i, field, wd, shape, nbytes in large:
-        slots[i] = TensorSlot(field, wd, shape, nbytes, len(sizes), 0)
-        sizes.append(nbytes)
-    return tuple(s for s in slots if s is not None), tuple(sizes)
+    packed = 0  # bytes of the packed segment (segment 0 when there is one)
+    has_packed = False
+    large = 0
+    prod = math.prod
+    for field, wd, shape in entries:
+        nbytes = prod(shape) * wd.itemsize
+        if nbytes < COALESCE_LIMIT:
+            has_packed = True
+            slots.append(TensorSlot(field, wd, shape, nbytes, 0, packed))
+            packed += -(-nbytes // ALIGN) * ALIGN
+        else:
+            large += 1
+            slots.append(TensorSlot(field, wd, shape, nbytes, large, 0))
+            sizes.append(nbytes)
+    if not has_packed:
+        # no packed segment: large tensors number from 0
+        return tuple(s._replace(segment=s.segment - 1) for s in slots), tuple(sizes)
+    return tuple(slots), (packed, *sizes)
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -203,18 +205,20 @@ def pack_segments(
     tensors: Sequence[torch.Tensor], slots: Sequence[TensorSlot], sizes: Sequence[int]
 ) -> tuple[torch.Tensor, ...]:
     """Frame 1 segments: small tensors copied into one buffer, large ones viewed in place."""
-    segments: list[torch.Tensor | None] = [None] * len(sizes)
+    segments: list[torch.Tensor] = [_EMPTY] * len(sizes)
     packed: torch.Tensor | None = None
     for t, slot in zip(tensors, slots, strict=True):
         if slot.nbytes < COALESCE_LIMIT:
             if packed is None:
-                packed = torch.zeros(sizes[0], dtype=torch.uint8, device=t.device)
-                segments[0] = packed
+                packed = segments[0] = torch.zeros(sizes[0], dtype=torch.uint8, device=t.device)
             if slot.nbytes:
                 packed[slot.offset : slot.offset + slot.nbytes].copy_(_as_bytes(t))
         else:
             segments[slot.segment] = _as_bytes(t)
-    return tuple(s if s is not None else torch.empty(0, dtype=torch.uint8) for s in segments)
+    return tuple(segments)
+
+
+_EMPTY = torch.empty(0, dtype=torch.uint8)
 
 
 @dataclass(frozen=True, slots=True)
