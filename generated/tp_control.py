@@ -1230,6 +1230,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 )
     _variant = _VARIANTS_Infer[type(m)]
     if "tp_plan" not in bad and v_tp_plan != _variant:
+        bad.add("tp_plan")  # rules must not read a plan the class denies
         _w.add(
             out,
             ff,

@@ -110,7 +110,7 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
                 )
         for name, f in fields.items():
             if name in values:
-                kwargs[name] = value_from_plain(str(f.type), values[name], enums)
+                kwargs[name] = value_from_plain(_hint(cls, name, str(f.type)), values[name], enums)
             elif f.default is dataclasses.MISSING:
                 if "None" in str(f.type):
                     violations.append(
@@ -134,11 +134,41 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
         )
         return {}
 
+    def _hint(cls: Any, name: str, hint: str) -> str:
+        # a field the plan forbids is annotated ``None`` in its variant: convert the value as
+        # the other variants type it, so validate reports it as forbidden, not mistyped
+        if hint != "None":
+            return hint
+        validators = getattr(protocol, "_VALIDATORS", {})
+        for other in protocol.MESSAGES.values():
+            # variants of one message share its validator
+            if other is not cls and validators.get(other) is validators.get(cls):
+                f = {f.name: f for f in dataclasses.fields(other)}.get(name)
+                if f is not None and str(f.type) != "None":
+                    return str(f.type)
+        return hint
+
+    for key in data:
+        if key not in ("header", "message", "fields"):
+            violations.append(
+                protocol.Violation(
+                    "unknown_field", key, "header, message, fields", show(data[key]),
+                    "plain envelope shape",
+                )  # fmt: skip
+            )
     hdr = mapping("header")
     header = build(protocol.Header, hdr, "header.")
     name = data.get("message")
     msg = None
-    if name is not None:
+    if name is None:
+        for key, value in mapping("fields").items():
+            violations.append(
+                protocol.Violation(
+                    "unknown_field", str(key), "no fields without a message", show(value),
+                    "plain envelope shape",
+                )  # fmt: skip
+            )
+    else:
         cls = protocol.MESSAGES.get(name) if isinstance(name, str) else None
         if cls is None:
             violations.append(

@@ -55,6 +55,28 @@ def test_unknown_and_absent_keys_are_violations_with_ids() -> None:
     assert all((v.call_id, v.chunk_index, v.cache_epoch) == (4, 2, 1) for v in violations)
 
 
+def test_nothing_given_is_dropped_silently() -> None:
+    """Fields without a message and keys beside header/message/fields are reported."""
+    data = plain_v1()
+    data["header"]["action"] = "NOOP"
+    data["message"] = None
+    data["fields"] = {"height": 320}
+    data["meta"] = {"prompt": "x"}
+    _, msg, violations = from_plain(tp_control, data)
+    assert msg is None
+    assert {(v.code, v.field) for v in violations} == {
+        ("unknown_field", "height"),
+        ("unknown_field", "meta"),
+    }
+
+
+def test_a_field_the_plan_forbids_is_forbidden_not_mistyped() -> None:
+    data = plain_v1()
+    data["fields"]["video"] = {"dtype": "uint8", "shape": [1, 8, 8, 3]}
+    _, _, violations = from_plain(tp_control, data)
+    assert {(v.code, v.field) for v in violations} == {("forbidden", "video")}
+
+
 def test_bad_enum_names_and_message_names_are_reported() -> None:
     data = plain_v1()
     data["header"]["action"] = "INFERR"
