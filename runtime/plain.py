@@ -152,9 +152,12 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
         if key not in ("header", "message", "fields"):
             violations.append(
                 protocol.Violation(
-                    "unknown_field", key, "header, message, fields", show(data[key]),
+                    "unknown_field",
+                    key,
+                    "header, message, fields",
+                    show(data[key]),
                     "plain envelope shape",
-                )  # fmt: skip
+                )
             )
     hdr = mapping("header")
     header = build(protocol.Header, hdr, "header.")
@@ -164,9 +167,12 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
         for key, value in mapping("fields").items():
             violations.append(
                 protocol.Violation(
-                    "unknown_field", str(key), "no fields without a message", show(value),
+                    "unknown_field",
+                    str(key),
+                    "no fields without a message",
+                    show(value),
                     "plain envelope shape",
-                )  # fmt: skip
+                )
             )
     else:
         cls = protocol.MESSAGES.get(name) if isinstance(name, str) else None
