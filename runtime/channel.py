@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from . import parity, tripwire
 from .errors import EnvelopeInvalid, WireError
-from .wire import Frames
+from .wire import ALIGN, Frames
 
 #: Distinct exit codes, so a supervisor can tell why a rank died.
 EXIT_POISONED = 86
@@ -105,6 +105,73 @@ class Ordering:
             self.chunk_index = chunk if chunk is not None else self.chunk_index
 
 
+class Framing:
+    """How the envelopes of one direction of a channel travel (DESIGN section 5).
+
+    Every envelope starts with one *head* collective whose size both ends already know:
+    frame 0 plus, in steady state, the frame 1 segments of the agreed layout. An envelope
+    whose segments match the agreed layout is therefore one collective. Any other envelope
+    rides in the head too (frame 0 announces its own layout; the rest of the head is
+    ignored) and its frame 1 follows, one collective per segment. A payload layout becomes
+    the agreed one once two payload envelopes in a row have it, so a one-off envelope
+    (an update chunk carrying conditioning) does not cost the envelopes around it. Both
+    ends derive every size from frame 0 contents they have already checked, never from
+    guesses, so the sequence of collectives is the same on every rank.
+    """
+
+    def __init__(self, frame0_words: int, *, steady: bool) -> None:
+        self.frame0_nbytes = frame0_words * 8
+        self.steady = steady
+        self.agreed: tuple[int, ...] = ()
+        self.offsets: tuple[int, ...] = ()
+        self.head_nbytes = self.frame0_nbytes
+        self._last: tuple[int, ...] | None = None
+        self._send_buffer: torch.Tensor | None = None
+
+    def carries(self, sizes: tuple[int, ...]) -> bool:
+        """Whether the head holds frame 1 of an envelope with these segment sizes."""
+        return sizes == self.agreed
+
+    def after(self, payload: bool, sizes: tuple[int, ...]) -> None:
+        """Both ends call this after each envelope, with what its frame 0 announced."""
+        if not (self.steady and payload):
+            return
+        if sizes == self._last and sizes != self.agreed:
+            self.agreed = sizes
+            offsets, off = [], -(-self.frame0_nbytes // ALIGN) * ALIGN
+            for n in sizes:
+                offsets.append(off)
+                off += -(-n // ALIGN) * ALIGN
+            self.offsets = tuple(offsets)
+            self.head_nbytes = off
+            self._send_buffer = None
+        self._last = sizes
+
+    def head_to_send(self, frames: Frames, device: torch.device) -> torch.Tensor:
+        """The head collective's buffer: frame 0, then frame 1 when the layout is agreed.
+
+        The buffer is kept for the next envelope of the same layout: padding stays zero,
+        nothing is allocated in steady state.
+        """
+        buf = self._send_buffer
+        if buf is None or buf.device != device:
+            buf = self._send_buffer = torch.zeros(
+                self.head_nbytes, dtype=torch.uint8, device=device
+            )
+        buf[: self.frame0_nbytes].view(torch.int64).copy_(frames.frame0)
+        if self.agreed and self.carries(_sizes(frames.segments)):
+            for off, seg in zip(self.offsets, frames.segments, strict=True):
+                buf[off : off + seg.numel()].copy_(seg)
+        return buf
+
+    def segments_in(self, head: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(head[o : o + n] for o, n in zip(self.offsets, self.agreed, strict=True))
+
+
+def _sizes(segments: Sequence[torch.Tensor]) -> tuple[int, ...]:
+    return tuple(int(s.numel()) for s in segments)
+
+
 class _Channel:
     """What both channels share: preflight, the commitment, poison, ordering, watchdog."""
 
@@ -120,6 +187,7 @@ class _Channel:
         heartbeat_s: float | None,
         poison: str,
         tripwires: bool,
+        steady_state: bool,
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
@@ -148,10 +216,15 @@ class _Channel:
         self._heartbeat: threading.Thread | None = None
         if cpu_group is not None and _members(cpu_group) != _members(group):
             raise ValueError("cpu_group must hold exactly the ranks of group")
-        # frame 0 travels on the CPU group when there is one (small, needs no device copy)
+        # frame 0 travels on the CPU group when there is one (small, needs no device copy);
+        # then it cannot share a collective with frame 1, so there is no steady state
         self._frame0_device = (
             torch.device("cpu") if cpu_group is not None or self.device is None else self.device
         )
+        steady = steady_state and cpu_group is None
+        self.parity_flags["tpwire.steady_state"] = steady
+        self._tx = Framing(protocol.FRAME0_LEN, steady=steady)
+        self._rx = Framing(protocol.FRAME0_LEN, steady=steady)
 
     # transport: what each channel kind does with one tensor of one frame
     def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
@@ -277,19 +350,23 @@ class _Channel:
 
     def _transmit(self, frames: Frames, header: Any, *, watched: bool = True) -> None:
         """The commitment: after the first byte of frame 0, any failure poisons."""
-        frame0 = frames.frame0.to(self._frame0_device)
-        action = getattr(header, self.protocol.ACTION_FIELD).name
+        framing = self._tx
+        sizes = _sizes(frames.segments)
+        head = framing.head_to_send(frames, self._frame0_device)
+        action = getattr(header, self.protocol.ACTION_FIELD)
         # a heartbeat may wait for busy workers as long as they compute: not a wedged send
-        with self._deadline(f"send of {action} {_ids(header)}", armed=watched):
+        with self._deadline(f"send of {action.name} {_ids(header)}", armed=watched):
             try:
-                self._put(frame0, FRAME0_TAG, frame0=True)
+                self._put(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
                 self._poison(header, f"frame 0 send failed: {exc!r}")
             try:
-                for i, segment in enumerate(frames.segments):
-                    self._put(segment, _segment_tag(header, i), frame0=False)
+                if not framing.carries(sizes):
+                    for i, segment in enumerate(frames.segments):
+                        self._put(segment, _segment_tag(header, i), frame0=False)
             except BaseException as exc:
                 self._poison(header, f"frame 1 send failed after frame 0: {exc!r}")
+        framing.after(action in self.protocol.PAYLOAD_ACTIONS, sizes)
         self._sent_order.commit(header)
         self.last_sent = header
         self._last_send = time.monotonic()
@@ -317,27 +394,34 @@ class _Channel:
         channel stays in lockstep and the caller decides (a relay broadcasts ERROR).
         """
         self._ready(sender=False)
-        frame0 = torch.empty(
-            self.protocol.FRAME0_LEN, dtype=torch.int64, device=self._frame0_device
-        )
+        framing = self._rx
+        head = torch.empty(framing.head_nbytes, dtype=torch.uint8, device=self._frame0_device)
         with self._deadline(f"a header after {_ids(self.last_header)}"):
             try:
-                self._get(frame0, FRAME0_TAG, frame0=True)
+                self._get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
                 self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
         try:
-            manifest = self.protocol.read_frame0(frame0.cpu())
+            manifest = self.protocol.read_frame0(
+                head[: framing.frame0_nbytes].view(torch.int64).cpu()
+            )
         except WireError as exc:
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
         problem = self._recv_order.problem(header)
-        with self._deadline(f"frame 1 of {_ids(header)}"):
-            try:
-                segments = manifest.allocate(self.device)
-                for i, segment in enumerate(segments):
-                    self._get(segment, _segment_tag(header, i), frame0=False)
-            except BaseException as exc:
-                self._poison(header, f"frame 1 receive failed: {exc}")
+        sizes = tuple(manifest.segment_nbytes)
+        if framing.carries(sizes):
+            segments = framing.segments_in(head)
+        else:
+            with self._deadline(f"frame 1 of {_ids(header)}"):
+                try:
+                    segments = manifest.allocate(self.device)
+                    for i, segment in enumerate(segments):
+                        self._get(segment, _segment_tag(header, i), frame0=False)
+                except BaseException as exc:
+                    self._poison(header, f"frame 1 receive failed: {exc}")
+        action = getattr(header, self.protocol.ACTION_FIELD)
+        framing.after(action in self.protocol.PAYLOAD_ACTIONS, sizes)
         if problem is not None:
             # frame 1 is drained, so the sender is not stranded; this rank stops here
             self._poison(header, f"ordering: {problem}")
@@ -353,7 +437,6 @@ class _Channel:
                 f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
             )
             raise
-        action = getattr(header, self.protocol.ACTION_FIELD)
         if action.name in ("SHUTDOWN", "ERROR"):
             self.closed = True  # terminal actions: no further frame will come
         return Received(action, header, msg)
@@ -449,10 +532,11 @@ class BroadcastChannel(_Channel):
         heartbeat_s: float | None = None,
         poison: str = "exit",
         tripwires: bool = False,
+        steady_state: bool = True,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
-            heartbeat_s, poison, tripwires,
+            heartbeat_s, poison, tripwires, steady_state,
         )  # fmt: skip
         self.src = src
         self.is_sender = self.rank == src
@@ -497,10 +581,11 @@ class P2PChannel(_Channel):
         heartbeat_s: float | None = None,
         poison: str = "exit",
         tripwires: bool = False,
+        steady_state: bool = True,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
-            heartbeat_s, poison, tripwires,
+            heartbeat_s, poison, tripwires, steady_state,
         )  # fmt: skip
         if peer == self.rank:
             raise ValueError("a p2p channel needs another rank as its peer")

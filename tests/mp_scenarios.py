@@ -408,3 +408,50 @@ def with_block(rank: int, world: int) -> Any:
     ch = BroadcastChannel(tc, watchdog_s=10).open()
     actions = [ch.recv().action.name, ch.recv().action.name]
     return {"actions": actions, "closed": ch.closed}
+
+
+def steady(rank: int, world: int, steady_state: bool = True) -> Any:
+    """Layouts A A A B A A, a NOOP, A, SHUTDOWN; every rank counts its collectives."""
+    ch = BroadcastChannel(tc, poison="raise", steady_state=steady_state).open()
+    counts: list[int] = []
+    put = ch._put
+
+    def counted(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        counts[-1] += 1
+        put(tensor, tag, frame0=frame0)
+
+    ch._put = counted  # type: ignore[method-assign]
+    ch._get = counted  # type: ignore[method-assign]
+    # B: an update chunk whose conditioning is 64 KiB (its own segment): another layout
+    plan = ["A", "A", "A", "B", "A", "A", "NOOP", "A", "SHUTDOWN"]
+
+    def make(i: int, kind: str) -> tc.InferV1GeneratorOnly:
+        if kind == "B":
+            g = torch.Generator().manual_seed(i)
+            cond = torch.randn(1, 8, 4096, generator=g).to(torch.float16)
+            return envelope(i, conditioning_embeds=cond, conditioning_embeds_updated=True)
+        return envelope(i)
+
+    equal = []
+    for i, kind in enumerate(plan):
+        counts.append(0)
+        if rank == 0:
+            if kind in ("NOOP", "SHUTDOWN"):
+                getattr(ch, kind.lower())()
+            else:
+                ch.send(make(i, kind), header(i + 1, chunk=i))
+        else:
+            got = ch.recv()
+            assert got.action.name == ("INFER" if kind in "AB" else kind)
+            if got.msg is not None:
+                equal.append(got.msg == make(i, kind))
+    return {"counts": counts, "equal": equal}
+
+
+def steady_on_one_rank(rank: int, world: int) -> Any:
+    """Framing decides the collectives: ranks that disagree on it must not start."""
+    try:
+        BroadcastChannel(tc, steady_state=rank == 0).open()
+    except ParityMismatch as exc:
+        return {"diff": list(exc.diff)}
+    return {"diff": None}

@@ -186,3 +186,29 @@ def test_a_sender_failing_inside_with_sends_error(tmp_path: Path) -> None:
     assert (r0.exitcode, r1.exitcode) == (0, 0), r0.log + r1.log
     assert r1.result == {"actions": ["INFER", "ERROR"], "closed": True}
     assert "ERROR sent call_id=2" in r0.log and "the model crashed" in r0.log
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_steady_state_is_one_collective_per_envelope(tmp_path: Path, world: int) -> None:
+    """DESIGN section 5: once two envelopes in a row share a layout, each envelope of that
+    layout is one collective; a one-off layout costs its own frame 1 and nothing more."""
+    results = run_ranks("steady", tmp_path, world=world)
+    assert all(r.exitcode == 0 for r in results), [r.log for r in results]
+    # A A A B A A NOOP A SHUTDOWN: A has 1 packed segment, B a packed and a large one
+    expected = [2, 2, 1, 3, 1, 1, 1, 1, 1]
+    assert [r.result["counts"] for r in results] == [expected] * world
+    for r in results[1:]:
+        assert r.result["equal"] == [True] * 7
+
+
+def test_without_steady_state_frame1_always_follows(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("steady", tmp_path, steady_state=False)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    assert r0.result["counts"] == r1.result["counts"] == [2, 2, 2, 3, 2, 2, 1, 2, 1]
+    assert r1.result["equal"] == [True] * 7
+
+
+def test_steady_state_on_one_rank_only_is_a_handshake_diff(tmp_path: Path) -> None:
+    for r in run_ranks("steady_on_one_rank", tmp_path):
+        assert r.exitcode == 0, r.log
+        assert r.result["diff"] == ["flags.tpwire.steady_state: rank0=True, rank1=False"]
