@@ -109,14 +109,15 @@ class Framing:
     """How the envelopes of one direction of a channel travel (DESIGN section 5).
 
     Every envelope starts with one *head* collective whose size both ends already know:
-    frame 0 plus, in steady state, the frame 1 segments of the agreed layout. An envelope
-    whose segments match the agreed layout is therefore one collective. Any other envelope
-    rides in the head too (frame 0 announces its own layout; the rest of the head is
-    ignored) and its frame 1 follows, one collective per segment. A payload layout becomes
-    the agreed one once two payload envelopes in a row have it, so a one-off envelope
-    (an update chunk carrying conditioning) does not cost the envelopes around it. Both
-    ends derive every size from frame 0 contents they have already checked, never from
-    guesses, so the sequence of collectives is the same on every rank.
+    frame 0 plus, in steady state, one slot per frame 1 segment of the agreed layout.
+    Segment ``i`` of an envelope rides in slot ``i`` when it fits there; the segments that
+    do not fit follow, one collective each. So an envelope of the agreed layout is one
+    collective, and an envelope that differs (a recompute chunk with context frames, an
+    update chunk carrying conditioning) costs only its extra segments. A payload layout
+    becomes the agreed one once two payload envelopes in a row have it, so a one-off
+    envelope does not reshape the head for the envelopes around it. Both ends derive every
+    size from frame 0 contents they have already checked and from the envelopes before,
+    never from guesses, so every rank runs the same sequence of collectives.
     """
 
     def __init__(self, frame0_words: int, *, steady: bool) -> None:
@@ -128,9 +129,10 @@ class Framing:
         self._last: tuple[int, ...] | None = None
         self._send_buffer: torch.Tensor | None = None
 
-    def carries(self, sizes: tuple[int, ...]) -> bool:
-        """Whether the head holds frame 1 of an envelope with these segment sizes."""
-        return sizes == self.agreed
+    def carried(self, sizes: Sequence[int]) -> tuple[bool, ...]:
+        """For each segment of an envelope: whether it rides in the head."""
+        slots = self.agreed
+        return tuple(i < len(slots) and n <= slots[i] for i, n in enumerate(sizes))
 
     def after(self, payload: bool, sizes: tuple[int, ...]) -> None:
         """Both ends call this after each envelope, with what its frame 0 announced."""
@@ -147,11 +149,13 @@ class Framing:
             self._send_buffer = None
         self._last = sizes
 
-    def head_to_send(self, frames: Frames, device: torch.device) -> torch.Tensor:
-        """The head collective's buffer: frame 0, then frame 1 when the layout is agreed.
+    def head_to_send(
+        self, frames: Frames, carried: Sequence[bool], device: torch.device
+    ) -> torch.Tensor:
+        """The head: frame 0, then the carried segments in their slots.
 
-        The buffer is kept for the next envelope of the same layout: padding stays zero,
-        nothing is allocated in steady state.
+        The buffer is kept while the layout holds, so nothing is allocated in steady state;
+        bytes of a slot the envelope leaves unused are stale and never read.
         """
         buf = self._send_buffer
         if buf is None or buf.device != device:
@@ -159,13 +163,14 @@ class Framing:
                 self.head_nbytes, dtype=torch.uint8, device=device
             )
         buf[: self.frame0_nbytes].view(torch.int64).copy_(frames.frame0)
-        if self.agreed and self.carries(_sizes(frames.segments)):
-            for off, seg in zip(self.offsets, frames.segments, strict=True):
+        for off, seg, here in zip(self.offsets, frames.segments, carried, strict=False):
+            if here:
                 buf[off : off + seg.numel()].copy_(seg)
         return buf
 
-    def segments_in(self, head: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(head[o : o + n] for o, n in zip(self.offsets, self.agreed, strict=True))
+    def segment_in(self, head: torch.Tensor, index: int, nbytes: int) -> torch.Tensor:
+        off = self.offsets[index]
+        return head[off : off + nbytes]
 
 
 def _sizes(segments: Sequence[torch.Tensor]) -> tuple[int, ...]:
@@ -352,7 +357,8 @@ class _Channel:
         """The commitment: after the first byte of frame 0, any failure poisons."""
         framing = self._tx
         sizes = _sizes(frames.segments)
-        head = framing.head_to_send(frames, self._frame0_device)
+        carried = framing.carried(sizes)
+        head = framing.head_to_send(frames, carried, self._frame0_device)
         action = getattr(header, self.protocol.ACTION_FIELD)
         # a heartbeat may wait for busy workers as long as they compute: not a wedged send
         with self._deadline(f"send of {action.name} {_ids(header)}", armed=watched):
@@ -361,8 +367,8 @@ class _Channel:
             except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
                 self._poison(header, f"frame 0 send failed: {exc!r}")
             try:
-                if not framing.carries(sizes):
-                    for i, segment in enumerate(frames.segments):
+                for i, segment in enumerate(frames.segments):
+                    if not carried[i]:
                         self._put(segment, _segment_tag(header, i), frame0=False)
             except BaseException as exc:
                 self._poison(header, f"frame 1 send failed after frame 0: {exc!r}")
@@ -410,16 +416,20 @@ class _Channel:
         header = manifest.header
         problem = self._recv_order.problem(header)
         sizes = tuple(manifest.segment_nbytes)
-        if framing.carries(sizes):
-            segments = framing.segments_in(head)
-        else:
-            with self._deadline(f"frame 1 of {_ids(header)}"):
-                try:
-                    segments = manifest.allocate(self.device)
-                    for i, segment in enumerate(segments):
-                        self._get(segment, _segment_tag(header, i), frame0=False)
-                except BaseException as exc:
-                    self._poison(header, f"frame 1 receive failed: {exc}")
+        carried = framing.carried(sizes)
+        segments: list[torch.Tensor] = []
+        with self._deadline(f"frame 1 of {_ids(header)}"):
+            try:
+                for i, n in enumerate(sizes):
+                    if carried[i]:
+                        segments.append(framing.segment_in(head, i, n))
+                        continue
+                    # sized from the checked manifest, bounded by the spec
+                    segment = torch.empty(n, dtype=torch.uint8, device=self.device)
+                    self._get(segment, _segment_tag(header, i), frame0=False)
+                    segments.append(segment)
+            except BaseException as exc:
+                self._poison(header, f"frame 1 receive failed: {exc}")
         action = getattr(header, self.protocol.ACTION_FIELD)
         framing.after(action in self.protocol.PAYLOAD_ACTIONS, sizes)
         if problem is not None:
