@@ -1,118 +1,136 @@
-"""Properties of the generated bindings of every shipped spec, from their own strategies."""
+"""Properties of the generated bindings, from their own strategies, for every spec: the
+shipped ones and the extra corpus (``specs/corpus.py``).
+
+- valid envelopes pass ``validate``, round-trip bit for bit and encode deterministically;
+- every labelled mutant is rejected with exactly the violations it carries, by
+  ``validate``, ``validate(fail_fast=True)`` and ``encode``;
+- every plain-form mutant (unknown key, key left out) is reported exactly by ``from_plain``.
+"""
 
 from __future__ import annotations
 
-from types import ModuleType
+import dataclasses
+import struct
+from typing import Any
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings
+from specs import corpus
 
-from tpwire.generated import pp_contract, pp_contract_strategies, tp_control, tp_control_strategies
+from tpwire.generated import tp_control, tp_control_strategies
+from tpwire.runtime.plain import from_plain, to_plain
 
-PROTOCOLS = [
-    pytest.param(tp_control, tp_control_strategies, id="tp_control"),
-    pytest.param(pp_contract, pp_contract_strategies, id="pp_contract"),
-]
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _frame_bytes(frames: object) -> tuple[bytes, ...]:
-    f0 = frames.frame0  # type: ignore[attr-defined]
-    segs = frames.segments  # type: ignore[attr-defined]
-    return (bytes(f0.numpy().tobytes()), *(bytes(s.numpy().tobytes()) for s in segs))
+def _frame_bytes(frames: Any) -> tuple[bytes, ...]:
+    return (frames.frame0.numpy().tobytes(), *(s.numpy().tobytes() for s in frames.segments))
 
 
-@pytest.mark.parametrize(("proto", "strategies"), PROTOCOLS)
-def test_round_trip_is_bit_exact(proto: ModuleType, strategies: ModuleType) -> None:
-    @given(strategies.valid_envelopes())
-    def check(envelope: tuple[object, object]) -> None:
+def _bits(x: object) -> object:
+    """A value as its exact bits: floats by their IEEE pattern (-0.0 != 0.0, NaN payloads),
+    tensors by dtype, shape and bytes."""
+    if isinstance(x, torch.Tensor):
+        return (
+            x.dtype,
+            tuple(x.shape),
+            x.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(),
+        )
+    if type(x) is float:
+        return struct.pack("<d", x)
+    return (type(x), x)
+
+
+def _fields(obj: Any) -> dict[str, object]:
+    return {f.name: _bits(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+@pytest.mark.parametrize("name", corpus.params())
+def test_valid_envelopes_round_trip_bit_exact_and_encode_deterministically(name: str) -> None:
+    spec = corpus.load(name)
+    proto = spec.module
+
+    @settings(SETTINGS, max_examples=corpus.examples(name, 150, 60))
+    @given(spec.strategies.valid_envelopes())
+    def check(envelope: tuple[Any, Any]) -> None:
         header, msg = envelope
         assert proto.validate(msg, header) == []
         frames = proto.encode(msg, header)
+        assert _frame_bytes(frames) == _frame_bytes(proto.encode(msg, header))
         header2, msg2 = proto.decode(frames)
-        assert header2 == header
-        assert msg2 == msg
+        assert _fields(header2) == _fields(header)
         assert type(msg2) is type(msg)
         if msg is not None:
-            for name in type(msg).__dataclass_fields__:
-                a, b = getattr(msg, name), getattr(msg2, name)
-                if isinstance(a, torch.Tensor):
-                    assert b.dtype == a.dtype and b.shape == a.shape
-                    assert b.is_contiguous()
+            assert msg2 == msg
+            assert _fields(msg2) == _fields(msg)
+            for f in dataclasses.fields(msg2):
+                value = getattr(msg2, f.name)
+                assert not isinstance(value, torch.Tensor) or value.is_contiguous()
+        # what was received encodes to the same bytes again
+        assert _frame_bytes(proto.encode(msg2, header2)) == _frame_bytes(frames)
 
     check()
 
 
-@pytest.mark.parametrize(("proto", "strategies"), PROTOCOLS)
-def test_encoding_is_deterministic(proto: ModuleType, strategies: ModuleType) -> None:
-    @given(strategies.valid_envelopes())
-    def check(envelope: tuple[object, object]) -> None:
-        header, msg = envelope
-        assert _frame_bytes(proto.encode(msg, header)) == _frame_bytes(proto.encode(msg, header))
+@pytest.mark.parametrize("name", corpus.params())
+def test_every_mutant_is_rejected_with_exactly_its_violations(name: str) -> None:
+    spec = corpus.load(name)
+    proto = spec.module
 
-    check()
-
-
-@pytest.mark.parametrize(("proto", "strategies"), PROTOCOLS)
-def test_every_mutant_is_rejected_with_its_code(proto: ModuleType, strategies: ModuleType) -> None:
-    seen: set[str] = set()
-
-    @settings(max_examples=400)
-    @given(strategies.invalid_envelopes())
-    def check(mutant: tuple[object, object, frozenset[str]]) -> None:
-        header, msg, expected = mutant
-        violations = proto.validate(msg, header)
-        codes = {v.code for v in violations}
-        assert expected <= codes, (expected, violations)
-        for v in violations:
-            assert v.call_id == header.call_id  # type: ignore[attr-defined]
+    @settings(SETTINGS, max_examples=corpus.examples(name, 300, 120))
+    @given(spec.strategies.mutants())
+    def check(m: Any) -> None:
+        violations = proto.validate(m.msg, m.header)
+        assert {(v.code, v.field) for v in violations} == m.violations, (m.kind, m.field)
+        assert {v.code for v in violations} == m.codes
+        ids = [getattr(m.header, n, None) for n in ("call_id", "chunk_index", "cache_epoch")]
+        for v in violations:  # the header ids that are well-typed ints, for the log line
+            assert [v.call_id, v.chunk_index, v.cache_epoch] == [
+                x if type(x) is int else None for x in ids
+            ]
             assert v.field and v.rule and v.expected
-        first = proto.validate(msg, header, fail_fast=True)
-        assert len(first) == 1 and first[0] == violations[0]
+        first = proto.validate(m.msg, m.header, fail_fast=True)
+        assert first == violations[:1]
         with pytest.raises(proto.EnvelopeInvalid) as err:
-            proto.encode(msg, header)
+            proto.encode(m.msg, m.header)
         assert err.value.violations == tuple(violations)
-        seen.update(expected)
 
     check()
-    # the strategies reach every rule kind the spec has
-    assert {"missing", "type", "range", "dtype", "shape", "invariant", "version"} <= seen
 
 
-def test_strategies_reach_every_kind_and_branch() -> None:
-    kinds: set[str] = set()
-    branches: set[tuple[object, ...]] = set()
+@pytest.mark.parametrize("name", corpus.params())
+def test_plain_form_round_trips_and_plain_mutants_are_reported_exactly(name: str) -> None:
+    spec = corpus.load(name)
+    proto = spec.module
 
-    @settings(max_examples=300)
-    @given(tp_control_strategies.valid_envelopes())
-    def check(envelope: tuple[object, object]) -> None:
+    @settings(SETTINGS, max_examples=corpus.examples(name, 100, 50))
+    @given(spec.strategies.valid_envelopes(), spec.strategies.plain_mutants())
+    def check(envelope: tuple[Any, Any], m: Any) -> None:
         header, msg = envelope
-        kinds.add(type(msg).__name__ if msg is not None else header.action.name)  # type: ignore[attr-defined]
-        if isinstance(msg, tp_control.InferV1GeneratorOnly):
-            branches.add(
-                (
-                    msg.tp_do_kv_recompute,
-                    msg.init_cache,
-                    msg.latents.dtype,
-                )
-            )
+        header2, msg2, violations = from_plain(proto, to_plain(header, msg))
+        assert violations == []
+        assert header2 == header and type(msg2) is type(msg)
+        _, _, violations = from_plain(proto, m.data)
+        assert {(v.code, v.field) for v in violations} == m.violations, (m.kind, m.field)
 
     check()
-    assert kinds == set(tp_control_strategies.ENVELOPE_KINDS)
-    assert {b[0] for b in branches} == {True, False}
-    assert {b[2] for b in branches} == {torch.bfloat16, torch.float16}
 
 
-@given(st.data())
-def test_header_action_must_match_message(data: st.DataObject) -> None:
-    header, msg = data.draw(tp_control_strategies._valid_InferV1GeneratorOnly())
-    noop = tp_control.Header(
-        call_id=header.call_id,
-        chunk_index=header.chunk_index,
-        control_epoch=header.control_epoch,
-        cache_epoch=header.cache_epoch,
-        action=tp_control.TPAction.NOOP,
-    )
-    assert [v.code for v in tp_control.validate(msg, noop)] == ["invariant"]
-    assert [v.field for v in tp_control.validate(None, header)] == ["header.action"]
+def test_header_action_must_match_message() -> None:
+    @settings(SETTINGS, max_examples=20)
+    @given(tp_control_strategies.valid_envelopes(kinds=["InferV1GeneratorOnly"]))
+    def check(envelope: tuple[Any, Any]) -> None:
+        header, msg = envelope
+        noop = dataclasses.replace(header, action=tp_control.TPAction.NOOP)
+        assert [v.code for v in tp_control.validate(msg, noop)] == ["invariant"]
+        assert [v.field for v in tp_control.validate(None, header)] == ["header.action"]
+
+    check()
+
+
+def test_strategies_refuse_unknown_kinds() -> None:
+    with pytest.raises(ValueError, match="unknown envelope kinds"):
+        tp_control_strategies.valid_envelopes(kinds=["InferV2"])
+    with pytest.raises(ValueError, match="no mutant"):
+        tp_control_strategies.mutants(mutant_kinds=["too_long_utf8"])  # tp_control has no str
