@@ -1,10 +1,11 @@
-"""The exported JSON Schema (draft 2020-12) agrees with the generated validators.
+"""The exported JSON Schema (draft 2020-12) agrees with the generated validators, for every
+spec: the shipped ones and the extra corpus (``specs/corpus.py``).
 
 Valid envelopes drawn from each spec's generated ``valid_envelopes()`` are accepted in
-their plain form (``to_plain``); mutants from ``invalid_envelopes()`` that break a rule the
-schema can say (presence, range, type; not rules listed under ``x-tpwire-unchecked``) are
-rejected, at the mutated field. Rules JSON Schema cannot say (cross-field arithmetic,
-shapes, UTF-8 byte lengths) are listed in the schema under ``x-tpwire-unchecked``.
+their plain form (``to_plain``). Labelled mutants from ``mutants()`` and ``plain_mutants()``
+are rejected, at the broken field, wherever the schema can say the rule they break; every
+rule it cannot say (cross-field arithmetic, shapes, UTF-8 byte lengths, invariants) must be
+listed under ``x-tpwire-unchecked``: a documented limitation, never a silent one.
 """
 
 from __future__ import annotations
@@ -15,25 +16,20 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, find, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from specs import corpus
 
 from tpwire.codegen import compiler
 from tpwire.codegen.ir import ProtocolIR
 from tpwire.codegen.schema import json_schema
-from tpwire.generated import pp_contract, pp_contract_strategies, tp_control, tp_control_strategies
-from tpwire.runtime.plain import to_plain
+from tpwire.generated import tp_control
+from tpwire.runtime.plain import from_plain, to_plain
 
 REPO = Path(__file__).resolve().parents[1]
-
-PROTOCOLS: dict[str, tuple[ModuleType, ModuleType]] = {
-    "tp_control": (tp_control, tp_control_strategies),
-    "pp_contract": (pp_contract, pp_contract_strategies),
-}
 
 SETTINGS = settings(
     max_examples=100,
@@ -43,8 +39,6 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
-#: Mutation codes whose rule the schema can express for non-tensor fields.
-CHECKED_CODES = frozenset({"missing", "forbidden", "must_be_none", "range", "type"})
 #: Presence codes: the rule kind the schema lists under x-tpwire-unchecked when it cannot say it.
 PRESENCE_RULE = {
     "missing": "required_when",
@@ -66,7 +60,7 @@ _CACHE: dict[str, Exported] = {}
 
 def exported(name: str) -> Exported:
     if name not in _CACHE:
-        ir = compiler.protocol_ir(REPO / "spec" / f"{name}.yaml")
+        ir = corpus.ir(name)
         schema = json_schema(ir)
         tensors = frozenset(f.name for m in ir.messages for f in m.tensors)
         _CACHE[name] = Exported(ir, schema, jsonschema.Draft202012Validator(schema), tensors)
@@ -94,101 +88,206 @@ def error_fields(validator: jsonschema.Draft202012Validator, instance: Any) -> s
 # --- the schema itself ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(PROTOCOLS))
+@pytest.mark.parametrize("name", corpus.params())
 def test_schema_is_valid_draft_2020_12(name: str) -> None:
     schema = exported(name).schema
     jsonschema.Draft202012Validator.check_schema(schema)
-    module, _ = PROTOCOLS[name]
+    module = corpus.load(name).module
     assert schema["$id"] == f"urn:tpwire:{name}:0x{module.FINGERPRINT:016x}"
     assert set(module.MESSAGES) <= set(schema["$defs"])
-    checked_in = json.loads((REPO / "docs" / "spec" / f"{name}.schema.json").read_text("utf-8"))
-    jsonschema.Draft202012Validator.check_schema(checked_in)
-    assert checked_in == schema
+    if corpus.load(name).shipped:
+        checked_in = json.loads((REPO / "docs" / "spec" / f"{name}.schema.json").read_text("utf-8"))
+        jsonschema.Draft202012Validator.check_schema(checked_in)
+        assert checked_in == schema
 
 
 # --- valid envelopes are accepted ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(PROTOCOLS))
+@pytest.mark.parametrize("name", corpus.params())
 def test_valid_envelopes_are_accepted(name: str) -> None:
-    module, strategies = PROTOCOLS[name]
+    spec = corpus.load(name)
     validator = exported(name).validator
     kinds: Counter[str | None] = Counter()
 
-    @SETTINGS
-    @given(strategies.valid_envelopes())
+    @settings(SETTINGS, max_examples=corpus.examples(name, 100, 40))
+    @given(spec.strategies.valid_envelopes())
     def check(envelope: tuple[Any, Any]) -> None:
         header, msg = envelope
-        assert module.validate(msg, header) == []
+        assert spec.module.validate(msg, header) == []
         instance = plain_json(header, msg)
         errors = [e.message for e in validator.iter_errors(instance)]
         assert errors == [], (errors, instance)
         kinds[instance["message"]] += 1
 
     check()
-    assert set(kinds) == {None, *module.MESSAGES}, kinds
+    assert set(kinds) == {None, *spec.module.MESSAGES} - (
+        set() if any(a.message is None for a in exported(name).ir.actions) else {None}
+    ), kinds
 
 
 # --- mutants are rejected where the schema can say so ---------------------------------------------
 
 
-def schema_can_say(ex: Exported, class_name: str, code: str, field: str) -> bool:
-    unchecked = ex.schema["$defs"][class_name].get("x-tpwire-unchecked", [])
+def _documented(ex: Exported, where: str, prefix: str) -> bool:
+    node = ex.schema["$defs"].get(where, {}) if where else ex.schema
+    return any(u.startswith(prefix) for u in node.get("x-tpwire-unchecked", []))
+
+
+def sayable(ex: Exported, class_name: str, code: str, field: str, value: Any) -> bool:
+    """Whether the schema can say the rule behind (code, field); a rule it cannot say must be
+    listed under x-tpwire-unchecked (asserted here)."""
+    where, name = (
+        ("Header", field.removeprefix("header."))
+        if field.startswith("header.")
+        else (class_name, field)
+    )
     if code in PRESENCE_RULE:
         # presence is plain data (null vs object) for tensors too
-        return not any(u.startswith(f"{field} {PRESENCE_RULE[code]}:") for u in unchecked)
-    return field not in ex.tensors  # range/type of a tensor is dtype/shape: not in the schema
+        return not _documented(ex, where, f"{name} {PRESENCE_RULE[code]}:")
+    if code in ("unknown_field", "version") or field == f"header.{ex.ir.header.action}":
+        return True  # the action selects the message: one if/then branch per action
+    if code == "invariant":
+        derived = _documented(ex, where, f"{name} derived:")
+        invariants = [
+            f"invariant {i.id}:"
+            for m in ex.ir.messages
+            for i in m.invariants
+            if ", ".join(i.expr.refs) == field
+        ]
+        assert derived or any(_documented(ex, where, i) for i in invariants), field
+        return False
+    if where != "Header" and name in ex.tensors:
+        assert _documented(ex, where, f"{name} dtype/shape:"), field
+        return False  # a tensor's type, dtype and shape are not in the schema
+    if code == "range" and isinstance(value, str):
+        f = _field(ex, class_name, name)
+        if f.max_len is not None and len(value) <= f.max_len:
+            # over max_len UTF-8 bytes (or none at all), not over max_len characters
+            assert _documented(ex, where, f"{name} max_len:"), field
+            return False
+    return True
 
 
-@pytest.mark.parametrize("name", list(PROTOCOLS))
+def _field(ex: Exported, class_name: str, name: str) -> Any:
+    fields = ex.ir.header.fields
+    for m in ex.ir.messages:
+        if class_name in {v.class_name for v in m.variants}:
+            fields = m.fields
+    return next(f for f in fields if f.name == name)
+
+
+def _class_name(msg: Any) -> str:
+    return type(msg).__name__ if msg is not None else ""
+
+
+@pytest.mark.parametrize("name", corpus.params())
 def test_mutants_are_rejected(name: str) -> None:
-    module, strategies = PROTOCOLS[name]
+    spec = corpus.load(name)
     ex = exported(name)
     checked: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
 
-    @settings(SETTINGS, max_examples=250)
-    @given(strategies.invalid_envelopes())
-    def check(mutant: tuple[Any, Any, frozenset[str]]) -> None:
-        header, msg, codes = mutant
-        violations = module.validate(msg, header)
-        broken = {(v.code, v.field) for v in violations if v.code in codes}
-        assert broken, (codes, violations)
-        relevant = {(c, f) for c, f in broken if c in CHECKED_CODES}
-        if not relevant:
-            skipped["code " + "/".join(sorted(codes))] += 1
-            return
+    @settings(SETTINGS, max_examples=corpus.examples(name, 250, 100))
+    @given(spec.strategies.mutants())
+    def check(m: Any) -> None:
+        assert {(v.code, v.field) for v in spec.module.validate(m.msg, m.header)} == m.violations
         try:
-            instance = plain_json(header, msg)
-        except ValueError:
-            # a NaN float: JSON has no NaN, the plain form cannot be sent as JSON at all
-            assert any(c == "range" for c, _ in relevant)
-            skipped["nan"] += 1
+            instance = plain_json(m.header, m.msg)
+        except (ValueError, TypeError):
+            # NaN/inf, bytes: values JSON has no form for
+            assert m.kind in ("not_finite", "wrong_type"), m.kind
+            skipped["no JSON form"] += 1
             return
-        class_name = type(msg).__name__
-        sayable = {(c, f) for c, f in relevant if schema_can_say(ex, class_name, c, f)}
-        if not sayable:
-            skipped["unchecked"] += 1
+        if m.kind == "wrong_type" and _json_number_for_float(ex, m):
+            skipped["JSON has one number type"] += 1
+            return  # see test_integral_number_for_a_float_field
+        holder = m.header if m.field.startswith("header.") else m.msg
+        value = getattr(holder, m.field.removeprefix("header."), None)
+        say = {
+            (c, f)
+            for c, f in m.violations
+            if sayable(ex, _class_name(m.msg), c, f, value if f == m.field else None)
+        }
+        if not say:
+            skipped["unchecked " + "/".join(sorted(m.codes))] += 1
             return
-        assert not ex.validator.is_valid(instance), (sayable, instance["fields"])
+        assert not ex.validator.is_valid(instance), (m.kind, say, instance)
         at = error_fields(ex.validator, instance)
-        for code, field in sayable:
-            assert field in at, (code, field, at)
+        for code, field in say:
+            if code in ("unknown_field", "version", "type", "range") or code in PRESENCE_RULE:
+                if field != f"header.{ex.ir.header.action}":
+                    assert field.removeprefix("header.") in at, (m.kind, code, field, at)
             checked[code] += 1
 
     check()
-    assert sum(checked.values()) >= 20, (checked, skipped)
-    assert len(checked) >= 3, (checked, skipped)
+    assert sum(checked.values()) >= corpus.examples(name, 250, 100) // 4, (checked, skipped)
+
+
+def _json_number_for_float(ex: Exported, m: Any) -> bool:
+    """An int given for a float field: JSON has one number type."""
+    name = m.field.removeprefix("header.")
+    value = getattr(m.header if m.field.startswith("header.") else m.msg, name)
+    return type(value) is int and _field(ex, _class_name(m.msg), name).kind == "float"
+
+
+@pytest.mark.parametrize("name", corpus.params())
+def test_plain_mutants_are_rejected(name: str) -> None:
+    """Unknown keys and keys left out: additionalProperties and required in the schema."""
+    spec = corpus.load(name)
+    ex = exported(name)
+    checked: Counter[str] = Counter()
+
+    @settings(SETTINGS, max_examples=corpus.examples(name, 100, 40))
+    @given(spec.strategies.plain_mutants())
+    def check(m: Any) -> None:
+        _, msg, violations = from_plain(spec.module, m.data)
+        assert {(v.code, v.field) for v in violations} == m.violations
+        say = {(c, f) for c, f in m.violations if sayable(ex, _class_name(msg), c, f, None)}
+        if m.data.get("message") is None and m.data.get("fields"):
+            return  # see test_fields_without_a_message
+        if say:
+            assert not ex.validator.is_valid(json.loads(json.dumps(m.data))), (m.kind, say)
+            checked[m.kind] += 1
+
+    check()
+    assert set(checked) == {"unknown_field", "missing_key"}, checked
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="JSON has one number type: the schema accepts 1 for a float field (1.0 is an "
+    "integer to JSON Schema too), from_plain hands validate an int and it reports 'type'; "
+    "the limitation is not listed under x-tpwire-unchecked",
+)
+def test_integral_number_for_a_float_field() -> None:
+    header, msg = _valid_message("tp_control", "InferV1GeneratorOnly")
+    data = json.loads(json.dumps(to_plain(header, msg)))
+    data["fields"]["kv_cache_attention_bias"] = 1
+    _, _, violations = from_plain(tp_control, data)
+    documented = _documented(
+        exported("tp_control"), "InferV1GeneratorOnly", "kv_cache_attention_bias"
+    )
+    schema_says = not exported("tp_control").validator.is_valid(data)
+    assert documented or schema_says == bool(violations), violations
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the schema lets 'fields' be any object when 'message' is null; from_plain reports "
+    "each of its keys as unknown_field",
+)
+def test_fields_without_a_message() -> None:
+    header = {"call_id": 0, "chunk_index": None, "control_epoch": 0, "cache_epoch": 0}
+    data = {"header": {**header, "action": "NOOP"}, "message": None, "fields": {"x_unknown": 0}}
+    _, _, violations = from_plain(tp_control, data)
+    assert [(v.code, v.field) for v in violations] == [("unknown_field", "x_unknown")]
+    assert not exported("tp_control").validator.is_valid(data)
 
 
 def test_nan_has_no_json_form() -> None:
     """NaN breaks the float range rule but has no JSON form: the schema never sees it."""
-    header, msg = find(
-        tp_control_strategies.valid_envelopes(),
-        lambda e: isinstance(e[1], tp_control.InferV1GeneratorOnly),
-        settings=SETTINGS,
-    )
-    assert isinstance(msg, tp_control.InferV1GeneratorOnly)
+    header, msg = _valid_message("tp_control", "InferV1GeneratorOnly")
     bad = dataclasses.replace(msg, kv_cache_attention_bias=math.nan)
     assert [v.code for v in tp_control.validate(bad, header)] == ["range"]
     with pytest.raises(ValueError):
@@ -204,13 +303,16 @@ def _unchecked(schema: dict[str, Any], where: str | None) -> list[str]:
 
 
 def _valid_message(name: str, class_name: str) -> tuple[Any, Any]:
-    _, strategies = PROTOCOLS[name]
-    envelope: tuple[Any, Any] = find(
-        strategies.valid_envelopes(),
-        lambda e: type(e[1]).__name__ == class_name,
-        settings=SETTINGS,
-    )
-    return envelope
+    """The first valid envelope of ``class_name`` the strategies draw."""
+    drawn: list[tuple[Any, Any]] = []
+
+    @settings(SETTINGS, max_examples=1, phases=[Phase.generate])
+    @given(corpus.load(name).strategies.valid_envelopes(kinds=[class_name]))
+    def grab(envelope: tuple[Any, Any]) -> None:
+        drawn.append(envelope)
+
+    grab()
+    return drawn[0]
 
 
 HEADER_CASES = [
@@ -222,7 +324,7 @@ HEADER_CASES = [
 
 @pytest.mark.parametrize(("name", "class_name", "action"), HEADER_CASES)
 def test_header_chunk_index_required_when(name: str, class_name: str, action: str) -> None:
-    module, _ = PROTOCOLS[name]
+    module = corpus.load(name).module
     ex = exported(name)
     header, msg = _valid_message(name, class_name)
     bad = dataclasses.replace(header, chunk_index=None)
@@ -259,7 +361,7 @@ VERSION_CASES = [
 
 @pytest.mark.parametrize(("name", "class_name", "field"), VERSION_CASES)
 def test_version_field_must_match(name: str, class_name: str, field: str) -> None:
-    module, _ = PROTOCOLS[name]
+    module = corpus.load(name).module
     ex = exported(name)
     header, msg = _valid_message(name, class_name)
     bad = dataclasses.replace(msg, **{field: 2})
