@@ -206,18 +206,26 @@ def pack_segments(
 ) -> tuple[torch.Tensor, ...]:
     """Frame 1 segments: small tensors copied into one buffer, large ones viewed in place."""
     segments: list[torch.Tensor] = [_EMPTY] * len(sizes)
-    packed: torch.Tensor | None = None
+    parts: list[torch.Tensor] = []  # the packed segment: tensor bytes and zero padding
+    packed_on: torch.device | None = None
     for t, slot in zip(tensors, slots, strict=True):
         if slot.nbytes < COALESCE_LIMIT:
-            if packed is None:
-                packed = segments[0] = torch.zeros(sizes[0], dtype=torch.uint8, device=t.device)
+            packed_on = t.device
             if slot.nbytes:
-                packed[slot.offset : slot.offset + slot.nbytes].copy_(_as_bytes(t))
+                parts.append(_as_bytes(t))
+            pad = -slot.nbytes % ALIGN
+            if pad:
+                parts.append(_PADS[pad] if t.device.type == "cpu" else _PADS[pad].to(t.device))
         else:
             segments[slot.segment] = _as_bytes(t)
+    if parts:
+        segments[0] = torch.cat(parts) if len(parts) > 1 else parts[0]
+    elif packed_on is not None:  # only empty tensors: a packed segment of 0 bytes
+        segments[0] = torch.empty(0, dtype=torch.uint8, device=packed_on)
     return tuple(segments)
 
 
+_PADS = tuple(torch.zeros(n, dtype=torch.uint8) for n in range(ALIGN))
 _EMPTY = torch.empty(0, dtype=torch.uint8)
 
 
