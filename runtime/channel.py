@@ -16,8 +16,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NoReturn
@@ -361,7 +361,7 @@ class _Channel:
         head = framing.head_to_send(frames, carried, self._frame0_device)
         action = getattr(header, self.protocol.ACTION_FIELD)
         # a heartbeat may wait for busy workers as long as they compute: not a wedged send
-        with self._deadline(f"send of {action.name} {_ids(header)}", armed=watched):
+        with self._deadline(lambda: f"send of {action.name} {_ids(header)}", armed=watched):
             try:
                 self._put(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
@@ -402,7 +402,7 @@ class _Channel:
         self._ready(sender=False)
         framing = self._rx
         head = torch.empty(framing.head_nbytes, dtype=torch.uint8, device=self._frame0_device)
-        with self._deadline(f"a header after {_ids(self.last_header)}"):
+        with self._deadline(lambda: f"a header after {_ids(self.last_header)}"):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
@@ -418,7 +418,7 @@ class _Channel:
         sizes = tuple(manifest.segment_nbytes)
         carried = framing.carried(sizes)
         segments: list[torch.Tensor] = []
-        with self._deadline(f"frame 1 of {_ids(header)}"):
+        with self._deadline(lambda: f"frame 1 of {_ids(header)}"):
             try:
                 for i, n in enumerate(sizes):
                     if carried[i]:
@@ -494,16 +494,21 @@ class _Channel:
     def _compare_group(self) -> dist.ProcessGroup | None:
         return self.group
 
-    @contextmanager
-    def _deadline(self, what: str, *, armed: bool = True) -> Iterator[None]:
+    def _deadline(
+        self, what: str | Callable[[], str], *, armed: bool = True
+    ) -> AbstractContextManager[None]:
+        """Exit if the block does not finish within ``watchdog_s`` (``what``, a text or a
+        function making it, is formatted only then: the hot path pays nothing)."""
         if not self.watchdog_s or not armed:
-            yield
-            return
-        seconds = self.watchdog_s
+            return _UNWATCHED
+        return self._watch(what, self.watchdog_s)
 
+    @contextmanager
+    def _watch(self, what: str | Callable[[], str], seconds: float) -> Iterator[None]:
         def fire() -> None:
+            text = what() if callable(what) else what
             _log(
-                f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
+                f"tpwire[rank {self.rank}]: WATCHDOG: {text} not done within {seconds:g} s; "
                 f"last ids {_ids(self.last_sent or self.last_header)}; exiting {EXIT_WATCHDOG}"
             )
             os._exit(EXIT_WATCHDOG)
@@ -623,6 +628,7 @@ class P2PChannel(_Channel):
 
 
 FRAME0_TAG = 0
+_UNWATCHED = nullcontext()
 
 
 def _members(group: dist.ProcessGroup | None) -> list[int]:

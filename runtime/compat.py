@@ -75,7 +75,7 @@ class CompatBroadcastChannel(BroadcastChannel):
                     [k, str(t.dtype).removeprefix("torch."), list(t.shape)] for k, t in tensors
                 ],
             }
-        with self._deadline(f"send of {_ids(header)}", armed=watched):
+        with self._deadline(lambda: f"send of {_ids(header)}", armed=watched):
             try:
                 self._put(slots, FRAME0_TAG, frame0=True)
             except BaseException as exc:
@@ -94,7 +94,7 @@ class CompatBroadcastChannel(BroadcastChannel):
     def recv(self) -> Received:
         self._ready(sender=False)
         slots = torch.empty(len(self._slots), dtype=torch.int64)
-        with self._deadline(f"a header after {_ids(self.last_header)}"):
+        with self._deadline(lambda: f"a header after {_ids(self.last_header)}"):
             try:
                 self._get(slots, FRAME0_TAG, frame0=True)
             except BaseException as exc:
@@ -105,7 +105,7 @@ class CompatBroadcastChannel(BroadcastChannel):
             action = getattr(header, self.protocol.ACTION_FIELD)
             msg = None
             if action in self.protocol.PAYLOAD_ACTIONS:
-                with self._deadline(f"the payload of {_ids(header)}"):
+                with self._deadline(lambda: f"the payload of {_ids(header)}"):
                     msg = self._payload()
         except BaseException as exc:  # the sender is mid-message: this rank cannot follow
             self._poison(header, f"compat payload failed: {exc!r}")

@@ -388,26 +388,33 @@ def shape_problem(
     max_elements: int,
 ) -> str | None:
     """Why ``t``'s shape breaks ``pattern`` (binding symbols into ``dims`` when it fits)."""
-    shape = tuple(t.shape)
+    shape = t.shape
     if len(shape) != len(pattern):
         return f"rank {len(shape)} {list(shape)}"
-    new: dict[str, int] = {}
-    for i, (d, p) in enumerate(zip(shape, pattern, strict=True)):
-        if isinstance(p, int):
+    new: dict[str, int] | None = None
+    for i, p in enumerate(pattern):
+        d = shape[i]
+        if p.__class__ is int:
             if d != p:
                 return f"{list(shape)}: dim {i} is {d}, not {p}"
             continue
-        sym, lo, hi = p
+        sym, lo, hi = p  # type: ignore[misc]
         if not lo <= d <= hi:
             return f"{list(shape)}: dim {i} ({sym}) = {d} outside {lo}..{hi}"
-        bound = dims.get(sym, new.get(sym))
-        if bound is not None and bound != d:
+        bound = dims.get(sym)
+        if bound is None and new is not None:
+            bound = new.get(sym)
+        if bound is None:
+            if new is None:
+                new = {}
+            new[sym] = d
+        elif bound != d:
             return f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
-        new[sym] = d
-    n = math.prod(shape)
+    n = t.numel()
     if n > max_elements:
         return f"{list(shape)}: {n} elements exceed {max_elements}"
-    dims.update(new)
+    if new:
+        dims.update(new)
     return None
 
 
