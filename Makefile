@@ -8,13 +8,15 @@ SPECS := $(sort $(wildcard spec/*.yaml))
 # an unpinned torch would download gigabytes of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: gen test check lint typecheck fresh demo clean-venv help
+.PHONY: gen test check lint typecheck fresh demo bench clean-venv help
 
 help:
 	@echo "make gen    - bootstrap .venv, compile spec/ into generated/ and docs/"
 	@echo "make test   - run the test suite"
 	@echo "make check  - ruff, mypy --strict, freshness of generated output"
 	@echo "make demo   - 2 ranks (torchrun, CPU/gloo) stream 20 Scope-sized chunks"
+	@echo "make bench  - transports and codec side by side; writes docs/benchmarks.{md,png}"
+	@echo "              (make bench ARGS=--quick: world 2 only, under a minute)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +48,14 @@ check: lint typecheck fresh
 
 demo: $(STAMP)
 	$(PY) -m torch.distributed.run --standalone --nproc-per-node 2 examples/scope_stream.py --chunks 20
+
+BENCH_STAMP := $(VENV)/.tpwire-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m bench $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,107 @@
+"""``python -m bench``: run every measurement side by side and write the report.
+
+python -m bench            # the full run (make bench): worlds 2 and 4
+python -m bench --quick    # under a minute: world 2, fewer iterations
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import codec, report
+from bench.transports import Plan, rank_entry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run_world(world: int, plan: Plan, timeout: float) -> dict[str, dict[str, float]]:
+    """Spawn ``world`` ranks; each series becomes per-iteration latency (slowest rank)."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as out:
+        port = _free_port()
+        procs = [
+            ctx.Process(target=rank_entry, args=(r, world, port, plan, out)) for r in range(world)
+        ]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.join(max(deadline - time.monotonic(), 0.1))
+        alive = [p for p in procs if p.is_alive()]
+        for p in alive:
+            p.kill()
+        if alive or any(p.exitcode != 0 for p in procs):
+            codes = [p.exitcode for p in procs]
+            raise SystemExit(f"bench: world {world} failed (exit codes {codes})")
+        ranks = [json.loads(Path(f"{out}/rank{r}.json").read_text()) for r in range(world)]
+    stats: dict[str, dict[str, float]] = {}
+    for key in ranks[0]:
+        per_rank = [rk[key] for rk in ranks if key in rk]
+        latency = [max(xs) for xs in zip(*per_rank, strict=True)]
+        q = statistics.quantiles(latency, n=10)
+        stats[key] = {
+            "median_us": statistics.median(latency) * 1e6,
+            "p10_us": q[0] * 1e6,
+            "p90_us": q[-1] * 1e6,
+            "n": len(latency),
+        }
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="world 2 only, fewer iterations")
+    ap.add_argument("--worlds", type=int, nargs="+", help="world sizes (default 2 4)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the report goes")
+    args = ap.parse_args(argv)
+    kinds = ("noop", "small", "scope", "cond_on_update")
+    worlds = args.worlds or ([2] if args.quick else [2, 4])
+    rounds, iters, warmup, n_codec = (3, 20, 3, 300) if args.quick else (6, 50, 5, 2000)
+    started = time.monotonic()
+    print(f"bench: CPU codec costs ({n_codec} calls each)", flush=True)
+    codec_rows = codec.measure(kinds, n_codec)
+    cuda = codec.cuda_rows(kinds, n_codec // 4)
+    print("bench: CUDA " + ("measured" if cuda else "skipped: no CUDA device"), flush=True)
+    transports: dict[int, dict[str, dict[str, float]]] = {}
+    for world in worlds:
+        plan = Plan(kinds, rounds, iters, warmup, pp=True)
+        print(f"bench: world {world}: {rounds} rounds x {iters} iterations", flush=True)
+        transports[world] = run_world(world, plan, timeout=600)
+    result: dict[str, Any] = {
+        "command": "make bench" + (" ARGS=--quick" if args.quick else ""),
+        "machine": report.machine(),
+        "codec": codec_rows,
+        "cuda": cuda,
+        "transports": {str(w): s for w, s in transports.items()},
+        "plan": {"rounds": rounds, "iters": iters, "warmup": warmup},
+        "seconds": time.monotonic() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = report.markdown(result)
+    (args.out / "benchmarks.md").write_text(text)
+    report.plot(result, args.out / "benchmarks.png")
+    print(report.summary(result))
+    print(f"bench: wrote {args.out / 'benchmarks.md'} and benchmarks.png "
+          f"in {result['seconds']:.0f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""CPU codec costs per envelope, in one process: tpwire's ``validate``, ``encode`` (which
+runs ``validate`` first) and ``decode`` (frame 0 checks, views, the receive-side
+validation), next to python-jsonschema validating the same fields against the exported
+schema and ``pickle`` round-tripping the same metadata (what the compat wire pickles)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jsonschema
+import torch
+
+from bench import envelopes as E
+from tpwire.codegen.schema import json_schema
+from tpwire.runtime.plain import to_plain
+
+
+def _median_us(fn: Callable[[], object], n: int) -> tuple[float, float, float]:
+    for _ in range(max(n // 10, 20)):
+        fn()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - t0)
+    samples.sort()
+    q = statistics.quantiles(samples, n=10)
+    return statistics.median(samples) / 1e3, q[0] / 1e3, q[-1] / 1e3
+
+
+def _meta(header: Any, msg: Any) -> dict[str, Any]:
+    """What the compat wire pickles: the scalars and each tensor's dtype and shape."""
+    meta: dict[str, Any] = {"header": dataclasses.asdict(header)}
+    for f in dataclasses.fields(msg):
+        v = getattr(msg, f.name)
+        meta[f.name] = (str(v.dtype), tuple(v.shape)) if isinstance(v, torch.Tensor) else v
+    return meta
+
+
+def _schema_validator(proto: Any) -> jsonschema.Draft202012Validator:
+    from tpwire.codegen.compiler import protocol_ir
+
+    ir = protocol_ir(E.SPEC.parent / f"{proto.__name__.rsplit('.', 1)[-1]}.yaml")
+    return jsonschema.Draft202012Validator(json_schema(ir))
+
+
+def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
+    rows = []
+    cases: list[tuple[str, Any, Any, Any]] = []
+    for name in kinds:
+        kind = E.KINDS[name]
+        proto = kind.protocol()
+        msg = kind.message(proto, 0)
+        if msg is None or proto.__name__.startswith("tpwire_compiled"):
+            continue
+        cases.append((name, proto, E.header(proto, 1, 0), msg))
+    from tpwire.generated import pp_contract
+
+    pp_header = pp_contract.Header(
+        call_id=1, chunk_index=0, cache_epoch=0, action=pp_contract.PPAction.INFER
+    )
+    cases.append(("pp", pp_contract, pp_header, E.pp_envelope(0)))
+    for name, proto, header, msg in cases:
+        validator = _schema_validator(proto)
+        # strict JSON of the plain form: what a JSON-Schema check of the same fields sees
+        instance = json.loads(json.dumps(to_plain(header, msg)))
+        assert validator.is_valid(instance), name
+        frames = proto.encode(msg, header)
+        meta = _meta(header, msg)
+        row: dict[str, Any] = {"kind": name}
+        row["validate"] = _median_us(lambda p=proto, m=msg, h=header: p.validate(m, h), n)
+        row["encode"] = _median_us(lambda p=proto, m=msg, h=header: p.encode(m, h), n)
+        row["decode"] = _median_us(lambda p=proto, f=frames: p.decode(f), n)
+        row["jsonschema"] = _median_us(
+            lambda v=validator, x=instance: list(v.iter_errors(x)), max(n // 10, 50)
+        )
+        row["pickle"] = _median_us(lambda x=meta: pickle.loads(pickle.dumps(x)), n)
+        rows.append(row)
+    return rows
+
+
+def cuda_rows(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]] | None:
+    """Device tensors: encode materializes and packs on the GPU, decode views on the GPU.
+
+    None when this machine has no CUDA device (the rows are skipped, not faked)."""
+    if not torch.cuda.is_available():
+        return None
+    rows = []
+    dev = torch.device("cuda")
+    for name in kinds:
+        kind = E.KINDS[name]
+        proto = kind.protocol()
+        host = kind.message(proto, 0)
+        if host is None or proto.__name__.startswith("tpwire_compiled"):
+            continue
+        header = E.header(proto, 1, 0)
+        on_device = dataclasses.replace(
+            host,
+            **{
+                f.name: getattr(host, f.name).to(dev)
+                for f in dataclasses.fields(host)
+                if isinstance(getattr(host, f.name), torch.Tensor)
+            },
+        )
+        rows.append(_cuda_row(name, proto, header, host, on_device, dev, n))
+    return rows
+
+
+def _cuda_row(
+    name: str, proto: Any, header: Any, host: Any, on_device: Any, dev: torch.device, n: int
+) -> dict[str, Any]:
+    frames = proto.encode(on_device, header)
+
+    def sync(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            fn()
+            torch.cuda.synchronize()
+
+        return run
+
+    return {
+        "kind": name,
+        "encode_device": _median_us(sync(lambda: proto.encode(on_device, header)), n),
+        "encode_from_host": _median_us(sync(lambda: proto.encode(host, header, device=dev)), n),
+        "decode_device": _median_us(sync(lambda: proto.decode(frames)), n),
+    }

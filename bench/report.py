@@ -1,0 +1,245 @@
+"""docs/benchmarks.md and docs/benchmarks.png from one run's numbers (nothing is copied from
+an earlier run: every figure in the report comes from ``result``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import envelopes as E
+from bench.transports import BROADCAST_TRANSPORTS, PP_TRANSPORTS
+
+TITLES = {**{k: v.title for k, v in E.KINDS.items()}, "pp": "PP envelope + result over p2p"}
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "backend": "gloo (CPU), processes on one machine over loopback",
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+    }
+
+
+def _stat(result: dict[str, Any], world: str, kind: str, transport: str) -> dict[str, float]:
+    stats: dict[str, float] = result["transports"][world][f"{kind}/{transport}"]
+    return stats
+
+
+def _codec(result: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(r for r in result["codec"] if r["kind"] == kind)
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for every target of the benchmark issue, from this run."""
+    rows: list[tuple[str, str, bool]] = []
+    for world in result["transports"]:
+        med = {
+            (k, t): _stat(result, world, k, t)["median_us"]
+            for k in ("noop", "small", "scope")
+            for t in BROADCAST_TRANSPORTS
+        }
+        r = med["scope", "tpwire"] / med["scope", "floor"]
+        rows.append(
+            (f"world {world}: Scope INFER within 1.15x of the floor", f"{r:.2f}x", r <= 1.15)
+        )
+        for k in ("small", "noop"):
+            r = med[k, "tpwire"] / med[k, "floor"]
+            rows.append((f"world {world}: {k} within 1.3x of the floor", f"{r:.2f}x", r <= 1.3))
+            c = med[k, "compat"] / med[k, "tpwire"]
+            rows.append(
+                (f"world {world}: {k} at least 2.5x faster than compat", f"{c:.2f}x", c >= 2.5)
+            )
+    scope = _codec(result, "scope")
+    enc = scope["encode"][0]
+    rows.append(("validate + encode of a Scope v1 envelope <= 25 us", f"{enc:.1f} us", enc <= 25))
+    ratio = scope["jsonschema"][0] / scope["validate"][0]
+    rows.append(("validate at least 20x faster than jsonschema", f"{ratio:.0f}x", ratio >= 20))
+    return rows
+
+
+def _us(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _transport_table(result: dict[str, Any], world: str) -> list[str]:
+    lines = [
+        "| envelope | tensor bytes | " + " | ".join(BROADCAST_TRANSPORTS) + " | tpwire / floor "
+        "| compat / tpwire |",
+        "|---|---:|" + "---:|" * len(BROADCAST_TRANSPORTS) + "---:|---:|",
+    ]
+    for kind in ("noop", "small", "scope", "cond_on_update"):
+        proto = E.KINDS[kind].protocol()
+        nbytes = E.tensor_bytes(E.KINDS[kind].message(proto, 0))
+        cells = []
+        for t in BROADCAST_TRANSPORTS:
+            s = _stat(result, world, kind, t)
+            cells.append(f"{_us(s['median_us'])} ({_us(s['p10_us'])}-{_us(s['p90_us'])})")
+        tp = _stat(result, world, kind, "tpwire")["median_us"]
+        fl = _stat(result, world, kind, "floor")["median_us"]
+        co = _stat(result, world, kind, "compat")["median_us"]
+        lines.append(
+            f"| {TITLES[kind]} | {nbytes:,} | " + " | ".join(cells) + f" | {tp / fl:.2f}x "
+            f"| {co / tp:.2f}x |"
+        )
+    if "pp/tpwire" in result["transports"][world]:
+        cells = []
+        for t in BROADCAST_TRANSPORTS:
+            if t in PP_TRANSPORTS:
+                s = _stat(result, world, "pp", t)
+                cells.append(f"{_us(s['median_us'])} ({_us(s['p10_us'])}-{_us(s['p90_us'])})")
+            else:
+                cells.append("n/a")
+        tp = _stat(result, world, "pp", "tpwire")["median_us"]
+        fl = _stat(result, world, "pp", "floor")["median_us"]
+        nbytes = E.tensor_bytes(E.pp_envelope(0)) + E.tensor_bytes(E.pp_result(0))
+        lines.append(
+            f"| {TITLES['pp']} | {nbytes:,} | " + " | ".join(cells) + f" | {tp / fl:.2f}x | n/a |"
+        )
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    plan = result["plan"]
+    out = [
+        "# Benchmarks: the control plane of one chunk",
+        "",
+        f"<!-- written by `{result['command']}` (bench/report.py); do not edit by hand -->",
+        "",
+        f"Command: `{result['command']}` ({result['seconds']:.0f} s). Machine: {m['cpu']}; "
+        f"{m['os']}; Python {m['python']}; torch {m['torch']}; {m['backend']}; CUDA: "
+        f"{m['cuda']}.",
+        "",
+        "Every transport moves the same envelopes over the same process group in one run; "
+        f"rounds alternate the transports ({plan['rounds']} rounds x {plan['iters']} timed "
+        f"iterations after {plan['warmup']} warm-up ones, order rotated each round). An "
+        "iteration is timed on every rank from an untimed barrier to the end of its side "
+        "(send on rank 0; receive, decode and validate on a worker) and counts as the slowest "
+        "rank's time. Cells are the median latency in microseconds with the 10th-90th "
+        "percentile in brackets. The floor is one broadcast of a buffer holding exactly the "
+        "envelope's tensor bytes, no header (8 bytes for NOOP: the smallest collective). "
+        "`vllm` is pickled metadata (`broadcast_object_list`) plus one broadcast per tensor, "
+        "unvalidated; `compat` is Scope's wire today (`CompatBroadcastChannel`).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---:|:---:|",
+    ]
+    for name, value, met in targets(result):
+        out.append(f"| {name} | {value} | {'yes' if met else '**no**'} |")
+    out += ["", NOTES.strip(), ""]
+    for world in result["transports"]:
+        out += [f"## Transports, world size {world}", ""]
+        out += _transport_table(result, world)
+        out.append("")
+    out += [
+        "![latency per envelope and transport](benchmarks.png)",
+        "",
+        "## CPU codec costs (one process, median microseconds, 10th-90th percentile)",
+        "",
+        "`encode` includes the whole `validate` preflight; `decode` includes the frame 0 "
+        "checks and the receive-side validation. `jsonschema` validates the strict-JSON plain "
+        "form of the same envelope (tensors as dtype/shape descriptors) against the exported "
+        "schema with python-jsonschema's Draft 2020-12 validator, collecting every error; "
+        "`pickle` is `loads(dumps(meta))` of what the compat wire pickles.",
+        "",
+        "| envelope | validate | encode | decode | jsonschema | pickle | jsonschema / validate |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["codec"]:
+        cells = [
+            f"{row[c][0]:.1f} ({row[c][1]:.1f}-{row[c][2]:.1f})"
+            for c in ("validate", "encode", "decode", "jsonschema", "pickle")
+        ]
+        ratio = row["jsonschema"][0] / row["validate"][0]
+        out.append(f"| {TITLES[row['kind']]} | " + " | ".join(cells) + f" | {ratio:.0f}x |")
+    out += ["", "## CUDA materialization", ""]
+    if result["cuda"] is None:
+        out.append("Skipped: no CUDA device on this machine (the run measures it where one is).")
+    else:
+        out += [
+            "| envelope | encode, device tensors | encode, host tensors to device | decode |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in result["cuda"]:
+            cells = [
+                f"{row[c][0]:.1f}" for c in ("encode_device", "encode_from_host", "decode_device")
+            ]
+            out.append(f"| {TITLES[row['kind']]} | " + " | ".join(cells) + " |")
+    out += ["", HISTORY.strip(), ""]
+    return "\n".join(out)
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = ["bench: targets"]
+    for name, value, met in targets(result):
+        lines.append(f"  {'met ' if met else 'MISS'} {name}: {value}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worlds = list(result["transports"])
+    kinds = ["noop", "small", "scope", "cond_on_update", "pp"]
+    fig, axes = plt.subplots(1, len(worlds), figsize=(6.5 * len(worlds), 4.2), squeeze=False)
+    width = 0.2
+    for ax, world in zip(axes[0], worlds, strict=True):
+        for j, t in enumerate(BROADCAST_TRANSPORTS):
+            xs, ys = [], []
+            for i, k in enumerate(kinds):
+                key = f"{k}/{t}"
+                if key in result["transports"][world]:
+                    xs.append(i + (j - 1.5) * width)
+                    ys.append(result["transports"][world][key]["median_us"])
+            ax.bar(xs, ys, width, label=t)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(kinds)), ["NOOP", "small", "Scope", "cond on\nupdate", "PP pair"])
+        ax.set_ylabel("median latency per envelope (us, log)")
+        ax.set_title(f"world size {world} (gloo, CPU)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+#: Why a target is missed where it is, and what was done about it (prose, kept by hand).
+NOTES = """
+How to read the targets: ratios are medians of the same run, so they hold on this machine
+only; the absolute numbers move with the load of a 2-core machine.
+"""
+
+#: Profiles and fixes behind the numbers (before/after measured ad hoc, same machine).
+HISTORY = """
+## What was profiled and fixed
+
+- Receive side: `decode` re-ran the full `validate` after the decoder had already fixed
+  every type, dtype and shape. It now runs a generated shorter pass (ranges, presence
+  rules, derived fields, invariants), held to `validate` by a property test
+  (tests/test_decoded_validation.py).
+- Packing small tensors: a zeroed buffer plus one slice-and-copy per tensor became one
+  `torch.cat` of byte views and shared zero pads.
+- Steady-state framing (DESIGN section 5): frame 0 heads a single collective that carries
+  frame 1 once the layout is agreed; before it, every envelope cost 2 + one collective per
+  large tensor, at about 200 us per collective on this machine's gloo.
+"""
