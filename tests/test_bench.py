@@ -1,0 +1,42 @@
+"""The benchmark harness runs end to end on a tiny plan (no timings are asserted: speed
+targets live in `make bench`, never in tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import codec, report
+from bench.__main__ import run_world
+from bench.transports import Plan
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
+    kinds = ("noop", "small", "scope", "cond_on_update")
+    stats = run_world(2, Plan(kinds, rounds=1, iters=3, warmup=2, pp=True), timeout=90)
+    expected = {f"{k}/{t}" for k in kinds for t in ("tpwire", "compat", "vllm", "floor")}
+    expected |= {"pp/tpwire", "pp/vllm", "pp/floor"}
+    assert set(stats) == expected
+    assert all(s["n"] == 3 and s["median_us"] > 0 for s in stats.values())
+    result = {
+        "command": "test",
+        "machine": report.machine(),
+        "codec": codec.measure(kinds, 20),
+        "cuda": None,
+        "transports": {"2": stats},
+        "plan": {"rounds": 1, "iters": 3, "warmup": 2},
+        "seconds": 1.0,
+    }
+    text = report.markdown(result)
+    assert "## Targets" in text and "world 2: Scope INFER within 1.15x" in text
+    assert "Skipped: no CUDA device" in text or "encode, device tensors" in text
+    assert len(report.targets(result)) == 5 + 2  # per world: Scope, small x2, NOOP x2
+    pytest.importorskip("matplotlib")
+    report.plot(result, tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 1000
