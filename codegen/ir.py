@@ -313,6 +313,11 @@ class MessageIR:
         return tuple(w for w in range(self.words[0], self.words[1]) if w not in self.used_words)
 
     @property
+    def tensor_words_end(self) -> int:
+        """One past the last manifest word of this message's tensors."""
+        return max(f.word + f.width for f in self.tensors)
+
+    @property
     def rule_reads(self) -> tuple[str, ...]:
         reads = set(_rule_reads(self.fields))
         if self.version_field:

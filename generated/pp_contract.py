@@ -2076,6 +2076,9 @@ def _read_header(w: list[int]) -> Header:
     )
 
 
+_LAYOUTS_PPEnvelope: Final[dict[tuple[int, ...], _w.Layout]] = {}
+
+
 def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
     if w[W_MESSAGE_VERSION] != 1:
         raise ProtocolMismatch(
@@ -2105,77 +2108,87 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
     else:
         _w.require_zero(w, 21, 22)
         values["input_digest"] = None
-    entries: list[_w.Entry] = []
-    dims: dict[str, int] = {}
-    if presence & 8192:
-        entries.append(
-            _w.read_tensor(
-                w,
-                22,
-                "conditioning_embeds",
-                (3, 2),
-                (
-                    1,
-                    ("T", 1, 1024),
-                    ("D", 1, 8192),
-                ),
-                dims,
-                8388608,
+    # a stream repeats its layout: the manifest words decide everything read here, so a
+    # layout checked once is looked up (bounded cache) instead of checked again
+    key = (presence & 0x7800, *w[22:40])
+    layout = _LAYOUTS_PPEnvelope.get(key)
+    if layout is None:
+        entries: list[_w.Entry] = []
+        dims: dict[str, int] = {}
+        if presence & 8192:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    22,
+                    "conditioning_embeds",
+                    (3, 2),
+                    (
+                        1,
+                        ("T", 1, 1024),
+                        ("D", 1, 8192),
+                    ),
+                    dims,
+                    8388608,
+                )
             )
-        )
-    else:
-        _w.require_zero(w, 22, 26)
+        else:
+            _w.require_zero(w, 22, 26)
+        if presence & 16384:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    26,
+                    "context_frames",
+                    (3, 2),
+                    (
+                        1,
+                        ("FC", 1, 64),
+                        ("C", 1, 64),
+                        ("LH", 1, 512),
+                        ("LW", 1, 512),
+                    ),
+                    dims,
+                    16777216,
+                )
+            )
+        else:
+            _w.require_zero(w, 26, 32)
+        if presence & 2048:
+            entries.append(
+                _w.read_tensor(w, 32, "denoising_step_list", (5,), (("S", 1, 64),), dims, 64)
+            )
+        else:
+            _w.require_zero(w, 32, 34)
+        if presence & 4096:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    34,
+                    "latents_in",
+                    (3, 2),
+                    (
+                        1,
+                        ("F", 1, 64),
+                        ("C", 1, 64),
+                        ("LH", 1, 512),
+                        ("LW", 1, 512),
+                    ),
+                    dims,
+                    16777216,
+                )
+            )
+        else:
+            _w.require_zero(w, 34, 40)
+        layout = _w.remember(_LAYOUTS_PPEnvelope, key, (*_w.plan_segments(entries), dims))
+    slots, sizes, dims = layout
+    if not presence & 8192:
         values["conditioning_embeds"] = None
-    if presence & 16384:
-        entries.append(
-            _w.read_tensor(
-                w,
-                26,
-                "context_frames",
-                (3, 2),
-                (
-                    1,
-                    ("FC", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims,
-                16777216,
-            )
-        )
-    else:
-        _w.require_zero(w, 26, 32)
+    if not presence & 16384:
         values["context_frames"] = None
-    if presence & 2048:
-        entries.append(
-            _w.read_tensor(w, 32, "denoising_step_list", (5,), (("S", 1, 64),), dims, 64)
-        )
-    else:
-        _w.require_zero(w, 32, 34)
+    if not presence & 2048:
         values["denoising_step_list"] = None
-    if presence & 4096:
-        entries.append(
-            _w.read_tensor(
-                w,
-                34,
-                "latents_in",
-                (3, 2),
-                (
-                    1,
-                    ("F", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims,
-                16777216,
-            )
-        )
-    else:
-        _w.require_zero(w, 34, 40)
+    if not presence & 4096:
         values["latents_in"] = None
-    slots, sizes = _w.plan_segments(entries)
     if w[W_FRAME1] != sum(sizes):
         raise WireError(
             "frame1",
@@ -2184,6 +2197,9 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
         )
     cls = PPEnvelope
     return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims))
+
+
+_LAYOUTS_PPResult: Final[dict[tuple[int, ...], _w.Layout]] = {}
 
 
 def _read_PPResult(w: list[int], header: Header) -> Manifest:
@@ -2207,30 +2223,37 @@ def _read_PPResult(w: list[int], header: Header) -> Manifest:
     else:
         _w.require_zero(w, 12, 13)
         values["output_digest"] = None
-    entries: list[_w.Entry] = []
-    dims: dict[str, int] = {}
-    if presence & 2:
-        entries.append(
-            _w.read_tensor(
-                w,
-                22,
-                "latents_out",
-                (3, 2),
-                (
-                    1,
-                    ("F", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims,
-                16777216,
+    # a stream repeats its layout: the manifest words decide everything read here, so a
+    # layout checked once is looked up (bounded cache) instead of checked again
+    key = (presence & 0x2, *w[22:28])
+    layout = _LAYOUTS_PPResult.get(key)
+    if layout is None:
+        entries: list[_w.Entry] = []
+        dims: dict[str, int] = {}
+        if presence & 2:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    22,
+                    "latents_out",
+                    (3, 2),
+                    (
+                        1,
+                        ("F", 1, 64),
+                        ("C", 1, 64),
+                        ("LH", 1, 512),
+                        ("LW", 1, 512),
+                    ),
+                    dims,
+                    16777216,
+                )
             )
-        )
-    else:
-        _w.require_zero(w, 22, 28)
+        else:
+            _w.require_zero(w, 22, 28)
+        layout = _w.remember(_LAYOUTS_PPResult, key, (*_w.plan_segments(entries), dims))
+    slots, sizes, dims = layout
+    if not presence & 2:
         values["latents_out"] = None
-    slots, sizes = _w.plan_segments(entries)
     if w[W_FRAME1] != sum(sizes):
         raise WireError(
             "frame1",

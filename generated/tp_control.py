@@ -2270,6 +2270,9 @@ _CLASS_Infer: Final[dict[int, type[Infer]]] = {
 }
 
 
+_LAYOUTS_Infer: Final[dict[tuple[int, ...], _w.Layout]] = {}
+
+
 def _read_Infer(w: list[int], header: Header) -> Manifest:
     if w[W_MESSAGE_VERSION] != 1:
         raise ProtocolMismatch(
@@ -2352,97 +2355,108 @@ def _read_Infer(w: list[int], header: Header) -> Manifest:
     else:
         _w.require_zero(w, 25, 26)
         values["base_seed"] = None
-    entries: list[_w.Entry] = []
-    dims: dict[str, int] = {}
-    if presence & 65536:
-        entries.append(
-            _w.read_tensor(
-                w,
-                26,
-                "conditioning_embeds",
-                (3, 2),
-                (
-                    1,
-                    ("T", 1, 1024),
-                    ("D", 1, 8192),
-                ),
-                dims,
-                8388608,
+    # a stream repeats its layout: the manifest words decide everything read here, so a
+    # layout checked once is looked up (bounded cache) instead of checked again
+    key = (presence & 0xBC000, *w[26:49])
+    layout = _LAYOUTS_Infer.get(key)
+    if layout is None:
+        entries: list[_w.Entry] = []
+        dims: dict[str, int] = {}
+        if presence & 65536:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    26,
+                    "conditioning_embeds",
+                    (3, 2),
+                    (
+                        1,
+                        ("T", 1, 1024),
+                        ("D", 1, 8192),
+                    ),
+                    dims,
+                    8388608,
+                )
             )
-        )
-    else:
-        _w.require_zero(w, 26, 30)
+        else:
+            _w.require_zero(w, 26, 30)
+        if presence & 131072:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    30,
+                    "context_frames_override",
+                    (3, 2),
+                    (
+                        1,
+                        ("FC", 1, 64),
+                        ("C", 1, 64),
+                        ("LH", 1, 512),
+                        ("LW", 1, 512),
+                    ),
+                    dims,
+                    16777216,
+                )
+            )
+        else:
+            _w.require_zero(w, 30, 36)
+        if presence & 16384:
+            entries.append(
+                _w.read_tensor(w, 36, "denoising_step_list", (5,), (("S", 1, 64),), dims, 64)
+            )
+        else:
+            _w.require_zero(w, 36, 38)
+        if presence & 32768:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    38,
+                    "latents",
+                    (3, 2),
+                    (
+                        1,
+                        ("F", 1, 64),
+                        ("C", 1, 64),
+                        ("LH", 1, 512),
+                        ("LW", 1, 512),
+                    ),
+                    dims,
+                    16777216,
+                )
+            )
+        else:
+            _w.require_zero(w, 38, 44)
+        if presence & 524288:
+            entries.append(
+                _w.read_tensor(
+                    w,
+                    44,
+                    "video",
+                    (9, 3, 2, 1),
+                    (
+                        ("VF", 1, 1024),
+                        ("VH", 1, 4096),
+                        ("VW", 1, 4096),
+                        3,
+                    ),
+                    dims,
+                    268435456,
+                )
+            )
+        else:
+            _w.require_zero(w, 44, 49)
+        layout = _w.remember(_LAYOUTS_Infer, key, (*_w.plan_segments(entries), dims))
+    slots, sizes, dims = layout
+    if not presence & 65536:
         values["conditioning_embeds"] = None
-    if presence & 131072:
-        entries.append(
-            _w.read_tensor(
-                w,
-                30,
-                "context_frames_override",
-                (3, 2),
-                (
-                    1,
-                    ("FC", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims,
-                16777216,
-            )
-        )
-    else:
-        _w.require_zero(w, 30, 36)
+    if not presence & 131072:
         values["context_frames_override"] = None
-    if presence & 16384:
-        entries.append(
-            _w.read_tensor(w, 36, "denoising_step_list", (5,), (("S", 1, 64),), dims, 64)
-        )
-    else:
-        _w.require_zero(w, 36, 38)
+    if not presence & 16384:
         values["denoising_step_list"] = None
-    if presence & 32768:
-        entries.append(
-            _w.read_tensor(
-                w,
-                38,
-                "latents",
-                (3, 2),
-                (
-                    1,
-                    ("F", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims,
-                16777216,
-            )
-        )
-    else:
-        _w.require_zero(w, 38, 44)
+    if not presence & 32768:
         values["latents"] = None
-    if presence & 524288:
-        entries.append(
-            _w.read_tensor(
-                w,
-                44,
-                "video",
-                (9, 3, 2, 1),
-                (
-                    ("VF", 1, 1024),
-                    ("VH", 1, 4096),
-                    ("VW", 1, 4096),
-                    3,
-                ),
-                dims,
-                268435456,
-            )
-        )
-    else:
-        _w.require_zero(w, 44, 49)
+    if not presence & 524288:
         values["video"] = None
-    slots, sizes = _w.plan_segments(entries)
     if w[W_FRAME1] != sum(sizes):
         raise WireError(
             "frame1",

@@ -170,6 +170,16 @@ class TensorSlot(NamedTuple):
     segment: int
     offset: int
 
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Row-major strides of ``shape``, in elements."""
+        out = []
+        step = 1
+        for d in reversed(self.shape):
+            out.append(step)
+            step *= d
+        return tuple(reversed(out))
+
 
 def plan_segments(
     entries: Sequence[tuple[str, WireDtype, tuple[int, ...]]],
@@ -290,11 +300,21 @@ class Manifest:
         msg = None
         if self.message is not None:
             values = dict(self.scalars)
+            # one typed view per segment and dtype, then one strided view per tensor: the
+            # tensors share the received buffers (zero copy)
+            typed: dict[tuple[int, torch.dtype], torch.Tensor] = {}
             for slot in self.slots:
-                raw = segments[slot.segment][slot.offset : slot.offset + slot.nbytes]
-                if slot.dtype.torch_dtype is torch.bool and slot.nbytes and int(raw.max()) > 1:
-                    raise WireError("frame1", f"{slot.field}: a bool tensor byte is not 0 or 1")
-                values[slot.field] = raw.view(slot.dtype.torch_dtype).view(slot.shape)
+                dt = slot.dtype.torch_dtype
+                seg = segments[slot.segment]
+                if dt is torch.bool and slot.nbytes:
+                    raw = seg[slot.offset : slot.offset + slot.nbytes]
+                    if int(raw.max()) > 1:
+                        raise WireError("frame1", f"{slot.field}: a bool tensor byte is not 0 or 1")
+                base = typed.get((slot.segment, dt))
+                if base is None:
+                    base = typed[slot.segment, dt] = seg.view(dt)
+                start = base.storage_offset() + slot.offset // slot.dtype.itemsize
+                values[slot.field] = base.as_strided(slot.shape, slot.strides, start)
             msg = self.message(**values)
         if self.validate is not None:
             violations = self.validate(msg, self.header)
@@ -416,6 +436,20 @@ def shape_problem(
     if new:
         dims.update(new)
     return None
+
+
+#: A checked tensor layout: slots, segment sizes and the dimension bindings.
+Layout = tuple[tuple[TensorSlot, ...], tuple[int, ...], dict[str, int]]
+LAYOUT_CACHE_SIZE = 64
+
+
+def remember(cache: dict[tuple[int, ...], Layout], key: tuple[int, ...], layout: Layout) -> Layout:
+    """Keep a checked layout for the next frame with the same manifest words (bounded: a
+    peer sending ever new layouts costs the checks, never unbounded memory)."""
+    if len(cache) >= LAYOUT_CACHE_SIZE:
+        cache.clear()
+    cache[key] = layout
+    return layout
 
 
 def enum_member(enum: Callable[[int], Any], value: int, word: int, code: str = "scalar") -> Any:
