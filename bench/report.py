@@ -202,14 +202,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     worlds = list(result["transports"])
     kinds = ["noop", "small", "scope", "cond_on_update", "pp"]
     fig, axes = plt.subplots(1, len(worlds), figsize=(6.5 * len(worlds), 4.2), squeeze=False)
-    width = 0.2
+    width = 0.16
     for ax, world in zip(axes[0], worlds, strict=True):
         for j, t in enumerate(BROADCAST_TRANSPORTS):
             xs, ys = [], []
             for i, k in enumerate(kinds):
                 key = f"{k}/{t}"
                 if key in result["transports"][world]:
-                    xs.append(i + (j - 1.5) * width)
+                    xs.append(i + (j - (len(BROADCAST_TRANSPORTS) - 1) / 2) * width)
                     ys.append(result["transports"][world][key]["median_us"])
             ax.bar(xs, ys, width, label=t)
         ax.set_yscale("log")

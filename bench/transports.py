@@ -7,6 +7,8 @@ side (send on the source, receive + decode + validate on a worker); the iteratio
 is the slowest rank's time.
 
 - ``tpwire``: ``BroadcastChannel`` (steady-state framing) / ``P2PChannel`` for PP.
+- ``no-steady``: the same channel with ``steady_state=False`` (frame 0, then one collective
+  per frame 1 segment): what steady-state framing buys.
 - ``compat``: ``CompatBroadcastChannel``, Scope's wire today (slot header, pickled meta via
   ``broadcast_object_list``, one broadcast per tensor), validated like tpwire.
 - ``vllm``: a vLLM-style tensor dict: pickled metadata, then one broadcast per tensor, no
@@ -23,7 +25,7 @@ import pickle
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -33,7 +35,7 @@ from tpwire.generated import pp_contract
 from tpwire.runtime.channel import BroadcastChannel, P2PChannel
 from tpwire.runtime.compat import CompatBroadcastChannel
 
-BROADCAST_TRANSPORTS = ("tpwire", "compat", "vllm", "floor")
+BROADCAST_TRANSPORTS = ("tpwire", "no-steady", "compat", "vllm", "floor")
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
 
 
@@ -54,8 +56,10 @@ class Tpwire:
         self.proto = kind.protocol()
         self.kind = kind
         self.rank = rank
-        self.ch = self.channel_class()(self.proto, poison="raise").open()
+        self.ch = self.channel_class()(self.proto, poison="raise", **self.options).open()
         self.call_id = 0
+
+    options: ClassVar[dict[str, Any]] = {}
 
     def channel_class(self) -> type[BroadcastChannel]:
         return BroadcastChannel
@@ -69,6 +73,12 @@ class Tpwire:
                 self.ch.send(msg, E.header(self.proto, self.call_id, i))
         else:
             self.ch.recv()
+
+
+class NoSteady(Tpwire):
+    """tpwire without steady-state framing: frame 0, then one collective per segment."""
+
+    options: ClassVar[dict[str, Any]] = {"steady_state": False}
 
 
 class Compat(Tpwire):
@@ -126,6 +136,7 @@ class Floor:
 
 BROADCAST: dict[str, Callable[[E.Kind, int], Any]] = {
     "tpwire": Tpwire,
+    "no-steady": NoSteady,
     "compat": Compat,
     "vllm": Vllm,
     "floor": Floor,
@@ -235,7 +246,8 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
         transports = {name: BROADCAST[name](kind, rank) for name in BROADCAST_TRANSPORTS}
         counters = dict.fromkeys(transports, 0)
         for r in range(plan.rounds):
-            order = BROADCAST_TRANSPORTS[r % 4 :] + BROADCAST_TRANSPORTS[: r % 4]
+            k = r % len(BROADCAST_TRANSPORTS)
+            order = BROADCAST_TRANSPORTS[k:] + BROADCAST_TRANSPORTS[:k]
             for name in order:
                 t = transports[name]
                 key = f"{kind_name}/{name}"
