@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.distributed as dist
+
+from .groups import all_gather_ints
 
 
 class LockstepError(RuntimeError):
@@ -151,10 +152,7 @@ class Ledger:
         Call it before ``end()``: ``end`` raises on one rank only, and a peer waiting in
         this collective would be stranded.
         """
-        mine = torch.tensor([self.observed], dtype=torch.int64)
-        counts = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(counts, mine, group=group)
-        values = [int(c.item()) for c in counts]
+        values = [v for (v,) in all_gather_ints([self.observed], group)]
         if len(set(values)) > 1:
             shown = ", ".join(f"rank{i}={v}" for i, v in enumerate(values))
             raise LockstepError(f"{self.ids}: generator call counts differ: {shown}")

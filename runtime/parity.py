@@ -14,8 +14,9 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import torch
 import torch.distributed as dist
+
+from .groups import all_gather_bytes
 
 Record = dict[str, Any]
 
@@ -69,19 +70,7 @@ def diff(records: Sequence[Mapping[str, Any]]) -> list[str]:
 def exchange(rec: Record, group: dist.ProcessGroup | None = None) -> list[Record]:
     """All-gather every rank's record (canonical JSON bytes; parsed, never unpickled)."""
     raw = json.dumps(rec, sort_keys=True, separators=(",", ":"), default=str).encode()
-    world = dist.get_world_size(group)
-    length = torch.tensor([len(raw)], dtype=torch.int64)
-    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(lengths, length, group=group)
-    size = max(int(n.item()) for n in lengths)
-    mine = torch.zeros(size, dtype=torch.uint8)
-    mine[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    gathered = [torch.zeros(size, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    out = []
-    for n, buf in zip(lengths, gathered, strict=True):
-        out.append(json.loads(bytes(buf[: int(n.item())].tolist()).decode()))
-    return out
+    return [json.loads(b.decode()) for b in all_gather_bytes(raw, group)]
 
 
 def check(rec: Record, group: dist.ProcessGroup | None = None) -> list[Record]:

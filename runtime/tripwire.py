@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .groups import all_gather_ints
+
 
 class DriftDetected(RuntimeError):
     """Ranks hold different bytes where they must hold the same."""
@@ -63,10 +65,7 @@ def safely(compute: Callable[[], int]) -> tuple[int, BaseException | None]:
 
 def compare(value: int, what: str, group: dist.ProcessGroup | None = None) -> list[int]:
     """All-gather ``value``; raise ``DriftDetected`` (on every rank) unless all are equal."""
-    mine = torch.tensor([value], dtype=torch.int64)
-    values = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(values, mine, group=group)
-    digests = [int(v.item()) for v in values]
+    digests = [v for (v,) in all_gather_ints([value], group)]
     if len(set(digests)) > 1:
         raise DriftDetected(what, digests)
     return digests

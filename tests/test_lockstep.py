@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import torch
 
 from tpwire.generated import pp_contract as pp
 from tpwire.runtime.lockstep import Ids, Ledger, LockstepError, ResultGate
@@ -77,3 +80,14 @@ def test_ledger_refuses_the_extra_call_and_reports_a_missing_one() -> None:
         ledger.end()
     with pytest.raises(LockstepError, match="outside a planned chunk"):
         ledger.call()
+
+
+def test_small_collectives_follow_the_backend(monkeypatch: Any) -> None:
+    """NCCL moves only CUDA tensors: the handshake, tripwire and ledger words go there."""
+    from tpwire.runtime import groups
+
+    monkeypatch.setattr(groups.dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(groups.torch.cuda, "current_device", lambda: 3)
+    assert groups.device_for(None) == torch.device("cuda", 3)
+    monkeypatch.setattr(groups.dist, "get_backend", lambda group=None: "gloo")
+    assert groups.device_for(None) == torch.device("cpu")

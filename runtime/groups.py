@@ -1,0 +1,39 @@
+"""Small collectives of the runtime (handshake, tripwires, ledger) on any backend.
+
+NCCL only moves CUDA tensors and gloo moves CPU tensors: these exchanges put their few
+int64 words on the device the group's backend needs and read the result back on the host.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def device_for(group: dist.ProcessGroup | None) -> torch.device:
+    """Where a tensor must live to take part in a collective of ``group``."""
+    if str(dist.get_backend(group)).lower() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_ints(values: list[int], group: dist.ProcessGroup | None = None) -> list[list[int]]:
+    """Every rank's ``values`` (the same length on every rank), by rank."""
+    device = device_for(group)
+    mine = torch.tensor(values, dtype=torch.int64, device=device)
+    world = dist.get_world_size(group)
+    out = [torch.zeros(len(values), dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(out, mine, group=group)
+    return [t.tolist() for t in out]
+
+
+def all_gather_bytes(raw: bytes, group: dist.ProcessGroup | None = None) -> list[bytes]:
+    """Every rank's ``raw`` bytes (lengths may differ), by rank: two all-gathers."""
+    device = device_for(group)
+    lengths = [n for (n,) in all_gather_ints([len(raw)], group)]
+    size = max(lengths)
+    mine = torch.zeros(size, dtype=torch.uint8)
+    mine[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    out = [torch.zeros(size, dtype=torch.uint8, device=device) for _ in lengths]
+    dist.all_gather(out, mine.to(device), group=group)
+    return [bytes(t[:n].cpu().numpy().tobytes()) for t, n in zip(out, lengths, strict=True)]
