@@ -8,13 +8,15 @@ SPECS := $(sort $(wildcard spec/*.yaml))
 # an unpinned torch would download gigabytes of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: gen test check lint typecheck fresh demo bench clean-venv help
+.PHONY: gen test check lint typecheck fresh demo bench fuzz coverage clean-venv help
 
 help:
 	@echo "make gen    - bootstrap .venv, compile spec/ into generated/ and docs/"
 	@echo "make test   - run the test suite"
 	@echo "make check  - ruff, mypy --strict, freshness of generated output"
 	@echo "make demo   - 2 ranks (torchrun, CPU/gloo) stream 20 Scope-sized chunks"
+	@echo "make fuzz   - decoder + spec fuzzing campaigns (FUZZ_SECONDS=180); examples in fuzz/crashes/"
+	@echo "make coverage - the test suite under coverage (codegen/, runtime/, generated/)"
 	@echo "make bench  - transports and codec side by side; writes docs/benchmarks.{md,png}"
 	@echo "              (make bench ARGS=--quick: world 2 only, under a minute)"
 
@@ -56,6 +58,19 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench $(ARGS)
+
+# Long fuzzing campaigns (fuzz/README.md): random + coverage-guided (atheris) decoder
+# mutation, then mutated specs; prints the totals, exits 1 on any finding.
+FUZZ_SECONDS ?= 180
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	$(PY) -m fuzz campaign --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+
+coverage: $(STAMP)
+	@mkdir -p fuzz/out
+	$(PY) -m pytest --cov --cov-config=fuzz/coveragerc --cov-report=term \
+		--cov-report=json:fuzz/out/coverage.json
+	$(PY) -m fuzz.coverage_report fuzz/out/coverage.json
 
 clean-venv:
 	rm -rf $(VENV)
