@@ -249,11 +249,20 @@ def text(max_len: int) -> st.SearchStrategy[str]:
     return drawn | st.sampled_from(_text_edges(max_len))
 
 
-@st.composite
-def tensors(draw: st.DrawFn, dtypes: Sequence[torch.dtype], shape: Sequence[int]) -> torch.Tensor:
+def tensors(dtypes: Sequence[torch.dtype], shape: Sequence[int]) -> st.SearchStrategy[torch.Tensor]:
     """A tensor of one of ``dtypes`` with arbitrary bit patterns (NaNs included)."""
-    dtype = draw(st.sampled_from(list(dtypes)))
-    seed = draw(st.integers(0, 2**32 - 1))
+    return st.tuples(_choice(tuple(dtypes)), _SEEDS).map(lambda ds: _bits(ds[0], ds[1], shape))
+
+
+_SEEDS = st.integers(0, 2**32 - 1)
+
+
+@functools.cache
+def _choice(options: tuple[Any, ...]) -> st.SearchStrategy[Any]:
+    return st.sampled_from(options)
+
+
+def _bits(dtype: torch.dtype, seed: int, shape: Sequence[int]) -> torch.Tensor:
     itemsize = torch.empty((), dtype=dtype).element_size()
     n = math.prod(shape) * itemsize
     gen = torch.Generator().manual_seed(seed)
@@ -261,6 +270,10 @@ def tensors(draw: st.DrawFn, dtypes: Sequence[torch.dtype], shape: Sequence[int]
     if dtype == torch.bool:
         raw = raw & 1
     return raw.view(dtype).reshape(tuple(shape))
+
+
+def _draw_tensor(draw: st.DrawFn, r: Rule, d: Mapping[str, Any]) -> torch.Tensor:
+    return _bits(draw(_choice(r.dtypes)), draw(_SEEDS), _shape_of(r, d))
 
 
 def _shape_of(r: Rule, d: Mapping[str, Any]) -> tuple[int, ...]:
@@ -276,17 +289,48 @@ def value(r: Rule, d: Dims) -> st.SearchStrategy[Any]:
 
 @functools.cache
 def _scalar(r: Rule) -> st.SearchStrategy[Any]:
+    @st.composite
+    def scalar(draw: st.DrawFn) -> Any:
+        return _draw_scalar(draw, r)
+
+    return scalar()
+
+
+def _edges(r: Rule) -> tuple[Any, ...]:
+    """The values at the edge of what the rule allows (each drawn as often as anything else)."""
     if r.kind == "int":
-        lo, hi = int(r.lo or 0), int(r.hi or 0)
-        return st.integers(lo, hi) | st.sampled_from((lo, hi))
+        return (int(r.lo or 0), int(r.hi or 0))
     if r.kind == "float":
-        drawn = st.floats(r.lo, r.hi, allow_nan=False, allow_infinity=False)
-        return drawn | st.sampled_from(_float_edges(r.lo, r.hi))
+        return tuple(_float_edges(r.lo, r.hi))
+    if r.kind == "str":
+        return tuple(_text_edges(r.max_len or 0))
+    return ()
+
+
+@functools.cache
+def _free(r: Rule) -> st.SearchStrategy[Any]:
+    if r.kind == "int":
+        return st.integers(int(r.lo or 0), int(r.hi or 0))
+    if r.kind == "float":
+        return st.floats(r.lo, r.hi, allow_nan=False, allow_infinity=False)
     if r.kind == "bool":
         return st.booleans()
     if r.kind == "str":
-        return text(r.max_len or 0)
+        return st.text(max_size=r.max_len).filter(
+            lambda s: len(s.encode("utf-8")) <= (r.max_len or 0)
+        )
     return st.sampled_from(list(r.enum))
+
+
+def _draw_scalar(draw: st.DrawFn, r: Rule) -> Any:
+    # an explicit index, not one_of: hypothesis draws a branch of one_of far less evenly
+    edges = _edges(r)
+    i = draw(_ints(0, len(edges) + 2)) if edges else len(edges)
+    return edges[i] if i < len(edges) else draw(_free(r))
+
+
+def _draw_value(draw: st.DrawFn, r: Rule, d: Dims) -> Any:
+    return _draw_tensor(draw, r, d) if r.kind == "tensor" else _draw_scalar(draw, r)
 
 
 def _numel(shape: Sequence[int | str], d: Mapping[str, Any]) -> int:
@@ -298,20 +342,26 @@ def tensor_limit(r: Rule) -> int:
     return min(ELEMENT_CAP, r.max_elements) if r.max_elements is not None else ELEMENT_CAP
 
 
+@functools.cache
+def _ints(lo: int, hi: int) -> st.SearchStrategy[int]:
+    return st.integers(lo, hi)
+
+
 @st.composite
 def dims(draw: st.DrawFn, rec: Record, max_extra: int) -> Dims:
     """Each dimension near its minimum or at one of its bounds, every tensor under its limit
-    (:func:`tensor_limit`): later dimensions of an oversized tensor fall back to their minimum."""
+    (:func:`tensor_limit`): the dimensions of an oversized tensor fall back to their minimum,
+    the last ones and the ones not at their maximum first."""
     d: Dims = {}
     for name, (lo, hi) in rec.dims.items():
-        if draw(st.integers(0, 3)) == 3:
-            d[name] = draw(st.sampled_from((lo, hi)))
-        else:
-            d[name] = draw(st.integers(lo, min(hi, lo + max_extra)))
+        i = draw(_ints(0, 5))  # at a bound one time in three
+        d[name] = (lo, hi)[i] if i < 2 else draw(_ints(lo, min(hi, lo + max_extra)))
     for r in rec.rules:
         if r.kind != "tensor":
             continue
-        for sym in reversed([x for x in r.shape if isinstance(x, str)]):
+        syms = list(dict.fromkeys(x for x in reversed(r.shape) if isinstance(x, str)))
+        # dims off their maximum give way first, so a dimension at its maximum survives
+        for sym in sorted(syms, key=lambda s: d[s] == rec.dims[s][1]):
             if _numel(r.shape, d) <= tensor_limit(r):
                 break
             d[sym] = rec.dims[sym][0]
@@ -529,7 +579,8 @@ class Drawn:
 def _header_fields(draw: st.DrawFn, proto: Protocol, action: Any) -> tuple[Fields, Fields]:
     rec = proto.header
     full: Fields = {
-        r.name: action if r.name == proto.action_field else draw(value(r, {})) for r in rec.rules
+        r.name: action if r.name == proto.action_field else _draw_value(draw, r, {})
+        for r in rec.rules
     }
     f = dict(full)
     settle(draw, rec, f, {})
@@ -556,7 +607,7 @@ def _drawn_message(draw: st.DrawFn, proto: Protocol, class_name: str, max_extra:
         elif r.name == rec.version_field:
             full[r.name] = rec.version
         else:
-            full[r.name] = draw(value(r, d_all))
+            full[r.name] = _draw_value(draw, r, d_all)
     f = {name: None if name in variant.absent else v for name, v in full.items()}
     settle(draw, rec, f, d_all)
     assume(not verdict(proto, hf, f, rec, variant))

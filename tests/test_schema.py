@@ -161,7 +161,7 @@ def sayable(ex: Exported, class_name: str, code: str, field: str, value: Any) ->
         assert _documented(ex, where, f"{name} dtype/shape:"), field
         return False  # a tensor's type, dtype and shape are not in the schema
     if code == "range" and isinstance(value, str):
-        f = _field(ex, class_name, name)
+        f = _field(ex, class_name, field)
         if f.max_len is not None and len(value) <= f.max_len:
             # over max_len UTF-8 bytes (or none at all), not over max_len characters
             assert _documented(ex, where, f"{name} max_len:"), field
@@ -169,12 +169,14 @@ def sayable(ex: Exported, class_name: str, code: str, field: str, value: Any) ->
     return True
 
 
-def _field(ex: Exported, class_name: str, name: str) -> Any:
+def _field(ex: Exported, class_name: str, label: str) -> Any:
+    """The FieldIR behind a violation's field ("header.<name>" or a field of class_name)."""
     fields = ex.ir.header.fields
-    for m in ex.ir.messages:
-        if class_name in {v.class_name for v in m.variants}:
-            fields = m.fields
-    return next(f for f in fields if f.name == name)
+    if not label.startswith("header."):
+        fields = next(
+            m for m in ex.ir.messages for v in m.variants if v.class_name == class_name
+        ).fields
+    return next(f for f in fields if f.name == label.removeprefix("header."))
 
 
 def _class_name(msg: Any) -> str:
@@ -228,7 +230,7 @@ def _json_number_for_float(ex: Exported, m: Any) -> bool:
     """An int given for a float field: JSON has one number type."""
     name = m.field.removeprefix("header.")
     value = getattr(m.header if m.field.startswith("header.") else m.msg, name)
-    return type(value) is int and _field(ex, _class_name(m.msg), name).kind == "float"
+    return type(value) is int and _field(ex, _class_name(m.msg), m.field).kind == "float"
 
 
 @pytest.mark.parametrize("name", corpus.params())
