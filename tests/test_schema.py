@@ -108,7 +108,6 @@ def test_schema_is_valid_draft_2020_12(name: str) -> None:
 def test_valid_envelopes_are_accepted(name: str) -> None:
     spec = corpus.load(name)
     validator = exported(name).validator
-    kinds: Counter[str | None] = Counter()
 
     @settings(SETTINGS, max_examples=corpus.examples(name, 100, 40))
     @given(spec.strategies.valid_envelopes())
@@ -118,12 +117,8 @@ def test_valid_envelopes_are_accepted(name: str) -> None:
         instance = plain_json(header, msg)
         errors = [e.message for e in validator.iter_errors(instance)]
         assert errors == [], (errors, instance)
-        kinds[instance["message"]] += 1
 
-    check()
-    assert set(kinds) == {None, *spec.module.MESSAGES} - (
-        set() if any(a.message is None for a in exported(name).ir.actions) else {None}
-    ), kinds
+    check()  # every kind is reached: tests/test_strategy_reach.py
 
 
 # --- mutants are rejected where the schema can say so ---------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from hypothesis import settings
 
 from tpwire.codegen import compiler
 from tpwire.codegen.ir import ProtocolIR
@@ -57,5 +58,7 @@ def params() -> list[object]:
 
 
 def examples(name: str, shipped: int, extra: int) -> int:
-    """How many examples a property draws: more for the shipped specs."""
-    return shipped if PATHS[name] in SHIPPED else extra
+    """How many examples a property draws: more for the shipped specs; counts are for the
+    ``ci`` profile's 150 and scale with the loaded profile (``long`` runs 5000)."""
+    scale = settings().max_examples / 150
+    return max(10, round((shipped if PATHS[name] in SHIPPED else extra) * scale))
