@@ -40,7 +40,8 @@ Fn = Callable[[Fields, Dims], Any]
 #: invariants as their fields joined by ``", "``
 Found = frozenset[tuple[str, str]]
 
-#: Tensors in valid envelopes stay at or under this many elements (edges included).
+#: Tensors in valid envelopes stay at or under this many elements (edges included), or
+#: ``(max_extra + 1) ** 4`` when that is more: a caller asking for large dims gets them.
 ELEMENT_CAP = 1 << 14
 #: Mutant tensors (shapes past their bounds) are allocated, never filled: at most this many bytes.
 MUTANT_BYTES_CAP = 1 << 26
@@ -337,9 +338,10 @@ def _numel(shape: Sequence[int | str], d: Mapping[str, Any]) -> int:
     return math.prod(x if isinstance(x, int) else int(d[x]) for x in shape)
 
 
-def tensor_limit(r: Rule) -> int:
+def tensor_limit(r: Rule, max_extra: int = 3) -> int:
     """The most elements a valid envelope's tensor of ``r`` has here."""
-    return min(ELEMENT_CAP, r.max_elements) if r.max_elements is not None else ELEMENT_CAP
+    cap = max(ELEMENT_CAP, (max_extra + 1) ** 4)
+    return min(cap, r.max_elements) if r.max_elements is not None else cap
 
 
 @functools.cache
@@ -362,7 +364,7 @@ def dims(draw: st.DrawFn, rec: Record, max_extra: int) -> Dims:
         syms = list(dict.fromkeys(x for x in reversed(r.shape) if isinstance(x, str)))
         # dims off their maximum give way first, so a dimension at its maximum survives
         for sym in sorted(syms, key=lambda s: d[s] == rec.dims[s][1]):
-            if _numel(r.shape, d) <= tensor_limit(r):
+            if _numel(r.shape, d) <= tensor_limit(r, max_extra):
                 break
             d[sym] = rec.dims[sym][0]
     return d
