@@ -145,6 +145,8 @@ def _variant_schema(
             unchecked.append(
                 f"{f.name} max_len: UTF-8 bytes <= {f.max_len} (maxLength counts characters)"
             )
+        if f.kind == "float":
+            unchecked.append(_FLOAT_TYPE.format(f.name))
         if vf.annotation.startswith("Literal["):
             props[f.name] = {"const": v.member}
             required.append(f.name)
@@ -163,6 +165,10 @@ def _variant_schema(
     return _object(props, required, rules, unchecked)
 
 
+#: JSON Schema has one number type (1.0 is an integer to it): it cannot refuse ``1``.
+_FLOAT_TYPE = "{} type: a float; an integral JSON number (1) passes here, the bindings want 1.0"
+
+
 def json_schema(p: ProtocolIR) -> Schema:
     enums = {e.name: [name for name, _ in e.members] for e in p.enums}
     values = {e.name: dict(e.members) for e in p.enums}
@@ -172,6 +178,8 @@ def json_schema(p: ProtocolIR) -> Schema:
     header_unchecked: list[str] = []
     for f in p.header.fields:
         base = _value_schema(f, enums)
+        if f.kind == "float":
+            header_unchecked.append(_FLOAT_TYPE.format(f.name))
         if f.always_required:
             header_props[f.name] = base
             header_required.append(f.name)
@@ -196,6 +204,17 @@ def json_schema(p: ProtocolIR) -> Schema:
                 "then": {"properties": {"message": {"enum": carried}}},
             }
         )
+    # no message: nothing may be given as its fields
+    branches.append(
+        {
+            "if": {"properties": {"message": {"const": None}}},
+            "then": {
+                "properties": {
+                    "fields": {"anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]}
+                }
+            },
+        }
+    )
     for m in p.messages:
         for v in m.variants:
             defs[v.class_name] = _variant_schema(m, v, enums, values)
