@@ -91,7 +91,7 @@ def run_atheris(
 
 
 def _codes(totals: Totals, indent: str = "  ") -> list[str]:
-    return [f"{indent}{k:<16}{v:>10,}" for k, v in totals.labels.most_common()]
+    return [f"{indent}{k:<24}{v:>12,}" for k, v in totals.labels.most_common()]
 
 
 def summary(
@@ -102,20 +102,25 @@ def summary(
     for t in decoders:
         dec.merge(t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def row(label: str, value: int) -> str:
+        return f"{label:<26}{value:>12,}"
+
     lines = [
         "",
         "=" * 64,
         "tpwire fuzz: totals",
         "=" * 64,
-        f"decoder inputs            {dec.inputs:>12,}  ("
+        row("decoder inputs", dec.inputs)
+        + "  ("
         + ", ".join(f"{t.name} {t.inputs:,} in {t.seconds:.0f} s" for t in decoders)
         + ")",
-        f"non-WireError exceptions  {dec.exceptions:>12,}",
-        f"hangs (over {_slow():<4} s)     {dec.hangs:>12,}",
-        f"over-bound manifests      {dec.findings['over-bound']:>12,}",
-        f"non-canonical accepts     {dec.findings['noncanonical']:>12,}",
-        f"slowest decode            {dec.slowest * 1000:>12.1f} ms",
-        f"time                      {wall:>12.1f} s (peak RSS {rss:.0f} MiB)",
+        row("non-WireError exceptions", dec.exceptions),
+        row(f"hangs (over {_slow()} s)", dec.hangs),
+        row("over-bound manifests", dec.findings["over-bound"]),
+        row("non-canonical accepts", dec.findings["noncanonical"]),
+        f"{'slowest decode':<26}{dec.slowest * 1000:>12.1f} ms",
+        f"{'time':<26}{wall:>12.1f} s (peak RSS {rss:.0f} MiB)",
         "decoder outcomes per error code:",
         *_codes(dec),
         "  (invalid = decoded, then EnvelopeInvalid; violation codes: "
@@ -126,11 +131,12 @@ def summary(
     if spec is not None:
         found = found or bool(spec.findings)
         lines += [
-            f"spec inputs               {spec.inputs:>12,}  (in {spec.seconds:.0f} s)",
-            f"spec exceptions           {spec.findings['exception']:>12,}",
-            f"spec unlocated errors     {spec.findings['unlocated'] + spec.findings['cli']:>12,}",
-            f"spec hangs / memory       {spec.hangs:>12,} / {spec.findings['memory']:,}",
-            f"slowest spec              {spec.slowest * 1000:>12.1f} ms",
+            row("spec inputs", spec.inputs) + f"  (in {spec.seconds:.0f} s)",
+            row("spec exceptions", spec.findings["exception"]),
+            row("spec unlocated errors", spec.findings["unlocated"] + spec.findings["cli"]),
+            row("spec hangs", spec.hangs),
+            row("spec over memory", spec.findings["memory"]),
+            f"{'slowest spec':<26}{spec.slowest * 1000:>12.1f} ms",
             "spec outcomes (first error code):",
             *_codes(spec),
         ]

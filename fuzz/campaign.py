@@ -188,11 +188,12 @@ def save_example(
 ) -> Path | None:
     """Write a reproducible example (JSON, no pickle); at most a few per signature."""
     crash_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{engine}-{target.replace('/', '-')}-{out.finding}-{out.signature}"
-    existing = sorted(crash_dir.glob(f"{stem}-*.json"))
-    if len(existing) >= KEEP_PER_SIGNATURE:
+    same = list(crash_dir.glob(f"*-{out.signature}-*.json"))  # any engine, any target
+    if len(same) >= KEEP_PER_SIGNATURE:
         return None
-    path = crash_dir / f"{stem}-{len(existing)}.json"
+    stem = f"{engine}-{target.replace('/', '-')}-{out.finding}-{out.signature}"
+    n = next(i for i in range(len(same) + 1) if not (crash_dir / f"{stem}-{i}.json").exists())
+    path = crash_dir / f"{stem}-{n}.json"
     record = {
         "kind": "decoder",
         "engine": engine,

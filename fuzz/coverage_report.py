@@ -5,7 +5,7 @@
 ``make coverage`` writes the JSON (with per-function regions) and runs this: it prints
 ``runtime/wire.py`` and, for every generated protocol module, the functions that decode
 (``read_frame0``, ``decode``, ``_read_*``) and validate (``validate``, ``validate_header``,
-``check``, ``_validate_*``, ``_check_decoded_*``) with their missing lines, then the total
+``check``, ``_validate_*``, ``_check_decoded_*``, ``_rules_*``) with their missing lines, then the total
 against the aim (95% of lines). Exit status 1 when the total is below ``--min``.
 """
 
@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 DECODE = ("read_frame0", "decode", "_read_", "_decoded_validator")
-VALIDATE = ("validate", "validate_header", "check", "_validate", "_check_decoded", "_ids")
+VALIDATE = ("validate", "validate_header", "check", "_ids")
+VALIDATE_PREFIXES = ("_validate", "_check_decoded", "_rules", "_header_rules")
 
 
 def _kind(function: str) -> str | None:
     name = function.split(".")[-1]
     if name in DECODE or any(name.startswith(p) for p in DECODE if p.endswith("_")):
         return "decode"
-    if name in VALIDATE or name.startswith(("_validate", "_check_decoded")):
+    if name in VALIDATE or name.startswith(VALIDATE_PREFIXES):
         return "validate"
     return None
 

@@ -34,7 +34,7 @@ TIME_LIMIT_S = 5.0
 MEMORY_LIMIT_MB = 64
 
 
-@settings(max_examples=max(10, settings().max_examples // 2))
+@settings(max_examples=max(10, settings().max_examples // 3))
 @given(
     seed=st.sampled_from(range(len(SEEDS))),
     tree=st.booleans(),
