@@ -106,8 +106,20 @@ class _AliasNode(yaml.ScalarNode):
     """Stands for an alias at the alias's own position (PyYAML would share the anchored node)."""
 
 
+class _TooManyNodes(Exception):
+    def __init__(self, mark: Any) -> None:
+        self.mark = mark
+
+
 class _Loader(yaml.SafeLoader):
+    nodes = 0
+
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # count while composing: a flat list of a million items must be refused before
+        # PyYAML has built (and the process paid for) all of it
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooManyNodes(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
         if self.check_event(yaml.AliasEvent):
             event: Any = self.get_event()  # type: ignore[no-untyped-call]
             return _AliasNode("tag:yaml.org,2002:null", "", event.start_mark, event.end_mark)
@@ -223,6 +235,9 @@ def load_text(source: str | bytes, file: str = "<spec>") -> LoadedSpec:
             raise _err(file, 1, 1, "yaml-syntax", str(exc).splitlines()[0]) from None
         except RecursionError:
             raise _err(file, 1, 1, "too-deep", "spec nesting is too deep") from None
+        except _TooManyNodes as exc:
+            line, col = exc.mark.line + 1, exc.mark.column + 1
+            raise _err(file, line, col, "too-large", f"spec has over {MAX_NODES} nodes") from None
         if root is None:
             raise _err(file, 1, 1, "empty", "spec is empty")
         walker = _Walker(loaded, loader)

@@ -128,6 +128,8 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
     """
     if not isinstance(frame0, torch.Tensor):
         raise WireError("frame0", f"frame 0 must be a torch.Tensor, got {type(frame0).__name__}")
+    if not is_dense(frame0):  # meta/sparse/nested tensors: even .tolist() may raise
+        raise WireError("frame0", "frame 0 must be a dense tensor with storage")
     if frame0.dtype != torch.int64 or frame0.dim() != 1:
         raise WireError(
             "frame0", f"frame 0 must be a 1-D int64 tensor, got {frame0.dtype} {list(frame0.shape)}"
@@ -286,7 +288,7 @@ class Manifest:
                 f"expected {len(self.segment_nbytes)} frame 1 segments, got {len(segments)}",
             )
         for i, (seg, n) in enumerate(zip(segments, self.segment_nbytes, strict=True)):
-            if not isinstance(seg, torch.Tensor) or seg.dtype != torch.uint8 or seg.dim() != 1:
+            if not is_dense(seg) or seg.dtype != torch.uint8 or seg.dim() != 1:
                 raise WireError("frame1", f"segment {i} must be a 1-D uint8 tensor")
             if seg.numel() != n:
                 raise WireError(
@@ -337,6 +339,10 @@ def tensors_identical(a: object, b: object) -> bool:
 def check_frames(frames: object) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     if not isinstance(frames, Frames):
         raise WireError("frame0", f"expected Frames, got {type(frames).__name__}")
+    if not isinstance(frames.segments, tuple | list):
+        raise WireError(
+            "frame1", f"segments must be a tuple of tensors, got {type(frames.segments).__name__}"
+        )
     return frames.frame0, tuple(frames.segments)
 
 

@@ -178,13 +178,7 @@ def test_hostile_frame_objects_are_frame0_errors(f0: str, segs: str, frames: str
     assert (out.finding, out.label) == (None, "frame0"), out
 
 
-# Real bugs found by the campaign (runtime/wire.py, not owned here): reproducers kept as
-# strict xfails, so the fix turns them into failures that ask for the marker to go.
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_frame0 calls frame0.tolist() on meta/sparse tensors and list(frame0.shape) "
-    "on nested ones: NotImplementedError/RuntimeError instead of WireError('frame0')",
-)
+# Bugs the campaign found (fixed in runtime/wire.py): their reproducers stay as tests.
 @pytest.mark.parametrize("kind", ["meta", "sparse", "nested"])
 def test_frame0_without_dense_storage_is_a_frame0_error(kind: str) -> None:
     t = targets.load("tp_control")
@@ -195,11 +189,6 @@ def test_frame0_without_dense_storage_is_a_frame0_error(kind: str) -> None:
     assert err.value.code == "frame0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_frames does tuple(frames.segments): TypeError when segments is None or "
-    "an int, instead of WireError('frame1')",
-)
 @pytest.mark.parametrize("segs", ["none", "int"])
 def test_non_iterable_segments_are_a_wire_error(segs: str) -> None:
     t = targets.load("tp_control")

@@ -182,15 +182,11 @@ def test_tree_mutation_stays_yaml() -> None:
             pass  # a lone surrogate, dumped raw, makes it non-UTF-8: that is the point
 
 
-# Found by the campaign (codegen/load.py, not owned here): MAX_NODES is enforced by the
-# walker *after* PyYAML has composed the whole document, so a spec under the 1 MiB size
-# limit made of ~500,000 flow items takes ~20 s and ~330 MiB before it is refused as
-# too-large (a 1 MiB flow list: 19.5 s, +327 MiB RSS, on the dev machine). The reproducer
-# lowers MAX_NODES so it stays cheap: it counts the nodes composed before the refusal.
-@pytest.mark.xfail(
-    strict=True,
-    reason="load.py composes every node before checking MAX_NODES (time/memory amplification)",
-)
+# Found by the campaign (fixed in codegen/load.py): MAX_NODES was enforced by the walker
+# *after* PyYAML had composed the whole document, so a spec under the 1 MiB size limit made
+# of ~500,000 flow items took ~20 s and ~330 MiB before it was refused as too-large. The
+# reproducer lowers MAX_NODES so it stays cheap: it counts the nodes composed before the
+# refusal.
 def test_node_budget_stops_composing_early(monkeypatch: pytest.MonkeyPatch) -> None:
     composed = 0
     real = yaml.composer.Composer.compose_node
