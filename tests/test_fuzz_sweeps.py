@@ -240,6 +240,9 @@ def test_frames_and_manifest_helpers() -> None:
     single = wire.Frames(frames.frame0, frames.segments[:1])
     assert single.frame1() is frames.segments[0]
     assert wire.Frames(frames.frame0).frame1().numel() == 0
+    seg = frames.segments[0]
+    both = wire.Frames(frames.frame0, (seg, seg)).frame1()
+    assert both.numel() == 2 * seg.numel() and torch.equal(both[seg.numel() :], seg)
 
 
 def test_tensor_equality_and_materialize() -> None:
