@@ -128,6 +128,7 @@ class Framing:
         self.head_nbytes = self.frame0_nbytes
         self._last: tuple[int, ...] | None = None
         self._send_buffer: torch.Tensor | None = None
+        self._send_device: torch.device | None = None
 
     def carried(self, sizes: Sequence[int]) -> tuple[bool, ...]:
         """For each segment of an envelope: whether it rides in the head."""
@@ -158,10 +159,11 @@ class Framing:
         bytes of a slot the envelope leaves unused are stale and never read.
         """
         buf = self._send_buffer
-        if buf is None or buf.device != device:
+        if buf is None or self._send_device != device:
             buf = self._send_buffer = torch.zeros(
                 self.head_nbytes, dtype=torch.uint8, device=device
             )
+            self._send_device = device  # "cuda" and buf.device ("cuda:0") never compare equal
         buf[: self.frame0_nbytes].view(torch.int64).copy_(frames.frame0)
         for off, seg, here in zip(self.offsets, frames.segments, carried, strict=False):
             if here:
@@ -266,6 +268,9 @@ class _Channel:
     def _may_send(self) -> bool:
         return True
 
+    def _sends_on_exit(self) -> bool:
+        return self._may_send()
+
     def close(self, *, destroy_group: bool = False) -> None:
         """Stop using the channel (after SHUTDOWN); optionally destroy its process group.
 
@@ -281,7 +286,7 @@ class _Channel:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         # a sender leaving the block never strands its workers: SHUTDOWN, or ERROR on failure
-        if self.opened and not self.closed and not self.poisoned and self._may_send():
+        if self.opened and not self.closed and not self.poisoned and self._sends_on_exit():
             if exc is None:
                 self.shutdown()
             else:
@@ -385,7 +390,11 @@ class _Channel:
                 return
             if time.monotonic() - self._last_send >= self.heartbeat_s:
                 with self._lock:
-                    if self.closed or time.monotonic() - self._last_send < self.heartbeat_s:
+                    if (
+                        self.closed
+                        or self.poisoned
+                        or time.monotonic() - self._last_send < self.heartbeat_s
+                    ):
                         continue
                     header = self._next_header("NOOP")
                     self._transmit(self.protocol.encode(None, header), header, watched=False)
@@ -411,7 +420,7 @@ class _Channel:
             manifest = self.protocol.read_frame0(
                 head[: framing.frame0_nbytes].view(torch.int64).cpu()
             )
-        except WireError as exc:
+        except BaseException as exc:  # frame 1 may follow: this rank can no longer keep step
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
         problem = self._recv_order.problem(header)
@@ -617,6 +626,12 @@ class P2PChannel(_Channel):
             # call them, so a larger group would hang
             raise ValueError("a p2p channel needs a group of exactly its two ends")
         self.peer = peer
+
+    def _sends_on_exit(self) -> bool:
+        # both ends send on a p2p link, and a send waits for the peer's receive: two ends
+        # leaving their blocks at once would each wait for the other. Shut down explicitly
+        # (one end sends SHUTDOWN, the other sees it in recv); watchdogs catch a dead peer.
+        return False
 
     def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
         group = self.cpu_group if frame0 and self.cpu_group is not None else self.group

@@ -222,16 +222,22 @@ def pack_segments(
     packed_on: torch.device | None = None
     for t, slot in zip(tensors, slots, strict=True):
         if slot.nbytes < COALESCE_LIMIT:
-            packed_on = t.device
+            packed_on = t.device if packed_on is None else packed_on
             if slot.nbytes:
-                parts.append(_as_bytes(t))
+                part = _as_bytes(t)
+                parts.append(part if part.device == packed_on else part.to(packed_on))
             pad = -slot.nbytes % ALIGN
             if pad:
-                parts.append(_PADS[pad] if t.device.type == "cpu" else _PADS[pad].to(t.device))
+                parts.append(
+                    _PADS[pad]
+                    if packed_on.type == "cpu"
+                    else torch.zeros(pad, dtype=torch.uint8, device=packed_on)
+                )
         else:
             segments[slot.segment] = _as_bytes(t)
     if parts:
-        segments[0] = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # a copy even for one tensor: the frames must not change when the caller's do
+        segments[0] = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
     elif packed_on is not None:  # only empty tensors: a packed segment of 0 bytes
         segments[0] = torch.empty(0, dtype=torch.uint8, device=packed_on)
     return tuple(segments)

@@ -455,3 +455,17 @@ def steady_on_one_rank(rank: int, world: int) -> Any:
     except ParityMismatch as exc:
         return {"diff": list(exc.diff)}
     return {"diff": None}
+
+
+def p2p_with_block(rank: int, world: int) -> Any:
+    """Both pipeline ends leave their with-blocks: neither may wait on the other's receive."""
+    from tpwire.generated import pp_contract as pp
+    from tpwire.runtime.channel import P2PChannel
+
+    with P2PChannel(pp, peer=1 - rank, poison="raise", watchdog_s=20) as ch:
+        if rank == 0:
+            ch.send(pp_envelope(0, init=True), pp_header(1, 0, 0, "INFER"))
+        else:
+            got = ch.recv()
+            assert got.action is pp.PPAction.INFER
+    return {"closed": ch.closed}

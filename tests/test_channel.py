@@ -213,3 +213,10 @@ def test_steady_state_on_one_rank_only_is_a_handshake_diff(tmp_path: Path) -> No
     for r in run_ranks("steady_on_one_rank", tmp_path):
         assert r.exitcode == 0, r.log
         assert r.result["diff"] == ["flags.tpwire.steady_state: rank0=True, rank1=False"]
+
+
+def test_p2p_ends_leaving_their_blocks_do_not_wait_on_each_other(tmp_path: Path) -> None:
+    results = run_ranks("p2p_with_block", tmp_path)
+    assert [r.exitcode for r in results] == [0, 0], [r.log for r in results]
+    assert [r.result for r in results] == [{"closed": True}] * 2
+    assert all(r.seconds < 15 for r in results), [r.seconds for r in results]

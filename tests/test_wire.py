@@ -191,3 +191,15 @@ def test_words_a_message_does_not_use_must_be_zero() -> None:
     with pytest.raises(WireError) as err:
         pp_contract.decode(wire.Frames(wire.seal(words), frames.segments))
     assert err.value.code == "presence" and err.value.word == unused
+
+
+def test_frames_do_not_change_when_the_callers_small_tensors_do() -> None:
+    """One small tensor alone in the packed segment is still copied, like several are."""
+    msg = v1_message(context_frames_override=None, tp_do_kv_recompute=False,
+                     tp_expected_generator_calls=4,
+                     conditioning_embeds=torch.randn(1, 512, 64).to(torch.bfloat16))  # fmt: skip
+    frames = tp_control.encode(msg, HEADER)
+    before = [bytes(s.numpy().tobytes()) for s in frames.segments]
+    msg.denoising_step_list[0] = 999
+    assert [bytes(s.numpy().tobytes()) for s in frames.segments] == before
+    assert tp_control.decode(frames)[1].denoising_step_list.tolist() == [1000, 750, 500, 250]
