@@ -79,8 +79,8 @@ def _us(x: float) -> str:
 def _transport_table(result: dict[str, Any], world: str) -> list[str]:
     lines = [
         "| envelope | tensor bytes | " + " | ".join(BROADCAST_TRANSPORTS) + " | tpwire / floor "
-        "| compat / tpwire |",
-        "|---|---:|" + "---:|" * len(BROADCAST_TRANSPORTS) + "---:|---:|",
+        "| tpwire / floor-fresh | compat / tpwire |",
+        "|---|---:|" + "---:|" * len(BROADCAST_TRANSPORTS) + "---:|---:|---:|",
     ]
     for kind in ("noop", "small", "scope", "cond_on_update"):
         proto = E.KINDS[kind].protocol()
@@ -92,9 +92,10 @@ def _transport_table(result: dict[str, Any], world: str) -> list[str]:
         tp = _stat(result, world, kind, "tpwire")["median_us"]
         fl = _stat(result, world, kind, "floor")["median_us"]
         co = _stat(result, world, kind, "compat")["median_us"]
+        ff = _stat(result, world, kind, "floor-fresh")["median_us"]
         lines.append(
             f"| {TITLES[kind]} | {nbytes:,} | " + " | ".join(cells) + f" | {tp / fl:.2f}x "
-            f"| {co / tp:.2f}x |"
+            f"| {tp / ff:.2f}x | {co / tp:.2f}x |"
         )
     if "pp/tpwire" in result["transports"][world]:
         cells = []
@@ -108,7 +109,8 @@ def _transport_table(result: dict[str, Any], world: str) -> list[str]:
         fl = _stat(result, world, "pp", "floor")["median_us"]
         nbytes = E.tensor_bytes(E.pp_envelope(0)) + E.tensor_bytes(E.pp_result(0))
         lines.append(
-            f"| {TITLES['pp']} | {nbytes:,} | " + " | ".join(cells) + f" | {tp / fl:.2f}x | n/a |"
+            f"| {TITLES['pp']} | {nbytes:,} | " + " | ".join(cells) + f" | {tp / fl:.2f}x "
+            "| n/a | n/a |"
         )
     return lines
 
@@ -202,7 +204,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     worlds = list(result["transports"])
     kinds = ["noop", "small", "scope", "cond_on_update", "pp"]
     fig, axes = plt.subplots(1, len(worlds), figsize=(6.5 * len(worlds), 4.2), squeeze=False)
-    width = 0.16
+    width = 0.13
     for ax, world in zip(axes[0], worlds, strict=True):
         for j, t in enumerate(BROADCAST_TRANSPORTS):
             xs, ys = [], []

@@ -14,7 +14,10 @@ is the slowest rank's time.
 - ``vllm``: a vLLM-style tensor dict: pickled metadata, then one broadcast per tensor, no
   validation (what ``broadcast_tensor_dict``-style helpers do).
 - ``floor``: one broadcast of a buffer holding exactly the envelope's tensor bytes, no
-  header at all (8 bytes for a payload-free envelope: the smallest collective).
+  header at all (8 bytes for a payload-free envelope: the smallest collective), the same
+  warm buffer every time on both sides.
+- ``floor-fresh``: the same single broadcast with a stream's memory traffic: each
+  envelope's own bytes on the source, a new buffer on every worker.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from tpwire.generated import pp_contract
 from tpwire.runtime.channel import BroadcastChannel, P2PChannel
 from tpwire.runtime.compat import CompatBroadcastChannel
 
-BROADCAST_TRANSPORTS = ("tpwire", "no-steady", "compat", "vllm", "floor")
+BROADCAST_TRANSPORTS = ("tpwire", "no-steady", "compat", "vllm", "floor", "floor-fresh")
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
 
 
@@ -134,12 +137,40 @@ class Floor:
         dist.broadcast(buf, src=0)
 
 
+class FloorFresh:
+    """The floor with a stream's memory traffic: the source sends each envelope's own bytes
+    (packed once, outside the timing) and a worker receives into a new buffer every time,
+    as it must when the model still holds the previous chunk's tensors."""
+
+    def __init__(self, kind: E.Kind, rank: int) -> None:
+        self.rank = rank
+        self.packed: dict[int, torch.Tensor] = {}
+
+    def step(self, i: int, msg: Any) -> None:
+        n = max(E.tensor_bytes(msg), 8)
+        if self.rank != 0:
+            dist.broadcast(torch.empty(n, dtype=torch.uint8), src=0)
+            return
+        key = id(msg)
+        buf = self.packed.get(key)
+        if buf is None:
+            parts = [
+                v.reshape(-1).view(torch.uint8)
+                for v in (getattr(msg, f) for f in type(msg).__dataclass_fields__)
+                if isinstance(v, torch.Tensor)
+            ] if msg is not None else []  # fmt: skip
+            buf = torch.cat(parts) if parts else torch.zeros(8, dtype=torch.uint8)
+            self.packed[key] = buf
+        dist.broadcast(buf, src=0)
+
+
 BROADCAST: dict[str, Callable[[E.Kind, int], Any]] = {
     "tpwire": Tpwire,
     "no-steady": NoSteady,
     "compat": Compat,
     "vllm": Vllm,
     "floor": Floor,
+    "floor-fresh": FloorFresh,
 }
 
 

@@ -29,6 +29,9 @@ from . import parity, tripwire
 from .errors import EnvelopeInvalid, WireError
 from .wire import ALIGN, Frames
 
+#: Largest segment a CPU channel copies into the head in steady state (bytes).
+CPU_CARRY_LIMIT = 1 << 20
+
 #: Distinct exit codes, so a supervisor can tell why a rank died.
 EXIT_POISONED = 86
 EXIT_WATCHDOG = 87
@@ -120,10 +123,12 @@ class Framing:
     never from guesses, so every rank runs the same sequence of collectives.
     """
 
-    def __init__(self, frame0_words: int, *, steady: bool) -> None:
+    def __init__(self, frame0_words: int, *, steady: bool, carry_limit: int) -> None:
         self.frame0_nbytes = frame0_words * 8
         self.steady = steady
+        self.carry_limit = carry_limit
         self.agreed: tuple[int, ...] = ()
+        self.slots: tuple[int, ...] = ()  # capacity per segment; 0: never carried
         self.offsets: tuple[int, ...] = ()
         self.head_nbytes = self.frame0_nbytes
         self._last: tuple[int, ...] | None = None
@@ -132,8 +137,11 @@ class Framing:
 
     def carried(self, sizes: Sequence[int]) -> tuple[bool, ...]:
         """For each segment of an envelope: whether it rides in the head."""
-        slots = self.agreed
-        return tuple(i < len(slots) and n <= slots[i] for i, n in enumerate(sizes))
+        slots = self.slots
+        return tuple(
+            i < len(slots) and n <= slots[i] and (n == 0 or slots[i] > 0)
+            for i, n in enumerate(sizes)
+        )
 
     def after(self, payload: bool, sizes: tuple[int, ...]) -> None:
         """Both ends call this after each envelope, with what its frame 0 announced."""
@@ -141,8 +149,11 @@ class Framing:
             return
         if sizes == self._last and sizes != self.agreed:
             self.agreed = sizes
+            # a segment over the limit keeps its own collective: copying it into the head
+            # would cost more than the collective it saves (gloo: ~100 us per MB copied)
+            self.slots = tuple(n if n <= self.carry_limit else 0 for n in sizes)
             offsets, off = [], -(-self.frame0_nbytes // ALIGN) * ALIGN
-            for n in sizes:
+            for n in self.slots:
                 offsets.append(off)
                 off += -(-n // ALIGN) * ALIGN
             self.offsets = tuple(offsets)
@@ -195,6 +206,7 @@ class _Channel:
         poison: str,
         tripwires: bool,
         steady_state: bool,
+        carry_limit: int | None,
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
@@ -229,9 +241,14 @@ class _Channel:
             torch.device("cpu") if cpu_group is not None or self.device is None else self.device
         )
         steady = steady_state and cpu_group is None
+        if carry_limit is None:
+            # a device copy is nearly free next to a collective; a host copy is not
+            on_device = self.device is not None and self.device.type != "cpu"
+            carry_limit = 1 << 62 if on_device else CPU_CARRY_LIMIT
         self.parity_flags["tpwire.steady_state"] = steady
-        self._tx = Framing(protocol.FRAME0_LEN, steady=steady)
-        self._rx = Framing(protocol.FRAME0_LEN, steady=steady)
+        self.parity_flags["tpwire.carry_limit"] = carry_limit
+        self._tx = Framing(protocol.FRAME0_LEN, steady=steady, carry_limit=carry_limit)
+        self._rx = Framing(protocol.FRAME0_LEN, steady=steady, carry_limit=carry_limit)
 
     # transport: what each channel kind does with one tensor of one frame
     def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
@@ -557,10 +574,11 @@ class BroadcastChannel(_Channel):
         poison: str = "exit",
         tripwires: bool = False,
         steady_state: bool = True,
+        carry_limit: int | None = None,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
-            heartbeat_s, poison, tripwires, steady_state,
+            heartbeat_s, poison, tripwires, steady_state, carry_limit,
         )  # fmt: skip
         self.src = src
         self.is_sender = self.rank == src
@@ -606,10 +624,11 @@ class P2PChannel(_Channel):
         poison: str = "exit",
         tripwires: bool = False,
         steady_state: bool = True,
+        carry_limit: int | None = None,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
-            heartbeat_s, poison, tripwires, steady_state,
+            heartbeat_s, poison, tripwires, steady_state, carry_limit,
         )  # fmt: skip
         if peer == self.rank:
             raise ValueError("a p2p channel needs another rank as its peer")

@@ -410,9 +410,11 @@ def with_block(rank: int, world: int) -> Any:
     return {"actions": actions, "closed": ch.closed}
 
 
-def steady(rank: int, world: int, steady_state: bool = True) -> Any:
+def steady(rank: int, world: int, steady_state: bool = True, carry_limit: int | None = None) -> Any:
     """Layouts A A A B A A, a NOOP, A, SHUTDOWN; every rank counts its collectives."""
-    ch = BroadcastChannel(tc, poison="raise", steady_state=steady_state).open()
+    ch = BroadcastChannel(
+        tc, poison="raise", steady_state=steady_state, carry_limit=carry_limit
+    ).open()
     counts: list[int] = []
     put = ch._put
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import codec, report
+from bench import codec, report, transports
 from bench.__main__ import run_world
 from bench.transports import Plan
 
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     kinds = ("noop", "small", "scope", "cond_on_update")
     stats = run_world(2, Plan(kinds, rounds=1, iters=3, warmup=2, pp=True), timeout=90)
-    expected = {
-        f"{k}/{t}" for k in kinds for t in ("tpwire", "no-steady", "compat", "vllm", "floor")
-    }
+    expected = {f"{k}/{t}" for k in kinds for t in transports.BROADCAST_TRANSPORTS}
     expected |= {"pp/tpwire", "pp/vllm", "pp/floor"}
     assert set(stats) == expected
     assert all(s["n"] == 3 and s["median_us"] > 0 for s in stats.values())

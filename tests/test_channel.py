@@ -202,6 +202,14 @@ def test_steady_state_is_one_collective_per_envelope(tmp_path: Path, world: int)
         assert r.result["equal"] == [True] * 7
 
 
+def test_segments_over_the_carry_limit_keep_their_own_collective(tmp_path: Path) -> None:
+    # A's packed segment (112 bytes) is over a 16-byte limit: the head never carries it
+    r0, r1 = run_ranks("steady", tmp_path, carry_limit=16)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    assert r0.result["counts"] == r1.result["counts"] == [2, 2, 2, 3, 2, 2, 1, 2, 1]
+    assert r1.result["equal"] == [True] * 7
+
+
 def test_without_steady_state_frame1_always_follows(tmp_path: Path) -> None:
     r0, r1 = run_ranks("steady", tmp_path, steady_state=False)
     assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
