@@ -69,7 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="world 2 only, fewer iterations")
     ap.add_argument("--worlds", type=int, nargs="+", help="world sizes (default 2 4)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the report goes")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite benchmarks.md and .png from the benchmarks.json of the last run",
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        result = json.loads((args.out / "benchmarks.json").read_text())
+        (args.out / "benchmarks.md").write_text(report.markdown(result))
+        report.plot(result, args.out / "benchmarks.png")
+        print(report.summary(result))
+        return 0
     kinds = ("noop", "small", "scope", "cond_on_update")
     worlds = args.worlds or ([2] if args.quick else [2, 4])
     rounds, iters, warmup, n_codec = (3, 20, 3, 300) if args.quick else (6, 50, 5, 2000)

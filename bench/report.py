@@ -249,11 +249,14 @@ run to run; the verdicts above are this run's.
   to 1 MiB, then the 4 MiB conditioning from its own storage (copying it into the head
   measured slower on gloo than the extra collective; a device channel carries everything).
   What remains is the CPU path of one envelope, run once per chunk: the same `encode` that
-  takes about 28 us in a tight loop measured 100-200 us when run once right after a
-  collective, as a stream runs it (ad hoc, tests outside this report: cold caches, and the
-  peer's gloo threads on the other core). So tens of microseconds of codec and channel work
-  per side cost a few hundred microseconds of latency here, against a floor that does no
-  work at all. `floor-fresh` (each chunk's own bytes, a new buffer per receive) shows how
+  takes about 28 us in a tight loop measured 80-200 us when run once right after a
+  collective, as a stream runs it (cold caches, and the peer's gloo threads on the other
+  core). An ad hoc stage breakdown of a small INFER at world size 2 (outside this report):
+  the sender spends about 120 us before its one collective (about 85 of them in `encode`),
+  the collective about 110 us, the worker about 105 us after it (`read_frame0` about 35,
+  `Manifest.finish` with the receive-side validation about 35). So tens of microseconds of
+  hot-loop work per side become a few hundred microseconds of latency here, against a
+  floor that does no work at all. `floor-fresh` (each chunk's own bytes, a new buffer per receive) shows how
   little of the gap is memory traffic. The next steps are a shorter steady-state path
   (reuse the previous frame 0 and plan when only values change) and a run with a core per
   rank (and on NCCL, where no GPU was available to this project yet).
