@@ -120,7 +120,9 @@ class Framing:
     becomes the agreed one once two payload envelopes in a row have it, so a one-off
     envelope does not reshape the head for the envelopes around it. Both ends derive every
     size from frame 0 contents they have already checked and from the envelopes before,
-    never from guesses, so every rank runs the same sequence of collectives.
+    never from guesses, so every rank runs the same sequence of collectives. A segment
+    over ``carry_limit`` bytes gets no slot: it always travels on its own, from and into
+    its own storage.
     """
 
     def __init__(self, frame0_words: int, *, steady: bool, carry_limit: int) -> None:
