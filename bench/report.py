@@ -136,7 +136,10 @@ def markdown(result: dict[str, Any]) -> str:
         "percentile in brackets. The floor is one broadcast of a buffer holding exactly the "
         "envelope's tensor bytes, no header (8 bytes for NOOP: the smallest collective). "
         "`vllm` is pickled metadata (`broadcast_object_list`) plus one broadcast per tensor, "
-        "unvalidated; `compat` is Scope's wire today (`CompatBroadcastChannel`).",
+        "unvalidated; `compat` is Scope's wire today (`CompatBroadcastChannel`); `no-steady` "
+        "is tpwire's channel with `steady_state=False` (frame 0, then one collective per "
+        "segment); `floor-fresh` is the floor with a stream's memory traffic (each chunk's "
+        "own bytes on the source, a new buffer on every worker).",
         "",
         "## Targets",
         "",
