@@ -548,7 +548,7 @@ def is_dense(t: object) -> bool:
         type(t) in (torch.Tensor, torch.nn.Parameter)
         and t.layout is torch.strided  # type: ignore[attr-defined]
         and not t.is_nested  # type: ignore[attr-defined]
-        and t.device.type != "meta"  # type: ignore[attr-defined]
+        and not t.is_meta  # type: ignore[attr-defined]
         and not t.is_neg()  # type: ignore[attr-defined]
         and not t.is_conj()  # type: ignore[attr-defined]
     )
