@@ -276,7 +276,7 @@ HISTORY = """
   rules, derived fields, invariants), held to `validate` by a property test
   (tests/test_decoded_validation.py); a checked tensor layout is cached by its manifest
   words, and tensors are strided views of one typed view per segment.
-  `decode` of the Scope envelope: 56 us before, about 32 us after (codec table above).
+  `decode` of the Scope envelope: 56 us before, about 31 us after (codec table above).
 - Send side: packing small tensors went from a zeroed buffer plus one slice-and-copy per
   tensor to one `torch.cat` of byte views and shared zero pads; watchdog texts are
   formatted only when a watchdog fires. `encode` of the Scope envelope: 41 us before,
