@@ -426,7 +426,9 @@ class ProtocolIR:
             "check",
             "decode",
             "encode",
+            "prepare",
             "read_frame0",
+            "read_frame0_bytes",
             "validate",
             "validate_header",
         ]

@@ -43,7 +43,9 @@ __all__ = [
     "check",
     "decode",
     "encode",
+    "prepare",
     "read_frame0",
+    "read_frame0_bytes",
     "validate",
     "validate_header",
 ]
@@ -2193,13 +2195,14 @@ _ENCODERS: Final[dict[type, Callable[[Any, list[int], _Device], _Encoded]]] = {
 }
 
 
-def encode(
+def prepare(
     msg: Message | None, header: Header, *, device: torch.device | str | None = None
-) -> Frames:
-    """The whole preflight: validate, materialize tensors on ``device``, build every byte.
+) -> _w.Prepared:
+    """``encode`` up to the byte layout: the whole preflight (validate, materialize tensors
+    on ``device``), frame 0's words and the segment plan. A channel lays the bytes out
+    straight into its own send buffer; ``encode`` is ``prepare(...).frames()``.
 
-    Raises ``EnvelopeInvalid`` (nothing has been sent). Once this returns, sending the
-    frames cannot fail for a reason that lies in the data.
+    Raises ``EnvelopeInvalid`` (nothing has been sent).
     """
     violations = validate(msg, header) if header is not None else validate_header(header)
     if violations:
@@ -2209,11 +2212,22 @@ def encode(
     words[1] = FINGERPRINT
     _write_header(header, words)
     if msg is None:
-        return Frames(_w.seal(words), ())
+        return _w.Prepared(words, (), (), ())
     tensors, entries = _ENCODERS[type(msg)](msg, words, device)
     slots, sizes = _w.plan_segments(entries)
     words[W_FRAME1] = sum(sizes)
-    return Frames(_w.seal(words), _w.pack_segments(tensors, slots, sizes))
+    return _w.Prepared(words, tensors, slots, sizes)
+
+
+def encode(
+    msg: Message | None, header: Header, *, device: torch.device | str | None = None
+) -> Frames:
+    """The whole preflight: validate, materialize tensors on ``device``, build every byte.
+
+    Raises ``EnvelopeInvalid`` (nothing has been sent). Once this returns, sending the
+    frames cannot fail for a reason that lies in the data.
+    """
+    return prepare(msg, header, device=device).frames()
 
 
 _DECODED_VALIDATORS: Final[
@@ -2484,7 +2498,15 @@ def read_frame0(frame0: torch.Tensor) -> Manifest:
     Raises ``WireError`` (``ProtocolMismatch`` for another spec or wire version) before
     anything is allocated from the peer's numbers.
     """
-    words = _w.open_frame0(frame0, FRAME0_LEN, FINGERPRINT)
+    return _read_words(_w.open_frame0(frame0, FRAME0_LEN, FINGERPRINT))
+
+
+def read_frame0_bytes(raw: bytes) -> Manifest:
+    """``read_frame0`` of frame 0's raw bytes (native int64s), as a channel receives them."""
+    return _read_words(_w.open_frame0_bytes(raw, FRAME0_LEN, FINGERPRINT))
+
+
+def _read_words(words: list[int]) -> Manifest:
     header = _read_header(words)
     mid = words[W_MESSAGE_ID]
     expected = _ACTION_IDS[int(header.action)]

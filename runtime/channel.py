@@ -11,6 +11,7 @@ committed to the next collective. Crash, never hang.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import sys
@@ -27,7 +28,7 @@ import torch.distributed as dist
 
 from . import parity, tripwire
 from .errors import EnvelopeInvalid, WireError
-from .wire import ALIGN, Frames
+from .wire import ALIGN, Frames, Manifest, Prepared
 
 #: Largest segment a CPU channel copies into the head in steady state (bytes).
 CPU_CARRY_LIMIT = 1 << 20
@@ -136,6 +137,10 @@ class Framing:
         self._last: tuple[int, ...] | None = None
         self._send_buffer: torch.Tensor | None = None
         self._send_device: torch.device | None = None
+        # a receive buffer no envelope's tensors view (a NOOP's, say) serves the next one
+        self._spare: torch.Tensor | None = None
+        #: the last payload envelope wholly in the head: the next is likely laid out alike
+        self.ahead: Manifest | None = None
 
     def carried(self, sizes: Sequence[int]) -> tuple[bool, ...]:
         """For each segment of an envelope: whether it rides in the head."""
@@ -161,31 +166,51 @@ class Framing:
             self.offsets = tuple(offsets)
             self.head_nbytes = off
             self._send_buffer = None
+            self._spare = None
+            self.ahead = None
         self._last = sizes
 
-    def head_to_send(
-        self, frames: Frames, carried: Sequence[bool], device: torch.device
-    ) -> torch.Tensor:
-        """The head: frame 0, then the carried segments in their slots.
-
-        The buffer is kept while the layout holds, so nothing is allocated in steady state;
-        bytes of a slot the envelope leaves unused are stale and never read.
-        """
+    def _head_buffer(self, device: torch.device) -> torch.Tensor:
+        # kept while the layout holds, so nothing is allocated in steady state; bytes of a
+        # slot the envelope leaves unused are stale and never read
         buf = self._send_buffer
         if buf is None or self._send_device != device:
             buf = self._send_buffer = torch.zeros(
                 self.head_nbytes, dtype=torch.uint8, device=device
             )
             self._send_device = device  # "cuda" and buf.device ("cuda:0") never compare equal
+        return buf
+
+    def head_to_send(
+        self, frames: Frames | Prepared, carried: Sequence[bool], device: torch.device
+    ) -> torch.Tensor:
+        """The head: frame 0, then the carried segments in their slots."""
+        buf = self._head_buffer(device)
+        if isinstance(frames, Prepared):
+            frames.write_into(buf, self.offsets, carried)
+            return buf
         buf[: self.frame0_nbytes].view(torch.int64).copy_(frames.frame0)
         for off, seg, here in zip(self.offsets, frames.segments, carried, strict=False):
             if here:
                 buf[off : off + seg.numel()].copy_(seg)
         return buf
 
-    def segment_in(self, head: torch.Tensor, index: int, nbytes: int) -> torch.Tensor:
-        off = self.offsets[index]
-        return head[off : off + nbytes]
+    def head_to_receive(self, device: torch.device) -> torch.Tensor:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.numel() == self.head_nbytes and spare.device == device:
+            return spare
+        return torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
+
+    def views_ahead(self, head: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The tensors of ``ahead``'s layout as views of ``head`` (bytes not there yet)."""
+        ahead = self.ahead
+        if ahead is None or len(ahead.segment_nbytes) > len(self.offsets):
+            return None
+        return ahead.views([head] * len(self.offsets), self.offsets)
+
+    def keep_spare(self, head: torch.Tensor) -> None:
+        """``head`` is free again: nothing handed out views it."""
+        self._spare = head
 
 
 def _sizes(segments: Sequence[torch.Tensor]) -> tuple[int, ...]:
@@ -230,6 +255,7 @@ class _Channel:
         #: the last header sent and the last one received (ids for logs and heartbeats)
         self.last_sent: Any = None
         self.last_header: Any = None
+        self._header_fields = tuple(f.name for f in dataclasses.fields(protocol.Header))
         self._sent_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
         self._recv_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
         self._lock = threading.Lock()
@@ -314,11 +340,11 @@ class _Channel:
 
     # -- sender -------------------------------------------------------------------------
 
-    def send(self, msg: Any, header: Any) -> Frames:
+    def send(self, msg: Any, header: Any) -> None:
         """Preflight everything, then commit: frame 0, frame 1."""
         self._ready(sender=True)
         try:
-            frames: Frames = self.protocol.encode(msg, header, device=self.device)
+            prepared: Prepared = self.protocol.prepare(msg, header, device=self.device)
         except EnvelopeInvalid as exc:
             first = exc.violations[0] if exc.violations else None
             _log(
@@ -329,8 +355,7 @@ class _Channel:
         with self._lock:  # check and commit atomically: a heartbeat may have taken an id
             self._ready(sender=True)
             self._check_order(header)
-            self._transmit(frames, header)
-        return frames
+            self._transmit(prepared, header)
 
     def next_call_id(self) -> int:
         """The smallest ``call_id`` the next send may use (heartbeats consume ids too)."""
@@ -361,7 +386,7 @@ class _Channel:
         with self._lock:
             self._ready(sender=True)  # a heartbeat may have poisoned it meanwhile
             header = self._next_header(name)
-            self._transmit(self.protocol.encode(None, header), header)
+            self._transmit(self.protocol.prepare(None, header), header)
             if closing:
                 self.closed = True  # inside the lock: no heartbeat after SHUTDOWN/ERROR
         return header
@@ -370,18 +395,24 @@ class _Channel:
         header_cls = self.protocol.Header
         last = self.last_sent
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(header_cls):
-            values[f.name] = getattr(last, f.name) if last is not None else 0
+        for name in self._header_fields:
+            values[name] = getattr(last, name) if last is not None else 0
         if "call_id" in values:
             values["call_id"] = last.call_id + 1 if last is not None else 0
         values[self.protocol.ACTION_FIELD] = self.protocol.ACTION_ENUM[action_name]
         return header_cls(**values)
 
-    def _transmit(self, frames: Frames, header: Any, *, watched: bool = True) -> None:
+    def _transmit(self, frames: Frames | Prepared, header: Any, *, watched: bool = True) -> None:
         """The commitment: after the first byte of frame 0, any failure poisons."""
         framing = self._tx
-        sizes = _sizes(frames.segments)
-        carried = framing.carried(sizes)
+        if isinstance(frames, Prepared):
+            sizes = frames.sizes
+            carried = framing.carried(sizes)
+            rest = [(i, frames.segment(i)) for i, here in enumerate(carried) if not here]
+        else:  # frames built elsewhere (tests send hostile ones)
+            sizes = _sizes(frames.segments)
+            carried = framing.carried(sizes)
+            rest = [(i, s) for i, s in enumerate(frames.segments) if not carried[i]]
         head = framing.head_to_send(frames, carried, self._frame0_device)
         action = getattr(header, self.protocol.ACTION_FIELD)
         # a heartbeat may wait for busy workers as long as they compute: not a wedged send
@@ -391,9 +422,8 @@ class _Channel:
             except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
                 self._poison(header, f"frame 0 send failed: {exc!r}")
             try:
-                for i, segment in enumerate(frames.segments):
-                    if not carried[i]:
-                        self._put(segment, _segment_tag(header, i), frame0=False)
+                for i, segment in rest:
+                    self._put(segment, _segment_tag(header, i), frame0=False)
             except BaseException as exc:
                 self._poison(header, f"frame 1 send failed after frame 0: {exc!r}")
         framing.after(action in self.protocol.PAYLOAD_ACTIONS, sizes)
@@ -416,7 +446,7 @@ class _Channel:
                     ):
                         continue
                     header = self._next_header("NOOP")
-                    self._transmit(self.protocol.encode(None, header), header, watched=False)
+                    self._transmit(self.protocol.prepare(None, header), header, watched=False)
 
     # -- receiver -----------------------------------------------------------------------
 
@@ -429,44 +459,63 @@ class _Channel:
         """
         self._ready(sender=False)
         framing = self._rx
-        head = torch.empty(framing.head_nbytes, dtype=torch.uint8, device=self._frame0_device)
+        head = framing.head_to_receive(self._frame0_device)
+        # while the source is still preparing its envelope: the tensor views of the layout the
+        # last envelope had, used if this one has it too (same checked slots, all in the head)
+        ahead = framing.ahead
+        views = framing.views_ahead(head)
         with self._deadline(lambda: f"a header after {_ids(self.last_header)}"):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
                 self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
         try:
-            manifest = self.protocol.read_frame0(
-                head[: framing.frame0_nbytes].view(torch.int64).cpu()
-            )
+            manifest = self.protocol.read_frame0_bytes(_frame0_bytes(head, framing.frame0_nbytes))
         except BaseException as exc:  # frame 1 may follow: this rank can no longer keep step
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
         problem = self._recv_order.problem(header)
         sizes = tuple(manifest.segment_nbytes)
         carried = framing.carried(sizes)
-        segments: list[torch.Tensor] = []
+        # segment i: the bytes of buffers[i] from offsets[i] on (the head's slot, or its own)
+        buffers: list[torch.Tensor] = []
+        offsets: list[int] = []
+        head_free = True
         with self._deadline(lambda: f"frame 1 of {_ids(header)}"):
             try:
                 for i, n in enumerate(sizes):
                     if carried[i]:
-                        segments.append(framing.segment_in(head, i, n))
+                        buffers.append(head)
+                        offsets.append(framing.offsets[i])
+                        head_free = head_free and not n
                         continue
                     # sized from the checked manifest, bounded by the spec
                     segment = torch.empty(n, dtype=torch.uint8, device=self.device)
                     self._get(segment, _segment_tag(header, i), frame0=False)
-                    segments.append(segment)
+                    buffers.append(segment)
+                    offsets.append(0)
             except BaseException as exc:
                 self._poison(header, f"frame 1 receive failed: {exc}")
         action = getattr(header, self.protocol.ACTION_FIELD)
-        framing.after(action in self.protocol.PAYLOAD_ACTIONS, sizes)
+        payload = action in self.protocol.PAYLOAD_ACTIONS
+        in_head = all(carried)
+        if views is not None and not (
+            in_head and ahead is not None and manifest.slots is ahead.slots
+        ):
+            views = None
+        framing.after(payload, sizes)
+        if payload and in_head and manifest.slots and framing.steady:
+            framing.ahead = manifest
+        if head_free:
+            framing.keep_spare(head)
         if problem is not None:
             # frame 1 is drained, so the sender is not stranded; this rank stops here
             self._poison(header, f"ordering: {problem}")
         self._recv_order.commit(header)
         self.last_header = header
         try:
-            header, msg = manifest.finish(segments)
+            # the buffers are this channel's own, sized from the checked manifest
+            header, msg = manifest.assemble(buffers, offsets, views)
         except WireError as exc:
             self._poison(header, f"frame 1 refused: {exc}")
         except EnvelopeInvalid as exc:
@@ -671,6 +720,13 @@ def _members(group: dist.ProcessGroup | None) -> list[int]:
     if group is None:
         return list(range(dist.get_world_size()))
     return sorted(dist.get_process_group_ranks(group))
+
+
+def _frame0_bytes(head: torch.Tensor, nbytes: int) -> bytes:
+    """Frame 0's bytes from the head buffer (a copy: the buffer may be reused)."""
+    if not head.is_cpu:
+        head = head[:nbytes].cpu()
+    return ctypes.string_at(head.data_ptr(), nbytes)
 
 
 def _segment_tag(header: Any, index: int) -> int:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from .channel import FRAME0_TAG, BroadcastChannel, Received, _ids, _log
 from .errors import EnvelopeInvalid
 from .plain import enums_of, plain_value, value_from_plain
-from .wire import DTYPE_BY_NAME, Frames, materialize
+from .wire import DTYPE_BY_NAME, Frames, Prepared, materialize
 
 _ABSENT = -1
 
@@ -41,16 +41,15 @@ class CompatBroadcastChannel(BroadcastChannel):
         self._enums = enums_of(protocol)
         self.parity_flags["tpwire.transport"] = "compat"
 
-    def send(self, msg: Any, header: Any) -> Frames:
+    def send(self, msg: Any, header: Any) -> None:
         self._ready(sender=True)
-        frames: Frames = self.protocol.encode(msg, header, device=self.device)  # the preflight
+        self.protocol.prepare(msg, header, device=self.device)  # the preflight
         with self._lock:
             self._ready(sender=True)
             self._check_order(header)
             self._send_compat(msg, header)
-        return frames
 
-    def _transmit(self, frames: Frames, header: Any, *, watched: bool = True) -> None:
+    def _transmit(self, frames: Frames | Prepared, header: Any, *, watched: bool = True) -> None:
         """NOOP / SHUTDOWN / ERROR (and heartbeats): the header alone."""
         self._send_compat(None, header, watched=watched)
 

@@ -13,6 +13,7 @@ been checked against the spec's bounds.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import math
 import struct
@@ -40,7 +41,7 @@ INT64_MAX = 2**63 - 1
 _U64 = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # one instance per dtype: identity is equality
 class WireDtype:
     code: int
     name: str
@@ -113,11 +114,16 @@ def _checksum(body: bytes) -> int:
     return value
 
 
-def seal(words: list[int]) -> torch.Tensor:
-    """Frame 0 from its words; the last word is set to the checksum of the others."""
+def seal_words(words: list[int]) -> array[int]:
+    """Frame 0's words as int64s, the last one set to the checksum of the others."""
     buf = array("q", words)
     buf[-1] = _checksum(buf[:-1].tobytes())
-    return torch.frombuffer(buf, dtype=torch.int64)
+    return buf
+
+
+def seal(words: list[int]) -> torch.Tensor:
+    """Frame 0 from its words; the last word is set to the checksum of the others."""
+    return torch.frombuffer(seal_words(words), dtype=torch.int64)
 
 
 def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
@@ -139,6 +145,18 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
             "frame0", f"frame 0 has {frame0.numel()} words, this protocol uses {length}"
         )
     words: list[int] = frame0.tolist()
+    return _check_words(words, array("q", words[:-1]).tobytes(), length, fingerprint)
+
+
+def open_frame0_bytes(raw: bytes, length: int, fingerprint: int) -> list[int]:
+    """``open_frame0`` of frame 0's raw bytes (native int64s, as a channel receives them)."""
+    if len(raw) != length * 8:
+        raise WireError("frame0", f"frame 0 has {len(raw)} bytes, this protocol uses {length * 8}")
+    words: list[int] = memoryview(raw).cast("q").tolist()
+    return _check_words(words, raw[:-8], length, fingerprint)
+
+
+def _check_words(words: list[int], body: bytes, length: int, fingerprint: int) -> list[int]:
     if words[W_MAGIC] >> 16 != MAGIC:
         raise ProtocolMismatch("magic", f"bad magic {words[W_MAGIC]:#x}", W_MAGIC)
     if words[W_MAGIC] & 0xFFFF != WIRE_VERSION:
@@ -147,7 +165,7 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
             f"peer speaks wire version {words[W_MAGIC] & 0xFFFF}, this side {WIRE_VERSION}",
             W_MAGIC,
         )
-    if _checksum(array("q", words[:-1]).tobytes()) != words[-1]:
+    if _checksum(body) != words[-1]:
         raise WireError("checksum", "frame 0 checksum mismatch (corrupted frame)", length - 1)
     if words[W_FINGERPRINT] != fingerprint:
         raise ProtocolMismatch(
@@ -171,22 +189,36 @@ class TensorSlot(NamedTuple):
     nbytes: int
     segment: int
     offset: int
+    #: row-major strides of ``shape``, in elements
+    strides: tuple[int, ...]
 
-    @property
-    def strides(self) -> tuple[int, ...]:
-        """Row-major strides of ``shape``, in elements."""
-        out = []
-        step = 1
-        for d in reversed(self.shape):
-            out.append(step)
-            step *= d
-        return tuple(reversed(out))
+
+def row_major(shape: Sequence[int]) -> tuple[int, ...]:
+    """Row-major strides of ``shape``, in elements."""
+    out = []
+    step = 1
+    for d in reversed(shape):
+        out.append(step)
+        step *= d
+    return tuple(reversed(out))
 
 
 def plan_segments(
     entries: Sequence[tuple[str, WireDtype, tuple[int, ...]]],
 ) -> tuple[tuple[TensorSlot, ...], tuple[int, ...]]:
     """Assign each tensor (in wire order) to a segment; both sides call this."""
+    key = tuple(entries)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= LAYOUT_CACHE_SIZE:
+            _PLANS.clear()  # a stream repeats a few layouts; a new one costs the plan, once
+        plan = _PLANS[key] = _plan(key)
+    return plan
+
+
+def _plan(
+    entries: Sequence[tuple[str, WireDtype, tuple[int, ...]]],
+) -> tuple[tuple[TensorSlot, ...], tuple[int, ...]]:
     slots: list[TensorSlot] = []
     sizes: list[int] = []
     packed = 0  # bytes of the packed segment (segment 0 when there is one)
@@ -197,16 +229,19 @@ def plan_segments(
         nbytes = prod(shape) * wd.itemsize
         if nbytes < COALESCE_LIMIT:
             has_packed = True
-            slots.append(TensorSlot(field, wd, shape, nbytes, 0, packed))
+            slots.append(TensorSlot(field, wd, shape, nbytes, 0, packed, row_major(shape)))
             packed += -(-nbytes // ALIGN) * ALIGN
         else:
             large += 1
-            slots.append(TensorSlot(field, wd, shape, nbytes, large, 0))
+            slots.append(TensorSlot(field, wd, shape, nbytes, large, 0, row_major(shape)))
             sizes.append(nbytes)
     if not has_packed:
         # no packed segment: large tensors number from 0
         return tuple(s._replace(segment=s.segment - 1) for s in slots), tuple(sizes)
     return tuple(slots), (packed, *sizes)
+
+
+_PLANS: dict[tuple[Entry, ...], tuple[tuple[TensorSlot, ...], tuple[int, ...]]] = {}
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -218,29 +253,60 @@ def pack_segments(
 ) -> tuple[torch.Tensor, ...]:
     """Frame 1 segments: small tensors copied into one buffer, large ones viewed in place."""
     segments: list[torch.Tensor] = [_EMPTY] * len(sizes)
-    parts: list[torch.Tensor] = []  # the packed segment: tensor bytes and zero padding
-    packed_on: torch.device | None = None
+    small: list[tuple[torch.Tensor, TensorSlot]] = []
     for t, slot in zip(tensors, slots, strict=True):
         if slot.nbytes < COALESCE_LIMIT:
-            packed_on = t.device if packed_on is None else packed_on
-            if slot.nbytes:
-                part = _as_bytes(t)
-                parts.append(part if part.device == packed_on else part.to(packed_on))
-            pad = -slot.nbytes % ALIGN
-            if pad:
-                parts.append(
-                    _PADS[pad]
-                    if packed_on.type == "cpu"
-                    else torch.zeros(pad, dtype=torch.uint8, device=packed_on)
-                )
+            small.append((t, slot))
         else:
             segments[slot.segment] = _as_bytes(t)
-    if parts:
+    if small:
         # a copy even for one tensor: the frames must not change when the caller's do
-        segments[0] = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
-    elif packed_on is not None:  # only empty tensors: a packed segment of 0 bytes
-        segments[0] = torch.empty(0, dtype=torch.uint8, device=packed_on)
+        segments[0] = _pack(small, sizes[0])
     return tuple(segments)
+
+
+def _pack(small: Sequence[tuple[torch.Tensor, TensorSlot]], nbytes: int) -> torch.Tensor:
+    """The packed segment, on the device of its first tensor."""
+    if all(t.is_cpu for t, _ in small):
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        base = buf.data_ptr()
+        for t, slot in small:
+            copy_in(buf, base, slot.offset, t, slot.nbytes, -slot.nbytes % ALIGN)
+        return buf
+    on = small[0][0].device
+    parts: list[torch.Tensor] = []  # tensor bytes and zero padding
+    for t, slot in small:
+        if slot.nbytes:
+            part = _as_bytes(t)
+            parts.append(part if part.device == on else part.to(on))
+        pad = -slot.nbytes % ALIGN
+        if pad:
+            parts.append(
+                _PADS[pad] if on.type == "cpu" else torch.zeros(pad, dtype=torch.uint8, device=on)
+            )
+    if not parts:  # only empty tensors: a packed segment of 0 bytes
+        return torch.empty(0, dtype=torch.uint8, device=on)
+    return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+
+
+def copy_in(
+    buf: torch.Tensor, base: int | None, start: int, t: torch.Tensor, nbytes: int, pad: int
+) -> None:
+    """``t``'s bytes into ``buf`` from byte ``start`` on, then ``pad`` zero bytes.
+
+    ``base`` is ``buf``'s address when it is a CPU buffer: bytes from a CPU tensor then move
+    with one ``memmove`` instead of a few tensor operations. ``t`` is contiguous
+    (``materialize``) and ``nbytes`` is its size, so the copy stays inside both."""
+    if nbytes:
+        if base is not None and t.is_cpu:
+            ctypes.memmove(base + start, t.data_ptr(), nbytes)
+        else:
+            buf[start : start + nbytes].copy_(_as_bytes(t))
+    if pad:
+        if base is not None:
+            ctypes.memset(base + start + nbytes, 0, pad)
+        else:
+            buf[start + nbytes : start + nbytes + pad].zero_()
 
 
 _PADS = tuple(torch.zeros(n, dtype=torch.uint8) for n in range(ALIGN))
@@ -267,6 +333,54 @@ class Frames:
         return torch.cat(list(self.segments))
 
 
+class Prepared(NamedTuple):
+    """An envelope after the whole preflight of ``encode`` (validated, tensors materialized,
+    segments planned, frame 0's words written but not sealed), before any byte is laid out.
+
+    ``frames()`` lays it out as ``encode`` does; a channel lays it straight into its own
+    send buffer instead (``write_into``), which saves a copy and a dozen tensor operations
+    per envelope.
+    """
+
+    words: list[int]
+    tensors: Sequence[torch.Tensor]
+    slots: tuple[TensorSlot, ...]
+    sizes: tuple[int, ...]
+
+    def frames(self) -> Frames:
+        return Frames(seal(self.words), pack_segments(self.tensors, self.slots, self.sizes))
+
+    def segment(self, index: int) -> torch.Tensor:
+        """Segment ``index`` as ``frames()`` would hold it."""
+        for t, slot in zip(self.tensors, self.slots, strict=True):
+            if slot.segment == index and slot.nbytes >= COALESCE_LIMIT:
+                return _as_bytes(t)  # a large tensor is its own segment, sent from its storage
+        return pack_segments(self.tensors, self.slots, self.sizes)[index]
+
+    def write_into(
+        self, buf: torch.Tensor, offsets: Sequence[int], carried: Sequence[bool]
+    ) -> None:
+        """Frame 0 at the start of ``buf``, each carried segment at its offset.
+
+        Bytes ``frames()`` would pad with zeros are zeroed here too; bytes past a segment's
+        end are left as they are (nothing reads them). On a CPU buffer the bytes move with
+        ``memmove`` from the tensors' own storage (they are contiguous: ``materialize``).
+        """
+        base = buf.data_ptr() if buf.is_cpu else None
+        sealed = seal_words(self.words)
+        if base is not None:
+            ctypes.memmove(base, sealed.buffer_info()[0], len(sealed) * 8)
+        else:
+            frame0 = torch.frombuffer(sealed, dtype=torch.int64)
+            buf[: len(sealed) * 8].view(torch.int64).copy_(frame0)
+        for t, slot in zip(self.tensors, self.slots, strict=True):
+            seg = slot.segment
+            if carried[seg]:
+                n = slot.nbytes
+                pad = -n % ALIGN if n < COALESCE_LIMIT else 0
+                copy_in(buf, base, offsets[seg] + slot.offset, t, n, pad)
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """What frame 0 announced, checked against the spec; nothing allocated yet."""
@@ -285,6 +399,27 @@ class Manifest:
     def allocate(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
         """Empty receive buffers for frame 1, sized from the checked manifest."""
         return tuple(torch.empty(n, dtype=torch.uint8, device=device) for n in self.segment_nbytes)
+
+    def views(
+        self, buffers: Sequence[torch.Tensor], offsets: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The message's tensors as views of ``buffers`` (see ``assemble``): one typed view
+        per buffer and dtype, then one strided view per tensor (zero copy). They read the
+        buffers' bytes only when used, so a channel can make them before the bytes arrive."""
+        out: dict[str, torch.Tensor] = {}
+        typed: dict[tuple[int, torch.dtype], tuple[torch.Tensor, int]] = {}
+        for slot in self.slots:
+            wd = slot.dtype
+            buf = buffers[slot.segment]
+            at = slot.offset if offsets is None else slot.offset + offsets[slot.segment]
+            key = (id(buf), wd.torch_dtype)
+            hit = typed.get(key)
+            if hit is None:
+                base = buf.view(wd.torch_dtype)
+                hit = typed[key] = (base, int(base.storage_offset()))
+            base, first = hit
+            out[slot.field] = base.as_strided(slot.shape, slot.strides, first + at // wd.itemsize)
+        return out
 
     def finish(self, segments: Sequence[torch.Tensor]) -> tuple[Any, Any]:
         """Rebuild the message from received segments, then validate it."""
@@ -305,24 +440,29 @@ class Manifest:
                     "frame1",
                     f"segment {i} must be a contiguous, 8-byte aligned buffer with storage",
                 )
+        return self.assemble(segments)
+
+    def assemble(
+        self,
+        buffers: Sequence[torch.Tensor],
+        offsets: Sequence[int] | None = None,
+        views: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[Any, Any]:
+        """``finish`` without the checks of the segments themselves, for buffers the caller
+        allocated from this manifest (a channel's own receive buffers): segment ``i`` is the
+        bytes of ``buffers[i]`` from byte ``offsets[i]`` on (0 when not given). ``views``:
+        this manifest's ``views`` of the same buffers, when the caller made them already.
+        Views, then the validation."""
         msg = None
         if self.message is not None:
-            values = dict(self.scalars)
-            # one typed view per segment and dtype, then one strided view per tensor: the
-            # tensors share the received buffers (zero copy)
-            typed: dict[tuple[int, torch.dtype], torch.Tensor] = {}
             for slot in self.slots:
-                dt = slot.dtype.torch_dtype
-                seg = segments[slot.segment]
-                if dt is torch.bool and slot.nbytes:
-                    raw = seg[slot.offset : slot.offset + slot.nbytes]
-                    if int(raw.max()) > 1:
+                if slot.dtype.torch_dtype is torch.bool and slot.nbytes:
+                    buf = buffers[slot.segment]
+                    at = slot.offset if offsets is None else slot.offset + offsets[slot.segment]
+                    if int(buf[at : at + slot.nbytes].max()) > 1:
                         raise WireError("frame1", f"{slot.field}: a bool tensor byte is not 0 or 1")
-                base = typed.get((slot.segment, dt))
-                if base is None:
-                    base = typed[slot.segment, dt] = seg.view(dt)
-                start = base.storage_offset() + slot.offset // slot.dtype.itemsize
-                values[slot.field] = base.as_strided(slot.shape, slot.strides, start)
+            values = dict(self.scalars)
+            values.update(self.views(buffers, offsets) if views is None else views)
             msg = self.message(**values)
         if self.validate is not None:
             violations = self.validate(msg, self.header)
@@ -465,6 +605,10 @@ def remember(cache: dict[tuple[int, ...], Layout], key: tuple[int, ...], layout:
 
 
 def enum_member(enum: Callable[[int], Any], value: int, word: int, code: str = "scalar") -> Any:
+    # the members by value (an Enum keeps the map): a lookup instead of a call of the class
+    member = getattr(enum, "_value2member_map_", _NO_MAP).get(value)
+    if member is not None:
+        return member
     try:
         return enum(value)
     except ValueError:
@@ -472,8 +616,13 @@ def enum_member(enum: Callable[[int], Any], value: int, word: int, code: str = "
         raise WireError(code, f"{value} is not a member of {name}", word) from None
 
 
+_NO_MAP: dict[int, Any] = {}
+
+
 def require_zero(w: Sequence[int], start: int, stop: int) -> None:
     """Absent fields and unused words are zero, so one envelope has one encoding."""
+    if not any(w[start:stop]):
+        return
     for i in range(start, stop):
         if w[i] != 0:
             raise WireError("presence", f"word {i} must be 0 here, holds {w[i]}", i)

@@ -434,7 +434,7 @@ def steady(rank: int, world: int, steady_state: bool = True, carry_limit: int | 
             return envelope(i, conditioning_embeds=cond, conditioning_embeds_updated=True)
         return envelope(i)
 
-    equal = []
+    kept = []
     for i, kind in enumerate(plan):
         counts.append(0)
         if rank == 0:
@@ -446,7 +446,10 @@ def steady(rank: int, world: int, steady_state: bool = True, carry_limit: int | 
             got = ch.recv()
             assert got.action.name == ("INFER" if kind in "AB" else kind)
             if got.msg is not None:
-                equal.append(got.msg == make(i, kind))
+                kept.append((i, kind, got.msg))
+    # compared only now: every envelope a worker still holds keeps its bytes, whatever the
+    # channel received after it (receive buffers are reused only when nothing views them)
+    equal = [msg == make(i, kind) for i, kind, msg in kept]
     return {"counts": counts, "equal": equal}
 
 

@@ -104,7 +104,7 @@ def test_oracle_flags_a_manifest_beyond_the_spec() -> None:
     assert m.message is not None and m.slots
     assert oracle.check_manifest(t, m) is None
     s = m.slots[0]
-    too_wide = wire.TensorSlot(s.field, s.dtype, (10**6,), 10**6 * s.dtype.itemsize, 0, 0)
+    too_wide = wire.TensorSlot(s.field, s.dtype, (10**6,), 10**6 * s.dtype.itemsize, 0, 0, (1,))
     bad = wire.Manifest(m.header, m.message, m.scalars, (too_wide,), (too_wide.nbytes,))
     assert oracle.check_manifest(t, bad) is not None
     huge = wire.Manifest(m.header, m.message, m.scalars, (), (t.max_frame1_nbytes + 1,))
