@@ -8,7 +8,7 @@ SPECS := $(sort $(wildcard spec/*.yaml))
 # an unpinned torch would download gigabytes of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: gen test check lint typecheck fresh demo bench fuzz coverage clean-venv help
+.PHONY: gen test check lint typecheck fresh demo bench profile fuzz coverage clean-venv help
 
 help:
 	@echo "make gen    - bootstrap .venv, compile spec/ into generated/ and docs/"
@@ -19,6 +19,8 @@ help:
 	@echo "make coverage - the test suite under coverage (codegen/, runtime/, generated/)"
 	@echo "make bench  - transports and codec side by side; writes docs/benchmarks.{md,png}"
 	@echo "              (make bench ARGS=--quick: world 2 only, under a minute)"
+	@echo "make profile - py-spy on both ranks of a tpwire stream: where the CPU path goes"
+	@echo "              (make profile ARGS='--kind scope --seconds 8')"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +60,9 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench $(ARGS)
+
+profile: $(BENCH_STAMP)
+	$(PY) -m bench.profile $(ARGS)
 
 # Long fuzzing campaigns (fuzz/README.md): random + coverage-guided (atheris) decoder
 # mutation, then mutated specs; prints the totals, exits 1 on any finding.

@@ -75,6 +75,7 @@ def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
         meta = _meta(header, msg)
         row: dict[str, Any] = {"kind": name}
         row["validate"] = _median_us(lambda p=proto, m=msg, h=header: p.validate(m, h), n)
+        row["prepare"] = _median_us(lambda p=proto, m=msg, h=header: p.prepare(m, h), n)
         row["encode"] = _median_us(lambda p=proto, m=msg, h=header: p.encode(m, h), n)
         row["decode"] = _median_us(lambda p=proto, f=frames: p.decode(f), n)
         row["jsonschema"] = _median_us(

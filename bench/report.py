@@ -127,10 +127,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['os']}; Python {m['python']}; torch {m['torch']}; {m['backend']}; CUDA: "
         f"{m['cuda']}.",
         "",
-        "Every transport moves the same envelopes over the same process group in one run; "
-        f"rounds alternate the transports ({plan['rounds']} rounds x {plan['iters']} timed "
-        f"iterations after {plan['warmup']} warm-up ones, order rotated each round). An "
-        "iteration is timed on every rank from an untimed barrier to the end of its side "
+        "Every transport moves the same envelopes over the same process group in one run, "
+        "interleaved: each transport moves envelope i (in an order that rotates every "
+        "iteration) before any moves envelope i + 1, so a drift of the machine hits them all "
+        "alike and each transport's CPU path runs after the others' work, as cold as in a "
+        f"stream ({plan['rounds'] * plan['iters']} timed iterations per transport after "
+        f"{plan['warmup']} untimed ones). An iteration is timed on every rank from an untimed barrier to the end of its side "
         "(send on rank 0; receive, decode and validate on a worker) and counts as the slowest "
         "rank's time. Cells are the median latency in microseconds with the 10th-90th "
         "percentile in brackets. The floor is one broadcast of a buffer holding exactly the "
@@ -158,19 +160,22 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## CPU codec costs (one process, median microseconds, 10th-90th percentile)",
         "",
-        "`encode` includes the whole `validate` preflight; `decode` includes the frame 0 "
+        "`encode` includes the whole `validate` preflight; `prepare` is everything `encode` "
+        "does but lay out the bytes (what a channel runs before writing straight into its "
+        "send buffer); `decode` includes the frame 0 "
         "checks and the receive-side validation. `jsonschema` validates the strict-JSON plain "
         "form of the same envelope (tensors as dtype/shape descriptors) against the exported "
         "schema with python-jsonschema's Draft 2020-12 validator, collecting every error; "
         "`pickle` is `loads(dumps(meta))` of what the compat wire pickles.",
         "",
-        "| envelope | validate | encode | decode | jsonschema | pickle | jsonschema / validate |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| envelope | validate | prepare | encode | decode | jsonschema | pickle "
+        "| jsonschema / validate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["codec"]:
         cells = [
-            f"{row[c][0]:.1f} ({row[c][1]:.1f}-{row[c][2]:.1f})"
-            for c in ("validate", "encode", "decode", "jsonschema", "pickle")
+            f"{row[c][0]:.1f} ({row[c][1]:.1f}-{row[c][2]:.1f})" if c in row else "n/a"
+            for c in ("validate", "prepare", "encode", "decode", "jsonschema", "pickle")
         ]
         ratio = row["jsonschema"][0] / row["validate"][0]
         out.append(f"| {TITLES[row['kind']]} | " + " | ".join(cells) + f" | {ratio:.0f}x |")
@@ -235,51 +240,77 @@ NOTES = """
 
 Ratios are medians of one run on this machine: two cores shared by every rank and gloo's
 threads (world size 4 oversubscribes them), loopback TCP. They move by tens of percent from
-run to run; the verdicts above are this run's.
+run to run (the floor itself moves by a quarter); the verdicts above are this run's.
 
 - **Met:** a small INFER is several times faster than the compat wire (one collective
-  instead of a header, two pickled-meta collectives and one per tensor), and the generated
-  validator is about 40x faster than python-jsonschema on the same fields.
+  instead of a header, two pickled-meta collectives and one per tensor); the generated
+  validator is about 45x faster than python-jsonschema on the same fields; `validate` +
+  `encode` of the Scope envelope is just under 25 us (`prepare`, the same without laying
+  out the bytes, about half of that).
 - **NOOP at least 2.5x faster than compat cannot hold:** compat's NOOP is its slot header
-  alone, one collective, exactly what tpwire's NOOP is. Both sit near the floor plus the
+  alone, one collective, exactly what tpwire's NOOP is. Both sit at the floor plus the
   per-envelope CPU path.
-- **validate + encode <= 25 us: missed by a few microseconds.** `validate` is about 8 us;
-  `encode`'s own work (materializing, the manifest, packing the 32-byte step list, frame 0
-  and its checksum) is the rest.
-- **Within 1.15x (Scope) and 1.3x (small, NOOP) of the floor: missed.** Steady-state
-  framing (the `no-steady` column is the same channel without it) made a small envelope or
-  a NOOP one collective, and a Scope chunk two on a CPU channel: frame 0 with everything up
-  to 1 MiB, then the 4 MiB conditioning from its own storage (copying it into the head
-  measured slower on gloo than the extra collective; a device channel carries everything).
-  What remains is the CPU path of one envelope, run once per chunk: the same `encode` that
-  takes about 28 us in a tight loop measured 80-200 us when run once right after a
-  collective, as a stream runs it (cold caches, and the peer's gloo threads on the other
-  core). An ad hoc stage breakdown of a small INFER at world size 2 (outside this report):
-  the sender spends about 120 us before its one collective (about 85 of them in `encode`),
-  the collective about 110 us, the worker about 105 us after it (`read_frame0` about 35,
-  `Manifest.finish` with the receive-side validation about 35). So tens of microseconds of
-  hot-loop work per side become a few hundred microseconds of latency here, against a
-  floor that does no work at all. `floor-fresh` (each chunk's own bytes, a new buffer per receive) shows how
-  little of the gap is memory traffic. The next steps are a shorter steady-state path
-  (reuse the previous frame 0 and plan when only values change) and a run with a core per
-  rank (and on NCCL, where no GPU was available to this project yet).
+- **Within 1.3x of the floor (small, NOOP): met for a NOOP at world size 2 in some runs,
+  missed otherwise.** Both are one collective, as the floor is, so the whole gap is the CPU
+  path of one envelope: the source's preflight before its collective and the worker's
+  checks after it. That path takes about 15 us (NOOP) and 45 us (small) per envelope in a
+  tight loop, but a stream runs it once per chunk, after the model's work (here: after the
+  other transports' iterations) with cold caches: 4-6x slower (an `encode` measured after a
+  300 us sleep takes 2.3x its tight-loop time, after 3 ms 9x; every tensor operation pays
+  it). `make profile` attributes each rank's samples: for a small INFER about a quarter of
+  the source's and of the worker's samples are tpwire's CPU path, about as many as inside
+  the collective, spread over about a hundred small steps with none above 4%.
+- **Within 1.15x of the floor (Scope): missed.** The floor is one collective whose size
+  both ends know for free. A Scope chunk on a CPU channel is two: the head (frame 0, the
+  small tensors and the 276 KB of latents, copied once) and the 4 MiB conditioning from its
+  own storage (copying it into the head costs more than the collective it saves; the carry
+  limit is 1 MiB on CPU), plus a third on recompute chunks, whose context frames take the
+  latents' slot. A device channel has no carry limit (a device copy is nearly free next to a
+  collective), so there a Scope chunk is one collective; no GPU was lent to this project, so
+  that path is not measured.
+- **Next steps:** a shorter receive path for payload-free actions; generating the manifest
+  reader per layout (no per-field branches once a layout repeats); a run with a core per
+  rank and on NCCL.
 """
 
-#: Profiles and fixes behind the numbers (before/after measured ad hoc, same machine).
+#: Profiles and fixes behind the numbers.
 HISTORY = """
-## What was profiled and fixed (before: the previous session, ad hoc on the same machine)
+## What was profiled and fixed
 
-- Steady-state framing (DESIGN section 5): before it, every envelope cost frame 0 plus one
-  collective per frame 1 segment; the `no-steady` column measures that path in this run.
-- Receive side: `decode` re-ran the full `validate` after the decoder had already fixed
-  every type, dtype and shape. It now runs a generated shorter pass (ranges, presence
-  rules, derived fields, invariants), held to `validate` by a property test
-  (tests/test_decoded_validation.py); a checked tensor layout is cached by its manifest
-  words, and tensors are strided views of one typed view per segment.
-  `decode` of the Scope envelope: 56 us before, about 31 us after (codec table above).
-- Send side: packing small tensors went from a zeroed buffer plus one slice-and-copy per
-  tensor to one `torch.cat` of byte views and shared zero pads; watchdog texts are
-  formatted only when a watchdog fires. `encode` of the Scope envelope: 41 us before,
-  about 26 us after; `validate`: 13.5 us before, about 8 us after (`is_dense` reads
-  `is_meta` instead of building a device object, shape checks without tuple copies).
+Session 3 (2026-11-24): py-spy on both ranks (`make profile`) and stage timings of a small
+INFER found the CPU path spread over tensor operations and Python steps, run cold. Fixes:
+
+- The source lays an envelope straight into its head buffer (`prepare` + `write_into`): frame
+  0 and each carried tensor copied once, by `memmove` from CPU tensors, instead of building
+  `encode`'s frames (a packed segment, a frame 0 tensor) and copying them in: about a dozen
+  tensor operations fewer per envelope. `encode`'s own packing uses the same copy.
+- A worker reads frame 0 from its buffer's raw bytes (`read_frame0_bytes`), skips the checks
+  of buffers it sized itself (`Manifest.assemble`), and makes the tensor views of the last
+  layout before its collective, while the source is still preparing; a receive buffer
+  nothing views (after a NOOP) is reused. Strides, segment plans and enum lookups are cached.
+- The benchmark now interleaves the transports iteration by iteration (before: 50
+  iterations of one transport in a row, which kept its code warm).
+
+Both columns below come from that interleaved harness, run back to back on this machine
+(before: the runtime of commit 397a34d; medians, tpwire and its ratio to the floor):
+
+| world | envelope | before | after |
+|---|---|---:|---:|
+| 2 | NOOP | 355 us (1.57x) | 338 us (1.22x) |
+| 2 | small INFER | 504 us (1.93x) | 427 us (1.61x) |
+| 2 | Scope INFER | 2,512 us (1.46x) | 2,315 us (1.34x) |
+| 2 | PP pair | 2,763 us (1.56x) | 2,592 us (1.44x) |
+| 4 | NOOP | 1,029 us (1.72x) | 938 us (1.51x) |
+| 4 | small INFER | 1,434 us (2.04x) | 1,295 us (1.60x) |
+| 4 | Scope INFER | 6,448 us (1.34x) | 6,774 us (1.39x) |
+
+Codec, Scope envelope: `encode` 26.2 -> 24.1 us, `decode` 30.7 -> 28.9 us. The Scope and
+conditioning-on-update rows move within the run-to-run noise: their gap is collectives,
+not CPU.
+
+Session 2: steady-state framing (DESIGN section 5; the `no-steady` column measures the path
+without it); a generated receive-side validation that skips what the decoder fixed
+(`decode` of the Scope envelope 56 -> 31 us); one `torch.cat` instead of a slice-and-copy
+per small tensor, watchdog texts formatted only when one fires (`encode` 41 -> 26 us,
+`validate` 13.5 -> 8 us).
 """

@@ -1,8 +1,8 @@
 """The transports, run side by side on one gloo group (one process per rank).
 
-Every transport moves the same envelopes over the same group. Rounds alternate the
-transports (the order rotates each round) so drift of the machine hits them all alike.
-Each iteration is timed on every rank from the end of an untimed barrier to the end of its
+Every transport moves the same envelopes over the same group, interleaved: each transport
+moves envelope ``i`` (the order rotates) before any moves ``i + 1``, so drift of the machine
+hits them all alike. Each iteration is timed on every rank from the end of an untimed barrier to the end of its
 side (send on the source, receive + decode + validate on a worker); the iteration's latency
 is the slowest rank's time.
 
@@ -46,8 +46,8 @@ PP_TRANSPORTS = ("tpwire", "vllm", "floor")
 class Plan:
     kinds: tuple[str, ...]
     rounds: int
-    iters: int  # timed iterations per transport per round
-    warmup: int
+    iters: int  # rounds x iters timed iterations per transport, interleaved
+    warmup: int  # untimed iterations first
     pp: bool
 
 
@@ -257,6 +257,26 @@ def _timed(barrier: Callable[[], None], step: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
+def _interleaved(
+    transports: dict[str, Any],
+    step: Callable[[Any, int], None],
+    barrier: Callable[[], None],
+    plan: Plan,
+    series: dict[str, list[float]],
+    prefix: str,
+) -> None:
+    """Every transport moves envelope ``i`` in turn before any moves ``i + 1`` (the order
+    rotates each iteration), so a drift of the machine hits them all alike and each
+    transport's CPU path runs as cold as in a stream, after the others' work."""
+    names = list(transports)
+    for j in range(plan.warmup + plan.rounds * plan.iters):
+        k = j % len(names)
+        for name in names[k:] + names[:k]:
+            dt = _timed(barrier, lambda t=transports[name], j=j: step(t, j))
+            if j >= plan.warmup:
+                series.setdefault(f"{prefix}/{name}", []).append(dt)
+
+
 def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[float]]:
     """Every (kind, transport) series of this rank, in seconds, iteration by iteration."""
     dist.init_process_group(
@@ -275,41 +295,32 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
         kind = E.KINDS[kind_name]
         msgs = messages[kind_name]
         transports = {name: BROADCAST[name](kind, rank) for name in BROADCAST_TRANSPORTS}
-        counters = dict.fromkeys(transports, 0)
-        for r in range(plan.rounds):
-            k = r % len(BROADCAST_TRANSPORTS)
-            order = BROADCAST_TRANSPORTS[k:] + BROADCAST_TRANSPORTS[:k]
-            for name in order:
-                t = transports[name]
-                key = f"{kind_name}/{name}"
-                for j in range(plan.warmup + plan.iters):
-                    i = counters[name]
-                    counters[name] += 1
-                    msg = msgs[i % len(msgs)]
-                    dt = _timed(dist.barrier, lambda t=t, i=i, msg=msg: t.step(i, msg))
-                    if j >= plan.warmup:
-                        series.setdefault(key, []).append(dt)
+        _interleaved(
+            transports,
+            lambda t, i, msgs=msgs: t.step(i, msgs[i % len(msgs)]),
+            dist.barrier,
+            plan,
+            series,
+            kind_name,
+        )
     if plan.pp:
         group = dist.new_group([0, 1])
         if rank < 2:
             envs = [E.pp_envelope(i) for i in range(8)]
             res = [E.pp_result(i) for i in range(8)]
             pp = {name: PP[name](rank, group) for name in PP_TRANSPORTS}
-            counters = dict.fromkeys(pp, 0)
 
             def barrier() -> None:
                 dist.barrier(group=group)
 
-            for r in range(plan.rounds):
-                order = PP_TRANSPORTS[r % 3 :] + PP_TRANSPORTS[: r % 3]
-                for name in order:
-                    t = pp[name]
-                    for j in range(plan.warmup + plan.iters):
-                        i = counters[name]
-                        counters[name] += 1
-                        dt = _timed(barrier, lambda t=t, i=i: t.step(i, envs[i % 8], res[i % 8]))
-                        if j >= plan.warmup:
-                            series.setdefault(f"pp/{name}", []).append(dt)
+            _interleaved(
+                pp,
+                lambda t, i: t.step(i, envs[i % 8], res[i % 8]),
+                barrier,
+                plan,
+                series,
+                "pp",
+            )
     dist.barrier()
     return series
 

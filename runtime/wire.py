@@ -67,13 +67,17 @@ def dtype_name(dtype: object) -> str:
 # --- scalars ---------------------------------------------------------------------------
 
 
+_F64 = struct.Struct("<d")
+_I64 = struct.Struct("<q")
+
+
 def float_to_word(x: float) -> int:
-    word: int = struct.unpack("<q", struct.pack("<d", x))[0]
+    word: int = _I64.unpack(_F64.pack(x))[0]
     return word
 
 
 def word_to_float(w: int) -> float:
-    x: float = struct.unpack("<d", struct.pack("<q", w))[0]
+    x: float = _F64.unpack(_I64.pack(w))[0]
     return x
 
 

@@ -40,3 +40,24 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     report.plot(result, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_profile_attributes_samples_to_the_innermost_tpwire_line() -> None:
+    from bench.profile import attribute
+
+    raw = "\n".join(
+        [
+            "main (x.py:1);_Channel.recv (tpwire/runtime/channel.py:10);"
+            "read_frame0_bytes (tpwire/generated/tp_control.py:5);len (builtins) 7",
+            "main (x.py:1);_Channel.recv (tpwire/runtime/channel.py:12);"
+            "BroadcastChannel._get (tpwire/runtime/channel.py:600);broadcast (c10d.py:3) 5",
+            "main (x.py:1);barrier (c10d.py:9) 11",
+            "main (x.py:1);_Channel.recv (tpwire/runtime/channel.py:20) 2",
+        ]
+    )
+    total, ours, collective, lines = attribute(raw, "_Channel.recv")
+    assert (total, ours, collective) == (25, 9, 5)
+    assert lines == {
+        "read_frame0_bytes (tpwire/generated/tp_control.py:5)": 7,
+        "_Channel.recv (tpwire/runtime/channel.py:20)": 2,
+    }
