@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from . import parity, tripwire
 from .errors import EnvelopeInvalid, WireError
-from .wire import ALIGN, Frames, Manifest, Prepared
+from .wire import ALIGN, Frames, Manifest, Prepared, TensorSlot
 
 #: Largest segment a CPU channel copies into the head in steady state (bytes).
 CPU_CARRY_LIMIT = 1 << 20
@@ -201,12 +201,15 @@ class Framing:
             return spare
         return torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
 
-    def views_ahead(self, head: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """The tensors of ``ahead``'s layout as views of ``head`` (bytes not there yet)."""
+    def views_ahead(
+        self, head: torch.Tensor
+    ) -> tuple[tuple[TensorSlot, ...], dict[str, torch.Tensor]] | None:
+        """``ahead``'s checked slots, and its tensors as views of ``head`` (bytes not there
+        yet): usable for an envelope whose manifest has those very slots, all in the head."""
         ahead = self.ahead
         if ahead is None or len(ahead.segment_nbytes) > len(self.offsets):
             return None
-        return ahead.views([head] * len(self.offsets), self.offsets)
+        return ahead.slots, ahead.views([head] * len(self.offsets), self.offsets)
 
     def keep_spare(self, head: torch.Tensor) -> None:
         """``head`` is free again: nothing handed out views it."""
@@ -462,8 +465,7 @@ class _Channel:
         head = framing.head_to_receive(self._frame0_device)
         # while the source is still preparing its envelope: the tensor views of the layout the
         # last envelope had, used if this one has it too (same checked slots, all in the head)
-        ahead = framing.ahead
-        views = framing.views_ahead(head)
+        ahead = framing.views_ahead(head)
         with self._deadline(lambda: f"a header after {_ids(self.last_header)}"):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
@@ -499,10 +501,7 @@ class _Channel:
         action = getattr(header, self.protocol.ACTION_FIELD)
         payload = action in self.protocol.PAYLOAD_ACTIONS
         in_head = all(carried)
-        if views is not None and not (
-            in_head and ahead is not None and manifest.slots is ahead.slots
-        ):
-            views = None
+        views = ahead[1] if ahead is not None and in_head and manifest.slots is ahead[0] else None
         framing.after(payload, sizes)
         if payload and in_head and manifest.slots and framing.steady:
             framing.ahead = manifest

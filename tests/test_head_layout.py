@@ -148,3 +148,23 @@ def test_a_receive_buffer_is_reused_only_when_nothing_views_it() -> None:
     framing.after(True, (32,))  # a new layout: a spare of the old size is dropped
     again = framing.head_to_receive(cpu)
     assert again is not first and again.numel() == framing.head_nbytes
+
+
+def test_views_made_ahead_see_the_bytes_that_arrive_later() -> None:
+    first, second = v1_message(), v1_message()
+    assert first != second  # other tensor bytes, the same layout
+    sizes = tp_control.prepare(first, HEADER).sizes
+    framing = agreed(tp_control, sizes)
+    cpu = torch.device("cpu")
+    sent = framing.head_to_send(tp_control.prepare(first, HEADER), framing.carried(sizes), cpu)
+    framing.ahead = tp_control.read_frame0_bytes(raw(sent[: framing.frame0_nbytes]))
+    head = framing.head_to_receive(cpu)
+    ahead = framing.views_ahead(head)  # before the bytes of the second envelope are there
+    assert ahead is not None
+    prepared = tp_control.prepare(second, HEADER)
+    prepared.write_into(head, framing.offsets, framing.carried(prepared.sizes))
+    manifest = tp_control.read_frame0_bytes(raw(head[: framing.frame0_nbytes]))
+    assert manifest.slots is ahead[0]  # the same checked layout
+    n = len(manifest.segment_nbytes)
+    _, msg = manifest.assemble([head] * n, framing.offsets, ahead[1])
+    assert msg == second
