@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import codec, report
+from bench import codec, cpu_path, report
 from bench.transports import Plan, rank_entry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"bench: CPU codec costs ({n_codec} calls each)", flush=True)
     codec_rows = codec.measure(kinds, n_codec)
+    print(f"bench: tpwire's CPU path per envelope ({n_codec // 2} in a tight loop)", flush=True)
+    path_rows = cpu_path.measure(kinds, n_codec // 2)
     cuda = codec.cuda_rows(kinds, n_codec // 4)
     print("bench: CUDA " + ("measured" if cuda else "skipped: no CUDA device"), flush=True)
     transports: dict[int, dict[str, dict[str, float]]] = {}
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "make bench" + (" ARGS=--quick" if args.quick else ""),
         "machine": report.machine(),
         "codec": codec_rows,
+        "cpu_path": path_rows,
         "cuda": cuda,
         "transports": {str(w): s for w, s in transports.items()},
         "plan": {"rounds": rounds, "iters": iters, "warmup": warmup},

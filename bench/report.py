@@ -11,7 +11,9 @@ from typing import Any
 import torch
 
 from bench import envelopes as E
-from bench.transports import BROADCAST_TRANSPORTS, PP_TRANSPORTS
+from bench.cpu_path import CONDITIONS
+from bench.cpu_path import TITLES as CONDITION_TITLES
+from bench.transports import BROADCAST_TRANSPORTS, EXTRA_TRANSPORTS, PP_TRANSPORTS
 
 TITLES = {**{k: v.title for k, v in E.KINDS.items()}, "pp": "PP envelope + result over p2p"}
 
@@ -115,6 +117,54 @@ def _transport_table(result: dict[str, Any], world: str) -> list[str]:
     return lines
 
 
+def _carry_table(result: dict[str, Any]) -> list[str]:
+    """tpwire next to carry-all: a segment over the carry limit on its own, or copied in."""
+    lines = [
+        "| world | envelope | tpwire | carry-all | floor | tpwire / floor | carry-all / floor |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for world, stats in result["transports"].items():
+        for kind in EXTRA_TRANSPORTS:
+            if f"{kind}/carry-all" not in stats:
+                continue
+            tp, ca, fl = (_stat(result, world, kind, t) for t in ("tpwire", "carry-all", "floor"))
+            cells = [f"{_us(s['median_us'])} ({_us(s['p10_us'])}-{_us(s['p90_us'])})"
+                     for s in (tp, ca, fl)]  # fmt: skip
+            lines.append(
+                f"| {world} | {TITLES[kind]} | "
+                + " | ".join(cells)
+                + f" | {tp['median_us'] / fl['median_us']:.2f}x "
+                f"| {ca['median_us'] / fl['median_us']:.2f}x |"
+            )
+    return lines
+
+
+def _cpu_path_table(result: dict[str, Any]) -> list[str]:
+    """Source / worker after its head / worker before it, per condition; then what the
+    floor would become with only this path on top (world 2, memory traffic)."""
+    floors = result["transports"].get("2", {})
+    lines = [
+        "| envelope | "
+        + " | ".join(CONDITION_TITLES[c] for c in CONDITIONS)
+        + " | floor, world 2 | (floor + source + worker after) / floor |",
+        "|---|" + "---:|" * len(CONDITIONS) + "---:|---:|",
+    ]
+    for row in result["cpu_path"]:
+        cells = []
+        for c in CONDITIONS:
+            src, before, after = (row[c][p][0] for p in ("source", "before", "after"))
+            cells.append(f"{src:.1f} / {after:.1f} / {before:.1f}")
+        floor = floors.get(f"{row['kind']}/floor")
+        if floor is None:
+            tail = "n/a | n/a"
+        else:
+            path = row["traffic"]["source"][0] + row["traffic"]["after"][0]
+            fl = floor["median_us"]
+            tail = f"{_us(fl)} | {(fl + path) / fl:.2f}x"
+        lines.append(f"| {TITLES[row['kind']]} | " + " | ".join(cells) + f" | {tail} |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     plan = result["plan"]
@@ -155,6 +205,18 @@ def markdown(result: dict[str, Any]) -> str:
         out += [f"## Transports, world size {world}", ""]
         out += _transport_table(result, world)
         out.append("")
+    if any("carry-all" in k for stats in result["transports"].values() for k in stats):
+        out += [
+            "## Copy or collective: the Scope envelopes on a CPU channel",
+            "",
+            "`tpwire` sends a segment over the carry limit (1 MiB on a CPU channel: the 4 MiB "
+            "conditioning) on its own, from its own storage: one collective more. `carry-all` "
+            "is the same channel with no carry limit, so the source copies every segment of "
+            "the agreed layout into the head: one collective fewer, a 4 MiB copy more.",
+            "",
+        ]
+        out += _carry_table(result)
+        out.append("")
     out += [
         "![latency per envelope and transport](benchmarks.png)",
         "",
@@ -179,6 +241,24 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         ratio = row["jsonschema"][0] / row["validate"][0]
         out.append(f"| {TITLES[row['kind']]} | " + " | ".join(cells) + f" | {ratio:.0f}x |")
+    if "cpu_path" in result:
+        out += [
+            "",
+            "## tpwire's CPU path per envelope (one process, median microseconds)",
+            "",
+            "Both ends of a `BroadcastChannel` in one process, the collectives replaced by a "
+            "hand-over in memory (its copy is timed and left out; every untimed envelope the "
+            "worker gets is compared with the one sent): what the channel adds on top of "
+            "moving the bytes. Each cell is source / worker after its head collective / "
+            "worker before it. The worker's part before its head (receive buffer, views made "
+            "ahead) overlaps with the source's preflight in a stream, so a stream pays source "
+            "+ worker after on top of its collectives; the last column puts that on top of "
+            "this run's floor. It is the least tpwire can cost over the floor with its CPU "
+            "path as it is; the transport tables show what two processes sharing two cores "
+            "add to it.",
+            "",
+        ]
+        out += _cpu_path_table(result)
     out += ["", "## CUDA materialization", ""]
     if result["cuda"] is None:
         out.append("Skipped: no CUDA device on this machine (the run measures it where one is).")

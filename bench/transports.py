@@ -18,6 +18,8 @@ is the slowest rank's time.
   warm buffer every time on both sides.
 - ``floor-fresh``: the same single broadcast with a stream's memory traffic: each
   envelope's own bytes on the source, a new buffer on every worker.
+- ``carry-all`` (Scope-sized envelopes only): tpwire with no carry limit, so every segment
+  of the agreed layout is copied into the head: one collective fewer, a 4 MiB copy more.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from tpwire.runtime.channel import BroadcastChannel, P2PChannel
 from tpwire.runtime.compat import CompatBroadcastChannel
 
 BROADCAST_TRANSPORTS = ("tpwire", "no-steady", "compat", "vllm", "floor", "floor-fresh")
+#: transports run for some kinds only: where they differ from tpwire
+EXTRA_TRANSPORTS = {"scope": ("carry-all",), "cond_on_update": ("carry-all",)}
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
 
 
@@ -82,6 +86,12 @@ class NoSteady(Tpwire):
     """tpwire without steady-state framing: frame 0, then one collective per segment."""
 
     options: ClassVar[dict[str, Any]] = {"steady_state": False}
+
+
+class CarryAll(Tpwire):
+    """tpwire with every segment of the agreed layout copied into the head."""
+
+    options: ClassVar[dict[str, Any]] = {"carry_limit": 1 << 62}
 
 
 class Compat(Tpwire):
@@ -171,6 +181,7 @@ BROADCAST: dict[str, Callable[[E.Kind, int], Any]] = {
     "vllm": Vllm,
     "floor": Floor,
     "floor-fresh": FloorFresh,
+    "carry-all": CarryAll,
 }
 
 
@@ -294,7 +305,8 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
     for kind_name in plan.kinds:
         kind = E.KINDS[kind_name]
         msgs = messages[kind_name]
-        transports = {name: BROADCAST[name](kind, rank) for name in BROADCAST_TRANSPORTS}
+        names = BROADCAST_TRANSPORTS + EXTRA_TRANSPORTS.get(kind_name, ())
+        transports = {name: BROADCAST[name](kind, rank) for name in names}
         _interleaved(
             transports,
             lambda t, i, msgs=msgs: t.step(i, msgs[i % len(msgs)]),

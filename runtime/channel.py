@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -109,6 +109,15 @@ class Ordering:
             self.chunk_index = chunk if chunk is not None else self.chunk_index
 
 
+class Ahead(NamedTuple):
+    """Receive buffers and views made before an envelope arrives (``Framing.views_ahead``)."""
+
+    slots: tuple[TensorSlot, ...]  # the checked layout they were made for
+    buffers: list[torch.Tensor]  # per segment: the head, or a buffer of its own
+    offsets: list[int]  # where each segment starts in its buffer
+    views: dict[str, torch.Tensor]
+
+
 class Framing:
     """How the envelopes of one direction of a channel travel (DESIGN section 5).
 
@@ -139,7 +148,7 @@ class Framing:
         self._send_device: torch.device | None = None
         # a receive buffer no envelope's tensors view (a NOOP's, say) serves the next one
         self._spare: torch.Tensor | None = None
-        #: the last payload envelope wholly in the head: the next is likely laid out alike
+        #: the last payload envelope's manifest: the next is likely laid out alike
         self.ahead: Manifest | None = None
 
     def carried(self, sizes: Sequence[int]) -> tuple[bool, ...]:
@@ -201,15 +210,26 @@ class Framing:
             return spare
         return torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
 
-    def views_ahead(
-        self, head: torch.Tensor
-    ) -> tuple[tuple[TensorSlot, ...], dict[str, torch.Tensor]] | None:
-        """``ahead``'s checked slots, and its tensors as views of ``head`` (bytes not there
-        yet): usable for an envelope whose manifest has those very slots, all in the head."""
+    def views_ahead(self, head: torch.Tensor, device: torch.device | None) -> Ahead | None:
+        """Receive buffers and tensor views for an envelope laid out like ``ahead``, made
+        before its bytes arrive: ``head`` for the segments that ride in it, an empty buffer
+        of its own for each other one. Usable for an envelope whose manifest has the very
+        same checked slots (so the same sizes, and the same segments in the head)."""
         ahead = self.ahead
-        if ahead is None or len(ahead.segment_nbytes) > len(self.offsets):
+        if ahead is None:
             return None
-        return ahead.slots, ahead.views([head] * len(self.offsets), self.offsets)
+        sizes = ahead.segment_nbytes
+        carried = self.carried(sizes)
+        buffers: list[torch.Tensor] = []
+        offsets: list[int] = []
+        for i, n in enumerate(sizes):
+            if carried[i]:
+                buffers.append(head)
+                offsets.append(self.offsets[i])
+            else:
+                buffers.append(torch.empty(n, dtype=torch.uint8, device=device))
+                offsets.append(0)
+        return Ahead(ahead.slots, buffers, offsets, ahead.views(buffers, offsets))
 
     def keep_spare(self, head: torch.Tensor) -> None:
         """``head`` is free again: nothing handed out views it."""
@@ -463,9 +483,9 @@ class _Channel:
         self._ready(sender=False)
         framing = self._rx
         head = framing.head_to_receive(self._frame0_device)
-        # while the source is still preparing its envelope: the tensor views of the layout the
-        # last envelope had, used if this one has it too (same checked slots, all in the head)
-        ahead = framing.views_ahead(head)
+        # while the source is still preparing its envelope: the buffers and tensor views of
+        # the layout the last envelope had, used if this one has it too (same checked slots)
+        ahead = framing.views_ahead(head, self.device)
         with self._deadline(lambda: f"a header after {_ids(self.last_header)}"):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
@@ -478,6 +498,8 @@ class _Channel:
         header = manifest.header
         problem = self._recv_order.problem(header)
         sizes = tuple(manifest.segment_nbytes)
+        if ahead is not None and manifest.slots is not ahead.slots:
+            ahead = None
         carried = framing.carried(sizes)
         # segment i: the bytes of buffers[i] from offsets[i] on (the head's slot, or its own)
         buffers: list[torch.Tensor] = []
@@ -491,8 +513,11 @@ class _Channel:
                         offsets.append(framing.offsets[i])
                         head_free = head_free and not n
                         continue
-                    # sized from the checked manifest, bounded by the spec
-                    segment = torch.empty(n, dtype=torch.uint8, device=self.device)
+                    if ahead is not None:
+                        segment = ahead.buffers[i]  # sized for these very slots
+                    else:
+                        # sized from the checked manifest, bounded by the spec
+                        segment = torch.empty(n, dtype=torch.uint8, device=self.device)
                     self._get(segment, _segment_tag(header, i), frame0=False)
                     buffers.append(segment)
                     offsets.append(0)
@@ -500,10 +525,8 @@ class _Channel:
                 self._poison(header, f"frame 1 receive failed: {exc}")
         action = getattr(header, self.protocol.ACTION_FIELD)
         payload = action in self.protocol.PAYLOAD_ACTIONS
-        in_head = all(carried)
-        views = ahead[1] if ahead is not None and in_head and manifest.slots is ahead[0] else None
         framing.after(payload, sizes)
-        if payload and in_head and manifest.slots and framing.steady:
+        if payload and manifest.slots and framing.steady:
             framing.ahead = manifest
         if head_free:
             framing.keep_spare(head)
@@ -514,7 +537,9 @@ class _Channel:
         self.last_header = header
         try:
             # the buffers are this channel's own, sized from the checked manifest
-            header, msg = manifest.assemble(buffers, offsets, views)
+            header, msg = manifest.assemble(
+                buffers, offsets, ahead.views if ahead is not None else None
+            )
         except WireError as exc:
             self._poison(header, f"frame 1 refused: {exc}")
         except EnvelopeInvalid as exc:

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import codec, report, transports
+from bench import codec, cpu_path, report, transports
 from bench.__main__ import run_world
 from bench.transports import Plan
 
@@ -21,6 +21,7 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     kinds = ("noop", "small", "scope", "cond_on_update")
     stats = run_world(2, Plan(kinds, rounds=1, iters=3, warmup=2, pp=True), timeout=90)
     expected = {f"{k}/{t}" for k in kinds for t in transports.BROADCAST_TRANSPORTS}
+    expected |= {f"{k}/{t}" for k, extra in transports.EXTRA_TRANSPORTS.items() for t in extra}
     expected |= {"pp/tpwire", "pp/vllm", "pp/floor"}
     assert set(stats) == expected
     assert all(s["n"] == 3 and s["median_us"] > 0 for s in stats.values())
@@ -28,6 +29,7 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
         "command": "test",
         "machine": report.machine(),
         "codec": codec.measure(kinds, 20),
+        "cpu_path": cpu_path.measure(kinds, 20),
         "cuda": None,
         "transports": {"2": stats},
         "plan": {"rounds": 1, "iters": 3, "warmup": 2},
@@ -37,6 +39,13 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     assert "## Targets" in text and "world 2: Scope INFER within 1.15x" in text
     assert "Skipped: no CUDA device" in text or "encode, device tensors" in text
     assert len(report.targets(result)) == 5 + 2  # per world: Scope, small x2, NOOP x2
+    assert "## Copy or collective" in text and "| 2 | Scope v1 INFER 320x576" in text
+    paths = {row["kind"]: row for row in result["cpu_path"]}
+    assert set(paths) == set(kinds)
+    for row in paths.values():
+        for condition in cpu_path.CONDITIONS:
+            assert all(row[condition][part][0] > 0 for part in cpu_path.PARTS)
+    assert "## tpwire's CPU path per envelope" in text
     pytest.importorskip("matplotlib")
     report.plot(result, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000

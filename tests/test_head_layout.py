@@ -150,21 +150,29 @@ def test_a_receive_buffer_is_reused_only_when_nothing_views_it() -> None:
     assert again is not first and again.numel() == framing.head_nbytes
 
 
-def test_views_made_ahead_see_the_bytes_that_arrive_later() -> None:
+@pytest.mark.parametrize("limit", [1 << 62, 0], ids=["all-in-head", "own-buffers"])
+def test_views_made_ahead_see_the_bytes_that_arrive_later(limit: int) -> None:
     first, second = v1_message(), v1_message()
     assert first != second  # other tensor bytes, the same layout
     sizes = tp_control.prepare(first, HEADER).sizes
-    framing = agreed(tp_control, sizes)
+    framing = agreed(tp_control, sizes, limit)
+    carried = framing.carried(sizes)
+    assert all(carried) == (limit > 0)
     cpu = torch.device("cpu")
-    sent = framing.head_to_send(tp_control.prepare(first, HEADER), framing.carried(sizes), cpu)
+    sent = framing.head_to_send(tp_control.prepare(first, HEADER), carried, cpu)
     framing.ahead = tp_control.read_frame0_bytes(raw(sent[: framing.frame0_nbytes]))
     head = framing.head_to_receive(cpu)
-    ahead = framing.views_ahead(head)  # before the bytes of the second envelope are there
+    ahead = framing.views_ahead(head, cpu)  # before the bytes of the second envelope are there
     assert ahead is not None
     prepared = tp_control.prepare(second, HEADER)
-    prepared.write_into(head, framing.offsets, framing.carried(prepared.sizes))
+    prepared.write_into(head, framing.offsets, carried)
+    for i, here in enumerate(carried):
+        if here:
+            assert ahead.buffers[i] is head
+        else:  # a segment that follows on its own lands in the buffer made for it
+            assert ahead.buffers[i] is not head and ahead.offsets[i] == 0
+            ahead.buffers[i].copy_(prepared.segment(i))
     manifest = tp_control.read_frame0_bytes(raw(head[: framing.frame0_nbytes]))
-    assert manifest.slots is ahead[0]  # the same checked layout
-    n = len(manifest.segment_nbytes)
-    _, msg = manifest.assemble([head] * n, framing.offsets, ahead[1])
+    assert manifest.slots is ahead.slots  # the same checked layout
+    _, msg = manifest.assemble(ahead.buffers, ahead.offsets, ahead.views)
     assert msg == second
