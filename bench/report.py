@@ -320,7 +320,8 @@ NOTES = """
 
 Ratios are medians of one run on this machine: two cores shared by every rank and gloo's
 threads (world size 4 oversubscribes them), loopback TCP. They move by tens of percent from
-run to run (the floor itself moves by a quarter); the verdicts above are this run's.
+run to run (the floor itself moves by a quarter); the verdicts above are this run's. Numbers
+in this section that are not in the tables below are called out with where they come from.
 
 - **Met:** a small INFER is several times faster than the compat wire (one collective
   instead of a header, two pickled-meta collectives and one per tensor); the generated
@@ -328,34 +329,55 @@ run to run (the floor itself moves by a quarter); the verdicts above are this ru
   `encode` of the Scope envelope is just under 25 us (`prepare`, the same without laying
   out the bytes, about half of that).
 - **NOOP at least 2.5x faster than compat cannot hold:** compat's NOOP is its slot header
-  alone, one collective, exactly what tpwire's NOOP is. Both sit at the floor plus the
-  per-envelope CPU path.
-- **Within 1.3x of the floor (small, NOOP): met for a NOOP at world size 2 in some runs,
-  missed otherwise.** Both are one collective, as the floor is, so the whole gap is the CPU
-  path of one envelope: the source's preflight before its collective and the worker's
-  checks after it. That path takes about 15 us (NOOP) and 45 us (small) per envelope in a
-  tight loop, but a stream runs it once per chunk, after the model's work (here: after the
-  other transports' iterations) with cold caches: 4-6x slower (an `encode` measured after a
-  300 us sleep takes 2.3x its tight-loop time, after 3 ms 9x; every tensor operation pays
-  it). `make profile` attributes each rank's samples: for a small INFER about a quarter of
-  the source's and of the worker's samples are tpwire's CPU path, about as many as inside
-  the collective, spread over about a hundred small steps with none above 4%.
-- **Within 1.15x of the floor (Scope): missed.** The floor is one collective whose size
-  both ends know for free. A Scope chunk on a CPU channel is two: the head (frame 0, the
-  small tensors and the 276 KB of latents, copied once) and the 4 MiB conditioning from its
-  own storage (copying it into the head costs more than the collective it saves; the carry
-  limit is 1 MiB on CPU), plus a third on recompute chunks, whose context frames take the
-  latents' slot. A device channel has no carry limit (a device copy is nearly free next to a
-  collective), so there a Scope chunk is one collective; no GPU was lent to this project, so
-  that path is not measured.
-- **Next steps:** a shorter receive path for payload-free actions; generating the manifest
-  reader per layout (no per-field branches once a layout repeats); a run with a core per
-  rank and on NCCL.
+  alone, one collective, exactly what tpwire's NOOP is (the compat / tpwire column sits at
+  about 1.0x). Both are the floor plus a per-envelope CPU path.
+- **Within 1.3x of the floor (small, NOOP): tpwire's own cost is within it; this machine's
+  two processes on two cores are not.** Both envelopes are one collective, as the floor is,
+  so the whole gap is the CPU path: the source's preflight before its collective and the
+  worker's checks after it. Measured alone (the CPU path table below), that path puts a
+  NOOP at about 1.15x and a small INFER at about 1.3x of the floor, even after 16 MiB of
+  other memory traffic per envelope. In the transport tables the same path costs two to
+  three times as much: each rank runs it right after waking from a blocking wait, on a core
+  it shares with the other rank and gloo's threads (stage timings of a two-rank small INFER
+  stream, session 4: about 70-80 us per side outside the collectives, against 27 us
+  (source) and 33 us (worker) in the tight loop). Two ways around that were measured and
+  dropped (session 4, ad hoc): polling the collective instead of blocking in it starves
+  gloo's threads on two cores (5 to 13x slower), and pinning each rank to a core makes the
+  floor and tpwire faster alike but not the ratio. `make profile` attributes each rank's samples: no step of the path is above 4%.
+- **Within 1.15x of the floor (Scope): missed on a CPU channel, by the cost of one more
+  collective or of one host copy.** The floor is one collective of bytes already in one
+  buffer. A Scope envelope's tensors are separate, so one collective needs the source to
+  copy them into one buffer first. The copy-or-collective table measures both choices side
+  by side: `tpwire` sends the 4 MiB conditioning on its own (two collectives; three on
+  recompute chunks, whose context frames take the latents' slot), `carry-all` copies it
+  into the head (one collective, plus a 4 MiB copy). At world size 2 neither reaches 1.15x;
+  the extra collective is the cheaper one, so the CPU carry limit stays at 1 MiB. At world
+  size 4 the copy can win, because every collective there waits for four processes on two
+  cores. tpwire's own CPU path is about 1.1x of this floor (CPU path table). A device
+  channel has no carry limit (a device copy is nearly free next to a collective), so there
+  a Scope envelope is one collective; no GPU was lent to this project, so that path is not
+  measured.
+- **Next steps:** a run with a core per rank (not two processes and their threads on two
+  cores) and on NCCL; generating the manifest reader per layout (no per-field branches
+  once a layout repeats).
 """
 
 #: Profiles and fixes behind the numbers.
 HISTORY = """
 ## What was profiled and fixed
+
+Session 4 (2026-11-24): the CPU path table above (new: both ends in one process, the
+collectives replaced by a hand-over) separates tpwire's own per-envelope cost from what the
+machine adds, and the copy-or-collective table measures the carry-limit choice instead of
+arguing it. Found and fixed: a worker made its receive buffers and tensor views ahead of
+its head collective only when the whole envelope rode in the head, so a Scope envelope
+(conditioning on its own) built its views and its 4 MiB buffer after the collective. Now
+the buffers of the segments that follow on their own are made ahead too, with the views of
+every tensor. Scope envelope, worker after its head (CPU path harness, two runs of each
+alternating, before = commit 3dcf232): tight loop 57.9 / 53.4 -> 52.9 / 52.5 us, after
+memory traffic 80.1 / 74.7 -> 71.2 / 65.6 us, after 1 ms idle 88.3 / 73.2 -> 63.6 /
+66.7 us; the conditioning-on-update stream moved within noise (its layout changes more
+often than views made ahead can follow).
 
 Session 3 (2026-11-24): py-spy on both ranks (`make profile`) and stage timings of a small
 INFER found the CPU path spread over tensor operations and Python steps, run cold. Fixes:
