@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(PY) -m mypy -p tpwire
+	$(PY) -m mypy -p tpwire -p bench
 
 fresh: gen
 	@git add -N generated docs >/dev/null 2>&1 || true

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench import codec, cpu_path, report
 from bench.transports import Plan, rank_entry
 
@@ -64,6 +66,12 @@ def run_world(world: int, plan: Plan, timeout: float) -> dict[str, dict[str, flo
     return stats
 
 
+def nccl_worlds(gpus: int, quick: bool) -> list[int]:
+    """The NCCL world sizes this machine can run, a GPU per rank (none below two GPUs)."""
+    worlds = [w for w in (2, 4) if w <= gpus]
+    return worlds[:1] if quick else worlds
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="world 2 only, fewer iterations")
@@ -76,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.render:
-        result = json.loads((args.out / "benchmarks.json").read_text())
-        (args.out / "benchmarks.md").write_text(report.markdown(result))
-        report.plot(result, args.out / "benchmarks.png")
-        print(report.summary(result))
+        last = json.loads((args.out / "benchmarks.json").read_text())
+        (args.out / "benchmarks.md").write_text(report.markdown(last))
+        report.plot(last, args.out / "benchmarks.png")
+        print(report.summary(last))
         return 0
     kinds = ("noop", "small", "scope", "cond_on_update")
     worlds = args.worlds or ([2] if args.quick else [2, 4])
@@ -96,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(kinds, rounds, iters, warmup, pp=True)
         print(f"bench: world {world}: {rounds} rounds x {iters} iterations", flush=True)
         transports[world] = run_world(world, plan, timeout=600)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    nccl: dict[str, dict[str, dict[str, float]]] = {}
+    for world in nccl_worlds(gpus, args.quick):
+        plan = Plan(kinds, rounds, iters, warmup, pp=True, backend="nccl", device="cuda")
+        print(f"bench: NCCL world {world}: {rounds} rounds x {iters} iterations", flush=True)
+        nccl[str(world)] = run_world(world, plan, timeout=600)
+    if not nccl:
+        print(f"bench: NCCL skipped: {gpus} GPU(s), it needs two", flush=True)
     result: dict[str, Any] = {
         "command": "make bench" + (" ARGS=--quick" if args.quick else ""),
         "machine": report.machine(),
@@ -103,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_path": path_rows,
         "cuda": cuda,
         "transports": {str(w): s for w, s in transports.items()},
+        "gpus": gpus,
+        "nccl": nccl,
         "plan": {"rounds": rounds, "iters": iters, "warmup": warmup},
         "seconds": time.monotonic() - started,
     }

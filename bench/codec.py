@@ -6,6 +6,7 @@ schema and ``pickle`` round-tripping the same metadata (what the compat wire pic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pickle
 import statistics
@@ -50,6 +51,14 @@ def _schema_validator(proto: Any) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json_schema(ir))
 
 
+def _every_error(validator: jsonschema.Draft202012Validator, instance: object) -> list[Any]:
+    return list(validator.iter_errors(instance))
+
+
+def _pickle_round_trip(meta: dict[str, Any]) -> object:
+    return pickle.loads(pickle.dumps(meta))
+
+
 def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
     rows = []
     cases: list[tuple[str, Any, Any, Any]] = []
@@ -74,14 +83,14 @@ def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
         frames = proto.encode(msg, header)
         meta = _meta(header, msg)
         row: dict[str, Any] = {"kind": name}
-        row["validate"] = _median_us(lambda p=proto, m=msg, h=header: p.validate(m, h), n)
-        row["prepare"] = _median_us(lambda p=proto, m=msg, h=header: p.prepare(m, h), n)
-        row["encode"] = _median_us(lambda p=proto, m=msg, h=header: p.encode(m, h), n)
-        row["decode"] = _median_us(lambda p=proto, f=frames: p.decode(f), n)
+        row["validate"] = _median_us(functools.partial(proto.validate, msg, header), n)
+        row["prepare"] = _median_us(functools.partial(proto.prepare, msg, header), n)
+        row["encode"] = _median_us(functools.partial(proto.encode, msg, header), n)
+        row["decode"] = _median_us(functools.partial(proto.decode, frames), n)
         row["jsonschema"] = _median_us(
-            lambda v=validator, x=instance: list(v.iter_errors(x)), max(n // 10, 50)
+            functools.partial(_every_error, validator, instance), max(n // 10, 50)
         )
-        row["pickle"] = _median_us(lambda x=meta: pickle.loads(pickle.dumps(x)), n)
+        row["pickle"] = _median_us(functools.partial(_pickle_round_trip, meta), n)
         rows.append(row)
     return rows
 

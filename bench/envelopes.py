@@ -9,6 +9,7 @@ wire would cost once Scope relaxes the rule.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -161,6 +162,18 @@ def header(proto: ModuleType, call_id: int, chunk: int, action: str = "INFER") -
         cache_epoch=0,
         action=proto.TPAction[action],
     )
+
+
+def to_device(msg: Any, device: torch.device) -> Any:
+    """``msg`` with every tensor on ``device`` (itself when it is None or already there)."""
+    if msg is None or device.type == "cpu":
+        return msg
+    moved = {
+        f: v.to(device)
+        for f in type(msg).__dataclass_fields__
+        if isinstance(v := getattr(msg, f), torch.Tensor)
+    }
+    return dataclasses.replace(msg, **moved)
 
 
 def tensor_bytes(msg: Any) -> int:

@@ -38,8 +38,16 @@ def machine() -> dict[str, str]:
 
 
 def _stat(result: dict[str, Any], world: str, kind: str, transport: str) -> dict[str, float]:
-    stats: dict[str, float] = result["transports"][world][f"{kind}/{transport}"]
+    """One series' statistics; ``world`` is "2" (gloo) or "nccl 2" (NCCL, a GPU per rank)."""
+    stats: dict[str, float] = _runs(result)[world][f"{kind}/{transport}"]
     return stats
+
+
+def _runs(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every world's series by name: gloo worlds as "2", NCCL worlds as "nccl 2"."""
+    runs = dict(result["transports"])
+    runs.update({f"nccl {w}": stats for w, stats in (result.get("nccl") or {}).items()})
+    return runs
 
 
 def _codec(result: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -49,23 +57,20 @@ def _codec(result: dict[str, Any], kind: str) -> dict[str, Any]:
 def targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for every target of the benchmark issue, from this run."""
     rows: list[tuple[str, str, bool]] = []
-    for world in result["transports"]:
+    for world in _runs(result):
         med = {
             (k, t): _stat(result, world, k, t)["median_us"]
             for k in ("noop", "small", "scope")
             for t in BROADCAST_TRANSPORTS
         }
+        at = world.replace("nccl", "NCCL world") if world.startswith("nccl") else f"world {world}"
         r = med["scope", "tpwire"] / med["scope", "floor"]
-        rows.append(
-            (f"world {world}: Scope INFER within 1.15x of the floor", f"{r:.2f}x", r <= 1.15)
-        )
+        rows.append((f"{at}: Scope INFER within 1.15x of the floor", f"{r:.2f}x", r <= 1.15))
         for k in ("small", "noop"):
             r = med[k, "tpwire"] / med[k, "floor"]
-            rows.append((f"world {world}: {k} within 1.3x of the floor", f"{r:.2f}x", r <= 1.3))
+            rows.append((f"{at}: {k} within 1.3x of the floor", f"{r:.2f}x", r <= 1.3))
             c = med[k, "compat"] / med[k, "tpwire"]
-            rows.append(
-                (f"world {world}: {k} at least 2.5x faster than compat", f"{c:.2f}x", c >= 2.5)
-            )
+            rows.append((f"{at}: {k} at least 2.5x faster than compat", f"{c:.2f}x", c >= 2.5))
     scope = _codec(result, "scope")
     enc = scope["encode"][0]
     rows.append(("validate + encode of a Scope v1 envelope <= 25 us", f"{enc:.1f} us", enc <= 25))
@@ -99,7 +104,7 @@ def _transport_table(result: dict[str, Any], world: str) -> list[str]:
             f"| {TITLES[kind]} | {nbytes:,} | " + " | ".join(cells) + f" | {tp / fl:.2f}x "
             f"| {tp / ff:.2f}x | {co / tp:.2f}x |"
         )
-    if "pp/tpwire" in result["transports"][world]:
+    if "pp/tpwire" in _runs(result)[world]:
         cells = []
         for t in BROADCAST_TRANSPORTS:
             if t in PP_TRANSPORTS:
@@ -123,7 +128,7 @@ def _carry_table(result: dict[str, Any]) -> list[str]:
         "| world | envelope | tpwire | carry-all | floor | tpwire / floor | carry-all / floor |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for world, stats in result["transports"].items():
+    for world, stats in _runs(result).items():
         for kind in EXTRA_TRANSPORTS:
             if f"{kind}/carry-all" not in stats:
                 continue
@@ -131,7 +136,7 @@ def _carry_table(result: dict[str, Any]) -> list[str]:
             cells = [f"{_us(s['median_us'])} ({_us(s['p10_us'])}-{_us(s['p90_us'])})"
                      for s in (tp, ca, fl)]  # fmt: skip
             lines.append(
-                f"| {world} | {TITLES[kind]} | "
+                f"| {world.replace('nccl', 'NCCL')} | {TITLES[kind]} | "
                 + " | ".join(cells)
                 + f" | {tp['median_us'] / fl['median_us']:.2f}x "
                 f"| {ca['median_us'] / fl['median_us']:.2f}x |"
@@ -205,7 +210,18 @@ def markdown(result: dict[str, Any]) -> str:
         out += [f"## Transports, world size {world}", ""]
         out += _transport_table(result, world)
         out.append("")
-    if any("carry-all" in k for stats in result["transports"].values() for k in stats):
+    for world in result.get("nccl") or {}:
+        out += [
+            f"## Transports over NCCL, world size {world} (a GPU per rank)",
+            "",
+            "The same transports with every tensor on the rank's GPU; each iteration ends with "
+            "a device synchronize on every rank. compat's slot header travels on a gloo group "
+            "of the same ranks.",
+            "",
+        ]
+        out += _transport_table(result, f"nccl {world}")
+        out.append("")
+    if any("carry-all" in k for stats in _runs(result).values() for k in stats):
         out += [
             "## Copy or collective: the Scope envelopes on a CPU channel",
             "",
@@ -260,6 +276,13 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         out += _cpu_path_table(result)
     out += ["", "## CUDA materialization", ""]
+    if not result.get("nccl"):
+        gpus = result.get("gpus", 0)
+        out += [
+            f"NCCL transports: skipped, this machine has {gpus} GPU{'' if gpus == 1 else 's'} "
+            "(the run measures them at world size 2, and 4, where it has that many).",
+            "",
+        ]
     if result["cuda"] is None:
         out.append("Skipped: no CUDA device on this machine (the run measures it where one is).")
     else:
@@ -357,9 +380,10 @@ in this section that are not in the tables below are called out with where they 
   channel has no carry limit (a device copy is nearly free next to a collective), so there
   a Scope envelope is one collective; no GPU was lent to this project, so that path is not
   measured.
-- **Next steps:** a run with a core per rank (not two processes and their threads on two
-  cores) and on NCCL; generating the manifest reader per layout (no per-field branches
-  once a layout repeats).
+- **Next steps:** `make bench` on a machine with a GPU per rank, where it adds the NCCL
+  tables (device channel: no carry limit) and the CUDA materialization rows; no GPU was lent
+  to this project. Generating the manifest reader per layout (no per-field branches once a
+  layout repeats).
 """
 
 #: Profiles and fixes behind the numbers.

@@ -20,11 +20,17 @@ is the slowest rank's time.
   envelope's own bytes on the source, a new buffer on every worker.
 - ``carry-all`` (Scope-sized envelopes only): tpwire with no carry limit, so every segment
   of the agreed layout is copied into the head: one collective fewer, a 4 MiB copy more.
+
+The same code runs on gloo with CPU tensors and, on a machine with several GPUs, on NCCL
+with every envelope's tensors on the rank's GPU (``Plan.device == "cuda"``): then each
+iteration ends with a device synchronize, since a collective returns once it is enqueued,
+and compat's slot header travels on a gloo group of the same ranks (it is a CPU tensor).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pickle
 import time
@@ -53,20 +59,46 @@ class Plan:
     iters: int  # rounds x iters timed iterations per transport, interleaved
     warmup: int  # untimed iterations first
     pp: bool
+    backend: str = "gloo"
+    device: str = "cpu"  # "cuda": every rank on its own GPU (NCCL)
+
+
+@dataclasses.dataclass
+class Env:
+    """What a transport of one rank needs to know about where it runs."""
+
+    rank: int
+    device: torch.device
+    cpu_group: Any = None  # a gloo group of the same ranks, on a device backend
+
+    @property
+    def on_device(self) -> bool:
+        return self.device.type != "cpu"
+
+    def sync(self) -> None:
+        """Wait for the device: a collective on it returns once it is enqueued."""
+        if self.on_device:
+            torch.cuda.synchronize(self.device)
 
 
 # --- one transport per class: setup once, then step(i) moves envelope i ------------------
 
 
 class Tpwire:
-    def __init__(self, kind: E.Kind, rank: int) -> None:
+    def __init__(self, kind: E.Kind, env: Env) -> None:
         self.proto = kind.protocol()
         self.kind = kind
-        self.rank = rank
-        self.ch = self.channel_class()(self.proto, poison="raise", **self.options).open()
+        self.rank = env.rank
+        device = env.device if env.on_device else None
+        options = {**self.options, **self.device_options(env)}
+        self.ch = self.channel_class()(self.proto, poison="raise", device=device, **options)
+        self.ch.open()
         self.call_id = 0
 
     options: ClassVar[dict[str, Any]] = {}
+
+    def device_options(self, env: Env) -> dict[str, Any]:
+        return {}
 
     def channel_class(self) -> type[BroadcastChannel]:
         return BroadcastChannel
@@ -98,6 +130,10 @@ class Compat(Tpwire):
     def channel_class(self) -> type[BroadcastChannel]:
         return CompatBroadcastChannel
 
+    def device_options(self, env: Env) -> dict[str, Any]:
+        # its slot header is a CPU tensor: on a device backend it needs a CPU group
+        return {"cpu_group": env.cpu_group} if env.on_device else {}
+
 
 def _tensor_dict(msg: Any) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]:
     meta: dict[str, Any] = {}
@@ -115,8 +151,9 @@ def _tensor_dict(msg: Any) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor
 class Vllm:
     """Pickled metadata (``broadcast_object_list``), then one broadcast per tensor."""
 
-    def __init__(self, kind: E.Kind, rank: int) -> None:
-        self.rank = rank
+    def __init__(self, kind: E.Kind, env: Env) -> None:
+        self.rank = env.rank
+        self.device = env.device
 
     def step(self, i: int, msg: Any) -> None:
         if self.rank == 0:
@@ -129,21 +166,22 @@ class Vllm:
         dist.broadcast_object_list(box, src=0)
         for value in box[0].values():
             if isinstance(value, tuple) and value[:1] == ("tensor",):
-                t = torch.empty(value[2], dtype=value[1])
+                t = torch.empty(value[2], dtype=value[1], device=self.device)
                 dist.broadcast(t, src=0)
 
 
 class Floor:
     """One broadcast of exactly the tensor bytes; both sides know the size in advance."""
 
-    def __init__(self, kind: E.Kind, rank: int) -> None:
+    def __init__(self, kind: E.Kind, env: Env) -> None:
+        self.device = env.device
         self.buffers: dict[int, torch.Tensor] = {}
 
     def step(self, i: int, msg: Any) -> None:
         n = max(E.tensor_bytes(msg), 8)
         buf = self.buffers.get(n)
         if buf is None:
-            buf = self.buffers[n] = torch.zeros(n, dtype=torch.uint8)
+            buf = self.buffers[n] = torch.zeros(n, dtype=torch.uint8, device=self.device)
         dist.broadcast(buf, src=0)
 
 
@@ -152,14 +190,15 @@ class FloorFresh:
     (packed once, outside the timing) and a worker receives into a new buffer every time,
     as it must when the model still holds the previous chunk's tensors."""
 
-    def __init__(self, kind: E.Kind, rank: int) -> None:
-        self.rank = rank
+    def __init__(self, kind: E.Kind, env: Env) -> None:
+        self.rank = env.rank
+        self.device = env.device
         self.packed: dict[int, torch.Tensor] = {}
 
     def step(self, i: int, msg: Any) -> None:
         n = max(E.tensor_bytes(msg), 8)
         if self.rank != 0:
-            dist.broadcast(torch.empty(n, dtype=torch.uint8), src=0)
+            dist.broadcast(torch.empty(n, dtype=torch.uint8, device=self.device), src=0)
             return
         key = id(msg)
         buf = self.packed.get(key)
@@ -169,12 +208,14 @@ class FloorFresh:
                 for v in (getattr(msg, f) for f in type(msg).__dataclass_fields__)
                 if isinstance(v, torch.Tensor)
             ] if msg is not None else []  # fmt: skip
-            buf = torch.cat(parts) if parts else torch.zeros(8, dtype=torch.uint8)
+            buf = (
+                torch.cat(parts) if parts else torch.zeros(8, dtype=torch.uint8, device=self.device)
+            )
             self.packed[key] = buf
         dist.broadcast(buf, src=0)
 
 
-BROADCAST: dict[str, Callable[[E.Kind, int], Any]] = {
+BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "tpwire": Tpwire,
     "no-steady": NoSteady,
     "compat": Compat,
@@ -189,9 +230,12 @@ BROADCAST: dict[str, Callable[[E.Kind, int], Any]] = {
 
 
 class PPTpwire:
-    def __init__(self, rank: int, group: Any) -> None:
-        self.rank = rank
-        self.ch = P2PChannel(pp_contract, peer=1 - rank, group=group, poison="raise").open()
+    def __init__(self, env: Env, group: Any) -> None:
+        self.rank = env.rank
+        device = env.device if env.on_device else None
+        self.ch = P2PChannel(
+            pp_contract, peer=1 - self.rank, group=group, device=device, poison="raise"
+        ).open()
         self.call_id = 0
 
     def step(self, i: int, env: Any, res: Any) -> None:
@@ -208,27 +252,28 @@ class PPTpwire:
 
 
 class PPVllm:
-    def __init__(self, rank: int, group: Any) -> None:
-        self.rank = rank
-        self.peer = 1 - rank
+    def __init__(self, env: Env, group: Any) -> None:
+        self.rank = env.rank
+        self.peer = 1 - self.rank
+        self.device = env.device
 
     def _send(self, msg: Any) -> None:
         meta, tensors = _tensor_dict(msg)
         raw = torch.frombuffer(bytearray(pickle.dumps(meta)), dtype=torch.uint8)
-        dist.send(torch.tensor([raw.numel()]), dst=self.peer)
-        dist.send(raw, dst=self.peer)
+        dist.send(torch.tensor([raw.numel()], device=self.device), dst=self.peer)
+        dist.send(raw.to(self.device), dst=self.peer)
         for _, t in tensors:
             dist.send(t.contiguous(), dst=self.peer)
 
     def _recv(self) -> None:
-        n = torch.empty(1, dtype=torch.int64)
+        n = torch.empty(1, dtype=torch.int64, device=self.device)
         dist.recv(n, src=self.peer)
-        raw = torch.empty(int(n), dtype=torch.uint8)
+        raw = torch.empty(int(n), dtype=torch.uint8, device=self.device)
         dist.recv(raw, src=self.peer)
-        meta = pickle.loads(raw.numpy().tobytes())  # the baseline's unsafe step
+        meta = pickle.loads(raw.cpu().numpy().tobytes())  # the baseline's unsafe step
         for value in meta.values():
             if isinstance(value, tuple) and value[:1] == ("tensor",):
-                dist.recv(torch.empty(value[2], dtype=value[1]), src=self.peer)
+                dist.recv(torch.empty(value[2], dtype=value[1], device=self.device), src=self.peer)
 
     def step(self, i: int, env: Any, res: Any) -> None:
         if self.rank == 0:
@@ -240,11 +285,12 @@ class PPVllm:
 
 
 class PPFloor:
-    def __init__(self, rank: int, group: Any) -> None:
-        self.rank = rank
-        self.peer = 1 - rank
-        self.env = torch.zeros(E.tensor_bytes(E.pp_envelope(0)), dtype=torch.uint8)
-        self.res = torch.zeros(E.tensor_bytes(E.pp_result(0)), dtype=torch.uint8)
+    def __init__(self, env: Env, group: Any) -> None:
+        self.rank = env.rank
+        self.peer = 1 - self.rank
+        nbytes = E.tensor_bytes(E.pp_envelope(0)), E.tensor_bytes(E.pp_result(0))
+        self.env = torch.zeros(nbytes[0], dtype=torch.uint8, device=env.device)
+        self.res = torch.zeros(nbytes[1], dtype=torch.uint8, device=env.device)
 
     def step(self, i: int, env: Any, res: Any) -> None:
         if self.rank == 0:
@@ -255,16 +301,20 @@ class PPFloor:
             dist.send(self.res, dst=self.peer)
 
 
-PP: dict[str, Callable[[int, Any], Any]] = {"tpwire": PPTpwire, "vllm": PPVllm, "floor": PPFloor}
+PP: dict[str, Callable[[Env, Any], Any]] = {"tpwire": PPTpwire, "vllm": PPVllm, "floor": PPFloor}
 
 
 # --- the rank's main loop --------------------------------------------------------------
 
 
-def _timed(barrier: Callable[[], None], step: Callable[[], None]) -> float:
+def _timed(
+    barrier: Callable[[], None], step: Callable[[], None], sync: Callable[[], None]
+) -> float:
     barrier()
+    sync()
     t0 = time.perf_counter()
     step()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -275,6 +325,7 @@ def _interleaved(
     plan: Plan,
     series: dict[str, list[float]],
     prefix: str,
+    sync: Callable[[], None],
 ) -> None:
     """Every transport moves envelope ``i`` in turn before any moves ``i + 1`` (the order
     rotates each iteration), so a drift of the machine hits them all alike and each
@@ -283,44 +334,64 @@ def _interleaved(
     for j in range(plan.warmup + plan.rounds * plan.iters):
         k = j % len(names)
         for name in names[k:] + names[:k]:
-            dt = _timed(barrier, lambda t=transports[name], j=j: step(t, j))
+            dt = _timed(barrier, functools.partial(step, transports[name], j), sync)
             if j >= plan.warmup:
                 series.setdefault(f"{prefix}/{name}", []).append(dt)
 
 
-def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[float]]:
-    """Every (kind, transport) series of this rank, in seconds, iteration by iteration."""
+def _stream(msgs: list[Any]) -> Callable[[Any, int], None]:
+    """Moves envelope ``i`` of ``msgs`` (cycling) with a transport."""
+
+    def step(transport: Any, i: int) -> None:
+        transport.step(i, msgs[i % len(msgs)])
+
+    return step
+
+
+def _environment(rank: int, world: int, port: int, plan: Plan) -> Env:
     dist.init_process_group(
-        "gloo",
+        plan.backend,
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world,
         timeout=timedelta(seconds=120),
     )
     torch.set_num_threads(1)
+    if plan.device == "cpu":
+        return Env(rank, torch.device("cpu"))
+    torch.cuda.set_device(rank)
+    return Env(rank, torch.device(plan.device, rank), cpu_group=dist.new_group(backend="gloo"))
+
+
+def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[float]]:
+    """Every (kind, transport) series of this rank, in seconds, iteration by iteration."""
+    env = _environment(rank, world, port, plan)
     series: dict[str, list[float]] = {}
     messages = {
-        k: [E.KINDS[k].message(E.KINDS[k].protocol(), i) for i in range(24)] for k in plan.kinds
-    }
+        k: [E.to_device(E.KINDS[k].message(E.KINDS[k].protocol(), i), env.device)
+            for i in range(24)]
+        for k in plan.kinds
+    }  # fmt: skip
     for kind_name in plan.kinds:
         kind = E.KINDS[kind_name]
         msgs = messages[kind_name]
         names = BROADCAST_TRANSPORTS + EXTRA_TRANSPORTS.get(kind_name, ())
-        transports = {name: BROADCAST[name](kind, rank) for name in names}
+        transports = {name: BROADCAST[name](kind, env) for name in names}
         _interleaved(
             transports,
-            lambda t, i, msgs=msgs: t.step(i, msgs[i % len(msgs)]),
+            _stream(msgs),
             dist.barrier,
             plan,
             series,
             kind_name,
+            env.sync,
         )
     if plan.pp:
         group = dist.new_group([0, 1])
         if rank < 2:
-            envs = [E.pp_envelope(i) for i in range(8)]
-            res = [E.pp_result(i) for i in range(8)]
-            pp = {name: PP[name](rank, group) for name in PP_TRANSPORTS}
+            envs = [E.to_device(E.pp_envelope(i), env.device) for i in range(8)]
+            res = [E.to_device(E.pp_result(i), env.device) for i in range(8)]
+            pp = {name: PP[name](env, group) for name in PP_TRANSPORTS}
 
             def barrier() -> None:
                 dist.barrier(group=group)
@@ -332,6 +403,7 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
                 plan,
                 series,
                 "pp",
+                env.sync,
             )
     dist.barrier()
     return series

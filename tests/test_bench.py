@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import codec, cpu_path, report, transports
-from bench.__main__ import run_world
+from bench.__main__ import nccl_worlds, run_world
 from bench.transports import Plan
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,9 +46,22 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
         for condition in cpu_path.CONDITIONS:
             assert all(row[condition][part][0] > 0 for part in cpu_path.PARTS)
     assert "## tpwire's CPU path per envelope" in text
+    assert "NCCL transports: skipped, this machine has 0 GPUs" in text
+    # an NCCL run renders its own tables and verdicts (the gloo series stand in for it here)
+    with_nccl = report.markdown({**result, "gpus": 2, "nccl": {"2": stats}})
+    assert "## Transports over NCCL, world size 2 (a GPU per rank)" in with_nccl
+    assert "| NCCL world 2: Scope INFER within 1.15x of the floor |" in with_nccl
+    assert "| NCCL 2 | Scope v1 INFER 320x576" in with_nccl  # copy or collective, too
+    assert "NCCL transports: skipped" not in with_nccl
     pytest.importorskip("matplotlib")
     report.plot(result, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_nccl_runs_where_there_is_a_gpu_per_rank() -> None:
+    assert nccl_worlds(0, quick=False) == [] and nccl_worlds(1, quick=False) == []
+    assert nccl_worlds(2, quick=False) == [2] and nccl_worlds(3, quick=False) == [2]
+    assert nccl_worlds(8, quick=False) == [2, 4] and nccl_worlds(8, quick=True) == [2]
 
 
 def test_profile_attributes_samples_to_the_innermost_tpwire_line() -> None:
