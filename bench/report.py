@@ -389,19 +389,21 @@ come from.
 - **NOOP at least 2.5x faster than compat cannot hold:** compat's NOOP is its slot header
   alone, one collective, exactly what tpwire's NOOP is (the compat / tpwire column sits at
   about 1.0x). Both are the floor plus a per-envelope CPU path.
-- **Within 1.3x of the floor (small, NOOP): tpwire's own cost is within it; this machine's
-  two processes on two cores are not.** Both envelopes are one collective, as the floor is,
-  so the whole gap is the CPU path: the source's preflight before its collective and the
-  worker's checks after it. Measured alone (the CPU path table below), that path puts a
-  NOOP at about 1.15x and a small INFER at about 1.3x of the floor, even after 16 MiB of
-  other memory traffic per envelope. In the transport tables the same path costs two to
-  three times as much: each rank runs it right after waking from a blocking wait, on a core
-  it shares with the other rank and gloo's threads (stage timings of a two-rank small INFER
-  stream, session 4: about 70-80 us per side outside the collectives, against 27 us
-  (source) and 33 us (worker) in the tight loop). Two ways around that were measured and
-  dropped (session 4, ad hoc): polling the collective instead of blocking in it starves
-  gloo's threads on two cores (5 to 13x slower), and pinning each rank to a core makes the
-  floor and tpwire faster alike but not the ratio. `make profile` attributes each rank's samples: no step of the path is above 4%.
+- **Within 1.3x of the floor (small, NOOP): met or missed from run to run for a NOOP, missed
+  for a small INFER; tpwire's own cost is within it, two processes sharing two cores are
+  not.** Both envelopes are one collective, as the floor is, so the whole gap is the CPU
+  path: the source's preflight before its collective and the worker's checks after it.
+  Measured alone (the CPU path table below), that path puts a NOOP at about 1.15x and a
+  small INFER at about 1.3x of the floor, even after 16 MiB of other memory traffic per
+  envelope. In the transport tables the same path costs two to three times as much: each
+  rank runs it right after waking from a blocking wait, on a core it shares with the other
+  rank and gloo's threads (stage timings of a two-rank small INFER stream, session 4: about
+  70-80 us per side outside the collectives, against 27 us (source) and 33 us (worker) in
+  the tight loop). Two ways around that were measured and dropped (session 4, ad hoc):
+  polling the collective instead of blocking in it starves gloo's threads on two cores (5 to
+  13x slower), and pinning each rank to a core makes the floor and tpwire faster alike but
+  not the ratio. `make profile` attributes each rank's samples: no step of the path is above
+  4%.
 - **Within 1.15x of the floor (Scope): missed on a CPU channel, by the cost of one more
   collective or of one host copy.** The floor is one collective of bytes already in one
   buffer. A Scope envelope's tensors are separate, so one collective needs the source to
