@@ -150,14 +150,20 @@ class Framing:
         self._spare: torch.Tensor | None = None
         #: the last payload envelope's manifest: the next is likely laid out alike
         self.ahead: Manifest | None = None
+        self._carried: tuple[tuple[int, ...], tuple[bool, ...]] | None = None
 
-    def carried(self, sizes: Sequence[int]) -> tuple[bool, ...]:
+    def carried(self, sizes: tuple[int, ...]) -> tuple[bool, ...]:
         """For each segment of an envelope: whether it rides in the head."""
+        last = self._carried
+        if last is not None and last[0] == sizes:
+            return last[1]  # a stream repeats its layouts: asked three times per envelope
         slots = self.slots
-        return tuple(
+        carried = tuple(
             i < len(slots) and n <= slots[i] and (n == 0 or slots[i] > 0)
             for i, n in enumerate(sizes)
         )
+        self._carried = (sizes, carried)
+        return carried
 
     def after(self, payload: bool, sizes: tuple[int, ...]) -> None:
         """Both ends call this after each envelope, with what its frame 0 announced."""
@@ -174,6 +180,7 @@ class Framing:
                 off += -(-n // ALIGN) * ALIGN
             self.offsets = tuple(offsets)
             self.head_nbytes = off
+            self._carried = None
             self._send_buffer = None
             self._spare = None
             self.ahead = None
@@ -279,6 +286,7 @@ class _Channel:
         self.last_sent: Any = None
         self.last_header: Any = None
         self._header_fields = tuple(f.name for f in dataclasses.fields(protocol.Header))
+        self._terminal = frozenset(a for a in protocol.ACTION_ENUM if a.name in _TERMINAL)
         self._sent_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
         self._recv_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
         self._lock = threading.Lock()
@@ -548,7 +556,7 @@ class _Channel:
                 f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
             )
             raise
-        if action.name in ("SHUTDOWN", "ERROR"):
+        if action in self._terminal:
             self.closed = True  # terminal actions: no further frame will come
         return Received(action, header, msg)
 
@@ -737,6 +745,8 @@ class P2PChannel(_Channel):
 
 
 FRAME0_TAG = 0
+#: actions after which no further frame comes
+_TERMINAL = ("SHUTDOWN", "ERROR")
 _UNWATCHED = nullcontext()
 
 

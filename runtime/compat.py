@@ -117,7 +117,7 @@ class CompatBroadcastChannel(BroadcastChannel):
         if violations:
             _log(f"tpwire[rank {self.rank}]: envelope refused after receive {_ids(header)}")
             raise EnvelopeInvalid(violations)
-        if action.name in ("SHUTDOWN", "ERROR"):
+        if action in self._terminal:
             self.closed = True
         return Received(action, header, msg)
 
