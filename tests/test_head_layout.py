@@ -176,3 +176,14 @@ def test_views_made_ahead_see_the_bytes_that_arrive_later(limit: int) -> None:
     assert manifest.slots is ahead.slots  # the same checked layout
     _, msg = manifest.assemble(ahead.buffers, ahead.offsets, ahead.views)
     assert msg == second
+
+
+def test_which_segments_ride_in_the_head_follows_the_agreed_layout() -> None:
+    framing = agreed(tp_control, (16,))
+    assert framing.carried((16,)) == (True,)
+    assert framing.carried((32,)) == (False,)  # over its slot
+    assert framing.carried((32,)) == (False,)  # asked again: the same answer
+    framing.after(True, (32,))
+    framing.after(True, (32,))  # a new agreed layout: the answer for (32,) changes
+    assert framing.carried((32,)) == (True,)
+    assert framing.carried((8, 8)) == (True, False)  # a segment with no slot follows
