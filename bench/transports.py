@@ -375,7 +375,9 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
     for kind_name in plan.kinds:
         kind = E.KINDS[kind_name]
         msgs = messages[kind_name]
-        names = BROADCAST_TRANSPORTS + EXTRA_TRANSPORTS.get(kind_name, ())
+        # a device channel has no carry limit: carry-all would be tpwire itself
+        extra = () if env.on_device else EXTRA_TRANSPORTS.get(kind_name, ())
+        names = BROADCAST_TRANSPORTS + extra
         transports = {name: BROADCAST[name](kind, env) for name in names}
         _interleaved(
             transports,
