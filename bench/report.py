@@ -306,14 +306,16 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
         out += _cpu_path_table(result)
-    out += ["", "## CUDA materialization", ""]
     if not result.get("nccl"):
         gpus = result.get("gpus", 0)
         out += [
-            f"NCCL transports: skipped, this machine has {gpus} GPU{'' if gpus == 1 else 's'} "
-            "(the run measures them at world size 2, and 4, where it has that many).",
             "",
+            "## Transports over NCCL",
+            "",
+            f"Skipped: this machine has {gpus} GPU{'' if gpus == 1 else 's'} (the run measures "
+            "them at world size 2, and 4, where it has a GPU per rank).",
         ]
+    out += ["", "## CUDA materialization", ""]
     if result["cuda"] is None:
         out.append("Skipped: no CUDA device on this machine (the run measures it where one is).")
     else:

@@ -47,12 +47,12 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
         for condition in cpu_path.CONDITIONS:
             assert all(row[condition][part][0] > 0 for part in cpu_path.PARTS)
     assert "## tpwire's CPU path per envelope" in text
-    assert "NCCL transports: skipped, this machine has 0 GPUs" in text
+    assert "## Transports over NCCL\n\nSkipped: this machine has 0 GPUs" in text
     # an NCCL run renders its own tables and verdicts (the gloo series stand in for it here)
     with_nccl = report.markdown({**result, "gpus": 2, "nccl": {"2": stats}})
     assert "## Transports over NCCL, world size 2 (a GPU per rank)" in with_nccl
     assert "| NCCL world 2: Scope INFER within 1.15x of the floor |" in with_nccl
-    assert "NCCL transports: skipped" not in with_nccl
+    assert "Skipped: this machine has" not in with_nccl
     pytest.importorskip("matplotlib")
     report.plot(result, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
