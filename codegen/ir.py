@@ -375,6 +375,7 @@ class LayoutIR:
     scalars: int
     manifest: int
     frame1: int
+    frame1_digest: int
     checksum: int
     length: int
 
@@ -769,8 +770,9 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
         scalars=scalar_base,
         manifest=manifest_base,
         frame1=w_frame1,
-        checksum=w_frame1 + 1,
-        length=w_frame1 + 2,
+        frame1_digest=w_frame1 + 1,
+        checksum=w_frame1 + 2,
+        length=w_frame1 + 3,
     )
 
     hnullable = frozenset(f.name for f in h.fields if not f.always_required)

@@ -77,6 +77,7 @@ def raw_encode(t: Target, msg: Any, header: Any) -> wire.Frames | None:
         tensors, entries = encoders[type(msg)](msg, words, None)
         slots, sizes = wire.plan_segments(entries)
         words[mod.W_FRAME1] = sum(sizes)
+        words[mod.W_FRAME1_DIGEST] = wire.frame1_digest(tensors, slots, sizes)
         return wire.Frames(wire.seal(words), wire.pack_segments(tensors, slots, sizes))
     except Exception:
         return None

@@ -85,9 +85,13 @@ class Case:
         return copy.deepcopy(self)
 
     def seal(self) -> None:
-        """Set the last word to the checksum of the others, as ``wire.seal`` does."""
+        """Set the frame 1 digest word (the one before the last) to the digest of the
+        segments as they are now, and the last word to the checksum of the others, as
+        ``encode`` does: mutations then reach the checks behind both."""
         if self.words:
             self.words = [wrap64(w) for w in self.words]
+            if len(self.words) >= 2:
+                self.words[-2] = wire.bytes_digest([s.data for s in self.segments])
             self.words[-1] = int(wire.seal(self.words)[-1])
 
     # --- JSON -------------------------------------------------------------------------

@@ -133,6 +133,12 @@ def fix_frame1(c: Case, t: Target, r: Rand, *, resize: bool) -> None:
     for i, n in enumerate(sizes):
         data = old[i].data[:n] if i < len(old) else b""
         c.segments.append(Seg(data + bytes(n - len(data))))
+    for s in slots:  # a refitted frame 1 keeps its one encoding: padding is zero
+        pad = -s.nbytes % wire.ALIGN if s.nbytes < wire.COALESCE_LIMIT else 0
+        if pad:
+            seg = c.segments[s.segment]
+            at = s.offset + s.nbytes
+            seg.data = seg.data[:at] + bytes(pad) + seg.data[at + pad :]
     c.slots = [Slot(s.field, s.dtype.name, s.segment, s.offset, s.nbytes) for s in slots]
 
 

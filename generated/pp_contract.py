@@ -51,8 +51,8 @@ __all__ = [
 PROTOCOL: Final = "pp_contract"
 SPEC_SHA256: Final = "954ed580e372fad78e76672bd8561367289a95dfedb8793ee08cbb32aa755781"
 #: Identity of the wire-relevant spec content; peers with another value refuse frames.
-FINGERPRINT: Final = 0x4EBC2F70DF71C9BF
-FRAME0_LEN: Final = 42
+FINGERPRINT: Final = 0x780B418528CF7964
+FRAME0_LEN: Final = 43
 W_HEADER_PRESENCE: Final = 6
 W_MESSAGE_ID: Final = 7
 W_MESSAGE_VERSION: Final = 8
@@ -60,6 +60,7 @@ W_PRESENCE: Final = 9
 W_SCALARS: Final = 10
 W_MANIFEST: Final = 22
 W_FRAME1: Final = 40
+W_FRAME1_DIGEST: Final = 41
 
 
 class PPAction(enum.IntEnum):
@@ -2030,6 +2031,7 @@ def prepare(
     tensors, entries = _ENCODERS[type(msg)](msg, words, device)
     slots, sizes = _w.plan_segments(entries)
     words[W_FRAME1] = sum(sizes)
+    words[W_FRAME1_DIGEST] = _w.frame1_digest(tensors, slots, sizes)
     return _w.Prepared(words, tensors, slots, sizes)
 
 
@@ -2209,8 +2211,14 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
             f"frame 1 announced {w[W_FRAME1]} bytes, the manifest needs {sum(sizes)}",
             W_FRAME1,
         )
+    if not w[W_FRAME1] and w[W_FRAME1_DIGEST]:
+        raise WireError(
+            "frame1",
+            f"an empty frame 1 has digest 0, frame says {w[W_FRAME1_DIGEST]:#x}",
+            W_FRAME1_DIGEST,
+        )
     cls = PPEnvelope
-    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims))
+    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims), w[W_FRAME1_DIGEST])
 
 
 _LAYOUTS_PPResult: Final[dict[tuple[int, ...], _w.Layout]] = {}
@@ -2274,8 +2282,14 @@ def _read_PPResult(w: list[int], header: Header) -> Manifest:
             f"frame 1 announced {w[W_FRAME1]} bytes, the manifest needs {sum(sizes)}",
             W_FRAME1,
         )
+    if not w[W_FRAME1] and w[W_FRAME1_DIGEST]:
+        raise WireError(
+            "frame1",
+            f"an empty frame 1 has digest 0, frame says {w[W_FRAME1_DIGEST]:#x}",
+            W_FRAME1_DIGEST,
+        )
     cls = PPResult
-    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims))
+    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims), w[W_FRAME1_DIGEST])
 
 
 _READERS: Final = {
@@ -2316,7 +2330,7 @@ def _read_words(words: list[int]) -> Manifest:
             W_MESSAGE_ID,
         )
     if mid == 0:
-        _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1 + 1)
+        _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1_DIGEST + 1)
         return Manifest(header, None, {}, (), (), _decoded_validator({}))
     return _READERS[mid](words, header)
 

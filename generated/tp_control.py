@@ -53,8 +53,8 @@ __all__ = [
 PROTOCOL: Final = "tp_control"
 SPEC_SHA256: Final = "7645b7d58fad30baf8bf9736aaba227b77d8cf586fa8a5f00ef7b99514e68e81"
 #: Identity of the wire-relevant spec content; peers with another value refuse frames.
-FINGERPRINT: Final = 0x0C9C49A7AB969C3A
-FRAME0_LEN: Final = 51
+FINGERPRINT: Final = 0x7DE4ED3B0878D1D4
+FRAME0_LEN: Final = 52
 W_HEADER_PRESENCE: Final = 7
 W_MESSAGE_ID: Final = 8
 W_MESSAGE_VERSION: Final = 9
@@ -62,6 +62,7 @@ W_PRESENCE: Final = 10
 W_SCALARS: Final = 11
 W_MANIFEST: Final = 26
 W_FRAME1: Final = 49
+W_FRAME1_DIGEST: Final = 50
 
 
 class TPAction(enum.IntEnum):
@@ -2216,6 +2217,7 @@ def prepare(
     tensors, entries = _ENCODERS[type(msg)](msg, words, device)
     slots, sizes = _w.plan_segments(entries)
     words[W_FRAME1] = sum(sizes)
+    words[W_FRAME1_DIGEST] = _w.frame1_digest(tensors, slots, sizes)
     return _w.Prepared(words, tensors, slots, sizes)
 
 
@@ -2477,8 +2479,14 @@ def _read_Infer(w: list[int], header: Header) -> Manifest:
             f"frame 1 announced {w[W_FRAME1]} bytes, the manifest needs {sum(sizes)}",
             W_FRAME1,
         )
+    if not w[W_FRAME1] and w[W_FRAME1_DIGEST]:
+        raise WireError(
+            "frame1",
+            f"an empty frame 1 has digest 0, frame says {w[W_FRAME1_DIGEST]:#x}",
+            W_FRAME1_DIGEST,
+        )
     cls = _CLASS_Infer[int(values["tp_plan"])]  # type: ignore[call-overload]
-    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims))
+    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims), w[W_FRAME1_DIGEST])
 
 
 _READERS: Final = {
@@ -2517,7 +2525,7 @@ def _read_words(words: list[int]) -> Manifest:
             W_MESSAGE_ID,
         )
     if mid == 0:
-        _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1 + 1)
+        _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1_DIGEST + 1)
         return Manifest(header, None, {}, (), (), _decoded_validator({}))
     return _READERS[mid](words, header)
 

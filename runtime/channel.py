@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple, NoReturn
@@ -26,12 +26,23 @@ from typing import Any, NamedTuple, NoReturn
 import torch
 import torch.distributed as dist
 
-from . import parity, tripwire
-from .errors import EnvelopeInvalid, WireError
-from .wire import ALIGN, Frames, Manifest, Prepared, TensorSlot
+from . import abort_guard, parity, tripwire
+from .errors import EnvelopeInvalid, WireError, show_id
+from .wire import (
+    ALIGN,
+    Frames,
+    Manifest,
+    Prepared,
+    TensorSlot,
+    read_word,
+    trailer_word,
+    write_word,
+)
 
 #: Largest segment a CPU channel copies into the head in steady state (bytes).
 CPU_CARRY_LIMIT = 1 << 20
+#: The head collective ends in one int64 trailer word (``Framing``).
+TRAILER_NBYTES = 8
 
 #: Distinct exit codes, so a supervisor can tell why a rank died.
 EXIT_POISONED = 86
@@ -57,7 +68,7 @@ class Received:
 
 def _ids(header: Any) -> str:
     parts = [
-        f"{name}={getattr(header, name, None)}"
+        f"{name}={show_id(getattr(header, name, None))}"
         for name in ("call_id", "chunk_index", "cache_epoch")
     ]
     return " ".join(parts)
@@ -133,6 +144,12 @@ class Framing:
     never from guesses, so every rank runs the same sequence of collectives. A segment
     over ``carry_limit`` bytes gets no slot: it always travels on its own, from and into
     its own storage.
+
+    The head ends in a trailer word (``wire.trailer_word`` of frame 0's checksum). A
+    receiver zeroes its place before the collective and checks it after: gloo accepts a
+    message shorter than the receive buffer silently, and the trailer is how a head that
+    arrived short is told from one that arrived whole. (A longer message makes gloo abort
+    the process: ``abort_guard`` turns that into the poison line.)
     """
 
     def __init__(self, frame0_words: int, *, steady: bool, carry_limit: int) -> None:
@@ -142,7 +159,8 @@ class Framing:
         self.agreed: tuple[int, ...] = ()
         self.slots: tuple[int, ...] = ()  # capacity per segment; 0: never carried
         self.offsets: tuple[int, ...] = ()
-        self.head_nbytes = self.frame0_nbytes
+        self.trailer_at = self.frame0_nbytes
+        self.head_nbytes = self.trailer_at + TRAILER_NBYTES
         self._last: tuple[int, ...] | None = None
         self._send_buffer: torch.Tensor | None = None
         self._send_device: torch.device | None = None
@@ -179,7 +197,8 @@ class Framing:
                 offsets.append(off)
                 off += -(-n // ALIGN) * ALIGN
             self.offsets = tuple(offsets)
-            self.head_nbytes = off
+            self.trailer_at = off
+            self.head_nbytes = off + TRAILER_NBYTES
             self._carried = None
             self._send_buffer = None
             self._spare = None
@@ -203,19 +222,34 @@ class Framing:
         """The head: frame 0, then the carried segments in their slots."""
         buf = self._head_buffer(device)
         if isinstance(frames, Prepared):
-            frames.write_into(buf, self.offsets, carried)
+            frames.write_into(buf, self.offsets, carried, self.trailer_at)
             return buf
         buf[: self.frame0_nbytes].view(torch.int64).copy_(frames.frame0)
         for off, seg, here in zip(self.offsets, frames.segments, carried, strict=False):
             if here:
                 buf[off : off + seg.numel()].copy_(seg)
+        write_word(buf, self.trailer_at, trailer_word(int(frames.frame0[-1])))
         return buf
 
     def head_to_receive(self, device: torch.device) -> torch.Tensor:
+        """A receive buffer for the head, its trailer's place zeroed."""
         spare, self._spare = self._spare, None
-        if spare is not None and spare.numel() == self.head_nbytes and spare.device == device:
-            return spare
-        return torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
+        if spare is None or spare.numel() != self.head_nbytes or spare.device != device:
+            spare = torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
+        write_word(spare, self.trailer_at, 0)
+        return spare
+
+    def check_trailer(self, head: torch.Tensor, frame0: bytes) -> None:
+        """Raise ``WireError`` unless the head arrived whole: its trailer belongs to the frame 0
+        at its start."""
+        checksum = int.from_bytes(frame0[-8:], "little", signed=True)
+        got = read_word(head, self.trailer_at)
+        if got != trailer_word(checksum):
+            raise WireError(
+                "length",
+                f"the head collective ended short of its {self.head_nbytes} bytes "
+                f"(trailer word {got:#x}, expected {trailer_word(checksum):#x})",
+            )
 
     def views_ahead(self, head: torch.Tensor, device: torch.device | None) -> Ahead | None:
         """Receive buffers and tensor views for an envelope laid out like ``ahead``, made
@@ -306,6 +340,7 @@ class _Channel:
             carry_limit = 1 << 62 if on_device else CPU_CARRY_LIMIT
         self.parity_flags["tpwire.steady_state"] = steady
         self.parity_flags["tpwire.carry_limit"] = carry_limit
+        abort_guard.install(EXIT_POISONED)
         self._tx = Framing(protocol.FRAME0_LEN, steady=steady, carry_limit=carry_limit)
         self._rx = Framing(protocol.FRAME0_LEN, steady=steady, carry_limit=carry_limit)
 
@@ -461,6 +496,10 @@ class _Channel:
         self._sent_order.commit(header)
         self.last_sent = header
         self._last_send = time.monotonic()
+        if action in self._terminal:
+            # however it was sent (send(), shutdown(), error()): the workers have left their
+            # receive loops, so a further frame 0 would strand this rank
+            self.closed = True
 
     def _beat(self) -> None:
         assert self.heartbeat_s is not None
@@ -500,7 +539,9 @@ class _Channel:
             except BaseException as exc:
                 self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
         try:
-            manifest = self.protocol.read_frame0_bytes(_frame0_bytes(head, framing.frame0_nbytes))
+            raw = _frame0_bytes(head, framing.frame0_nbytes)
+            manifest = self.protocol.read_frame0_bytes(raw)
+            framing.check_trailer(head, raw)
         except BaseException as exc:  # frame 1 may follow: this rank can no longer keep step
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
@@ -606,14 +647,27 @@ class _Channel:
     def _deadline(
         self, what: str | Callable[[], str], *, armed: bool = True
     ) -> AbstractContextManager[None]:
-        """Exit if the block does not finish within ``watchdog_s`` (``what``, a text or a
-        function making it, is formatted only then: the hot path pays nothing)."""
+        """Around every collective: exit if the block does not finish within ``watchdog_s``,
+        and print the poison line if the transport aborts the process inside it
+        (``abort_guard``). ``what``, a text or a function making it, is formatted only then:
+        the hot path pays nothing for it."""
+        guard = abort_guard.armed(lambda: self._abort_line(what))
         if not self.watchdog_s or not armed:
-            return _UNWATCHED
-        return self._watch(what, self.watchdog_s)
+            return guard
+        return self._watch(what, self.watchdog_s, guard)
+
+    def _abort_line(self, what: str | Callable[[], str]) -> str:
+        text = what() if callable(what) else what
+        return (
+            f"tpwire[rank {self.rank}]: POISONED {_ids(self.last_sent or self.last_header)}: "
+            f"the transport aborted the process during {text} (a peer sent more bytes than "
+            "this rank's receive buffer holds: another layout, protocol or a bug)"
+        )
 
     @contextmanager
-    def _watch(self, what: str | Callable[[], str], seconds: float) -> Iterator[None]:
+    def _watch(
+        self, what: str | Callable[[], str], seconds: float, guard: abort_guard.armed
+    ) -> Iterator[None]:
         def fire() -> None:
             text = what() if callable(what) else what
             _log(
@@ -626,7 +680,8 @@ class _Channel:
         timer.daemon = True
         timer.start()
         try:
-            yield
+            with guard:
+                yield
         finally:
             timer.cancel()
 
@@ -747,7 +802,6 @@ class P2PChannel(_Channel):
 FRAME0_TAG = 0
 #: actions after which no further frame comes
 _TERMINAL = ("SHUTDOWN", "ERROR")
-_UNWATCHED = nullcontext()
 
 
 def _members(group: dist.ProcessGroup | None) -> list[int]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-WIRE_VERSION = 1
+#: 2: frame 0 carries the xxh3-64 digest of frame 1, the head collective ends in a trailer
+WIRE_VERSION = 2
 
 #: (spec name, stable wire code, item size in bytes); code 0 means "tensor absent".
 DTYPE_TABLE: tuple[tuple[str, int, int], ...] = (

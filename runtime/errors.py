@@ -25,6 +25,16 @@ VIOLATION_CODES = (
 )
 
 
+def show_id(x: object) -> str:
+    """An id for a log line: never raises (``str`` of an int past Python's int-to-str digit
+    limit does), never floods a line."""
+    if x is None or isinstance(x, bool):
+        return repr(x)
+    if isinstance(x, int):
+        return str(int(x)) if -(2**63) <= x < 2**63 else f"<int of {x.bit_length()} bits>"
+    return f"<{type(x).__name__}>"
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     """One broken rule of one envelope."""
@@ -42,7 +52,8 @@ class Violation:
 
     def ids(self) -> str:
         return (
-            f"call_id={self.call_id} chunk_index={self.chunk_index} cache_epoch={self.cache_epoch}"
+            f"call_id={show_id(self.call_id)} chunk_index={show_id(self.chunk_index)} "
+            f"cache_epoch={show_id(self.cache_epoch)}"
         )
 
     def __str__(self) -> str:

@@ -6,6 +6,8 @@ int64 words on the device the group's backend needs and read the result back on 
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.distributed as dist
 
@@ -27,13 +29,37 @@ def all_gather_ints(values: list[int], group: dist.ProcessGroup | None = None) -
     return [t.tolist() for t in out]
 
 
-def all_gather_bytes(raw: bytes, group: dist.ProcessGroup | None = None) -> list[bytes]:
-    """Every rank's ``raw`` bytes (lengths may differ), by rank: two all-gathers."""
+class LengthsRefused(ValueError):
+    """Some rank announced a byte string outside ``0..limit``; ``bad`` maps rank -> length."""
+
+    def __init__(self, bad: dict[int, int], limit: int) -> None:
+        self.bad = bad
+        self.limit = limit
+        shown = ", ".join(f"rank {r}: {n}" for r, n in bad.items())
+        super().__init__(f"byte lengths outside 0..{limit}: {shown}")
+
+
+def all_gather_bytes(
+    raw: bytes, group: dist.ProcessGroup | None = None, *, limit: int
+) -> list[bytes]:
+    """Every rank's ``raw`` bytes (lengths may differ, at most ``limit``), by rank: two
+    all-gathers. A length outside ``0..limit`` (this rank's or a peer's) raises
+    ``LengthsRefused`` on every rank after the first: every rank saw the same lengths, so
+    none is left waiting in the second, and nothing is allocated from a peer's number."""
     device = device_for(group)
     lengths = [n for (n,) in all_gather_ints([len(raw)], group)]
+    bad = {r: n for r, n in enumerate(lengths) if not 0 <= n <= limit}
+    if bad:
+        raise LengthsRefused(bad, limit)
     size = max(lengths)
     mine = torch.zeros(size, dtype=torch.uint8)
-    mine[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    if raw:
+        mine[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     out = [torch.zeros(size, dtype=torch.uint8, device=device) for _ in lengths]
     dist.all_gather(out, mine.to(device), group=group)
-    return [bytes(t[:n].cpu().numpy().tobytes()) for t, n in zip(out, lengths, strict=True)]
+    return [_bytes_of(t[:n]) for t, n in zip(out, lengths, strict=True)]
+
+
+def _bytes_of(t: torch.Tensor) -> bytes:
+    t = t.cpu().contiguous()
+    return ctypes.string_at(t.data_ptr(), t.numel()) if t.numel() else b""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from .groups import all_gather_bytes
+from .groups import LengthsRefused, all_gather_bytes
 
 Record = dict[str, Any]
 
@@ -67,10 +67,47 @@ def diff(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+#: The largest parity record a rank may show (bytes of canonical JSON). A record is a few
+#: hundred bytes; the bound keeps a peer's length from sizing this rank's allocation.
+MAX_RECORD_BYTES = 8192
+
+
 def exchange(rec: Record, group: dist.ProcessGroup | None = None) -> list[Record]:
-    """All-gather every rank's record (canonical JSON bytes; parsed, never unpickled)."""
+    """All-gather every rank's record (canonical JSON bytes; parsed, never unpickled).
+
+    Raises ``ParityMismatch`` naming the rank, on every rank, when a record is longer than
+    ``MAX_RECORD_BYTES`` or is not a JSON object (each rank judges the same bytes, so every
+    rank raises)."""
     raw = json.dumps(rec, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return [json.loads(b.decode()) for b in all_gather_bytes(raw, group)]
+    try:
+        gathered = all_gather_bytes(raw, group, limit=MAX_RECORD_BYTES)
+    except LengthsRefused as exc:
+        raise ParityMismatch(
+            [
+                f"rank {r}: a parity record of {n} bytes (the bound is 0..{exc.limit})"
+                for r, n in exc.bad.items()
+            ]
+        ) from None
+    records: list[Record] = []
+    problems: list[str] = []
+    for r, b in enumerate(gathered):
+        try:
+            parsed = json.loads(b.decode("utf-8"))
+            if not isinstance(parsed, dict):
+                raise ValueError(f"a JSON {type(parsed).__name__}, not an object")
+            _flatten(parsed)  # nesting must be shallow enough to compare
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError too
+            problems.append(f"rank {r}: the parity record is not a JSON object: {_short(exc)}")
+            continue
+        records.append(parsed)
+    if problems:
+        raise ParityMismatch(problems)
+    return records
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def check(rec: Record, group: dist.ProcessGroup | None = None) -> list[Record]:

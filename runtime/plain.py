@@ -85,7 +85,7 @@ def enums_of(protocol: Any) -> dict[str, Any]:
     }
 
 
-def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[Any]]:
+def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
     """Build ``(header, message, violations)`` from plain data for a generated ``protocol``.
 
     Violations cover what only plain data can get wrong (``unknown_field``, an absent key
@@ -93,6 +93,17 @@ def from_plain(protocol: Any, data: Mapping[str, Any]) -> tuple[Any, Any, list[A
     """
     enums = enums_of(protocol)
     violations: list[Any] = []
+    if not isinstance(data, Mapping):  # JSON null, a list, a string: one violation, not a crash
+        violations.append(
+            protocol.Violation(
+                "type",
+                "envelope",
+                "a mapping of header, message, fields",
+                show(data),
+                "plain envelope shape",
+            )
+        )
+        data = {}
 
     def build(cls: Any, values: Mapping[str, Any], where: str) -> Any:
         fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -7,6 +7,12 @@ into *segments* that both sides derive from the manifest alone: every tensor und
 ``COALESCE_LIMIT`` bytes goes into one packed segment (16-byte aligned), every larger
 tensor is its own segment, sent straight from (or received straight into) its storage.
 
+Frame 0 also carries the xxh3-64 digest of frame 1 (every segment's bytes in segment order,
+padding included; 0 when frame 1 is empty). A receiver checks it, and that every padding
+byte is zero, before it hands an envelope over: gloo accepts a message shorter than the
+receive buffer without a word, so without the digest a short or corrupted frame 1 would be
+handed over as whatever the buffer held, differently on every rank.
+
 Nothing here unpickles, evaluates or allocates from a peer's numbers before they have
 been checked against the spec's bounds.
 """
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import xxhash
 
 from .dtypes import DTYPE_TABLE, WIRE_VERSION
 from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
@@ -252,6 +259,107 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8)
 
 
+# --- the frame 1 digest ----------------------------------------------------------------
+
+
+def _hash_bytes(h: Any, t: torch.Tensor, start: int, nbytes: int) -> None:
+    """Feed ``nbytes`` of ``t``'s storage from byte ``start`` on into ``h``.
+
+    ``t`` is contiguous (``materialize``, or a receive buffer). CPU bytes are hashed where
+    they lie; a device tensor's bytes are copied to the host first."""
+    if not nbytes:
+        return
+    if not t.is_cpu:
+        t, start = _as_bytes(t)[start : start + nbytes].cpu(), 0
+    h.update((ctypes.c_char * nbytes).from_address(t.data_ptr() + start))
+
+
+def _signed(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def frame1_digest(
+    tensors: Sequence[torch.Tensor], slots: Sequence[TensorSlot], sizes: Sequence[int]
+) -> int:
+    """xxh3-64 of frame 1 as the sender lays it out (packed segment with its zero padding,
+    then each large segment), as a signed int64 word; 0 when frame 1 is empty."""
+    if not any(sizes):
+        return 0
+    h = xxhash.xxh3_64()
+    large: list[tuple[torch.Tensor, TensorSlot]] = []
+    for t, slot in zip(tensors, slots, strict=True):
+        n = slot.nbytes
+        if n >= COALESCE_LIMIT:
+            large.append((t, slot))  # segments 1.. follow the packed segment, in order
+            continue
+        _hash_bytes(h, t, 0, n)
+        pad = -n % ALIGN
+        if pad:
+            h.update(_ZERO_BYTES[pad])
+    for t, slot in large:
+        _hash_bytes(h, t, 0, slot.nbytes)
+    return _signed(h.intdigest())
+
+
+def buffers_digest(
+    buffers: Sequence[torch.Tensor], offsets: Sequence[int] | None, sizes: Sequence[int]
+) -> int:
+    """``frame1_digest`` of received segments: segment ``i`` is ``sizes[i]`` bytes of
+    ``buffers[i]`` from byte ``offsets[i]`` on."""
+    if not any(sizes):
+        return 0
+    h = xxhash.xxh3_64()
+    for i, n in enumerate(sizes):
+        _hash_bytes(h, buffers[i], 0 if offsets is None else offsets[i], n)
+    return _signed(h.intdigest())
+
+
+def bytes_digest(segments: Sequence[bytes]) -> int:
+    """``frame1_digest`` of segments given as bytes (tools, tests, fuzzing)."""
+    if not any(segments):
+        return 0
+    h = xxhash.xxh3_64()
+    for data in segments:
+        h.update(data)
+    return _signed(h.intdigest())
+
+
+_ZERO_BYTES = tuple(bytes(n) for n in range(ALIGN))
+
+
+def verify_frame1(
+    slots: Sequence[TensorSlot],
+    sizes: Sequence[int],
+    buffers: Sequence[torch.Tensor],
+    offsets: Sequence[int] | None,
+    digest: int,
+) -> None:
+    """Every received frame 1 byte against frame 0: the digest, then zero padding (so a
+    frame 1 has exactly one encoding), then the bytes of bool tensors (0 or 1)."""
+    got = buffers_digest(buffers, offsets, sizes)
+    if got != digest:
+        raise WireError(
+            "digest",
+            f"frame 1 bytes hash to {got & _U64:#018x}, frame 0 announced {digest & _U64:#018x} "
+            "(a short, long or corrupted frame 1)",
+        )
+    for slot in slots:
+        n = slot.nbytes
+        pad = -n % ALIGN if n < COALESCE_LIMIT else 0
+        buf = buffers[slot.segment]
+        at = slot.offset if offsets is None else slot.offset + offsets[slot.segment]
+        if pad and _read(buf, at + n, pad) != _ZERO_BYTES[pad]:
+            raise WireError("padding", f"{slot.field}: the padding after it is not zero")
+        if n and slot.dtype.torch_dtype is torch.bool and int(buf[at : at + n].max()) > 1:
+            raise WireError("frame1", f"{slot.field}: a bool tensor byte is not 0 or 1")
+
+
+def _read(buf: torch.Tensor, start: int, n: int) -> bytes:
+    if buf.is_cpu:
+        return ctypes.string_at(buf.data_ptr() + start, n)
+    return bytes(buf[start : start + n].cpu().tolist())
+
+
 def pack_segments(
     tensors: Sequence[torch.Tensor], slots: Sequence[TensorSlot], sizes: Sequence[int]
 ) -> tuple[torch.Tensor, ...]:
@@ -317,6 +425,28 @@ _PADS = tuple(torch.zeros(n, dtype=torch.uint8) for n in range(ALIGN))
 _EMPTY = torch.empty(0, dtype=torch.uint8)
 
 
+def trailer_word(checksum: int) -> int:
+    """The word that ends a head collective: frame 0's checksum with its low bit set, so it
+    is never 0 (a receiver zeroes the trailer's place before the collective: a head shorter
+    than announced leaves it 0) and belongs to this very frame 0."""
+    return checksum | 1
+
+
+def write_word(buf: torch.Tensor, at: int, value: int) -> None:
+    """One int64 ``value`` into the uint8 buffer ``buf`` at byte ``at`` (8-aligned)."""
+    if buf.is_cpu:
+        ctypes.c_int64.from_address(buf.data_ptr() + at).value = value
+    else:
+        buf[at : at + 8].view(torch.int64).fill_(value)
+
+
+def read_word(buf: torch.Tensor, at: int) -> int:
+    """The int64 at byte ``at`` of the uint8 buffer ``buf``."""
+    if buf.is_cpu:
+        return ctypes.c_int64.from_address(buf.data_ptr() + at).value
+    return int(buf[at : at + 8].view(torch.int64).item())
+
+
 @dataclass(frozen=True, slots=True)
 class Frames:
     """An encoded envelope: frame 0 (int64 words) and frame 1 (uint8 segments)."""
@@ -362,9 +492,14 @@ class Prepared(NamedTuple):
         return pack_segments(self.tensors, self.slots, self.sizes)[index]
 
     def write_into(
-        self, buf: torch.Tensor, offsets: Sequence[int], carried: Sequence[bool]
+        self,
+        buf: torch.Tensor,
+        offsets: Sequence[int],
+        carried: Sequence[bool],
+        trailer_at: int | None = None,
     ) -> None:
-        """Frame 0 at the start of ``buf``, each carried segment at its offset.
+        """Frame 0 at the start of ``buf``, each carried segment at its offset, and, when
+        ``trailer_at`` is given, the trailer word (``trailer_word``) there.
 
         Bytes ``frames()`` would pad with zeros are zeroed here too; bytes past a segment's
         end are left as they are (nothing reads them). On a CPU buffer the bytes move with
@@ -377,6 +512,8 @@ class Prepared(NamedTuple):
         else:
             frame0 = torch.frombuffer(sealed, dtype=torch.int64)
             buf[: len(sealed) * 8].view(torch.int64).copy_(frame0)
+        if trailer_at is not None:
+            write_word(buf, trailer_at, trailer_word(sealed[-1]))
         for t, slot in zip(self.tensors, self.slots, strict=True):
             seg = slot.segment
             if carried[seg]:
@@ -395,6 +532,8 @@ class Manifest:
     slots: tuple[TensorSlot, ...]
     segment_nbytes: tuple[int, ...]
     validate: Callable[[Any, Any], list[Violation]] | None = None
+    #: frame 0's digest of frame 1 (``frame1_digest``)
+    digest: int = 0
 
     @property
     def frame1_nbytes(self) -> int:
@@ -456,15 +595,11 @@ class Manifest:
         allocated from this manifest (a channel's own receive buffers): segment ``i`` is the
         bytes of ``buffers[i]`` from byte ``offsets[i]`` on (0 when not given). ``views``:
         this manifest's ``views`` of the same buffers, when the caller made them already.
-        Views, then the validation."""
+        Every byte is checked against frame 0 (``verify_frame1``), then the views, then
+        the validation."""
         msg = None
+        verify_frame1(self.slots, self.segment_nbytes, buffers, offsets, self.digest)
         if self.message is not None:
-            for slot in self.slots:
-                if slot.dtype.torch_dtype is torch.bool and slot.nbytes:
-                    buf = buffers[slot.segment]
-                    at = slot.offset if offsets is None else slot.offset + offsets[slot.segment]
-                    if int(buf[at : at + slot.nbytes].max()) > 1:
-                        raise WireError("frame1", f"{slot.field}: a bool tensor byte is not 0 or 1")
             values = dict(self.scalars)
             values.update(self.views(buffers, offsets) if views is None else views)
             msg = self.message(**values)
@@ -555,6 +690,15 @@ def read_tensor(
     if n > max_elements:
         raise WireError("size", f"{field}: {n} elements exceed the bound {max_elements}", word)
     return field, DTYPE_BY_CODE[code], tuple(shape)
+
+
+def bool_bytes_problem(t: torch.Tensor) -> str | None:
+    """Why a bool tensor's bytes are not all 0 or 1 (a uint8 tensor viewed as bool can hold
+    any byte; the wire carries bytes, and a receiver refuses any but 0 and 1)."""
+    if not t.numel():
+        return None
+    top = int(t.view(torch.uint8).max())
+    return f"a byte of {list(t.shape)} holds {top}" if top > 1 else None
 
 
 def shape_problem(

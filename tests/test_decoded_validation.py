@@ -34,6 +34,7 @@ def encode_unchecked(proto: ModuleType, msg: Any, header: Any) -> Frames:
     tensors, entries = proto._ENCODERS[type(msg)](msg, words, None)
     slots, sizes = _w.plan_segments(entries)
     words[proto.W_FRAME1] = sum(sizes)
+    words[proto.W_FRAME1_DIGEST] = _w.frame1_digest(tensors, slots, sizes)
     return Frames(_w.seal(words), _w.pack_segments(tensors, slots, sizes))
 
 
