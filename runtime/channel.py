@@ -43,6 +43,7 @@ from .wire import (
 CPU_CARRY_LIMIT = 1 << 20
 #: The head collective ends in one int64 trailer word (``Framing``).
 TRAILER_NBYTES = 8
+_U64 = (1 << 64) - 1
 
 #: Distinct exit codes, so a supervisor can tell why a rank died.
 EXIT_POISONED = 86
@@ -248,7 +249,7 @@ class Framing:
             raise WireError(
                 "length",
                 f"the head collective ended short of its {self.head_nbytes} bytes "
-                f"(trailer word {got:#x}, expected {trailer_word(checksum):#x})",
+                f"(trailer word {got & _U64:#x}, expected {trailer_word(checksum) & _U64:#x})",
             )
 
     def views_ahead(self, head: torch.Tensor, device: torch.device | None) -> Ahead | None:
@@ -482,7 +483,9 @@ class _Channel:
         head = framing.head_to_send(frames, carried, self._frame0_device)
         action = getattr(header, self.protocol.ACTION_FIELD)
         # a heartbeat may wait for busy workers as long as they compute: not a wedged send
-        with self._deadline(lambda: f"send of {action.name} {_ids(header)}", armed=watched):
+        with self._deadline(
+            lambda: f"send of {action.name} {_ids(header)}", armed=watched, header=header
+        ):
             try:
                 self._put(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
@@ -541,10 +544,13 @@ class _Channel:
         try:
             raw = _frame0_bytes(head, framing.frame0_nbytes)
             manifest = self.protocol.read_frame0_bytes(raw)
-            framing.check_trailer(head, raw)
         except BaseException as exc:  # frame 1 may follow: this rank can no longer keep step
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
+        try:
+            framing.check_trailer(head, raw)
+        except WireError as exc:
+            self._poison(header, f"head refused: {exc}")
         problem = self._recv_order.problem(header)
         sizes = tuple(manifest.segment_nbytes)
         if ahead is not None and manifest.slots is not ahead.slots:
@@ -554,7 +560,7 @@ class _Channel:
         buffers: list[torch.Tensor] = []
         offsets: list[int] = []
         head_free = True
-        with self._deadline(lambda: f"frame 1 of {_ids(header)}"):
+        with self._deadline(lambda: f"frame 1 of {_ids(header)}", header=header):
             try:
                 for i, n in enumerate(sizes):
                     if carried[i]:
@@ -645,21 +651,23 @@ class _Channel:
         return self.group
 
     def _deadline(
-        self, what: str | Callable[[], str], *, armed: bool = True
+        self, what: str | Callable[[], str], *, armed: bool = True, header: Any = None
     ) -> AbstractContextManager[None]:
         """Around every collective: exit if the block does not finish within ``watchdog_s``,
         and print the poison line if the transport aborts the process inside it
         (``abort_guard``). ``what``, a text or a function making it, is formatted only then:
-        the hot path pays nothing for it."""
-        guard = abort_guard.armed(lambda: self._abort_line(what))
+        the hot path pays nothing for it. ``header``: the envelope in flight, for the ids
+        of the poison line (the last one sent or received when not given)."""
+        guard = abort_guard.armed(lambda: self._abort_line(what, header))
         if not self.watchdog_s or not armed:
             return guard
         return self._watch(what, self.watchdog_s, guard)
 
-    def _abort_line(self, what: str | Callable[[], str]) -> str:
+    def _abort_line(self, what: str | Callable[[], str], header: Any) -> str:
         text = what() if callable(what) else what
+        ids = _ids(header if header is not None else self.last_sent or self.last_header)
         return (
-            f"tpwire[rank {self.rank}]: POISONED {_ids(self.last_sent or self.last_header)}: "
+            f"tpwire[rank {self.rank}]: POISONED {ids}: "
             f"the transport aborted the process during {text} (a peer sent more bytes than "
             "this rank's receive buffer holds: another layout, protocol or a bug)"
         )

@@ -474,3 +474,114 @@ def p2p_with_block(rank: int, world: int) -> Any:
             got = ch.recv()
             assert got.action is pp.PPAction.INFER
     return {"closed": ch.closed}
+
+
+# --- wire integrity: a raw peer on rank 0 -------------------------------------------------
+
+
+def _big_envelope() -> tc.InferV1GeneratorOnly:
+    """An envelope with a packed segment and a 131072-byte latents segment of its own."""
+    g = torch.Generator().manual_seed(7)
+    latents = torch.randn(1, 1, 16, 64, 64, generator=g).to(torch.bfloat16)
+    conditioning = torch.randn(1, 3, 5, generator=g).to(torch.float16)  # 30 bytes: 2 of padding
+    return envelope(
+        0, height=512, width=512, latents=latents, conditioning_embeds=conditioning
+    )
+
+
+def _flip(t: torch.Tensor, at: int, value: int | None = None) -> torch.Tensor:
+    t = t.clone()
+    t[at] = (int(t[at]) ^ 1) if value is None else value
+    return t
+
+
+def raw_peer(rank: int, world: int, kind: str) -> Any:
+    """Rank 0 opens a channel, then sends one hostile envelope; workers must refuse it with a
+    named wire error and the poison line, never hand it over."""
+    ch = BroadcastChannel(tc).open()
+    hdr = header(0)
+    if rank != 0:
+        got = ch.recv()
+        print(f"HANDED OVER {got.header}", flush=True)
+        return {"handed_over": True}
+    msg = _big_envelope()
+    frames = tc.encode(msg, hdr)
+    packed, large = frames.segments[0], frames.segments[1]
+    assert large.numel() == 131072, [s.numel() for s in frames.segments]
+    manifest = tc.read_frame0(frames.frame0)
+    pad_at = next(s.offset + s.nbytes for s in manifest.slots if s.segment == 0 and s.nbytes % 16)
+    words = frames.frame0.tolist()
+    if kind == "short-packed":
+        segments = (packed[:-16], large)
+    elif kind == "short-large":
+        segments = (packed, large[:-4096])
+    elif kind == "long-packed":
+        segments = (torch.cat([packed, torch.zeros(16, dtype=torch.uint8)]), large)
+    elif kind == "long-large":
+        segments = (packed, torch.cat([large, torch.zeros(4096, dtype=torch.uint8)]))
+    elif kind == "flipped":
+        segments = (packed, _flip(large, 1000))
+    elif kind == "padding":  # a sender that hashed its non-zero padding: the digest holds
+        segments = (_flip(packed, pad_at, 0x5A), large)
+        words[tc.W_FRAME1_DIGEST] = wire.buffers_digest(segments, None, [len(s) for s in segments])
+        frames = wire.Frames(wire.seal(words[:-1] + [0]), frames.segments)
+    elif kind == "head-long":  # frame 0 plus 64 bytes more than the head the workers expect
+        head = torch.zeros(ch._tx.head_nbytes + 64, dtype=torch.uint8)
+        head[: tc.FRAME0_LEN * 8] = frames.frame0.view(torch.uint8)
+        ch._put(head, 0, frame0=True)
+        return {}
+    elif kind == "head-short":  # frame 0 alone, without the trailer that ends a head
+        ch._put(frames.frame0.view(torch.uint8).clone(), 0, frame0=True)
+        for i, s in enumerate(frames.segments):
+            ch._put(s, i + 1, frame0=False)
+        return {}
+    else:
+        raise ValueError(kind)
+    ch._transmit(wire.Frames(frames.frame0, segments), hdr)
+    return {}
+
+
+def shutdown_through_send(rank: int, world: int) -> Any:
+    """A SHUTDOWN sent with send() closes the sender as shutdown() does."""
+    ch = BroadcastChannel(tc, poison="raise", watchdog_s=20).open()
+    if rank != 0:
+        actions = []
+        while True:
+            got = ch.recv()
+            actions.append(got.action.name)
+            if got.action.name == "SHUTDOWN":
+                return {"actions": actions}
+    ch.send(envelope(0), header(0))
+    ch.send(None, header(1, chunk=0, action="SHUTDOWN"))
+    try:
+        ch.send(envelope(1), header(2, chunk=1))
+    except RuntimeError as exc:
+        return {"refused": str(exc), "closed": ch.closed}
+    return {"refused": None}
+
+
+def hostile_record(rank: int, world: int, kind: str) -> Any:
+    """The last rank shows a parity record of a hostile length or shape in the handshake."""
+    import resource
+
+    from tpwire.runtime import groups
+
+    if rank == world - 1:
+        if kind == "deep-json":  # 200k deep: refused by its length, before its bytes move
+            groups.all_gather_ints([400_000])
+        elif kind == "deep-json-in-bound":  # 4000 deep: within the bound, too deep to parse
+            groups.all_gather_bytes(b"[" * 4000 + b"]" * 4000, limit=1 << 20)
+        elif kind == "not-utf8":
+            groups.all_gather_bytes(b"\xff\xfe{}", limit=1 << 20)
+        elif kind == "list":
+            groups.all_gather_bytes(b"[1, 2]", limit=1 << 20)
+        else:
+            claimed = {"128MiB": 128 << 20, "2**40": 1 << 40, "-1": -1}[kind]
+            groups.all_gather_ints([claimed])
+        return {}
+    try:
+        BroadcastChannel(tc).open()
+    except ParityMismatch as exc:
+        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        return {"mismatch": list(exc.diff), "rss_mib": rss_mib}
+    return {"mismatch": None}
