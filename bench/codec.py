@@ -19,6 +19,7 @@ import torch
 
 from bench import envelopes as E
 from tpwire.codegen.schema import json_schema
+from tpwire.runtime import wire
 from tpwire.runtime.plain import to_plain
 
 
@@ -87,6 +88,25 @@ def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
         row["prepare"] = _median_us(functools.partial(proto.prepare, msg, header), n)
         row["encode"] = _median_us(functools.partial(proto.encode, msg, header), n)
         row["decode"] = _median_us(functools.partial(proto.decode, frames), n)
+        # the frame 1 check alone: the sender's digest (inside prepare) and the receiver's
+        # digest + padding + bool-byte check (inside decode)
+        prepared = proto.prepare(msg, header)
+        row["digest"] = _median_us(
+            functools.partial(wire.frame1_digest, prepared.tensors, prepared.slots, prepared.sizes),
+            n,
+        )
+        manifest = proto.read_frame0(frames.frame0)
+        row["check"] = _median_us(
+            functools.partial(
+                wire.verify_frame1,
+                manifest.slots,
+                manifest.segment_nbytes,
+                frames.segments,
+                None,
+                manifest.digest,
+            ),
+            n,
+        )
         row["jsonschema"] = _median_us(
             functools.partial(_every_error, validator, instance), max(n // 10, 50)
         )

@@ -484,9 +484,7 @@ def _big_envelope() -> tc.InferV1GeneratorOnly:
     g = torch.Generator().manual_seed(7)
     latents = torch.randn(1, 1, 16, 64, 64, generator=g).to(torch.bfloat16)
     conditioning = torch.randn(1, 3, 5, generator=g).to(torch.float16)  # 30 bytes: 2 of padding
-    return envelope(
-        0, height=512, width=512, latents=latents, conditioning_embeds=conditioning
-    )
+    return envelope(0, height=512, width=512, latents=latents, conditioning_embeds=conditioning)
 
 
 def _flip(t: torch.Tensor, at: int, value: int | None = None) -> torch.Tensor:
@@ -524,7 +522,7 @@ def raw_peer(rank: int, world: int, kind: str) -> Any:
     elif kind == "padding":  # a sender that hashed its non-zero padding: the digest holds
         segments = (_flip(packed, pad_at, 0x5A), large)
         words[tc.W_FRAME1_DIGEST] = wire.buffers_digest(segments, None, [len(s) for s in segments])
-        frames = wire.Frames(wire.seal(words[:-1] + [0]), frames.segments)
+        frames = wire.Frames(wire.seal(words), frames.segments)
     elif kind == "head-long":  # frame 0 plus 64 bytes more than the head the workers expect
         head = torch.zeros(ch._tx.head_nbytes + 64, dtype=torch.uint8)
         head[: tc.FRAME0_LEN * 8] = frames.frame0.view(torch.uint8)

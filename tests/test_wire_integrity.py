@@ -239,6 +239,6 @@ def test_huge_header_ids_print_and_raise_typed_errors() -> None:
 
 @pytest.mark.parametrize("data", [None, [], "x", 3])
 def test_plain_envelopes_that_are_not_mappings_are_violations(data: object) -> None:
-    header, msg, found = from_plain(tc, data)
+    _, msg, found = from_plain(tc, data)
     assert msg is None
     assert (found[0].code, found[0].field) == ("type", "envelope")
