@@ -62,11 +62,11 @@ def _run(port: int, kinds: tuple[str, ...], counts: dict[str, int], out: str) ->
     marks: list[tuple[float, float]] = []  # (start, end) of every worker _get
     clock = time.perf_counter
 
-    class Source(BroadcastChannel):
+    class Source(BroadcastChannel[Any, Any]):
         def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
             wire.append(tensor)  # the worker runs next: the bytes are still there
 
-    class Worker(BroadcastChannel):
+    class Worker(BroadcastChannel[Any, Any]):
         def _get(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
             t0 = clock()
             tensor.copy_(wire.popleft())

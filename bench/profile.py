@@ -22,6 +22,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from bench import envelopes as E
 from bench.__main__ import _free_port
@@ -45,7 +46,7 @@ def _stream(rank: int, port: int, kind_name: str, ready: str, stop: str) -> None
     kind = E.KINDS[kind_name]
     proto = kind.protocol()
     msgs = [kind.message(proto, i) for i in range(24)]
-    ch = BroadcastChannel(proto, poison="raise").open()
+    ch: BroadcastChannel[Any, Any] = BroadcastChannel(proto, poison="raise").open()
     Path(ready, str(rank)).write_text(str(os.getpid()))
     i = 0
     while True:

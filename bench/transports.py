@@ -100,7 +100,7 @@ class Tpwire:
     def device_options(self, env: Env) -> dict[str, Any]:
         return {}
 
-    def channel_class(self) -> type[BroadcastChannel]:
+    def channel_class(self) -> type[BroadcastChannel[Any, Any]]:
         return BroadcastChannel
 
     def step(self, i: int, msg: Any) -> None:
@@ -127,7 +127,7 @@ class CarryAll(Tpwire):
 
 
 class Compat(Tpwire):
-    def channel_class(self) -> type[BroadcastChannel]:
+    def channel_class(self) -> type[BroadcastChannel[Any, Any]]:
         return CompatBroadcastChannel
 
     def device_options(self, env: Env) -> dict[str, Any]:
@@ -234,7 +234,7 @@ class PPTpwire:
         self.rank = env.rank
         device = env.device if env.on_device else None
         self.ch = P2PChannel(
-            pp_contract, peer=1 - self.rank, group=group, device=device, poison="raise"
+            pp_contract.BINDINGS, peer=1 - self.rank, group=group, device=device, poison="raise"
         ).open()
         self.call_id = 0
 

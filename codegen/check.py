@@ -25,6 +25,8 @@ from . import expr
 from .errors import SpecError, SpecErrors
 from .load import LoadedSpec, PathKey
 from .model import (
+    CONTROLS,
+    ROLES,
     CDim,
     CEnum,
     CExpr,
@@ -470,7 +472,89 @@ class _Checker:
         for name, f in list(fields.items()):
             fields[name] = self.attach_rules(f, fields_body[name], symbols)
         ordered = tuple(fields[s] for s in slots if s in fields)
-        return CHeader(tuple(slots), action, ordered, body.get("doc", ""))
+        roles = self.check_roles(body["roles"], fields_body, fields)
+        return CHeader(tuple(slots), action, ordered, body.get("doc", ""), roles)
+
+    def check_roles(
+        self, body: Mapping[str, str], fields_body: Mapping[str, Any], fields: dict[str, CField]
+    ) -> tuple[tuple[str, str], ...]:
+        """Each role names a header int field that never goes negative; sequence and epoch
+        are on every envelope (a chunk id may be absent where no payload follows)."""
+        out: list[tuple[str, str]] = []
+        taken: dict[str, str] = {}
+        for role in ROLES:
+            name = body.get(role)
+            if name is None:
+                continue
+            path: PathKey = ("header", "roles", role)
+            if name not in fields_body:
+                hint = _did_you_mean(name, fields_body)
+                self.fail(
+                    path, "unknown-field", f"{role} role: {name!r} is not a header field{hint}"
+                )
+                continue
+            if name in taken:
+                self.fail(path, "bad-role", f"{role} role: {name!r} already plays {taken[name]}")
+                continue
+            taken[name] = role
+            f = fields.get(name)
+            if f is None:
+                continue  # its own error is reported already
+            if f.type.kind != "int":
+                self.fail(path, "bad-role", f"{role} role: {name!r} must be an int, got {f.type}")
+                continue
+            if f.range_min is None or f.range_min < 0:
+                self.fail(
+                    path,
+                    "bad-role",
+                    f"{role} role: {name!r} must be non-negative (range: {{min: 0}} or more)",
+                )
+                continue
+            if role != "chunk" and not f.always_required:
+                self.fail(
+                    path,
+                    "bad-role",
+                    f"{role} role: {name!r} must be on every envelope (a required int, not "
+                    f"{f.type}{' with required_when' if f.required_when else ''})",
+                )
+                continue
+            out.append((role, name))
+        return tuple(out)
+
+    def check_control(
+        self, body: Mapping[str, str], action_enum: CEnum | None, actions: Mapping[str, str]
+    ) -> tuple[tuple[str, str], ...]:
+        """Each control role names an action member that carries no message."""
+        out: list[tuple[str, str]] = []
+        taken: dict[str, str] = {}
+        for role in CONTROLS:
+            member = body.get(role)
+            if member is None:
+                continue
+            path: PathKey = ("header", "control", role)
+            members = dict(action_enum.members) if action_enum is not None else {}
+            if action_enum is not None and member not in members:
+                hint = _did_you_mean(member, members)
+                self.fail(
+                    path,
+                    "unknown-action",
+                    f"{role} control: {member!r} is not a member of {action_enum.name}{hint}",
+                )
+                continue
+            if member in taken:
+                self.fail(path, "bad-role", f"{role} control: {member} is already {taken[member]}")
+                continue
+            taken[member] = role
+            if member in actions:
+                self.fail(
+                    path,
+                    "bad-role",
+                    f"{role} control: {member} carries {actions[member]}; control actions carry "
+                    "no message",
+                )
+                continue
+            out.append((role, member))
+        return tuple(out)
 
     # -- messages ---------------------------------------------------------------------
 
@@ -681,6 +765,8 @@ class _Checker:
         self.check_names(messages)
         if header is None:
             return None
+        control = self.check_control(self.data["header"]["control"], action_enum, actions)
+        header = dataclasses.replace(header, control=control)
         return CheckedSpec(
             file=self.spec.file,
             sha256=self.spec.sha256,

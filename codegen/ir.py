@@ -6,6 +6,7 @@ literal reprs, class names), wire offsets and doc strings are computed here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -351,7 +352,16 @@ class HeaderIR:
     action_enum: str
     doc: str
     presence_mask: int
-    ids: tuple[tuple[str, str], ...]  # (violation id name, header field) for logs
+    #: (role, header field), sequence first: the ids a violation and a log line carry
+    roles: tuple[tuple[str, str], ...]
+    #: (control role, action member): noop (when declared), shutdown, error
+    control: tuple[tuple[str, str], ...]
+
+    def role(self, name: str) -> str | None:
+        return dict(self.roles).get(name)
+
+    def control_member(self, name: str) -> str | None:
+        return dict(self.control).get(name)
 
     @property
     def rule_reads(self) -> tuple[str, ...]:
@@ -411,6 +421,7 @@ class ProtocolIR:
         names += [
             "ACTION_ENUM",
             "ACTION_FIELD",
+            "BINDINGS",
             "FINGERPRINT",
             "FRAME0_LEN",
             "PAYLOAD_ACTIONS",
@@ -446,13 +457,15 @@ class ProtocolIR:
 
     @property
     def header_ids_py(self) -> str:
-        """The (call_id, chunk_index, cache_epoch) a violation carries, from header ``h``."""
-        present = dict(self.header.ids)
-        parts = [
-            f"_w.id_of(h.{present[n]})" if n in present else "None"
-            for n in ("call_id", "chunk_index", "cache_epoch")
-        ]
-        return ", ".join(parts)
+        """The role ids a violation carries, by the spec's field names, from header ``h``."""
+        parts = [f"({f!r}, _w.id_of(h.{f}))" for _, f in self.header.roles]
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+    @property
+    def no_ids_py(self) -> str:
+        """``header_ids_py`` when there is no header to read them from."""
+        parts = [f"({f!r}, None)" for _, f in self.header.roles]
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
 # --- expressions -------------------------------------------------------------------------
@@ -720,6 +733,8 @@ def _canonical(spec: CheckedSpec) -> str:
         "header": {
             "slots": list(spec.header.slots),
             "action": spec.header.action,
+            "roles": [list(r) for r in spec.header.roles],
+            "control": [list(c) for c in spec.header.control],
             "fields": [field(f) for f in spec.header.fields],
         },
         "messages": [
@@ -783,14 +798,14 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
     )
     action_field = next(f for f in h.fields if f.name == h.action)
     action_enum = action_field.type.enum or ""
-    ids = tuple((n, n) for n in ("call_id", "chunk_index", "cache_epoch") if n in hnames)
     header = HeaderIR(
         fields=hfields,
         action=h.action,
         action_enum=action_enum,
         doc=h.doc,
         presence_mask=sum(1 << f.index for f in hfields if not f.always_required),
-        ids=ids,
+        roles=h.roles,
+        control=h.control,
     )
 
     messages = []
@@ -815,6 +830,14 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
             _field_ir(f, i, *placed[f.name], dims, nullable, names, "m")
             for i, f in enumerate(m.fields)
         )
+        if m.version_field is not None:
+            # the version field's rule is its message's version, whatever its declared range
+            fields = tuple(
+                dataclasses.replace(f, range_text=f"{f.name} == {m.version}")
+                if f.name == m.version_field
+                else f
+                for f in fields
+            )
         used = sorted(w for f in fields for w in range(f.word, f.word + f.width))
         disc = next((f for f in fields if f.name == m.discriminator), None)
         variants = []

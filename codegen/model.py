@@ -115,6 +115,16 @@ class CHeader:
     action: str
     fields: tuple[CField, ...]  # in slot order
     doc: str
+    #: role -> header field, in ROLES order (sequence first; chunk and epoch when declared)
+    roles: tuple[tuple[str, str], ...] = ()
+    #: control role -> action member, in CONTROLS order (noop when declared)
+    control: tuple[tuple[str, str], ...] = ()
+
+
+#: The header roles a spec may declare (DESIGN section 3), in the order ids are shown.
+ROLES = ("sequence", "chunk", "epoch")
+#: The control actions a channel sends on its own.
+CONTROLS = ("noop", "shutdown", "error")
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def main() -> None:
             )
         ch.shutdown()
     else:
-        ledger = Ledger()
+        ledger = Ledger(tc.BINDINGS)
         while True:
             start = time.perf_counter()
             got = ch.recv()

@@ -1,7 +1,8 @@
 """Runtime support of the generated bindings: errors, violations and the wire format.
 
 The ``torch.distributed`` channels (DESIGN section 6) build on these. ``Frames`` and
-``Manifest`` are imported on first use, so the compiler (which only needs the dtype table
+``Manifest`` (and ``Bindings``, the contract a generated module exports) are imported on
+first use, so the compiler (which only needs the dtype table
 and the errors) starts without importing torch.
 """
 
@@ -12,9 +13,19 @@ from typing import TYPE_CHECKING, Any
 from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
 
 if TYPE_CHECKING:
+    from .bindings import Bindings, Roles
     from .wire import Frames, Manifest
 
-__all__ = ["EnvelopeInvalid", "Frames", "Manifest", "ProtocolMismatch", "Violation", "WireError"]
+__all__ = [
+    "Bindings",
+    "EnvelopeInvalid",
+    "Frames",
+    "Manifest",
+    "ProtocolMismatch",
+    "Roles",
+    "Violation",
+    "WireError",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +33,8 @@ def __getattr__(name: str) -> Any:
         from . import wire
 
         return getattr(wire, name)
+    if name in ("Bindings", "Roles"):
+        from . import bindings
+
+        return getattr(bindings, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ committed to the next collective. Crash, never hang.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
+import enum
 import os
 import sys
 import threading
@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, Generic, NamedTuple, NoReturn, Self
 
 import torch
 import torch.distributed as dist
 
 from . import abort_guard, parity, tripwire
-from .errors import EnvelopeInvalid, WireError, show_id
+from .bindings import Bindings, H, M, bindings_of
+from .errors import EnvelopeInvalid, WireError
 from .wire import (
     ALIGN,
     Frames,
@@ -55,24 +56,16 @@ class ChannelPoisoned(RuntimeError):
 
 
 class OrderingError(RuntimeError):
-    """A header broke the ordering rules (call_id, chunk_index, cache_epoch)."""
+    """A header broke the ordering rules (the spec's sequence, chunk and epoch roles)."""
 
 
 @dataclass(frozen=True)
-class Received:
+class Received(Generic[H, M]):
     """What ``recv`` hands over: the action, the header and the typed message (or None)."""
 
-    action: Any
-    header: Any
-    msg: Any
-
-
-def _ids(header: Any) -> str:
-    parts = [
-        f"{name}={show_id(getattr(header, name, None))}"
-        for name in ("call_id", "chunk_index", "cache_epoch")
-    ]
-    return " ".join(parts)
+    action: enum.IntEnum
+    header: H
+    msg: M | None
 
 
 def _log(line: str) -> None:
@@ -82,43 +75,48 @@ def _log(line: str) -> None:
 
 
 class Ordering:
-    """``call_id`` strictly increasing over all actions, ``chunk_index`` increasing over
-    payload actions, ``cache_epoch`` non-decreasing (it is bumped on hard cuts)."""
+    """The spec's roles over a stream: the sequence id strictly increasing over all
+    actions, the chunk id increasing over payload actions, the epoch never decreasing (it
+    is bumped on hard cuts). Problems name the spec's own fields."""
 
-    def __init__(self, payload_actions: frozenset[Any], action_field: str) -> None:
-        self.payload_actions = payload_actions
-        self.action_field = action_field
-        self.call_id: int | None = None
-        self.chunk_index: int | None = None
-        self.cache_epoch: int | None = None
+    def __init__(self, bindings: Bindings[Any, Any]) -> None:
+        self.payload_actions = bindings.payload_actions
+        self.action_field = bindings.action_field
+        roles = bindings.roles
+        self.seq_field, self.chunk_field, self.epoch_field = (
+            roles.sequence,
+            roles.chunk,
+            roles.epoch,
+        )
+        self.seq: int | None = None
+        self.chunk: int | None = None
+        self.epoch: int | None = None
+
+    def _get(self, header: Any, field: str | None) -> int | None:
+        return getattr(header, field, None) if field is not None else None
 
     def problem(self, header: Any) -> str | None:
-        call_id = getattr(header, "call_id", None)
-        if self.call_id is not None and call_id is not None and call_id <= self.call_id:
-            kind = "duplicate" if call_id == self.call_id else "regressing"
-            return f"{kind} call_id {call_id} after {self.call_id}"
-        epoch = getattr(header, "cache_epoch", None)
-        if self.cache_epoch is not None and epoch is not None and epoch < self.cache_epoch:
-            return f"cache_epoch went back from {self.cache_epoch} to {epoch}"
-        chunk = getattr(header, "chunk_index", None)
+        seq = self._get(header, self.seq_field)
+        if self.seq is not None and seq is not None and seq <= self.seq:
+            kind = "duplicate" if seq == self.seq else "regressing"
+            return f"{kind} {self.seq_field} {seq} after {self.seq}"
+        epoch = self._get(header, self.epoch_field)
+        if self.epoch is not None and epoch is not None and epoch < self.epoch:
+            return f"{self.epoch_field} went back from {self.epoch} to {epoch}"
+        chunk = self._get(header, self.chunk_field)
         payload = getattr(header, self.action_field) in self.payload_actions
-        if (
-            payload
-            and self.chunk_index is not None
-            and chunk is not None
-            and chunk <= self.chunk_index
-        ):
-            return f"chunk_index {chunk} after {self.chunk_index}"
+        if payload and self.chunk is not None and chunk is not None and chunk <= self.chunk:
+            return f"{self.chunk_field} {chunk} after {self.chunk}"
         return None
 
     def commit(self, header: Any) -> None:
-        call_id = getattr(header, "call_id", None)
-        epoch = getattr(header, "cache_epoch", None)
-        self.call_id = call_id if call_id is not None else self.call_id
-        self.cache_epoch = epoch if epoch is not None else self.cache_epoch
+        seq = self._get(header, self.seq_field)
+        epoch = self._get(header, self.epoch_field)
+        self.seq = seq if seq is not None else self.seq
+        self.epoch = epoch if epoch is not None else self.epoch
         if getattr(header, self.action_field) in self.payload_actions:
-            chunk = getattr(header, "chunk_index", None)
-            self.chunk_index = chunk if chunk is not None else self.chunk_index
+            chunk = self._get(header, self.chunk_field)
+            self.chunk = chunk if chunk is not None else self.chunk
 
 
 class Ahead(NamedTuple):
@@ -282,12 +280,12 @@ def _sizes(segments: Sequence[torch.Tensor]) -> tuple[int, ...]:
     return tuple(int(s.numel()) for s in segments)
 
 
-class _Channel:
+class _Channel(Generic[H, M]):
     """What both channels share: preflight, the commitment, poison, ordering, watchdog."""
 
     def __init__(
         self,
-        protocol: ModuleType,
+        protocol: Bindings[H, M] | ModuleType,
         group: dist.ProcessGroup | None,
         device: torch.device | str | None,
         cpu_group: dist.ProcessGroup | None,
@@ -302,7 +300,8 @@ class _Channel:
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
-        self.protocol = protocol
+        self.protocol: Bindings[H, M] = bindings_of(protocol)
+        bindings = self.protocol
         self.group = group
         self.device = torch.device(device) if device is not None else None
         self.cpu_group = cpu_group
@@ -318,12 +317,11 @@ class _Channel:
         self.closed = False
         self.poisoned = False
         #: the last header sent and the last one received (ids for logs and heartbeats)
-        self.last_sent: Any = None
-        self.last_header: Any = None
-        self._header_fields = tuple(f.name for f in dataclasses.fields(protocol.Header))
-        self._terminal = frozenset(a for a in protocol.ACTION_ENUM if a.name in _TERMINAL)
-        self._sent_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
-        self._recv_order = Ordering(protocol.PAYLOAD_ACTIONS, protocol.ACTION_FIELD)
+        self.last_sent: H | None = None
+        self.last_header: H | None = None
+        self._terminal = bindings.terminal
+        self._sent_order = Ordering(bindings)
+        self._recv_order = Ordering(bindings)
         self._lock = threading.Lock()
         self._last_send = time.monotonic()
         self._heartbeat: threading.Thread | None = None
@@ -342,8 +340,8 @@ class _Channel:
         self.parity_flags["tpwire.steady_state"] = steady
         self.parity_flags["tpwire.carry_limit"] = carry_limit
         abort_guard.install(EXIT_POISONED)
-        self._tx = Framing(protocol.FRAME0_LEN, steady=steady, carry_limit=carry_limit)
-        self._rx = Framing(protocol.FRAME0_LEN, steady=steady, carry_limit=carry_limit)
+        self._tx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
+        self._rx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
 
     # transport: what each channel kind does with one tensor of one frame
     def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
@@ -358,9 +356,21 @@ class _Channel:
     def _check_role(self, sender: bool) -> None:
         """Broadcast channels have one sender; p2p ends both send and receive."""
 
+    def _segment_tag(self, header: H, index: int) -> int:
+        """Tags of frame 1 segments, derived from the ids frame 0 announced (epoch and
+        sequence roles), so a stale or misordered frame cannot be taken for the current one."""
+        roles = self.protocol.roles
+        epoch = (getattr(header, roles.epoch, 0) or 0) if roles.epoch is not None else 0
+        seq = getattr(header, roles.sequence, 0) or 0
+        return 1 + ((epoch * 1_000_003 + seq) * 16 + index) % (1 << 24)
+
     # -- lifecycle ----------------------------------------------------------------------
 
-    def open(self) -> Any:
+    def _ids(self, header: object) -> str:
+        """The envelope's ids for a log line, by the spec's own field names."""
+        return self.protocol.ids_text(header)
+
+    def open(self) -> Self:
         """The handshake: parity of spec, plan, env keys and flags on every rank."""
         if self.heartbeat_s and self.cpu_group is None:
             # a heartbeat on the data group would take the slot of whatever collective the
@@ -393,7 +403,7 @@ class _Channel:
         if destroy_group and not self.poisoned:
             dist.destroy_process_group(self.group)
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self if self.opened else self.open()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -407,7 +417,7 @@ class _Channel:
 
     # -- sender -------------------------------------------------------------------------
 
-    def send(self, msg: Any, header: Any) -> None:
+    def send(self, msg: M | None, header: H) -> None:
         """Preflight everything, then commit: frame 0, frame 1."""
         self._ready(sender=True)
         try:
@@ -415,7 +425,7 @@ class _Channel:
         except EnvelopeInvalid as exc:
             first = exc.violations[0] if exc.violations else None
             _log(
-                f"tpwire[rank {self.rank}]: refused before frame 0 {_ids(header)}: "
+                f"tpwire[rank {self.rank}]: refused before frame 0 {self._ids(header)}: "
                 f"{len(exc.violations)} violation(s), first: {first}"
             )
             raise
@@ -424,52 +434,57 @@ class _Channel:
             self._check_order(header)
             self._transmit(prepared, header)
 
-    def next_call_id(self) -> int:
-        """The smallest ``call_id`` the next send may use (heartbeats consume ids too)."""
+    def next_sequence(self) -> int:
+        """The smallest sequence id (the spec's sequence role) the next send may use
+        (heartbeats consume ids too)."""
         with self._lock:
-            last = self._sent_order.call_id
+            last = self._sent_order.seq
             return 0 if last is None else last + 1
+
+    #: ``next_sequence`` under the name of Scope's sequence field
+    next_call_id = next_sequence
 
     def _check_order(self, header: Any) -> None:
         problem = self._sent_order.problem(header)
         if problem is not None:
-            raise OrderingError(f"refused before frame 0 {_ids(header)}: {problem}")
+            raise OrderingError(f"refused before frame 0 {self._ids(header)}: {problem}")
 
     def noop(self) -> None:
-        """A heartbeat: frame 0 only."""
-        self._send_action("NOOP")
+        """A heartbeat: frame 0 only (the spec's noop control action)."""
+        self._send_action(self._noop_action())
+
+    def _noop_action(self) -> enum.IntEnum:
+        noop = self.protocol.noop
+        if noop is None:
+            raise RuntimeError(
+                f"protocol {self.protocol.protocol} declares no noop control action "
+                "(header.control.noop): no heartbeats"
+            )
+        return noop
 
     def shutdown(self) -> None:
         """Tell every rank to leave its receive loop; the channel is closed afterwards."""
-        self._send_action("SHUTDOWN", closing=True)
+        self._send_action(self.protocol.shutdown, closing=True)
 
     def error(self, reason: str) -> None:
-        """A terminal ERROR frame, so peers exit cleanly instead of being stranded."""
-        header = self._send_action("ERROR", closing=True)
-        _log(f"tpwire[rank {self.rank}]: ERROR sent {_ids(header)}: {reason}")
+        """A terminal error frame, so peers exit cleanly instead of being stranded."""
+        header = self._send_action(self.protocol.error, closing=True)
+        _log(
+            f"tpwire[rank {self.rank}]: {self.protocol.error.name} sent {self._ids(header)}: "
+            f"{reason}"
+        )
 
-    def _send_action(self, name: str, *, closing: bool = False) -> Any:
+    def _send_action(self, action: enum.IntEnum, *, closing: bool = False) -> H:
         self._ready(sender=True)
         with self._lock:
             self._ready(sender=True)  # a heartbeat may have poisoned it meanwhile
-            header = self._next_header(name)
+            header = self.protocol.control_header(self.last_sent, action)
             self._transmit(self.protocol.prepare(None, header), header)
             if closing:
-                self.closed = True  # inside the lock: no heartbeat after SHUTDOWN/ERROR
+                self.closed = True  # inside the lock: no heartbeat after a terminal action
         return header
 
-    def _next_header(self, action_name: str) -> Any:
-        header_cls = self.protocol.Header
-        last = self.last_sent
-        values: dict[str, Any] = {}
-        for name in self._header_fields:
-            values[name] = getattr(last, name) if last is not None else 0
-        if "call_id" in values:
-            values["call_id"] = last.call_id + 1 if last is not None else 0
-        values[self.protocol.ACTION_FIELD] = self.protocol.ACTION_ENUM[action_name]
-        return header_cls(**values)
-
-    def _transmit(self, frames: Frames | Prepared, header: Any, *, watched: bool = True) -> None:
+    def _transmit(self, frames: Frames | Prepared, header: H, *, watched: bool = True) -> None:
         """The commitment: after the first byte of frame 0, any failure poisons."""
         framing = self._tx
         if isinstance(frames, Prepared):
@@ -481,10 +496,10 @@ class _Channel:
             carried = framing.carried(sizes)
             rest = [(i, s) for i, s in enumerate(frames.segments) if not carried[i]]
         head = framing.head_to_send(frames, carried, self._frame0_device)
-        action = getattr(header, self.protocol.ACTION_FIELD)
+        action = self.protocol.action_of(header)
         # a heartbeat may wait for busy workers as long as they compute: not a wedged send
         with self._deadline(
-            lambda: f"send of {action.name} {_ids(header)}", armed=watched, header=header
+            lambda: f"send of {action.name} {self._ids(header)}", armed=watched, header=header
         ):
             try:
                 self._put(head, FRAME0_TAG, frame0=True)
@@ -492,10 +507,10 @@ class _Channel:
                 self._poison(header, f"frame 0 send failed: {exc!r}")
             try:
                 for i, segment in rest:
-                    self._put(segment, _segment_tag(header, i), frame0=False)
+                    self._put(segment, self._segment_tag(header, i), frame0=False)
             except BaseException as exc:
                 self._poison(header, f"frame 1 send failed after frame 0: {exc!r}")
-        framing.after(action in self.protocol.PAYLOAD_ACTIONS, sizes)
+        framing.after(action in self.protocol.payload_actions, sizes)
         self._sent_order.commit(header)
         self.last_sent = header
         self._last_send = time.monotonic()
@@ -518,12 +533,12 @@ class _Channel:
                         or time.monotonic() - self._last_send < self.heartbeat_s
                     ):
                         continue
-                    header = self._next_header("NOOP")
+                    header = self.protocol.control_header(self.last_sent, self._noop_action())
                     self._transmit(self.protocol.prepare(None, header), header, watched=False)
 
     # -- receiver -----------------------------------------------------------------------
 
-    def recv(self) -> Received:
+    def recv(self) -> Received[H, M]:
         """The next envelope: frame 0 checked against the spec and the ordering rules, frame 1
         into buffers sized from the checked manifest, then the full validation.
 
@@ -536,7 +551,7 @@ class _Channel:
         # while the source is still preparing its envelope: the buffers and tensor views of
         # the layout the last envelope had, used if this one has it too (same checked slots)
         ahead = framing.views_ahead(head, self.device)
-        with self._deadline(lambda: f"a header after {_ids(self.last_header)}"):
+        with self._deadline(lambda: f"a header after {self._ids(self.last_header)}"):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
@@ -560,7 +575,7 @@ class _Channel:
         buffers: list[torch.Tensor] = []
         offsets: list[int] = []
         head_free = True
-        with self._deadline(lambda: f"frame 1 of {_ids(header)}", header=header):
+        with self._deadline(lambda: f"frame 1 of {self._ids(header)}", header=header):
             try:
                 for i, n in enumerate(sizes):
                     if carried[i]:
@@ -573,13 +588,13 @@ class _Channel:
                     else:
                         # sized from the checked manifest, bounded by the spec
                         segment = torch.empty(n, dtype=torch.uint8, device=self.device)
-                    self._get(segment, _segment_tag(header, i), frame0=False)
+                    self._get(segment, self._segment_tag(header, i), frame0=False)
                     buffers.append(segment)
                     offsets.append(0)
             except BaseException as exc:
                 self._poison(header, f"frame 1 receive failed: {exc}")
-        action = getattr(header, self.protocol.ACTION_FIELD)
-        payload = action in self.protocol.PAYLOAD_ACTIONS
+        action = self.protocol.action_of(header)
+        payload = action in self.protocol.payload_actions
         framing.after(payload, sizes)
         if payload and manifest.slots and framing.steady:
             framing.ahead = manifest
@@ -599,7 +614,7 @@ class _Channel:
             self._poison(header, f"frame 1 refused: {exc}")
         except EnvelopeInvalid as exc:
             _log(
-                f"tpwire[rank {self.rank}]: envelope refused after receive {_ids(header)}: "
+                f"tpwire[rank {self.rank}]: envelope refused after receive {self._ids(header)}: "
                 f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
             )
             raise
@@ -609,13 +624,13 @@ class _Channel:
 
     # -- drift tripwires (bringup) ----------------------------------------------------
 
-    def check_inputs(self, msg: Any, header: Any) -> None:
+    def check_inputs(self, msg: M | None, header: H) -> None:
         """Every rank compares the digest of the envelope it is about to run (OM-11)."""
         self._tripwire_ready()
         value, failure = tripwire.safely(
             lambda: tripwire.digest_envelope(self.protocol, msg, header)
         )
-        self._compare(value, f"the inputs of {_ids(header)}", failure)
+        self._compare(value, f"the inputs of {self._ids(header)}", failure)
 
     def check_same(self, tensor: torch.Tensor, what: str) -> None:
         """Every rank compares a tensor that must be identical (an output, a replicated weight)."""
@@ -665,7 +680,7 @@ class _Channel:
 
     def _abort_line(self, what: str | Callable[[], str], header: Any) -> str:
         text = what() if callable(what) else what
-        ids = _ids(header if header is not None else self.last_sent or self.last_header)
+        ids = self._ids(header if header is not None else self.last_sent or self.last_header)
         return (
             f"tpwire[rank {self.rank}]: POISONED {ids}: "
             f"the transport aborted the process during {text} (a peer sent more bytes than "
@@ -680,7 +695,7 @@ class _Channel:
             text = what() if callable(what) else what
             _log(
                 f"tpwire[rank {self.rank}]: WATCHDOG: {text} not done within {seconds:g} s; "
-                f"last ids {_ids(self.last_sent or self.last_header)}; exiting {EXIT_WATCHDOG}"
+                f"last ids {self._ids(self.last_sent or self.last_header)}; exiting {EXIT_WATCHDOG}"
             )
             os._exit(EXIT_WATCHDOG)
 
@@ -695,7 +710,7 @@ class _Channel:
 
     def _poison(self, header: Any, reason: str) -> NoReturn:
         self.poisoned = True
-        line = f"tpwire[rank {self.rank}]: POISONED {_ids(header)}: {reason}"
+        line = f"tpwire[rank {self.rank}]: POISONED {self._ids(header)}: {reason}"
         if self.poison == "raise":
             _log(line)
             raise ChannelPoisoned(line)
@@ -703,12 +718,12 @@ class _Channel:
         os._exit(EXIT_POISONED)
 
 
-class BroadcastChannel(_Channel):
+class BroadcastChannel(_Channel[H, M]):
     """Envelopes of one generated ``protocol`` from rank ``src`` to every rank of ``group``."""
 
     def __init__(
         self,
-        protocol: ModuleType,
+        protocol: Bindings[H, M] | ModuleType,
         group: dist.ProcessGroup | None = None,
         src: int = 0,
         device: torch.device | str | None = None,
@@ -745,12 +760,12 @@ class BroadcastChannel(_Channel):
     _get = _put  # a broadcast is the same call on every rank
 
 
-class P2PChannel(_Channel):
+class P2PChannel(_Channel[H, M]):
     """Envelopes and results between this rank and one ``peer`` (pipeline stages).
 
     Both ends send and receive; a send waits until the peer receives (gloo), so a stage that
     keeps several envelopes in flight sends and receives from separate threads, or drains
-    results before sending more. Segment tags derive from ``(cache_epoch, call_id, index)``
+    results before sending more. Segment tags derive from ``(epoch, sequence, index)`` (roles)
     so a stale or misordered frame cannot be taken for the current one (refs/20). The
     handshake and the tripwires run on ``group``, which must be exactly the two ends
     (``dist.new_group([a, b])``, or the world when it has two ranks).
@@ -758,7 +773,7 @@ class P2PChannel(_Channel):
 
     def __init__(
         self,
-        protocol: ModuleType,
+        protocol: Bindings[H, M] | ModuleType,
         peer: int,
         group: dist.ProcessGroup | None = None,
         device: torch.device | str | None = None,
@@ -808,8 +823,6 @@ class P2PChannel(_Channel):
 
 
 FRAME0_TAG = 0
-#: actions after which no further frame comes
-_TERMINAL = ("SHUTDOWN", "ERROR")
 
 
 def _members(group: dist.ProcessGroup | None) -> list[int]:
@@ -823,10 +836,3 @@ def _frame0_bytes(head: torch.Tensor, nbytes: int) -> bytes:
     if not head.is_cpu:
         head = head[:nbytes].cpu()
     return ctypes.string_at(head.data_ptr(), nbytes)
-
-
-def _segment_tag(header: Any, index: int) -> int:
-    """Tags of frame 1 segments, derived from the ids frame 0 announced."""
-    epoch = getattr(header, "cache_epoch", 0) or 0
-    call_id = getattr(header, "call_id", 0) or 0
-    return 1 + ((epoch * 1_000_003 + call_id) * 16 + index) % (1 << 24)

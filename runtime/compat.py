@@ -24,24 +24,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .channel import FRAME0_TAG, BroadcastChannel, Received, _ids, _log
+from .bindings import Bindings, H, M
+from .channel import FRAME0_TAG, BroadcastChannel, Received, _log
 from .errors import EnvelopeInvalid
-from .plain import enums_of, plain_value, value_from_plain
+from .plain import plain_value, value_from_plain
 from .wire import DTYPE_BY_NAME, Frames, Prepared, materialize
 
 _ABSENT = -1
 
 
-class CompatBroadcastChannel(BroadcastChannel):
+class CompatBroadcastChannel(BroadcastChannel[H, M]):
     """``BroadcastChannel``'s API over Scope's current (pickle-based) wire."""
 
-    def __init__(self, protocol: ModuleType, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, protocol: Bindings[H, M] | ModuleType, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
-        self._slots = [f.name for f in dataclasses.fields(protocol.Header)]
-        self._enums = enums_of(protocol)
+        self._slots = [f.name for f in dataclasses.fields(self.protocol.header)]  # type: ignore[arg-type]
+        self._enums = dict(self.protocol.enums)
         self.parity_flags["tpwire.transport"] = "compat"
 
-    def send(self, msg: Any, header: Any) -> None:
+    def send(self, msg: M | None, header: H) -> None:
         self._ready(sender=True)
         self.protocol.prepare(msg, header, device=self.device)  # the preflight
         with self._lock:
@@ -49,7 +50,7 @@ class CompatBroadcastChannel(BroadcastChannel):
             self._check_order(header)
             self._send_compat(msg, header)
 
-    def _transmit(self, frames: Frames | Prepared, header: Any, *, watched: bool = True) -> None:
+    def _transmit(self, frames: Frames | Prepared, header: H, *, watched: bool = True) -> None:
         """NOOP / SHUTDOWN / ERROR (and heartbeats): the header alone."""
         self._send_compat(None, header, watched=watched)
 
@@ -74,7 +75,7 @@ class CompatBroadcastChannel(BroadcastChannel):
                     [k, str(t.dtype).removeprefix("torch."), list(t.shape)] for k, t in tensors
                 ],
             }
-        with self._deadline(lambda: f"send of {_ids(header)}", armed=watched):
+        with self._deadline(lambda: f"send of {self._ids(header)}", armed=watched):
             try:
                 self._put(slots, FRAME0_TAG, frame0=True)
             except BaseException as exc:
@@ -90,10 +91,10 @@ class CompatBroadcastChannel(BroadcastChannel):
         self.last_sent = header
         self._last_send = time.monotonic()
 
-    def recv(self) -> Received:
+    def recv(self) -> Received[H, M]:
         self._ready(sender=False)
         slots = torch.empty(len(self._slots), dtype=torch.int64)
-        with self._deadline(lambda: f"a header after {_ids(self.last_header)}"):
+        with self._deadline(lambda: f"a header after {self._ids(self.last_header)}"):
             try:
                 self._get(slots, FRAME0_TAG, frame0=True)
             except BaseException as exc:
@@ -101,10 +102,10 @@ class CompatBroadcastChannel(BroadcastChannel):
         header: Any = self.last_header
         try:
             header = self._header_from(slots.tolist())
-            action = getattr(header, self.protocol.ACTION_FIELD)
+            action = self.protocol.action_of(header)
             msg = None
-            if action in self.protocol.PAYLOAD_ACTIONS:
-                with self._deadline(lambda: f"the payload of {_ids(header)}"):
+            if action in self.protocol.payload_actions:
+                with self._deadline(lambda: f"the payload of {self._ids(header)}"):
                     msg = self._payload()
         except BaseException as exc:  # the sender is mid-message: this rank cannot follow
             self._poison(header, f"compat payload failed: {exc!r}")
@@ -115,26 +116,26 @@ class CompatBroadcastChannel(BroadcastChannel):
         self.last_header = header
         violations = self.protocol.validate(msg, header)
         if violations:
-            _log(f"tpwire[rank {self.rank}]: envelope refused after receive {_ids(header)}")
+            _log(f"tpwire[rank {self.rank}]: envelope refused after receive {self._ids(header)}")
             raise EnvelopeInvalid(violations)
         if action in self._terminal:
             self.closed = True
         return Received(action, header, msg)
 
     def _header_from(self, raw_slots: list[int]) -> Any:
-        header_fields = {f.name: f for f in dataclasses.fields(self.protocol.Header)}
+        header_fields = {f.name: f for f in dataclasses.fields(self.protocol.header)}  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         for name, raw in zip(self._slots, raw_slots, strict=True):
             hint = str(header_fields[name].type)
             enum_cls = self._enums.get(hint.replace(" | None", ""))
             kwargs[name] = None if raw == _ABSENT else (enum_cls(raw) if enum_cls else raw)
-        return self.protocol.Header(**kwargs)
+        return self.protocol.header(**kwargs)
 
     def _payload(self) -> Any:
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=self.src, group=self.group)  # unpickles: unsafe
         meta: Mapping[str, Any] = box[0]
-        cls = self.protocol.MESSAGES[meta["message"]]
+        cls: Any = self.protocol.messages[meta["message"]]
         kw: dict[str, Any] = {f.name: None for f in dataclasses.fields(cls)}
         types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
         for name, value in meta["fields"].items():

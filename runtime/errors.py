@@ -35,6 +35,16 @@ def show_id(x: object) -> str:
     return f"<{type(x).__name__}>"
 
 
+#: The ids of one envelope by the spec's own field names, in role order (sequence, chunk,
+#: epoch): ``(("seq", 4), ("generation", 1))``; a value is None where the header has none.
+Ids = tuple[tuple[str, int | None], ...]
+
+
+def ids_text(ids: Ids) -> str:
+    """``seq=4 generation=1``: how a log line shows an envelope's ids."""
+    return " ".join(f"{name}={show_id(value)}" for name, value in ids)
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     """One broken rule of one envelope."""
@@ -46,25 +56,23 @@ class Violation:
     rule: str
     fm: str | None = None
     message: str = ""
-    call_id: int | None = None
-    chunk_index: int | None = None
-    cache_epoch: int | None = None
+    #: the header's role ids by the spec's field names (sequence, chunk, epoch), for logs
+    ids: Ids = ()
 
-    def ids(self) -> str:
-        return (
-            f"call_id={show_id(self.call_id)} chunk_index={show_id(self.chunk_index)} "
-            f"cache_epoch={show_id(self.cache_epoch)}"
-        )
+    def id(self, name: str) -> int | None:
+        """The id the header's field ``name`` carried (None when absent or ill-typed)."""
+        return dict(self.ids).get(name)
 
     def __str__(self) -> str:
         fm = f" [{self.fm}]" if self.fm else ""
         why = f": {self.message}" if self.message else ""
+        where = f"{ids_text(self.ids)} " if self.ids else ""
         return (
-            f"{self.ids()} {self.field}: {self.code}{fm}{why}; expected {self.expected}, "
+            f"{where}{self.field}: {self.code}{fm}{why}; expected {self.expected}, "
             f"got {self.actual} (rule: {self.rule})"
         )
 
-    def as_dict(self) -> dict[str, str | int | None]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "code": self.code,
             "field": self.field,
@@ -73,9 +81,7 @@ class Violation:
             "rule": self.rule,
             "fm": self.fm,
             "message": self.message,
-            "call_id": self.call_id,
-            "chunk_index": self.chunk_index,
-            "cache_epoch": self.cache_epoch,
+            "ids": dict(self.ids),
         }
 
 

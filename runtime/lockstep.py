@@ -1,12 +1,15 @@
 """Lockstep and replay primitives: the result gate (refs/21) and the call-count ledger.
 
-``ResultGate``: rank 0 accepts a pipeline result only when its ``(cache_epoch, call_id,
-chunk_index)`` is the next one expected; stale epochs and duplicates are dropped and logged,
-anything else (a result from the future, one that skips ahead) is a crash. Pending
-envelopes live in a bounded queue that a hard cut flushes.
+``ResultGate``: rank 0 accepts a pipeline result only when its ids (the spec's epoch,
+sequence and chunk roles) are the next ones expected; stale epochs and duplicates are
+dropped and logged, anything else (a result from the future, one that skips ahead) is a
+crash. Pending envelopes live in a bounded queue that a hard cut flushes.
 
 ``Ledger``: counts generator calls against the plan's expected count and raises before the
 call that would go one too far, or at the end when one is missing (FM-02).
+
+Both read the spec's roles from a protocol's ``BINDINGS`` and name ids by the spec's own
+field names.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from __future__ import annotations
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch.distributed as dist
 
+from .bindings import Bindings, bindings_of
+from .errors import show_id
 from .groups import all_gather_ints
 
 
@@ -28,18 +34,32 @@ class LockstepError(RuntimeError):
 
 @dataclass(frozen=True)
 class Ids:
-    cache_epoch: int
-    call_id: int
-    chunk_index: int
+    """One envelope's role ids (0 for the epoch of a spec without an epoch role); compared
+    by value, shown by the spec's names."""
+
+    epoch: int
+    seq: int
+    chunk: int | None
+    names: tuple[str, str | None, str | None] = field(
+        default=("sequence", "chunk", "epoch"), compare=False
+    )
 
     @classmethod
-    def of(cls, header: Any) -> Ids:
-        return cls(header.cache_epoch, header.call_id, header.chunk_index)
+    def of(cls, bindings: Bindings[Any, Any], header: Any) -> Ids:
+        roles = bindings.roles
+        epoch = getattr(header, roles.epoch) if roles.epoch is not None else 0
+        chunk = getattr(header, roles.chunk) if roles.chunk is not None else None
+        names = (roles.sequence, roles.chunk, roles.epoch)
+        return cls(epoch, getattr(header, roles.sequence), chunk, names)
 
     def __str__(self) -> str:
-        return (
-            f"call_id={self.call_id} chunk_index={self.chunk_index} cache_epoch={self.cache_epoch}"
-        )
+        seq_name, chunk_name, epoch_name = self.names
+        parts = [f"{seq_name}={show_id(self.seq)}"]
+        if chunk_name is not None:
+            parts.append(f"{chunk_name}={show_id(self.chunk)}")
+        if epoch_name is not None:
+            parts.append(f"{epoch_name}={show_id(self.epoch)}")
+        return " ".join(parts)
 
 
 def _stderr(line: str) -> None:
@@ -50,9 +70,16 @@ def _stderr(line: str) -> None:
 class ResultGate:
     """Which pipeline results rank 0 may use (refs/21 acceptance rules)."""
 
-    def __init__(self, max_pending: int = 2, log: Callable[[str], None] = _stderr) -> None:
+    def __init__(
+        self,
+        protocol: Bindings[Any, Any] | ModuleType,
+        max_pending: int = 2,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
+        self.bindings = bindings_of(protocol)
+        self.epoch_name = self.bindings.roles.epoch or "epoch"
         self.max_pending = max_pending
         self.log = log
         self.epoch = 0
@@ -62,11 +89,11 @@ class ResultGate:
 
     def expect(self, envelope_header: Any) -> None:
         """An envelope was sent; its result is now expected (in order)."""
-        ids = Ids.of(envelope_header)
-        if ids.cache_epoch != self.epoch:
+        ids = Ids.of(self.bindings, envelope_header)
+        if ids.epoch != self.epoch:
             raise LockstepError(f"envelope {ids} sent in epoch {self.epoch}: bump with hard_cut()")
         last = self.pending[-1] if self.pending else self.last_accepted
-        if last is not None and ids.call_id <= last.call_id:
+        if last is not None and ids.seq <= last.seq:
             raise LockstepError(f"envelope {ids} does not follow {last}")
         if len(self.pending) >= self.max_pending:
             raise LockstepError(
@@ -78,7 +105,9 @@ class ResultGate:
     def hard_cut(self, new_epoch: int) -> list[Ids]:
         """A hard cut: bump the epoch and flush what is pending (their results become stale)."""
         if new_epoch <= self.epoch:
-            raise LockstepError(f"hard cut must bump cache_epoch: {new_epoch} <= {self.epoch}")
+            raise LockstepError(
+                f"hard cut must bump {self.epoch_name}: {new_epoch} <= {self.epoch}"
+            )
         flushed = list(self.pending)
         self.pending.clear()
         self.epoch = new_epoch
@@ -88,14 +117,14 @@ class ResultGate:
 
     def accept(self, result_header: Any) -> bool:
         """True: use the result. False: dropped (logged). Raises on a regression."""
-        ids = Ids.of(result_header)
-        if ids.cache_epoch < self.epoch:
-            return self._drop(ids, f"stale epoch {ids.cache_epoch} < {self.epoch}")
-        if ids.cache_epoch > self.epoch:
+        ids = Ids.of(self.bindings, result_header)
+        if ids.epoch < self.epoch:
+            return self._drop(ids, f"stale {self.epoch_name} {ids.epoch} < {self.epoch}")
+        if ids.epoch > self.epoch:
             raise LockstepError(f"result {ids} is from a future epoch (current {self.epoch})")
         if ids == self.last_accepted:
             return self._drop(ids, "duplicate")
-        if self.last_accepted is not None and ids.call_id <= self.last_accepted.call_id:
+        if self.last_accepted is not None and ids.seq <= self.last_accepted.seq:
             raise LockstepError(f"result {ids} regresses behind {self.last_accepted}")
         if not self.pending:
             raise LockstepError(f"result {ids} arrived but no envelope is pending")
@@ -115,7 +144,9 @@ class ResultGate:
 class Ledger:
     """Generator calls observed on this rank against the plan's expected count."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: Bindings[Any, Any] | ModuleType | None = None) -> None:
+        #: names the chunk's ids in errors (by the spec's field names) when given
+        self.bindings = bindings_of(protocol) if protocol is not None else None
         self.expected: int | None = None
         self.observed = 0
         self.ids = ""
@@ -125,7 +156,11 @@ class Ledger:
             raise LockstepError(f"ledger of {self.ids} not ended before the next chunk")
         self.expected = expected_calls
         self.observed = 0
-        self.ids = str(Ids.of(header)) if header is not None else ""
+        self.ids = (
+            self.bindings.ids_text(header)
+            if header is not None and self.bindings is not None
+            else "the chunk"
+        )
 
     def call(self) -> None:
         """Before each generator call: refuse the call that would break the plan."""

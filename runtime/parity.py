@@ -16,6 +16,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from .bindings import bindings_of
 from .groups import LengthsRefused, all_gather_bytes
 
 Record = dict[str, Any]
@@ -36,9 +37,10 @@ def record(
 ) -> Record:
     """This rank's parity record."""
     flags = flags or {}
+    bindings = bindings_of(protocol)
     return {
-        "protocol": protocol.PROTOCOL,
-        "fingerprint": f"{protocol.FINGERPRINT:#018x}",
+        "protocol": bindings.protocol,
+        "fingerprint": f"{bindings.fingerprint:#018x}",
         "env": {k: os.environ.get(k) for k in sorted(env_keys)},
         "flags": {k: flags[k] for k in sorted(flags)},
     }

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .bindings import bindings_of
+from .errors import Violation
 from .wire import DTYPE_BY_NAME, dtype_name, show
 
 
@@ -77,12 +79,8 @@ def value_from_plain(hint: str, value: Any, enums: Mapping[str, Any]) -> Any:
 
 
 def enums_of(protocol: Any) -> dict[str, Any]:
-    """The enum classes of a generated module, by name."""
-    return {
-        name: obj
-        for name, obj in vars(protocol).items()
-        if isinstance(obj, type) and issubclass(obj, enum.Enum)
-    }
+    """The enum classes of a generated protocol (module or ``BINDINGS``), by name."""
+    return dict(bindings_of(protocol).enums)
 
 
 def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
@@ -91,11 +89,12 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
     Violations cover what only plain data can get wrong (``unknown_field``, an absent key
     for a ``T | None`` field, an unknown message name) plus everything ``validate`` finds.
     """
-    enums = enums_of(protocol)
+    bindings = bindings_of(protocol)
+    enums = dict(bindings.enums)
     violations: list[Any] = []
     if not isinstance(data, Mapping):  # JSON null, a list, a string: one violation, not a crash
         violations.append(
-            protocol.Violation(
+            Violation(
                 "type",
                 "envelope",
                 "a mapping of header, message, fields",
@@ -111,7 +110,7 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
         for key in values:
             if key not in fields:
                 violations.append(
-                    protocol.Violation(
+                    Violation(
                         "unknown_field",
                         f"{where}{key}",
                         "no such field",
@@ -125,7 +124,7 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
             elif f.default is dataclasses.MISSING:
                 if "None" in str(f.type):
                     violations.append(
-                        protocol.Violation(
+                        Violation(
                             "missing",
                             f"{where}{name}",
                             "an explicit value or null",
@@ -140,9 +139,7 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
         value = data.get(key)
         if value is None or isinstance(value, Mapping):
             return value or {}
-        violations.append(
-            protocol.Violation("type", key, "a mapping", show(value), "plain envelope shape")
-        )
+        violations.append(Violation("type", key, "a mapping", show(value), "plain envelope shape"))
         return {}
 
     def _hint(cls: Any, name: str, hint: str) -> str:
@@ -150,10 +147,8 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
         # the other variants type it, so validate reports it as forbidden, not mistyped
         if hint != "None":
             return hint
-        validators = getattr(protocol, "_VALIDATORS", {})
-        for other in protocol.MESSAGES.values():
-            # variants of one message share its validator
-            if other is not cls and validators.get(other) is validators.get(cls):
+        for other in bindings.variants.get(cls, ()):
+            if other is not cls:
                 f = {f.name: f for f in dataclasses.fields(other)}.get(name)
                 if f is not None and str(f.type) != "None":
                     return str(f.type)
@@ -162,7 +157,7 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
     for key in data:
         if key not in ("header", "message", "fields"):
             violations.append(
-                protocol.Violation(
+                Violation(
                     "unknown_field",
                     key,
                     "header, message, fields",
@@ -171,13 +166,13 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
                 )
             )
     hdr = mapping("header")
-    header = build(protocol.Header, hdr, "header.")
+    header = build(bindings.header, hdr, "header.")
     name = data.get("message")
     msg = None
     if name is None:
         for key, value in mapping("fields").items():
             violations.append(
-                protocol.Violation(
+                Violation(
                     "unknown_field",
                     str(key),
                     "no fields without a message",
@@ -186,23 +181,20 @@ def from_plain(protocol: Any, data: object) -> tuple[Any, Any, list[Any]]:
                 )
             )
     else:
-        cls = protocol.MESSAGES.get(name) if isinstance(name, str) else None
+        cls = bindings.messages.get(name) if isinstance(name, str) else None
         if cls is None:
             violations.append(
-                protocol.Violation(
+                Violation(
                     "type",
                     "message",
-                    "one of " + ", ".join(protocol.MESSAGES),
+                    "one of " + ", ".join(bindings.messages),
                     show(name),
                     "message class",
                 )
             )
         else:
             msg = build(cls, mapping("fields"), "")
-    ids = {k: hdr.get(k) if type(hdr.get(k)) is int else None for k in _IDS}
-    found = [dataclasses.replace(v, **ids) for v in violations]
-    found.extend(protocol.validate(msg, header))
+    ids = tuple((k, v if type(v := hdr.get(k)) is int else None) for k in bindings.roles.fields)
+    found = [dataclasses.replace(v, ids=ids) for v in violations]
+    found.extend(bindings.validate(msg, header))
     return header, msg, found
-
-
-_IDS = ("call_id", "chunk_index", "cache_epoch")

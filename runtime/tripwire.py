@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .bindings import bindings_of
 from .groups import all_gather_ints
 
 
@@ -49,7 +50,7 @@ def digest_tensors(tensors: Iterable[torch.Tensor]) -> int:
 
 def digest_envelope(protocol: Any, msg: Any, header: Any) -> int:
     """The digest of what a rank is about to run: its canonical encoding."""
-    frames = protocol.encode(msg, header)
+    frames = bindings_of(protocol).encode(msg, header)
     return digest_tensors([frames.frame0, *frames.segments])
 
 

@@ -140,8 +140,10 @@ def seal(words: list[int]) -> torch.Tensor:
 def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
     """Check the envelope of frame 0 and return its words.
 
-    Order matters for the error a peer sees: shape, magic, wire version, checksum,
-    fingerprint. Only then are the words trusted enough to be read as a header.
+    Order matters for the error a peer sees: the tensor's kind, then magic, wire version and
+    fingerprint (a peer compiled from another spec gets ``ProtocolMismatch``, whatever its
+    frame 0 length), then the length and the checksum. Only then are the words trusted
+    enough to be read as a header.
     """
     if not isinstance(frame0, torch.Tensor):
         raise WireError("frame0", f"frame 0 must be a torch.Tensor, got {type(frame0).__name__}")
@@ -151,23 +153,29 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
         raise WireError(
             "frame0", f"frame 0 must be a 1-D int64 tensor, got {frame0.dtype} {list(frame0.shape)}"
         )
+    words: list[int] = frame0[:length].tolist() if frame0.numel() >= 2 else frame0.tolist()
+    _check_identity(words, fingerprint)
     if frame0.numel() != length:
         raise WireError(
             "frame0", f"frame 0 has {frame0.numel()} words, this protocol uses {length}"
         )
-    words: list[int] = frame0.tolist()
-    return _check_words(words, array("q", words[:-1]).tobytes(), length, fingerprint)
+    return _check_sum(words, array("q", words[:-1]).tobytes(), length)
 
 
 def open_frame0_bytes(raw: bytes, length: int, fingerprint: int) -> list[int]:
     """``open_frame0`` of frame 0's raw bytes (native int64s, as a channel receives them)."""
+    if len(raw) >= 16 and len(raw) % 8 == 0:
+        _check_identity(memoryview(raw)[:16].cast("q").tolist(), fingerprint)
     if len(raw) != length * 8:
         raise WireError("frame0", f"frame 0 has {len(raw)} bytes, this protocol uses {length * 8}")
     words: list[int] = memoryview(raw).cast("q").tolist()
-    return _check_words(words, raw[:-8], length, fingerprint)
+    return _check_sum(words, raw[:-8], length)
 
 
-def _check_words(words: list[int], body: bytes, length: int, fingerprint: int) -> list[int]:
+def _check_identity(words: list[int], fingerprint: int) -> None:
+    """Magic, wire version and spec fingerprint: whether the peer speaks this protocol."""
+    if len(words) < 2:
+        return  # too short to say; the length check refuses it
     if words[W_MAGIC] >> 16 != MAGIC:
         raise ProtocolMismatch("magic", f"bad magic {words[W_MAGIC]:#x}", W_MAGIC)
     if words[W_MAGIC] & 0xFFFF != WIRE_VERSION:
@@ -176,8 +184,6 @@ def _check_words(words: list[int], body: bytes, length: int, fingerprint: int) -
             f"peer speaks wire version {words[W_MAGIC] & 0xFFFF}, this side {WIRE_VERSION}",
             W_MAGIC,
         )
-    if _checksum(body) != words[-1]:
-        raise WireError("checksum", "frame 0 checksum mismatch (corrupted frame)", length - 1)
     if words[W_FINGERPRINT] != fingerprint:
         raise ProtocolMismatch(
             "fingerprint",
@@ -185,6 +191,11 @@ def _check_words(words: list[int], body: bytes, length: int, fingerprint: int) -
             "(ranks run different spec revisions)",
             W_FINGERPRINT,
         )
+
+
+def _check_sum(words: list[int], body: bytes, length: int) -> list[int]:
+    if _checksum(body) != words[-1]:
+        raise WireError("checksum", "frame 0 checksum mismatch (corrupted frame)", length - 1)
     return words
 
 

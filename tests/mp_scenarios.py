@@ -115,7 +115,10 @@ def preflight(rank: int, world: int) -> Any:
             got = ch.recv()
         except EnvelopeInvalid as exc:
             out["worker_refused"] = sorted({(v.code, v.field) for v in exc.violations})
-            out["refused_ids"] = [exc.violations[0].call_id, exc.violations[0].chunk_index]
+            out["refused_ids"] = [
+                exc.violations[0].id("call_id"),
+                exc.violations[0].id("chunk_index"),
+            ]
             continue
         out["received"].append([got.action.name, got.header.call_id])
         if got.action is tc.TPAction.SHUTDOWN:
@@ -257,7 +260,7 @@ def drift(rank: int, world: int) -> Any:
 def ledger_counts(rank: int, world: int) -> Any:
     from tpwire.runtime.lockstep import Ledger, LockstepError
 
-    ledger = Ledger()
+    ledger = Ledger(tc)
     ledger.begin(5, header(1, chunk=0))
     for _ in range(5 if rank == 0 else 4):
         ledger.call()
@@ -307,7 +310,7 @@ def pp_hard_cut(rank: int, world: int) -> Any:
 
     ch = P2PChannel(pp, peer=1 - rank, poison="raise").open()
     if rank == 0:
-        gate = ResultGate(max_pending=2)
+        gate = ResultGate(pp, max_pending=2)
         used = []
         for call_id, chunk in ((1, 0), (2, 1)):
             h = pp_header(call_id, chunk, 0, "INFER")
@@ -326,11 +329,11 @@ def pp_hard_cut(rank: int, world: int) -> Any:
             used.append(got.header.call_id)
         ch.shutdown()
         return {
-            "flushed": [i.call_id for i in flushed],
-            "dropped": [[i.call_id, why] for i, why in gate.dropped],
+            "flushed": [i.seq for i in flushed],
+            "dropped": [[i.seq, why] for i, why in gate.dropped],
             "used": used,
         }
-    ledger = Ledger()
+    ledger = Ledger(pp)
     pending = []
     while True:
         got = ch.recv()

@@ -154,7 +154,7 @@ def test_om09_p2p_results_of_an_old_epoch_are_dropped(tmp_path: Path) -> None:
     assert (r0.exitcode, r1.exitcode) == (0, 0), r0.log + r1.log
     assert r0.result == {
         "flushed": [1, 2],
-        "dropped": [[1, "stale epoch 0 < 1"], [2, "stale epoch 0 < 1"]],
+        "dropped": [[1, "stale cache_epoch 0 < 1"], [2, "stale cache_epoch 0 < 1"]],
         "used": [3],
     }
     assert "dropped result call_id=1 chunk_index=0 cache_epoch=0" in r0.log

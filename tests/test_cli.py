@@ -151,11 +151,16 @@ enums:
     values:
       NOOP: 0
       RUN: 1
+      STOP: 2
+      FAIL: 3
 header:
-  slots: [action]
+  slots: [action, seq]
   action: action
+  roles: {sequence: seq}
+  control: {noop: NOOP, shutdown: STOP, error: FAIL}
   fields:
     action: {type: Action}
+    seq: {type: int, range: {min: 0}}
 messages:
   Run:
     id: 1

@@ -102,7 +102,7 @@ def test_misaligned_or_strided_segments_are_wire_errors() -> None:
 
 def test_non_canonical_bool_bytes_are_refused() -> None:
     mini = compile_spec(GOLDEN / "odd.yaml")
-    header = mini.Header(act=mini.Act.GO)
+    header = mini.Header(act=mini.Act.GO, seq=0)
     msg = mini.Go(flags=torch.tensor([True, False, True]), label="ok", count=None, scaled=None)
     frames = mini.encode(msg, header)
     assert mini.decode(frames) == (header, msg)
@@ -115,7 +115,7 @@ def test_non_canonical_bool_bytes_are_refused() -> None:
 @pytest.mark.parametrize("text", ["\ud800", "x" * 13, "é" * 7])
 def test_strings_that_cannot_travel_are_range_violations(text: str) -> None:
     odd = compile_spec(GOLDEN / "odd.yaml")
-    header = odd.Header(act=odd.Act.GO)
+    header = odd.Header(act=odd.Act.GO, seq=0)
     msg = odd.Go(flags=torch.tensor([True]), label=text, count=None, scaled=None)
     assert [v.code for v in odd.validate(msg, header)] == ["range"]
     with pytest.raises(odd.EnvelopeInvalid):
@@ -124,6 +124,6 @@ def test_strings_that_cannot_travel_are_range_violations(text: str) -> None:
 
 def test_arithmetic_on_out_of_range_values_is_not_evaluated() -> None:
     odd = compile_spec(GOLDEN / "odd.yaml")
-    header = odd.Header(act=odd.Act.GO)
+    header = odd.Header(act=odd.Act.GO, seq=0)
     msg = odd.Go(flags=torch.tensor([True]), label="a", count=10**400, scaled=1.0)
     assert [v.code for v in odd.validate(msg, header)] == ["range"]

@@ -19,7 +19,7 @@ def hdr(call_id: int, chunk: int, epoch: int, action: str = "RESULT") -> pp.Head
 
 def test_om09_delayed_result_across_a_hard_cut_is_dropped_by_epoch() -> None:
     logged: list[str] = []
-    gate = ResultGate(max_pending=2, log=logged.append)
+    gate = ResultGate(pp, max_pending=2, log=logged.append)
     gate.expect(hdr(1, 0, 0, "INFER"))
     gate.expect(hdr(2, 1, 0, "INFER"))
     assert gate.accept(hdr(1, 0, 0))
@@ -27,12 +27,12 @@ def test_om09_delayed_result_across_a_hard_cut_is_dropped_by_epoch() -> None:
     gate.expect(hdr(3, 2, 1, "INFER"))
     assert gate.accept(hdr(2, 1, 0)) is False  # the delayed result of the old world
     assert gate.accept(hdr(3, 2, 1))
-    assert gate.dropped == [(Ids(0, 2, 1), "stale epoch 0 < 1")]
+    assert gate.dropped == [(Ids(0, 2, 1), "stale cache_epoch 0 < 1")]
     assert any("dropped result call_id=2 chunk_index=1 cache_epoch=0" in line for line in logged)
 
 
 def test_duplicates_are_dropped_and_regressions_crash() -> None:
-    gate = ResultGate(log=lambda _: None)
+    gate = ResultGate(pp, log=lambda _: None)
     gate.expect(hdr(4, 0, 0, "INFER"))
     assert gate.accept(hdr(4, 0, 0))
     assert gate.accept(hdr(4, 0, 0)) is False  # duplicate
@@ -45,7 +45,7 @@ def test_duplicates_are_dropped_and_regressions_crash() -> None:
         gate.accept(hdr(5, 7, 0))  # right call_id, wrong chunk
     with pytest.raises(LockstepError, match="regresses behind call_id=4"):
         gate.accept(hdr(3, 0, 0))  # lower call_id in the same epoch: never legitimate
-    fresh = ResultGate(log=lambda _: None)
+    fresh = ResultGate(pp, log=lambda _: None)
     fresh.expect(hdr(4, 0, 0, "INFER"))
     assert fresh.accept(hdr(4, 0, 0))
     with pytest.raises(LockstepError, match="does not follow call_id=4"):
@@ -53,20 +53,20 @@ def test_duplicates_are_dropped_and_regressions_crash() -> None:
 
 
 def test_pending_results_are_bounded_and_ordered() -> None:
-    gate = ResultGate(max_pending=1, log=lambda _: None)
+    gate = ResultGate(pp, max_pending=1, log=lambda _: None)
     gate.expect(hdr(1, 0, 0, "INFER"))
     with pytest.raises(LockstepError, match="already pending"):
         gate.expect(hdr(2, 1, 0, "INFER"))
     with pytest.raises(LockstepError, match="hard_cut"):
-        ResultGate().expect(hdr(1, 0, 5, "INFER"))
+        ResultGate(pp).expect(hdr(1, 0, 5, "INFER"))
     with pytest.raises(LockstepError, match="must bump"):
         gate.hard_cut(0)
     with pytest.raises(LockstepError, match="no envelope is pending"):
-        ResultGate().accept(hdr(1, 0, 0))
+        ResultGate(pp).accept(hdr(1, 0, 0))
 
 
 def test_ledger_refuses_the_extra_call_and_reports_a_missing_one() -> None:
-    ledger = Ledger()
+    ledger = Ledger(pp)
     ledger.begin(5, hdr(9, 3, 1, "INFER"))
     for _ in range(5):
         ledger.call()

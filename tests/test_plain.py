@@ -52,7 +52,9 @@ def test_unknown_and_absent_keys_are_violations_with_ids() -> None:
         ("unknown_field", "header.rank"),
         ("missing", "context_frames_override"),
     }
-    assert all((v.call_id, v.chunk_index, v.cache_epoch) == (4, 2, 1) for v in violations)
+    assert all(
+        v.ids == (("call_id", 4), ("chunk_index", 2), ("cache_epoch", 1)) for v in violations
+    )
 
 
 def test_nothing_given_is_dropped_silently() -> None:

@@ -84,11 +84,13 @@ def test_every_mutant_is_rejected_with_exactly_its_violations(name: str) -> None
         violations = proto.validate(m.msg, m.header)
         assert {(v.code, v.field) for v in violations} == m.violations, (m.kind, m.field)
         assert {v.code for v in violations} == m.codes
-        ids = [getattr(m.header, n, None) for n in ("call_id", "chunk_index", "cache_epoch")]
-        for v in violations:  # the header ids that are well-typed ints, for the log line
-            assert [v.call_id, v.chunk_index, v.cache_epoch] == [
-                x if type(x) is int else None for x in ids
-            ]
+        # the role ids that are well-typed ints, by the spec's field names, for the log line
+        fields = proto.BINDINGS.roles.fields
+        ids = tuple(
+            (n, x if type(x := getattr(m.header, n, None)) is int else None) for n in fields
+        )
+        for v in violations:
+            assert v.ids == ids
             assert v.field and v.rule and v.expected
         first = proto.validate(m.msg, m.header, fail_fast=True)
         assert first == violations[:1]

@@ -87,10 +87,31 @@ def test_dims_beyond_spec_bounds_are_refused_before_allocation(bad_dim: int) -> 
 
 
 def test_frame0_shape_and_type_are_checked() -> None:
-    for bad in (torch.zeros(3, dtype=torch.int64), torch.zeros(51, dtype=torch.int32), "x", None):
+    for bad in (torch.zeros(52, dtype=torch.int32), "x", None, torch.zeros(1, dtype=torch.int64)):
         with pytest.raises(WireError) as err:
             tp_control.read_frame0(bad)  # type: ignore[arg-type]
         assert err.value.code == "frame0"
+    with pytest.raises(WireError) as err:
+        tp_control.read_frame0(torch.zeros(3, dtype=torch.int64))
+    assert err.value.code == "magic"  # not tpwire's frame 0 at all
+
+
+def test_a_peer_compiled_from_another_spec_gets_protocol_mismatch_not_a_length_error() -> None:
+    """One field more changes frame 0's length and the fingerprint: the fingerprint speaks."""
+    words = tp_control.encode(v1_message(), HEADER).frame0.tolist()
+    for other in ([*words, 0], words[:-3]):
+        other[1] ^= 0x5A5A  # another spec's fingerprint
+        for read in (
+            lambda w: tp_control.read_frame0(torch.tensor(w, dtype=torch.int64)),
+            lambda w: tp_control.read_frame0_bytes(torch.tensor(w).numpy().tobytes()),
+        ):
+            with pytest.raises(ProtocolMismatch) as err:
+                read(other)
+            assert err.value.code == "fingerprint"
+    same_spec_longer = torch.tensor([*words, 0], dtype=torch.int64)
+    with pytest.raises(WireError) as err2:
+        tp_control.read_frame0(same_spec_longer)
+    assert err2.value.code == "frame0"
 
 
 def test_segments_must_match_the_manifest() -> None:
@@ -133,7 +154,7 @@ def test_unsupported_dtype_fails_in_encode_before_any_byte() -> None:
         )
     (v,) = err.value.violations
     assert (v.code, v.field, v.actual) == ("dtype", "latents", "bool")
-    assert v.call_id == 7 and v.chunk_index == 3 and v.cache_epoch == 2
+    assert v.ids == (("call_id", 7), ("chunk_index", 3), ("cache_epoch", 2))
 
 
 def test_string_and_scalar_helpers() -> None:

@@ -1,0 +1,163 @@
+"""The contract between a generated protocol module and the runtime: one ``Bindings``.
+
+Every generated module exports ``BINDINGS``, an instance of this class carrying what the
+runtime needs to run any protocol: its identity (name, fingerprint, frame 0 length), the
+header class and action enum, the header *roles* (which field is the sequence id, the chunk
+id, the epoch; which action members are the control actions) and the codec callables. The
+runtime reads roles, never field or member names, so a protocol whose header says ``seq``
+and ``generation`` and whose actions are ``IDLE``/``RUN``/``HALT``/``FAIL`` runs over a
+channel exactly as Scope's does.
+
+``Bindings`` is generic in the header and message types: a channel built on
+``tp_control.BINDINGS`` sends and receives ``tp_control``'s classes, under ``mypy --strict``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Generic, Protocol, TypeVar
+
+import torch
+
+from .errors import Ids, Violation, ids_text
+from .wire import Frames, Manifest, Prepared
+
+H = TypeVar("H")
+M = TypeVar("M")
+H_contra = TypeVar("H_contra", contravariant=True)
+M_contra = TypeVar("M_contra", contravariant=True)
+H_co = TypeVar("H_co", covariant=True)
+M_co = TypeVar("M_co", covariant=True)
+
+Device = torch.device | str | None
+
+
+class PrepareFn(Protocol[H_contra, M_contra]):
+    def __call__(
+        self, msg: M_contra | None, header: H_contra, *, device: Device = None
+    ) -> Prepared: ...
+
+
+class EncodeFn(Protocol[H_contra, M_contra]):
+    def __call__(
+        self, msg: M_contra | None, header: H_contra, *, device: Device = None
+    ) -> Frames: ...
+
+
+class DecodeFn(Protocol[H_co, M_co]):
+    def __call__(self, frames: Frames) -> tuple[H_co, M_co | None]: ...
+
+
+class ValidateFn(Protocol[H_contra, M_contra]):
+    def __call__(
+        self, msg: M_contra | None, header: H_contra | None = None, *, fail_fast: bool = False
+    ) -> list[Violation]: ...
+
+
+class ReadFrame0Fn(Protocol):
+    def __call__(self, frame0: torch.Tensor) -> Manifest: ...
+
+
+class ReadFrame0BytesFn(Protocol):
+    def __call__(self, raw: bytes) -> Manifest: ...
+
+
+#: The header roles, in the order ids are shown (DESIGN section 3).
+ROLE_NAMES = ("sequence", "chunk", "epoch")
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """Which header field plays which role (field names; None where the spec has none).
+
+    ``sequence``: strictly increasing over all actions (ordering, dedup, heartbeats take
+    one too). ``chunk``: increasing over payload actions. ``epoch``: never decreasing,
+    bumped on a hard cut."""
+
+    sequence: str
+    chunk: str | None = None
+    epoch: str | None = None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The role fields in role order (sequence, chunk, epoch), those the spec has."""
+        return tuple(f for f in (self.sequence, self.chunk, self.epoch) if f is not None)
+
+
+@dataclass(frozen=True, eq=False)
+class Bindings(Generic[H, M]):
+    """Everything the runtime needs of one generated protocol (its module's ``BINDINGS``)."""
+
+    protocol: str
+    fingerprint: int
+    spec_sha256: str
+    frame0_len: int
+    header: type[H]
+    messages: Mapping[str, type[M]]
+    action_field: str
+    action_enum: type[enum.IntEnum]
+    payload_actions: frozenset[enum.IntEnum]
+    roles: Roles
+    #: the control actions a channel sends on its own (noop: heartbeats; None when the spec
+    #: declares none)
+    noop: enum.IntEnum | None
+    shutdown: enum.IntEnum
+    error: enum.IntEnum
+    enums: Mapping[str, type[enum.IntEnum]]
+    #: message class -> the classes of the same message (its plan variants), itself included
+    variants: Mapping[type, tuple[type, ...]]
+    prepare: PrepareFn[H, M]
+    encode: EncodeFn[H, M]
+    decode: DecodeFn[H, M]
+    validate: ValidateFn[H, M]
+    read_frame0: ReadFrame0Fn
+    read_frame0_bytes: ReadFrame0BytesFn
+
+    @property
+    def terminal(self) -> frozenset[enum.IntEnum]:
+        """Actions after which no further frame comes."""
+        return frozenset((self.shutdown, self.error))
+
+    def action_of(self, header: H) -> enum.IntEnum:
+        action: enum.IntEnum = getattr(header, self.action_field)
+        return action
+
+    def ids(self, header: object) -> Ids:
+        """The header's role ids by the spec's field names (None where absent or ill-typed)."""
+        out = []
+        for name in self.roles.fields:
+            value = getattr(header, name, None)
+            out.append((name, value if type(value) is int else None))
+        return tuple(out)
+
+    def ids_text(self, header: object) -> str:
+        """``seq=4 batch=2 generation=1``: the ids a log line names."""
+        return ids_text(self.ids(header))
+
+    def control_header(self, last: H | None, action: enum.IntEnum) -> H:
+        """The header of a control frame (``action``) the sender sends on its own after
+        ``last``: the next sequence id, every other field as in ``last`` (0 before it)."""
+        values: dict[str, Any] = {}
+        for name in self.header.__dataclass_fields__:  # type: ignore[attr-defined]
+            values[name] = getattr(last, name) if last is not None else 0
+        seq = self.roles.sequence
+        values[seq] = getattr(last, seq) + 1 if last is not None else 0
+        values[self.action_field] = action
+        return self.header(**values)
+
+
+def bindings_of(protocol: Bindings[H, M] | ModuleType) -> Bindings[H, M]:
+    """A protocol's ``Bindings``: itself, or a generated module's ``BINDINGS``."""
+    if isinstance(protocol, Bindings):
+        return protocol
+    found = getattr(protocol, "BINDINGS", None)
+    if not isinstance(found, Bindings):
+        name = getattr(protocol, "__name__", type(protocol).__name__)
+        raise TypeError(
+            f"{name} is not a generated tpwire protocol (no BINDINGS): pass a generated "
+            "module or its BINDINGS (regenerate it with `make gen` / `tpwire gen`)"
+        )
+    return found
