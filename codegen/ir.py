@@ -46,6 +46,13 @@ class ExprIR:
         return f"({self.data_guard} and {self.data_py})" if self.data_guard else self.data_py
 
     @property
+    def data_value(self) -> str:
+        """The expression's value over plain data; None when a nullable name it reads is."""
+        return (
+            f"({self.data_py} if {self.data_guard} else None)" if self.data_guard else self.data_py
+        )
+
+    @property
     def sides_py(self) -> str:
         return "".join(f"({t!r}, {p}), " for t, p in self.sides)
 
@@ -246,6 +253,11 @@ class VariantIR:
     def absent_names(self) -> tuple[str, ...]:
         return tuple(f"`{vf.field.name}`" for vf in self.fields if vf.annotation == "None")
 
+    @property
+    def derived(self) -> tuple[FieldIR, ...]:
+        """Fields computed from the others when the caller leaves them out."""
+        return tuple(vf.field for vf in self.fields if vf.default == "_w.DERIVE")
+
     other_member: str | None = None
 
     @property
@@ -312,6 +324,11 @@ class MessageIR:
     def unused_words(self) -> tuple[int, ...]:
         """Scalar and manifest words this message leaves unused (they must be zero)."""
         return tuple(w for w in range(self.words[0], self.words[1]) if w not in self.used_words)
+
+    @property
+    def derived_reads_dims(self) -> bool:
+        """Whether a derived field is computed from a dimension (bound from the tensors)."""
+        return any(f.derived is not None and "d[" in f.derived.data_py for f in self.fields)
 
     @property
     def tensor_words_end(self) -> int:
@@ -689,6 +706,10 @@ def _variant_fields(
         )
         if forbidden and not required:
             out.append(VariantFieldIR(f, "None", "None"))
+        elif cf.derived is not None:
+            # computed from the others when not given (``__post_init__``)
+            annotation = f"{f.value_py} | None" if not required or cf.type.nullable else f.value_py
+            out.append(VariantFieldIR(f, annotation, "_w.DERIVE"))
         elif required and not cf.type.nullable:
             out.append(VariantFieldIR(f, f.value_py, None))
         elif cf.type.nullable:

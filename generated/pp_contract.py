@@ -106,17 +106,33 @@ class PPEnvelope:
     kv_cache_attention_bias: float
     do_kv_recompute: bool
     num_denoise_steps: int
-    expected_generator_calls: int
+    expected_generator_calls: int = _w.DERIVE
     denoising_step_list: torch.Tensor
     latents_in: torch.Tensor
     conditioning_embeds: torch.Tensor
     context_frames: torch.Tensor | None
     input_digest: int | None
 
+    def __post_init__(self) -> None:
+        if self.expected_generator_calls is _w.DERIVE:
+            _derive_PPEnvelope(self)
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         return _w.same_fields(self, other, PPEnvelope.__dataclass_fields__)
+
+
+def _derive_PPEnvelope(m: Any) -> None:
+    """Fill the derived fields the caller left out, from the other fields."""
+    f = _w.field_values(m)
+    if f["expected_generator_calls"] is _w.DERIVE:
+        _w.set_derived(
+            m,
+            f,
+            "expected_generator_calls",
+            lambda: int(f["do_kv_recompute"]) + f["num_denoise_steps"],
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

@@ -1062,11 +1062,14 @@ def _plain_mutant(
     options += [("missing_key", "header", n) for n in names if dr.hf.get(n) is not None]
     if dr.record is not None and dr.variant is not None:
         names = [r.name for r in dr.record.rules]
+        computed = {r.name for r in dr.record.rules if r.derived is not None}
         options += [("unknown_field", "fields", k) for k in _unknown_keys(names)]
+        # a derived field left out is computed from the others, not missing
         options += [
             ("missing_key", "fields", n)
             for n in names
             if n != dr.record.discriminator
+            and n not in computed
             and (dr.f.get(n) is not None or n in dr.variant.explicit)
         ]
     else:

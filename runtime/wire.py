@@ -703,6 +703,50 @@ def read_tensor(
     return field, DTYPE_BY_CODE[code], tuple(shape)
 
 
+class _Derive:
+    """The default of a derived field: computed from the others in ``__post_init__``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<derived>"
+
+
+#: Typed ``Any`` so a derived field of any type can default to it.
+DERIVE: Any = _Derive()
+
+
+def field_values(msg: Any) -> dict[str, Any]:
+    """A message's fields by name."""
+    return {name: getattr(msg, name) for name in msg.__dataclass_fields__}
+
+
+def bind_dims(
+    values: Mapping[str, Any], patterns: Mapping[str, tuple[DimPattern, ...]]
+) -> dict[str, int]:
+    """The dimension symbols the given tensors bind (the first binding of each symbol)."""
+    dims: dict[str, int] = {}
+    for name, pattern in patterns.items():
+        t = values.get(name)
+        if not isinstance(t, torch.Tensor) or t.dim() != len(pattern):
+            continue
+        for i, p in enumerate(pattern):
+            if not isinstance(p, int):
+                dims.setdefault(p[0], int(t.shape[i]))
+    return dims
+
+
+def set_derived(msg: Any, values: dict[str, Any], name: str, compute: Callable[[], Any]) -> None:
+    """Set a derived field to ``compute()``; to None when the fields it reads cannot give a
+    value (wrong types, a dimension no tensor binds): ``validate`` then says what is wrong."""
+    try:
+        value = compute()
+    except Exception:  # the inputs' own violations are reported by validate
+        value = None
+    object.__setattr__(msg, name, value)
+    values[name] = value
+
+
 def bool_bytes_problem(t: torch.Tensor) -> str | None:
     """Why a bool tensor's bytes are not all 0 or 1 (a uint8 tensor viewed as bool can hold
     any byte; the wire carries bytes, and a receiver refuses any but 0 and 1)."""

@@ -13,7 +13,7 @@ import torch
 
 from tpwire.generated import tp_control as tc
 from tpwire.runtime import wire
-from tpwire.runtime.channel import BroadcastChannel, ChannelPoisoned
+from tpwire.runtime.channel import BroadcastChannel, ChannelPoisoned, OrderingError
 from tpwire.runtime.errors import EnvelopeInvalid
 from tpwire.runtime.parity import ParityMismatch
 
@@ -586,3 +586,60 @@ def hostile_record(rank: int, world: int, kind: str) -> Any:
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         return {"mismatch": list(exc.diff), "rss_mib": rss_mib}
     return {"mismatch": None}
+
+
+# --- a protocol with names of its own (tests/specs/relay.yaml) -----------------------------
+
+
+def _relay() -> Any:
+    from pathlib import Path
+
+    from tpwire.codegen import compile as compile_spec
+
+    return compile_spec(Path(__file__).parent / "specs" / "relay.yaml")
+
+
+def relay_envelope(proto: Any, seq: int, batch: int, generation: int = 0) -> tuple[Any, Any]:
+    """(message, header) of one RUN."""
+    header = proto.Header(seq=seq, batch=batch, generation=generation, step=proto.Step.RUN)
+    latents = torch.full((2, 4, 8, 8), float(seq), dtype=torch.float16)
+    return proto.Decode(frames=2, latents=latents, scale=1.0, tiled=True), header
+
+
+def other_names(rank: int, world: int, case: str) -> Any:
+    """The relay protocol over a broadcast channel: ordering, control actions and ids by the
+    spec's roles (seq, batch, generation; IDLE/HALT/FAIL), never by Scope's names."""
+    proto = _relay()
+    ch = BroadcastChannel(proto.BINDINGS, poison="raise", watchdog_s=30).open()
+    if rank == 0:
+        out: dict[str, Any] = {}
+        ch.send(*relay_envelope(proto, 0, 0))
+        out["next"] = ch.next_sequence()
+        try:
+            ch.send(*relay_envelope(proto, 0, 1))  # a duplicate seq
+        except OrderingError as exc:
+            out["duplicate"] = str(exc)
+        if case == "order":
+            ch.send(*relay_envelope(proto, 1, 1, generation=1))
+            msg, header = relay_envelope(proto, 2, 2, generation=0)  # generation goes back
+            ch._transmit(proto.encode(msg, header), header)  # forged: skips the order check
+        elif case == "shutdown":
+            ch.noop()
+            ch.shutdown()
+        elif case == "error":
+            try:
+                with ch:
+                    ch.send(*relay_envelope(proto, 5, 1))
+                    raise ValueError("decoder out of memory")
+            except ValueError:
+                pass
+        return out
+    got = []
+    try:
+        while True:
+            r = ch.recv()
+            got.append([r.action.name, r.header.seq])
+            if r.action in (proto.Step.HALT, proto.Step.FAIL):
+                return {"got": got}
+    except ChannelPoisoned as exc:
+        return {"got": got, "poisoned": str(exc)}

@@ -114,29 +114,29 @@ def _replace_everywhere(
 
 
 def test_off_by_one_invariant_is_caught() -> None:
-    """The validator checks ``calls == int(recompute) + steps + 1`` instead of the spec's
-    ``calls == int(recompute) + steps`` (FM-02): valid envelopes are refused."""
+    """The validator wants ``calls == int(recompute) + steps + 1`` instead of the spec's
+    derived ``calls == int(recompute) + steps`` (FM-02): valid envelopes are refused."""
     ir = compiler.protocol_ir(SPEC)
     patched = 0
 
     def is_target(x: Any) -> bool:
-        return getattr(x, "id", None) == "expected-calls-formula" and hasattr(x, "expr")
+        return getattr(x, "name", None) == "tp_expected_generator_calls" and (
+            getattr(x, "derived", None) is not None
+        )
 
-    def plant(inv: Any) -> Any:
+    def plant(f: Any) -> Any:
         nonlocal patched
         patched += 1
-        neg = inv.expr.negated_py
-        assert neg.endswith(")"), neg
         return dataclasses.replace(
-            inv, expr=dataclasses.replace(inv.expr, negated_py=neg[:-1] + " + 1)")
+            f, derived=dataclasses.replace(f.derived, py=f"({f.derived.py}) + 1")
         )
 
     bad = _replace_everywhere(ir, is_target, plant)
-    assert patched >= 1, "the invariant to break is gone from the IR"
+    assert patched >= 1, "the derived rule to break is gone from the IR"
     t = seeded_target("invariant_off_by_one", bad)
     message, example = must_fail(properties.mutated_frames_property(t, config=CI))
     assert "a valid envelope fails validate" in message
-    assert "expected-calls-formula" in message
+    assert "derived: tp_expected_generator_calls ==" in message
     assert FALSIFYING.search(example) and "tp_expected_generator_calls" in example
 
 

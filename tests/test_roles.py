@@ -1,0 +1,83 @@
+"""A protocol that shares no name with Scope's runs by its roles alone: header ``seq``,
+``batch``, ``generation``; actions ``IDLE``/``RUN``/``HALT``/``FAIL`` (tests/specs/relay.yaml),
+over a real 3-rank gloo broadcast channel, and in every id a violation or log line shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mp import run_ranks
+
+from tpwire.codegen import compile as compile_spec
+from tpwire.runtime.bindings import Roles, bindings_of
+from tpwire.runtime.channel import EXIT_POISONED
+from tpwire.runtime.lockstep import Ledger, LockstepError
+
+RELAY = Path(__file__).parent / "specs" / "relay.yaml"
+
+
+def test_the_runtime_reads_the_relay_roles() -> None:
+    proto = compile_spec(RELAY)
+    b = proto.BINDINGS
+    assert bindings_of(proto) is b
+    assert b.roles == Roles(sequence="seq", chunk="batch", epoch="generation")
+    assert (b.noop, b.shutdown, b.error) == (proto.Step.IDLE, proto.Step.HALT, proto.Step.FAIL)
+    assert b.terminal == {proto.Step.HALT, proto.Step.FAIL}
+    last = proto.Header(seq=4, batch=2, generation=1, step=proto.Step.RUN)
+    assert b.control_header(last, b.shutdown) == proto.Header(
+        seq=5, batch=2, generation=1, step=proto.Step.HALT
+    )
+    assert b.ids_text(last) == "seq=4 batch=2 generation=1"
+
+
+def test_violations_carry_the_spec_ids() -> None:
+    proto = compile_spec(RELAY)
+    header = proto.Header(seq=7, batch=3, generation=2, step=proto.Step.RUN)
+    msg = proto.Decode(frames=5, latents=torch.zeros(2, 4, 8, 8), scale=1.0, tiled=False)
+    (v,) = proto.validate(msg, header)
+    assert (v.code, v.field) == ("invariant", "frames")
+    assert v.ids == (("seq", 7), ("batch", 3), ("generation", 2))
+    assert v.id("generation") == 2
+    assert str(v).startswith("seq=7 batch=3 generation=2 frames: invariant")
+
+
+def test_ledger_names_the_spec_ids() -> None:
+    proto = compile_spec(RELAY)
+    ledger = Ledger(proto)
+    ledger.begin(1, proto.Header(seq=9, batch=4, generation=0, step=proto.Step.RUN))
+    ledger.call()
+    with pytest.raises(LockstepError, match="seq=9 batch=4 generation=0: generator call 2"):
+        ledger.call()
+
+
+def test_relay_ordering_names_seq_and_generation(tmp_path: Path) -> None:
+    r0, *workers = run_ranks("other_names", tmp_path, world=3, timeout=60, case="order")
+    assert r0.exitcode == 0, r0.log
+    assert r0.result["next"] == 1
+    assert (
+        "refused before frame 0 seq=0 batch=1 generation=0: duplicate seq 0 after 0"
+        in (r0.result["duplicate"])
+    )
+    for w in workers:
+        assert w.result["got"] == [["RUN", 0], ["RUN", 1]], w.log
+        assert (
+            "POISONED seq=2 batch=2 generation=0: ordering: generation went back from 1 to 0"
+            in (w.result["poisoned"])
+        )
+
+
+@pytest.mark.parametrize(("case", "last"), [("shutdown", ["HALT", 2]), ("error", ["FAIL", 6])])
+def test_relay_control_actions(tmp_path: Path, case: str, last: list[object]) -> None:
+    r0, *workers = run_ranks("other_names", tmp_path, world=3, timeout=60, case=case)
+    assert r0.exitcode == 0, r0.log
+    for w in workers:
+        assert w.exitcode == 0 and w.exitcode != EXIT_POISONED, w.log
+        got = w.result["got"]
+        assert got[0] == ["RUN", 0] and got[-1] == last, got
+    if case == "shutdown":
+        assert workers[0].result["got"] == [["RUN", 0], ["IDLE", 1], ["HALT", 2]]
+    else:
+        assert workers[0].result["got"] == [["RUN", 0], ["RUN", 5], ["FAIL", 6]]
+        assert "FAIL sent seq=6 batch=1 generation=0: sender failed: ValueError" in r0.log
