@@ -479,6 +479,28 @@ class ProtocolIR:
         return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
     @property
+    def header_defaults_py(self) -> str:
+        """A legal value of each header field, for the control headers a channel builds
+        before anything was sent (None where the field may be absent)."""
+        members = {e.name: min(e.members, key=lambda m: m[1])[0] for e in self.enums}
+        parts = []
+        for f in self.header.fields:
+            if not f.always_required:
+                value = "None"
+            elif f.kind == "bool":
+                value = "False"
+            elif f.kind == "enum" and f.enum is not None:
+                value = f"{f.enum}.{members[f.enum]}"
+            elif f.kind == "int":
+                lo = int(f.range_min) if f.range_min is not None else INT64_MIN
+                hi = int(f.range_max) if f.range_max is not None else INT64_MAX
+                value = str(min(max(0, lo), hi))
+            else:
+                value = "None"
+            parts.append(f"{f.name!r}: {value}")
+        return "{" + ", ".join(parts) + "}"
+
+    @property
     def no_ids_py(self) -> str:
         """``header_ids_py`` when there is no header to read them from."""
         parts = [f"({f!r}, None)" for _, f in self.header.roles]

@@ -2354,6 +2354,7 @@ BINDINGS: Final[_b.Bindings[Header, Message]] = _b.Bindings(
     action_field=ACTION_FIELD,
     action_enum=PPAction,
     payload_actions=PAYLOAD_ACTIONS,
+    header_defaults={"call_id": 0, "chunk_index": None, "cache_epoch": 0, "action": PPAction.NOOP},
     roles=_b.Roles(sequence="call_id", chunk="chunk_index", epoch="cache_epoch"),
     noop=PPAction.NOOP,
     shutdown=PPAction.SHUTDOWN,

@@ -2567,6 +2567,13 @@ BINDINGS: Final[_b.Bindings[Header, Message]] = _b.Bindings(
     action_field=ACTION_FIELD,
     action_enum=TPAction,
     payload_actions=PAYLOAD_ACTIONS,
+    header_defaults={
+        "call_id": 0,
+        "chunk_index": None,
+        "control_epoch": 0,
+        "cache_epoch": 0,
+        "action": TPAction.NOOP,
+    },
     roles=_b.Roles(sequence="call_id", chunk="chunk_index", epoch="cache_epoch"),
     noop=TPAction.NOOP,
     shutdown=TPAction.SHUTDOWN,

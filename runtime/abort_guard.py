@@ -7,12 +7,15 @@ exception is raised and no ``except`` runs, so a peer that sends more than this 
 expects (another layout, another protocol, a bug) would kill it with SIGABRT and no line
 naming the envelope.
 
-While a channel collective is in flight, a C-level SIGABRT handler (installed once per
-process, through ctypes) writes the channel's poison line (rank, ids, what was running)
-and exits with ``EXIT_POISONED``. Outside tpwire's collectives it hands the signal to the
-handler that was there before (faulthandler, say) or lets the default action happen. The
-process is dying either way: a transport abort is never turned into an exception, even
-under ``poison="raise"``.
+While a channel collective is in flight (and only then), a C-level SIGABRT handler is
+installed with ``sigaction`` through ctypes: it writes the channel's poison line (rank,
+ids, what was running) and exits with ``EXIT_POISONED``. When the last collective in
+flight ends, the handler that was there before (the default, faulthandler's, torch's) is
+put back exactly as it was, flags included, so an abort anywhere else behaves as it did
+without tpwire, and the handler (a Python callback, which needs the GIL) never runs
+outside tpwire's collectives. The process is dying either way: a transport abort is never
+turned into an exception, even under ``poison="raise"``. Where ``sigaction`` cannot be
+reached (no POSIX libc), the guard does nothing and an overlong message aborts as before.
 """
 
 from __future__ import annotations
@@ -24,28 +27,23 @@ import threading
 from collections.abc import Callable
 
 _HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)
+#: Room for the platform's ``struct sigaction`` (152 bytes on glibc), kept opaque: the
+#: handler is its first member everywhere; a zero mask and zero flags mean a plain handler.
+_SIGACTION_BYTES = 512
 
 #: What each thread is doing inside a tpwire collective: a function making its poison line.
 _in_flight: dict[int, Callable[[], str]] = {}
 _exit_code = 86
-_previous: int | None = None
-_installed = False
 _lock = threading.Lock()
 
 
 def _on_abort(signum: int) -> None:
-    lines = list(_in_flight.values())
-    if not lines:
-        previous = _previous
-        if previous not in (None, 0, 1):  # SIG_DFL, SIG_IGN: abort() goes on by itself
-            _HANDLER(previous)(signum)
-        return
     out = []
-    for line in lines:
+    for line in list(_in_flight.values()):
         try:
             out.append(line())
         except BaseException as exc:  # the line must come out whatever the state
-            out.append(f"tpwire: POISONED: transport aborted ({exc!r} while describing it)")
+            out.append(f"tpwire: POISONED: SIGABRT during a collective ({exc!r} describing it)")
     text = "".join(f"{x}; exiting {_exit_code}\n" for x in out)
     os.write(2, text.encode(errors="replace"))
     os._exit(_exit_code)
@@ -54,28 +52,33 @@ def _on_abort(signum: int) -> None:
 _CALLBACK = _HANDLER(_on_abort)  # kept alive for the life of the process
 
 
-def install(exit_code: int) -> bool:
-    """Install the handler once per process; False where it cannot be (no POSIX libc)."""
-    global _installed, _previous, _exit_code
-    with _lock:
-        if _installed:
-            return True
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            set_handler = libc.signal
-        except (OSError, AttributeError):
-            return False
-        set_handler.restype = ctypes.c_void_p
-        set_handler.argtypes = [ctypes.c_int, _HANDLER]
-        previous = set_handler(signal.SIGABRT, _CALLBACK)
-        if previous is not None and previous & ((1 << 64) - 1) == (1 << 64) - 1:  # SIG_ERR
-            return False
-        _previous, _exit_code, _installed = previous, exit_code, True
-        return True
+def _sigaction() -> Callable[[int, object, object], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sigaction
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    installer: Callable[[int, object, object], int] = fn
+    return installer
+
+
+_SIGACTION = _sigaction()
+_OURS = ctypes.create_string_buffer(_SIGACTION_BYTES)
+ctypes.c_void_p.from_buffer(_OURS).value = ctypes.cast(_CALLBACK, ctypes.c_void_p).value
+_SAVED = ctypes.create_string_buffer(_SIGACTION_BYTES)
+
+
+def set_exit_code(code: int) -> None:
+    global _exit_code
+    _exit_code = code
 
 
 class armed:
-    """``with armed(line):`` around a collective: an abort inside it prints ``line()``."""
+    """``with armed(line):`` around a collective: an abort inside it prints ``line()``.
+
+    The first collective in flight installs the handler, the last one to end restores what
+    was there before (threads may overlap: a p2p stage sends and receives at once)."""
 
     __slots__ = ("_before", "_key", "_line")
 
@@ -85,12 +88,18 @@ class armed:
         self._before: Callable[[], str] | None = None
 
     def __enter__(self) -> None:
-        self._key = threading.get_ident()
-        self._before = _in_flight.get(self._key)
-        _in_flight[self._key] = self._line
+        self._key = key = threading.get_ident()
+        with _lock:
+            self._before = _in_flight.get(key)
+            if not _in_flight and _SIGACTION is not None:
+                _SIGACTION(signal.SIGABRT, _OURS, _SAVED)
+            _in_flight[key] = self._line
 
     def __exit__(self, *exc: object) -> None:
-        if self._before is None:
-            _in_flight.pop(self._key, None)
-        else:
-            _in_flight[self._key] = self._before
+        with _lock:
+            if self._before is None:
+                _in_flight.pop(self._key, None)
+            else:
+                _in_flight[self._key] = self._before
+            if not _in_flight and _SIGACTION is not None:
+                _SIGACTION(signal.SIGABRT, _SAVED, None)

@@ -98,6 +98,9 @@ class Bindings(Generic[H, M]):
     header: type[H]
     messages: Mapping[str, type[M]]
     action_field: str
+    #: a legal value of each header field (None where it may be absent): control headers
+    #: built before anything was sent start from these
+    header_defaults: Mapping[str, object]
     action_enum: type[enum.IntEnum]
     payload_actions: frozenset[enum.IntEnum]
     roles: Roles
@@ -139,14 +142,34 @@ class Bindings(Generic[H, M]):
 
     def control_header(self, last: H | None, action: enum.IntEnum) -> H:
         """The header of a control frame (``action``) the sender sends on its own after
-        ``last``: the next sequence id, every other field as in ``last`` (0 before it)."""
-        values: dict[str, Any] = {}
-        for name in self.header.__dataclass_fields__:  # type: ignore[attr-defined]
-            values[name] = getattr(last, name) if last is not None else 0
+        ``last``: the next sequence id, the other fields as in ``last`` (their defaults
+        before it), each field the header's rules refuse for this action reset (to None,
+        then to its default). Raises ``ValueError`` when no valid header can be made."""
         seq = self.roles.sequence
+        values: dict[str, Any] = {
+            name: getattr(last, name) if last is not None else default
+            for name, default in self.header_defaults.items()
+        }
         values[seq] = getattr(last, seq) + 1 if last is not None else 0
         values[self.action_field] = action
-        return self.header(**values)
+        fixed = {seq, self.action_field}
+        for _ in range(3):
+            header = self.header(**values)
+            problems = self.validate(None, header)
+            bad = {v.field.removeprefix("header.") for v in problems} - fixed
+            if not problems:
+                return header
+            if not bad:
+                break
+            for name in bad:
+                default = self.header_defaults.get(name)
+                values[name] = (
+                    None if values[name] is not None and values[name] != default else default
+                )
+        raise ValueError(
+            f"{self.protocol}: no valid {action.name} header after {self.ids_text(last)}: "
+            + "; ".join(str(v) for v in problems)
+        )
 
 
 def bindings_of(protocol: Bindings[H, M] | ModuleType) -> Bindings[H, M]:

@@ -320,6 +320,9 @@ class _Channel(Generic[H, M]):
         self.last_sent: H | None = None
         self.last_header: H | None = None
         self._terminal = bindings.terminal
+        for action in (bindings.noop, bindings.shutdown, bindings.error):
+            if action is not None:  # a control frame the spec cannot express: say so now
+                bindings.control_header(None, action)
         self._sent_order = Ordering(bindings)
         self._recv_order = Ordering(bindings)
         self._lock = threading.Lock()
@@ -339,7 +342,7 @@ class _Channel(Generic[H, M]):
             carry_limit = 1 << 62 if on_device else CPU_CARRY_LIMIT
         self.parity_flags["tpwire.steady_state"] = steady
         self.parity_flags["tpwire.carry_limit"] = carry_limit
-        abort_guard.install(EXIT_POISONED)
+        abort_guard.set_exit_code(EXIT_POISONED)
         self._tx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
         self._rx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
 
@@ -533,8 +536,13 @@ class _Channel(Generic[H, M]):
                         or time.monotonic() - self._last_send < self.heartbeat_s
                     ):
                         continue
-                    header = self.protocol.control_header(self.last_sent, self._noop_action())
-                    self._transmit(self.protocol.prepare(None, header), header, watched=False)
+                    try:
+                        header = self.protocol.control_header(self.last_sent, self._noop_action())
+                        prepared = self.protocol.prepare(None, header)
+                    except (ValueError, EnvelopeInvalid) as exc:  # nothing sent: stop beating
+                        _log(f"tpwire[rank {self.rank}]: heartbeats stopped: {exc}")
+                        return
+                    self._transmit(prepared, header, watched=False)
 
     # -- receiver -----------------------------------------------------------------------
 
@@ -682,9 +690,9 @@ class _Channel(Generic[H, M]):
         text = what() if callable(what) else what
         ids = self._ids(header if header is not None else self.last_sent or self.last_header)
         return (
-            f"tpwire[rank {self.rank}]: POISONED {ids}: "
-            f"the transport aborted the process during {text} (a peer sent more bytes than "
-            "this rank's receive buffer holds: another layout, protocol or a bug)"
+            f"tpwire[rank {self.rank}]: POISONED {ids}: SIGABRT during {text}: the transport "
+            "aborted the process (gloo does when a peer sends more bytes than this rank's "
+            "receive buffer holds: another layout, protocol or a bug)"
         )
 
     @contextmanager

@@ -90,6 +90,8 @@ class CompatBroadcastChannel(BroadcastChannel[H, M]):
         self._sent_order.commit(header)
         self.last_sent = header
         self._last_send = time.monotonic()
+        if self.protocol.action_of(header) in self._terminal:
+            self.closed = True  # however it was sent: the workers have left their loops
 
     def recv(self) -> Received[H, M]:
         self._ready(sender=False)

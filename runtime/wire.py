@@ -20,6 +20,7 @@ been checked against the spec's bounds.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import math
 import struct
@@ -153,22 +154,22 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
         raise WireError(
             "frame0", f"frame 0 must be a 1-D int64 tensor, got {frame0.dtype} {list(frame0.shape)}"
         )
-    words: list[int] = frame0[:length].tolist() if frame0.numel() >= 2 else frame0.tolist()
+    n = frame0.numel()
+    words: list[int] = frame0.tolist() if n == length else frame0[:2].tolist()
     _check_identity(words, fingerprint)
-    if frame0.numel() != length:
-        raise WireError(
-            "frame0", f"frame 0 has {frame0.numel()} words, this protocol uses {length}"
-        )
+    if n != length:
+        raise WireError("frame0", f"frame 0 has {n} words, this protocol uses {length}")
     return _check_sum(words, array("q", words[:-1]).tobytes(), length)
 
 
 def open_frame0_bytes(raw: bytes, length: int, fingerprint: int) -> list[int]:
     """``open_frame0`` of frame 0's raw bytes (native int64s, as a channel receives them)."""
-    if len(raw) >= 16 and len(raw) % 8 == 0:
-        _check_identity(memoryview(raw)[:16].cast("q").tolist(), fingerprint)
     if len(raw) != length * 8:
+        if len(raw) >= 16:
+            _check_identity(memoryview(raw)[:16].cast("q").tolist(), fingerprint)
         raise WireError("frame0", f"frame 0 has {len(raw)} bytes, this protocol uses {length * 8}")
     words: list[int] = memoryview(raw).cast("q").tolist()
+    _check_identity(words, fingerprint)
     return _check_sum(words, raw[:-8], length)
 
 
@@ -717,8 +718,8 @@ DERIVE: Any = _Derive()
 
 
 def field_values(msg: Any) -> dict[str, Any]:
-    """A message's fields by name."""
-    return {name: getattr(msg, name) for name in msg.__dataclass_fields__}
+    """A message's fields by name (its dataclass fields: class constants left out)."""
+    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
 
 
 def bind_dims(
@@ -728,7 +729,8 @@ def bind_dims(
     dims: dict[str, int] = {}
     for name, pattern in patterns.items():
         t = values.get(name)
-        if not isinstance(t, torch.Tensor) or t.dim() != len(pattern):
+        # nested/sparse/meta tensors have no sizes to bind
+        if not isinstance(t, torch.Tensor) or not is_dense(t) or t.dim() != len(pattern):
             continue
         for i, p in enumerate(pattern):
             if not isinstance(p, int):

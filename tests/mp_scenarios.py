@@ -580,11 +580,13 @@ def hostile_record(rank: int, world: int, kind: str) -> Any:
             claimed = {"128MiB": 128 << 20, "2**40": 1 << 40, "-1": -1}[kind]
             groups.all_gather_ints([claimed])
         return {}
+    ch = BroadcastChannel(tc)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak so far, KiB
     try:
-        BroadcastChannel(tc).open()
+        ch.open()
     except ParityMismatch as exc:
-        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        return {"mismatch": list(exc.diff), "rss_mib": rss_mib}
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        return {"mismatch": list(exc.diff), "grew_mib": grew / 1024}
     return {"mismatch": None}
 
 

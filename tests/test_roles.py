@@ -81,3 +81,27 @@ def test_relay_control_actions(tmp_path: Path, case: str, last: list[object]) ->
     else:
         assert workers[0].result["got"] == [["RUN", 0], ["RUN", 5], ["FAIL", 6]]
         assert "FAIL sent seq=6 batch=1 generation=0: sender failed: ValueError" in r0.log
+
+
+def test_control_headers_follow_the_header_rules() -> None:
+    """A chunk id forbidden outside RUN and a bool header field: shutdown/error/noop headers
+    built after a RUN drop the chunk id and keep a legal bool, so they validate."""
+    text = RELAY.read_text("utf-8")
+    text = text.replace(
+        "batch: {type: int | None, range: {min: 0}, required_when: step == Step.RUN}",
+        "batch: {type: int | None, range: {min: 0}, required_when: step == Step.RUN, "
+        "forbidden_when: step != Step.RUN}\n    urgent: {type: bool}",
+    ).replace(
+        "slots: [seq, batch, generation, step]", "slots: [seq, batch, generation, step, urgent]"
+    )
+    proto = compile_spec(text)
+    b = proto.BINDINGS
+    last = proto.Header(seq=4, batch=2, generation=1, step=proto.Step.RUN, urgent=True)
+    for action in (b.noop, b.shutdown, b.error):
+        assert action is not None
+        first = b.control_header(None, action)
+        assert proto.validate(None, first) == [], first
+        assert (first.seq, first.batch, first.urgent) == (0, None, False)
+        after = b.control_header(last, action)
+        assert proto.validate(None, after) == [], after
+        assert (after.seq, after.batch, after.generation, after.urgent) == (5, None, 1, True)
