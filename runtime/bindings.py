@@ -140,11 +140,14 @@ class Bindings(Generic[H, M]):
         """``seq=4 batch=2 generation=1``: the ids a log line names."""
         return ids_text(self.ids(header))
 
-    def control_header(self, last: H | None, action: enum.IntEnum) -> H:
+    def control_header(self, last: H | None, action: enum.IntEnum, *, checked: bool = True) -> H:
         """The header of a control frame (``action``) the sender sends on its own after
         ``last``: the next sequence id, the other fields as in ``last`` (their defaults
         before it), each field the header's rules refuse for this action reset (to None,
-        then to its default). Raises ``ValueError`` when no valid header can be made."""
+        then to its default). Raises ``ValueError`` when no valid header can be made.
+
+        ``checked=False`` skips the validation (a heartbeat's hot path: ``prepare``
+        validates the header anyway, and the caller falls back to the checked build)."""
         seq = self.roles.sequence
         values: dict[str, Any] = {
             name: getattr(last, name) if last is not None else default
@@ -152,6 +155,8 @@ class Bindings(Generic[H, M]):
         }
         values[seq] = getattr(last, seq) + 1 if last is not None else 0
         values[self.action_field] = action
+        if not checked:
+            return self.header(**values)
         fixed = {seq, self.action_field}
         for _ in range(3):
             header = self.header(**values)

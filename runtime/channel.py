@@ -481,11 +481,23 @@ class _Channel(Generic[H, M]):
         self._ready(sender=True)
         with self._lock:
             self._ready(sender=True)  # a heartbeat may have poisoned it meanwhile
-            header = self.protocol.control_header(self.last_sent, action)
-            self._transmit(self.protocol.prepare(None, header), header)
+            header, prepared = self._control_frame(action)
+            self._transmit(prepared, header)
             if closing:
                 self.closed = True  # inside the lock: no heartbeat after a terminal action
         return header
+
+    def _control_frame(self, action: enum.IntEnum) -> tuple[H, Prepared]:
+        """The next control frame: the header as the last one was, unless the header's
+        rules refuse that for ``action`` (then the checked build, which raises
+        ``ValueError`` when no valid header exists). Nothing is sent."""
+        bindings = self.protocol
+        header = bindings.control_header(self.last_sent, action, checked=False)
+        try:
+            return header, bindings.prepare(None, header)
+        except EnvelopeInvalid:
+            header = bindings.control_header(self.last_sent, action)
+            return header, bindings.prepare(None, header)
 
     def _transmit(self, frames: Frames | Prepared, header: H, *, watched: bool = True) -> None:
         """The commitment: after the first byte of frame 0, any failure poisons."""
@@ -537,8 +549,7 @@ class _Channel(Generic[H, M]):
                     ):
                         continue
                     try:
-                        header = self.protocol.control_header(self.last_sent, self._noop_action())
-                        prepared = self.protocol.prepare(None, header)
+                        header, prepared = self._control_frame(self._noop_action())
                     except (ValueError, EnvelopeInvalid) as exc:  # nothing sent: stop beating
                         _log(f"tpwire[rank {self.rank}]: heartbeats stopped: {exc}")
                         return
