@@ -17,6 +17,7 @@ from tpwire.runtime.dtypes import DTYPE_CODES, WIRE_VERSION
 
 from . import expr
 from .model import CExpr, CField, CheckedSpec, CMessage, TypeRef, variant_class_name
+from .rules import RuleIR, field_rules, invariant_rule, plan_rule, protocol_rules, version_rule
 
 #: Fixed frame 0 words before the header slots: magic/version, fingerprint.
 FIXED_WORDS = 2
@@ -114,10 +115,18 @@ class FieldIR:
     doc: str
     rules_text: str  # required_when column for docs
     owner: str  # the Python name of the object holding the field ("h" or "m")
+    #: for the rule constants: whose field it is ("header" or the message) and its path
+    rule_owner: str = ""
+    rule_label: str = ""
 
     @property
     def is_tensor(self) -> bool:
         return self.kind == "tensor"
+
+    @property
+    def rules(self) -> dict[str, RuleIR]:
+        """The rules this field's checks report, by kind (``codegen/rules.py``)."""
+        return field_rules(self, self.rule_owner, self.rule_label)
 
     @property
     def fm_py(self) -> str:
@@ -321,6 +330,17 @@ class MessageIR:
         return sum(f.bit for f in self.fields if f.always_required)
 
     @property
+    def plan_rule(self) -> RuleIR | None:
+        return plan_rule(self)
+
+    @property
+    def version_rule(self) -> RuleIR | None:
+        return version_rule(self)
+
+    def invariant_rule(self, inv: InvariantIR) -> RuleIR:
+        return invariant_rule(self, inv)
+
+    @property
     def unused_words(self) -> tuple[int, ...]:
         """Scalar and manifest words this message leaves unused (they must be zero)."""
         return tuple(w for w in range(self.words[0], self.words[1]) if w not in self.used_words)
@@ -425,6 +445,11 @@ class ProtocolIR:
     @property
     def fingerprint_hex(self) -> str:
         return f"{self.fingerprint:#018x}"
+
+    @property
+    def rules(self) -> tuple[RuleIR, ...]:
+        """Every rule constant the validators report (``codegen/rules.py``)."""
+        return protocol_rules(self)
 
     @property
     def all_classes(self) -> tuple[str, ...]:
@@ -836,7 +861,11 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
     hnullable = frozenset(f.name for f in h.fields if not f.always_required)
     hnames = frozenset(f.name for f in h.fields)
     hfields = tuple(
-        _field_ir(f, i, FIXED_WORDS + i, 1, {}, hnullable, hnames, "h")
+        dataclasses.replace(
+            _field_ir(f, i, FIXED_WORDS + i, 1, {}, hnullable, hnames, "h"),
+            rule_owner="header",
+            rule_label=f"header.{f.name}",
+        )
         for i, f in enumerate(h.fields)
     )
     action_field = next(f for f in h.fields if f.name == h.action)
@@ -870,7 +899,11 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
             placed[f.name] = (word, 1 + len(f.shape))
             word += 1 + len(f.shape)
         fields = tuple(
-            _field_ir(f, i, *placed[f.name], dims, nullable, names, "m")
+            dataclasses.replace(
+                _field_ir(f, i, *placed[f.name], dims, nullable, names, "m"),
+                rule_owner=m.name,
+                rule_label=f.name,
+            )
             for i, f in enumerate(m.fields)
         )
         if m.version_field is not None:

@@ -188,6 +188,265 @@ def _ids(h: Header | None) -> _Ids:
     )
 
 
+# The rules the validators report: a failure is ``_w.fail(..., rule, actual)``.
+_R_header_call_id_type: Final = _w.Rule("type", "header.call_id", "int", fm="FM-04")
+_R_header_call_id_range: Final = _w.Rule(
+    "range", "header.call_id", "0 <= call_id <= 9223372036854775807", fm="FM-04"
+)
+_R_header_call_id_missing: Final = _w.Rule(
+    "missing", "header.call_id", "a value", rule="required: always", fm="FM-04"
+)
+_R_header_chunk_index_type: Final = _w.Rule("type", "header.chunk_index", "int")
+_R_header_chunk_index_range: Final = _w.Rule(
+    "range", "header.chunk_index", "0 <= chunk_index <= 9223372036854775807"
+)
+_R_header_chunk_index_missing: Final = _w.Rule(
+    "missing",
+    "header.chunk_index",
+    "a value",
+    rule="required_when: action == PPAction.INFER or action == PPAction.RESULT",
+)
+_R_header_cache_epoch_type: Final = _w.Rule("type", "header.cache_epoch", "int", fm="FM-10")
+_R_header_cache_epoch_range: Final = _w.Rule(
+    "range", "header.cache_epoch", "0 <= cache_epoch <= 9223372036854775807", fm="FM-10"
+)
+_R_header_cache_epoch_missing: Final = _w.Rule(
+    "missing", "header.cache_epoch", "a value", rule="required: always", fm="FM-10"
+)
+_R_header_action_type: Final = _w.Rule("type", "header.action", "PPAction")
+_R_header_action_missing: Final = _w.Rule(
+    "missing", "header.action", "a value", rule="required: always"
+)
+_R_PPEnvelope_pp_envelope_version_type: Final = _w.Rule("type", "pp_envelope_version", "int")
+_R_PPEnvelope_pp_envelope_version_range: Final = _w.Rule(
+    "range", "pp_envelope_version", "pp_envelope_version == 1"
+)
+_R_PPEnvelope_pp_envelope_version_missing: Final = _w.Rule(
+    "missing", "pp_envelope_version", "a value", rule="required: always"
+)
+_R_PPEnvelope_height_type: Final = _w.Rule("type", "height", "int")
+_R_PPEnvelope_height_range: Final = _w.Rule("range", "height", "8 <= height <= 4096")
+_R_PPEnvelope_height_missing: Final = _w.Rule(
+    "missing", "height", "a value", rule="required: always"
+)
+_R_PPEnvelope_width_type: Final = _w.Rule("type", "width", "int")
+_R_PPEnvelope_width_range: Final = _w.Rule("range", "width", "8 <= width <= 4096")
+_R_PPEnvelope_width_missing: Final = _w.Rule("missing", "width", "a value", rule="required: always")
+_R_PPEnvelope_current_start_frame_type: Final = _w.Rule("type", "current_start_frame", "int")
+_R_PPEnvelope_current_start_frame_range: Final = _w.Rule(
+    "range", "current_start_frame", "0 <= current_start_frame <= 9223372036854775807"
+)
+_R_PPEnvelope_current_start_frame_missing: Final = _w.Rule(
+    "missing", "current_start_frame", "a value", rule="required: always"
+)
+_R_PPEnvelope_init_cache_type: Final = _w.Rule("type", "init_cache", "bool", fm="FM-10")
+_R_PPEnvelope_init_cache_missing: Final = _w.Rule(
+    "missing", "init_cache", "a value", rule="required: always", fm="FM-10"
+)
+_R_PPEnvelope_reset_kv_cache_type: Final = _w.Rule("type", "reset_kv_cache", "bool", fm="FM-10")
+_R_PPEnvelope_reset_kv_cache_missing: Final = _w.Rule(
+    "missing", "reset_kv_cache", "a value", rule="required: always", fm="FM-10"
+)
+_R_PPEnvelope_reset_crossattn_cache_type: Final = _w.Rule(
+    "type", "reset_crossattn_cache", "bool", fm="FM-17"
+)
+_R_PPEnvelope_reset_crossattn_cache_missing: Final = _w.Rule(
+    "missing", "reset_crossattn_cache", "a value", rule="required: always", fm="FM-17"
+)
+_R_PPEnvelope_kv_cache_attention_bias_type: Final = _w.Rule(
+    "type", "kv_cache_attention_bias", "float"
+)
+_R_PPEnvelope_kv_cache_attention_bias_range: Final = _w.Rule(
+    "range", "kv_cache_attention_bias", "kv_cache_attention_bias finite and >= 0.0 and <= 1.0"
+)
+_R_PPEnvelope_kv_cache_attention_bias_missing: Final = _w.Rule(
+    "missing", "kv_cache_attention_bias", "a value", rule="required: always"
+)
+_R_PPEnvelope_do_kv_recompute_type: Final = _w.Rule("type", "do_kv_recompute", "bool", fm="FM-02")
+_R_PPEnvelope_do_kv_recompute_missing: Final = _w.Rule(
+    "missing", "do_kv_recompute", "a value", rule="required: always", fm="FM-02"
+)
+_R_PPEnvelope_num_denoise_steps_type: Final = _w.Rule(
+    "type", "num_denoise_steps", "int", fm="FM-02"
+)
+_R_PPEnvelope_num_denoise_steps_range: Final = _w.Rule(
+    "range", "num_denoise_steps", "1 <= num_denoise_steps <= 64", fm="FM-02"
+)
+_R_PPEnvelope_num_denoise_steps_missing: Final = _w.Rule(
+    "missing", "num_denoise_steps", "a value", rule="required: always", fm="FM-02"
+)
+_R_PPEnvelope_expected_generator_calls_type: Final = _w.Rule(
+    "type", "expected_generator_calls", "int", fm="FM-02"
+)
+_R_PPEnvelope_expected_generator_calls_range: Final = _w.Rule(
+    "range", "expected_generator_calls", "1 <= expected_generator_calls <= 65", fm="FM-02"
+)
+_R_PPEnvelope_expected_generator_calls_missing: Final = _w.Rule(
+    "missing", "expected_generator_calls", "a value", rule="required: always", fm="FM-02"
+)
+_R_PPEnvelope_expected_generator_calls_derived: Final = _w.Rule(
+    "invariant",
+    "expected_generator_calls",
+    "",
+    rule="derived: expected_generator_calls == int(do_kv_recompute) + num_denoise_steps",
+    fm="FM-02",
+)
+_R_PPEnvelope_denoising_step_list_type: Final = _w.Rule(
+    "type", "denoising_step_list", "tensor[int64][S]", fm="FM-02"
+)
+_R_PPEnvelope_denoising_step_list_dtype: Final = _w.Rule(
+    "dtype", "denoising_step_list", "int64", rule="dtypes: int64", fm="FM-02"
+)
+_R_PPEnvelope_denoising_step_list_shape: Final = _w.Rule(
+    "shape",
+    "denoising_step_list",
+    "[S] with S in 1..64, at most 64 elements",
+    rule="shape: [S]",
+    fm="FM-02",
+)
+_R_PPEnvelope_denoising_step_list_missing: Final = _w.Rule(
+    "missing", "denoising_step_list", "a value", rule="required: always", fm="FM-02"
+)
+_R_PPEnvelope_latents_in_type: Final = _w.Rule(
+    "type", "latents_in", "tensor[bfloat16/float16][1, F, C, LH, LW]"
+)
+_R_PPEnvelope_latents_in_dtype: Final = _w.Rule(
+    "dtype", "latents_in", "bfloat16 | float16", rule="dtypes: bfloat16, float16"
+)
+_R_PPEnvelope_latents_in_shape: Final = _w.Rule(
+    "shape",
+    "latents_in",
+    "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
+    rule="shape: [1, F, C, LH, LW]",
+)
+_R_PPEnvelope_latents_in_missing: Final = _w.Rule(
+    "missing", "latents_in", "a value", rule="required: always"
+)
+_R_PPEnvelope_conditioning_embeds_type: Final = _w.Rule(
+    "type", "conditioning_embeds", "tensor[bfloat16/float16][1, T, D]", fm="FM-17"
+)
+_R_PPEnvelope_conditioning_embeds_dtype: Final = _w.Rule(
+    "dtype",
+    "conditioning_embeds",
+    "bfloat16 | float16",
+    rule="dtypes: bfloat16, float16",
+    fm="FM-17",
+)
+_R_PPEnvelope_conditioning_embeds_shape: Final = _w.Rule(
+    "shape",
+    "conditioning_embeds",
+    "[1, T, D] with T in 1..1024, D in 1..8192, at most 8388608 elements",
+    rule="shape: [1, T, D]",
+    fm="FM-17",
+)
+_R_PPEnvelope_conditioning_embeds_missing: Final = _w.Rule(
+    "missing", "conditioning_embeds", "a value", rule="required: always", fm="FM-17"
+)
+_R_PPEnvelope_context_frames_type: Final = _w.Rule(
+    "type", "context_frames", "tensor[bfloat16/float16][1, FC, C, LH, LW] | None", fm="FM-06"
+)
+_R_PPEnvelope_context_frames_dtype: Final = _w.Rule(
+    "dtype", "context_frames", "bfloat16 | float16", rule="dtypes: bfloat16, float16", fm="FM-06"
+)
+_R_PPEnvelope_context_frames_shape: Final = _w.Rule(
+    "shape",
+    "context_frames",
+    "[1, FC, C, LH, LW] with FC in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
+    rule="shape: [1, FC, C, LH, LW]",
+    fm="FM-06",
+)
+_R_PPEnvelope_context_frames_missing: Final = _w.Rule(
+    "missing",
+    "context_frames",
+    "a value",
+    rule="required_when: do_kv_recompute == True",
+    fm="FM-06",
+)
+_R_PPEnvelope_context_frames_none: Final = _w.Rule(
+    "must_be_none",
+    "context_frames",
+    "None",
+    rule="none_unless: do_kv_recompute == True",
+    fm="FM-06",
+)
+_R_PPEnvelope_input_digest_type: Final = _w.Rule("type", "input_digest", "int | None")
+_R_PPEnvelope_input_digest_range: Final = _w.Rule(
+    "range", "input_digest", "-9223372036854775808 <= input_digest <= 9223372036854775807"
+)
+_R_PPEnvelope_pp_envelope_version_version: Final = _w.Rule(
+    "version",
+    "pp_envelope_version",
+    "1",
+    rule="version: PPEnvelope v1",
+    message="unknown envelope version",
+)
+_R_PPEnvelope_inv_denoise_steps_match_list: Final = _w.Rule(
+    "invariant",
+    "denoising_step_list, num_denoise_steps",
+    "num_denoise_steps == len(denoising_step_list)",
+    rule="invariant denoise-steps-match-list: num_denoise_steps == len(denoising_step_list)",
+    fm="FM-02",
+    message="the step count must equal the length of the timestep list",
+)
+_R_PPEnvelope_inv_hard_cut_resets_kv: Final = _w.Rule(
+    "invariant",
+    "init_cache, reset_kv_cache",
+    "not init_cache or reset_kv_cache",
+    rule="invariant hard-cut-resets-kv: not init_cache or reset_kv_cache",
+    fm="FM-10",
+    message="a hard cut (init_cache) must reset the KV cache explicitly",
+)
+_R_PPEnvelope_inv_geometry_matches_latents: Final = _w.Rule(
+    "invariant",
+    "height, width",
+    "LH * 8 == height and LW * 8 == width",
+    rule="invariant geometry-matches-latents: LH * 8 == height and LW * 8 == width",
+    message="latents must be the VAE-downsampled (8x) geometry of height x width",
+)
+_R_PPResult_pp_result_version_type: Final = _w.Rule("type", "pp_result_version", "int")
+_R_PPResult_pp_result_version_range: Final = _w.Rule(
+    "range", "pp_result_version", "pp_result_version == 1"
+)
+_R_PPResult_pp_result_version_missing: Final = _w.Rule(
+    "missing", "pp_result_version", "a value", rule="required: always"
+)
+_R_PPResult_latents_out_type: Final = _w.Rule(
+    "type", "latents_out", "tensor[bfloat16/float16][1, F, C, LH, LW]"
+)
+_R_PPResult_latents_out_dtype: Final = _w.Rule(
+    "dtype", "latents_out", "bfloat16 | float16", rule="dtypes: bfloat16, float16"
+)
+_R_PPResult_latents_out_shape: Final = _w.Rule(
+    "shape",
+    "latents_out",
+    "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
+    rule="shape: [1, F, C, LH, LW]",
+)
+_R_PPResult_latents_out_missing: Final = _w.Rule(
+    "missing", "latents_out", "a value", rule="required: always"
+)
+_R_PPResult_observed_generator_calls_type: Final = _w.Rule(
+    "type", "observed_generator_calls", "int", fm="FM-02"
+)
+_R_PPResult_observed_generator_calls_range: Final = _w.Rule(
+    "range", "observed_generator_calls", "1 <= observed_generator_calls <= 65", fm="FM-02"
+)
+_R_PPResult_observed_generator_calls_missing: Final = _w.Rule(
+    "missing", "observed_generator_calls", "a value", rule="required: always", fm="FM-02"
+)
+_R_PPResult_output_digest_type: Final = _w.Rule("type", "output_digest", "int | None")
+_R_PPResult_output_digest_range: Final = _w.Rule(
+    "range", "output_digest", "-9223372036854775808 <= output_digest <= 9223372036854775807"
+)
+_R_PPResult_pp_result_version_version: Final = _w.Rule(
+    "version",
+    "pp_result_version",
+    "1",
+    rule="version: PPResult v1",
+    message="unknown envelope version",
+)
+
+
 def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
     bad: set[str] = set()
     v_call_id = h.call_id
@@ -196,126 +455,35 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
     if v_call_id is not None:
         if type(v_call_id) is not int:
             bad.add("call_id")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.call_id",
-                    "int",
-                    _w.show(v_call_id),
-                    "type: int",
-                    "FM-04",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_call_id_type, _w.show(v_call_id))
         elif not (0 <= v_call_id <= 9223372036854775807):
             bad.add("call_id")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "header.call_id",
-                    "0 <= call_id <= 9223372036854775807",
-                    _w.show(v_call_id),
-                    "range: 0 <= call_id <= 9223372036854775807",
-                    "FM-04",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
     v_chunk_index = h.chunk_index
     if v_chunk_index is not None:
         if type(v_chunk_index) is not int:
             bad.add("chunk_index")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.chunk_index",
-                    "int",
-                    _w.show(v_chunk_index),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_chunk_index_type, _w.show(v_chunk_index))
         elif not (0 <= v_chunk_index <= 9223372036854775807):
             bad.add("chunk_index")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "header.chunk_index",
-                    "0 <= chunk_index <= 9223372036854775807",
-                    _w.show(v_chunk_index),
-                    "range: 0 <= chunk_index <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
     v_cache_epoch = h.cache_epoch
     if v_cache_epoch is None:
         bad.add("cache_epoch")  # reported as missing; expressions must not read it
     if v_cache_epoch is not None:
         if type(v_cache_epoch) is not int:
             bad.add("cache_epoch")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.cache_epoch",
-                    "int",
-                    _w.show(v_cache_epoch),
-                    "type: int",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_cache_epoch_type, _w.show(v_cache_epoch))
         elif not (0 <= v_cache_epoch <= 9223372036854775807):
             bad.add("cache_epoch")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "header.cache_epoch",
-                    "0 <= cache_epoch <= 9223372036854775807",
-                    _w.show(v_cache_epoch),
-                    "range: 0 <= cache_epoch <= 9223372036854775807",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
     v_action = h.action
     if v_action is None:
         bad.add("action")  # reported as missing; expressions must not read it
     if v_action is not None:
         if type(v_action) is not PPAction:
             bad.add("action")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.action",
-                    "PPAction",
-                    _w.show(v_action),
-                    "type: PPAction",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_action_type, _w.show(v_action))
     _header_rules(h, out, ids, ff, bad)
 
 
@@ -324,54 +492,15 @@ def _check_decoded_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) 
     v_call_id = h.call_id
     if v_call_id is not None and not (0 <= v_call_id <= 9223372036854775807):
         bad.add("call_id")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "header.call_id",
-                "0 <= call_id <= 9223372036854775807",
-                _w.show(v_call_id),
-                "range: 0 <= call_id <= 9223372036854775807",
-                "FM-04",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
     v_chunk_index = h.chunk_index
     if v_chunk_index is not None and not (0 <= v_chunk_index <= 9223372036854775807):
         bad.add("chunk_index")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "header.chunk_index",
-                "0 <= chunk_index <= 9223372036854775807",
-                _w.show(v_chunk_index),
-                "range: 0 <= chunk_index <= 9223372036854775807",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
     v_cache_epoch = h.cache_epoch
     if v_cache_epoch is not None and not (0 <= v_cache_epoch <= 9223372036854775807):
         bad.add("cache_epoch")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "header.cache_epoch",
-                "0 <= cache_epoch <= 9223372036854775807",
-                _w.show(v_cache_epoch),
-                "range: 0 <= cache_epoch <= 9223372036854775807",
-                "FM-10",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
     _header_rules(h, out, ids, ff, bad)
 
 
@@ -381,55 +510,17 @@ def _header_rules(h: Header, out: list[Violation], ids: _Ids, ff: bool, bad: set
     v_cache_epoch = h.cache_epoch
     v_action = h.action
     if v_call_id is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "header.call_id", "a value", "None", "required: always", "FM-04", "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_call_id_missing, "None")
     if (
         v_chunk_index is None
         and (not bad or bad.isdisjoint(("action",)))
         and ((h.action == PPAction.INFER) or (h.action == PPAction.RESULT))
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "header.chunk_index",
-                "a value",
-                "None",
-                "required_when: action == PPAction.INFER or action == PPAction.RESULT",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_chunk_index_missing, "None")
     if v_cache_epoch is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "header.cache_epoch",
-                "a value",
-                "None",
-                "required: always",
-                "FM-10",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_cache_epoch_missing, "None")
     if v_action is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "header.action", "a value", "None", "required: always", None, "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_action_missing, "None")
 
 
 def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: bool) -> None:
@@ -441,35 +532,17 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_pp_envelope_version is not None:
         if type(v_pp_envelope_version) is not int:
             bad.add("pp_envelope_version")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "pp_envelope_version",
-                    "int",
-                    _w.show(v_pp_envelope_version),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_PPEnvelope_pp_envelope_version_type, _w.show(v_pp_envelope_version)
             )
         elif not (-9223372036854775808 <= v_pp_envelope_version <= 9223372036854775807):
             bad.add("pp_envelope_version")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "range",
-                    "pp_envelope_version",
-                    "pp_envelope_version == 1",
-                    _w.show(v_pp_envelope_version),
-                    "range: pp_envelope_version == 1",
-                    None,
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_pp_envelope_version_range,
+                _w.show(v_pp_envelope_version),
             )
     v_height = m.height
     if v_height is None:
@@ -477,89 +550,37 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_height is not None:
         if type(v_height) is not int:
             bad.add("height")
-            _w.add(
-                out,
-                ff,
-                Violation("type", "height", "int", _w.show(v_height), "type: int", None, "", ids),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_height_type, _w.show(v_height))
         elif not (8 <= v_height <= 4096):
             bad.add("height")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "height",
-                    "8 <= height <= 4096",
-                    _w.show(v_height),
-                    "range: 8 <= height <= 4096",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_height_range, _w.show(v_height))
     v_width = m.width
     if v_width is None:
         bad.add("width")  # reported as missing; expressions must not read it
     if v_width is not None:
         if type(v_width) is not int:
             bad.add("width")
-            _w.add(
-                out,
-                ff,
-                Violation("type", "width", "int", _w.show(v_width), "type: int", None, "", ids),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_width_type, _w.show(v_width))
         elif not (8 <= v_width <= 4096):
             bad.add("width")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "width",
-                    "8 <= width <= 4096",
-                    _w.show(v_width),
-                    "range: 8 <= width <= 4096",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_width_range, _w.show(v_width))
     v_current_start_frame = m.current_start_frame
     if v_current_start_frame is None:
         bad.add("current_start_frame")  # reported as missing; expressions must not read it
     if v_current_start_frame is not None:
         if type(v_current_start_frame) is not int:
             bad.add("current_start_frame")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "current_start_frame",
-                    "int",
-                    _w.show(v_current_start_frame),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_PPEnvelope_current_start_frame_type, _w.show(v_current_start_frame)
             )
         elif not (0 <= v_current_start_frame <= 9223372036854775807):
             bad.add("current_start_frame")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "range",
-                    "current_start_frame",
-                    "0 <= current_start_frame <= 9223372036854775807",
-                    _w.show(v_current_start_frame),
-                    "range: 0 <= current_start_frame <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_current_start_frame_range,
+                _w.show(v_current_start_frame),
             )
     v_init_cache = m.init_cache
     if v_init_cache is None:
@@ -567,59 +588,26 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_init_cache is not None:
         if type(v_init_cache) is not bool:
             bad.add("init_cache")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "init_cache",
-                    "bool",
-                    _w.show(v_init_cache),
-                    "type: bool",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_init_cache_type, _w.show(v_init_cache))
     v_reset_kv_cache = m.reset_kv_cache
     if v_reset_kv_cache is None:
         bad.add("reset_kv_cache")  # reported as missing; expressions must not read it
     if v_reset_kv_cache is not None:
         if type(v_reset_kv_cache) is not bool:
             bad.add("reset_kv_cache")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "reset_kv_cache",
-                    "bool",
-                    _w.show(v_reset_kv_cache),
-                    "type: bool",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_reset_kv_cache_type, _w.show(v_reset_kv_cache))
     v_reset_crossattn_cache = m.reset_crossattn_cache
     if v_reset_crossattn_cache is None:
         bad.add("reset_crossattn_cache")  # reported as missing; expressions must not read it
     if v_reset_crossattn_cache is not None:
         if type(v_reset_crossattn_cache) is not bool:
             bad.add("reset_crossattn_cache")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "reset_crossattn_cache",
-                    "bool",
-                    _w.show(v_reset_crossattn_cache),
-                    "type: bool",
-                    "FM-17",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_reset_crossattn_cache_type,
+                _w.show(v_reset_crossattn_cache),
             )
     v_kv_cache_attention_bias = m.kv_cache_attention_bias
     if v_kv_cache_attention_bias is None:
@@ -627,19 +615,12 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_kv_cache_attention_bias is not None:
         if type(v_kv_cache_attention_bias) is not float:
             bad.add("kv_cache_attention_bias")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "kv_cache_attention_bias",
-                    "float",
-                    _w.show(v_kv_cache_attention_bias),
-                    "type: float",
-                    None,
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_kv_cache_attention_bias_type,
+                _w.show(v_kv_cache_attention_bias),
             )
         elif not (
             _w.finite(v_kv_cache_attention_bias)
@@ -647,19 +628,12 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
             and v_kv_cache_attention_bias <= 1.0
         ):
             bad.add("kv_cache_attention_bias")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "range",
-                    "kv_cache_attention_bias",
-                    "kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                    _w.show(v_kv_cache_attention_bias),
-                    "range: kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                    None,
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_kv_cache_attention_bias_range,
+                _w.show(v_kv_cache_attention_bias),
             )
     v_do_kv_recompute = m.do_kv_recompute
     if v_do_kv_recompute is None:
@@ -667,55 +641,20 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_do_kv_recompute is not None:
         if type(v_do_kv_recompute) is not bool:
             bad.add("do_kv_recompute")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "do_kv_recompute",
-                    "bool",
-                    _w.show(v_do_kv_recompute),
-                    "type: bool",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_do_kv_recompute_type, _w.show(v_do_kv_recompute))
     v_num_denoise_steps = m.num_denoise_steps
     if v_num_denoise_steps is None:
         bad.add("num_denoise_steps")  # reported as missing; expressions must not read it
     if v_num_denoise_steps is not None:
         if type(v_num_denoise_steps) is not int:
             bad.add("num_denoise_steps")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "num_denoise_steps",
-                    "int",
-                    _w.show(v_num_denoise_steps),
-                    "type: int",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_PPEnvelope_num_denoise_steps_type, _w.show(v_num_denoise_steps)
             )
         elif not (1 <= v_num_denoise_steps <= 64):
             bad.add("num_denoise_steps")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "num_denoise_steps",
-                    "1 <= num_denoise_steps <= 64",
-                    _w.show(v_num_denoise_steps),
-                    "range: 1 <= num_denoise_steps <= 64",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_PPEnvelope_num_denoise_steps_range, _w.show(v_num_denoise_steps)
             )
     v_expected_generator_calls = m.expected_generator_calls
     if v_expected_generator_calls is None:
@@ -723,35 +662,21 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_expected_generator_calls is not None:
         if type(v_expected_generator_calls) is not int:
             bad.add("expected_generator_calls")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "expected_generator_calls",
-                    "int",
-                    _w.show(v_expected_generator_calls),
-                    "type: int",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_expected_generator_calls_type,
+                _w.show(v_expected_generator_calls),
             )
         elif not (1 <= v_expected_generator_calls <= 65):
             bad.add("expected_generator_calls")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "range",
-                    "expected_generator_calls",
-                    "1 <= expected_generator_calls <= 65",
-                    _w.show(v_expected_generator_calls),
-                    "range: 1 <= expected_generator_calls <= 65",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_expected_generator_calls_range,
+                _w.show(v_expected_generator_calls),
             )
     v_denoising_step_list = m.denoising_step_list
     if v_denoising_step_list is None:
@@ -759,36 +684,18 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
     if v_denoising_step_list is not None:
         if not _w.is_dense(v_denoising_step_list):
             bad.add("denoising_step_list")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "denoising_step_list",
-                    "tensor[int64][S]",
-                    _w.show(v_denoising_step_list),
-                    "type: tensor[int64][S]",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_PPEnvelope_denoising_step_list_type, _w.show(v_denoising_step_list)
             )
         else:
             if v_denoising_step_list.dtype not in (torch.int64,):
                 bad.add("denoising_step_list")
-                _w.add(
+                _w.fail(
                     out,
                     ff,
-                    Violation(
-                        "dtype",
-                        "denoising_step_list",
-                        "int64",
-                        _w.dtype_name(v_denoising_step_list.dtype),
-                        "dtypes: int64",
-                        "FM-02",
-                        "",
-                        ids,
-                    ),
+                    ids,
+                    _R_PPEnvelope_denoising_step_list_dtype,
+                    _w.dtype_name(v_denoising_step_list.dtype),
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -799,59 +706,22 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
             )
             if problem is not None:
                 bad.add("denoising_step_list")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "denoising_step_list",
-                        "[S] with S in 1..64, at most 64 elements",
-                        problem,
-                        "shape: [S]",
-                        "FM-02",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_PPEnvelope_denoising_step_list_shape, problem)
     v_latents_in = m.latents_in
     if v_latents_in is None:
         bad.add("latents_in")  # reported as missing; expressions must not read it
     if v_latents_in is not None:
         if not _w.is_dense(v_latents_in):
             bad.add("latents_in")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "latents_in",
-                    "tensor[bfloat16/float16][1, F, C, LH, LW]",
-                    _w.show(v_latents_in),
-                    "type: tensor[bfloat16/float16][1, F, C, LH, LW]",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_latents_in_type, _w.show(v_latents_in))
         else:
             if v_latents_in.dtype not in (
                 torch.bfloat16,
                 torch.float16,
             ):
                 bad.add("latents_in")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "dtype",
-                        "latents_in",
-                        "bfloat16 | float16",
-                        _w.dtype_name(v_latents_in.dtype),
-                        "dtypes: bfloat16, float16",
-                        None,
-                        "",
-                        ids,
-                    ),
+                _w.fail(
+                    out, ff, ids, _R_PPEnvelope_latents_in_dtype, _w.dtype_name(v_latents_in.dtype)
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -868,39 +738,15 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
             )
             if problem is not None:
                 bad.add("latents_in")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "latents_in",
-                        "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
-                        problem,
-                        "shape: [1, F, C, LH, LW]",
-                        None,
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_PPEnvelope_latents_in_shape, problem)
     v_conditioning_embeds = m.conditioning_embeds
     if v_conditioning_embeds is None:
         bad.add("conditioning_embeds")  # reported as missing; expressions must not read it
     if v_conditioning_embeds is not None:
         if not _w.is_dense(v_conditioning_embeds):
             bad.add("conditioning_embeds")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "conditioning_embeds",
-                    "tensor[bfloat16/float16][1, T, D]",
-                    _w.show(v_conditioning_embeds),
-                    "type: tensor[bfloat16/float16][1, T, D]",
-                    "FM-17",
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_PPEnvelope_conditioning_embeds_type, _w.show(v_conditioning_embeds)
             )
         else:
             if v_conditioning_embeds.dtype not in (
@@ -908,19 +754,12 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
                 torch.float16,
             ):
                 bad.add("conditioning_embeds")
-                _w.add(
+                _w.fail(
                     out,
                     ff,
-                    Violation(
-                        "dtype",
-                        "conditioning_embeds",
-                        "bfloat16 | float16",
-                        _w.dtype_name(v_conditioning_embeds.dtype),
-                        "dtypes: bfloat16, float16",
-                        "FM-17",
-                        "",
-                        ids,
-                    ),
+                    ids,
+                    _R_PPEnvelope_conditioning_embeds_dtype,
+                    _w.dtype_name(v_conditioning_embeds.dtype),
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -935,57 +774,24 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
             )
             if problem is not None:
                 bad.add("conditioning_embeds")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "conditioning_embeds",
-                        "[1, T, D] with T in 1..1024, D in 1..8192, at most 8388608 elements",
-                        problem,
-                        "shape: [1, T, D]",
-                        "FM-17",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_PPEnvelope_conditioning_embeds_shape, problem)
     v_context_frames = m.context_frames
     if v_context_frames is not None:
         if not _w.is_dense(v_context_frames):
             bad.add("context_frames")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "context_frames",
-                    "tensor[bfloat16/float16][1, FC, C, LH, LW] | None",
-                    _w.show(v_context_frames),
-                    "type: tensor[bfloat16/float16][1, FC, C, LH, LW] | None",
-                    "FM-06",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_type, _w.show(v_context_frames))
         else:
             if v_context_frames.dtype not in (
                 torch.bfloat16,
                 torch.float16,
             ):
                 bad.add("context_frames")
-                _w.add(
+                _w.fail(
                     out,
                     ff,
-                    Violation(
-                        "dtype",
-                        "context_frames",
-                        "bfloat16 | float16",
-                        _w.dtype_name(v_context_frames.dtype),
-                        "dtypes: bfloat16, float16",
-                        "FM-06",
-                        "",
-                        ids,
-                    ),
+                    ids,
+                    _R_PPEnvelope_context_frames_dtype,
+                    _w.dtype_name(v_context_frames.dtype),
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -1002,54 +808,15 @@ def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: boo
             )
             if problem is not None:
                 bad.add("context_frames")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "context_frames",
-                        "[1, FC, C, LH, LW] with FC in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
-                        problem,
-                        "shape: [1, FC, C, LH, LW]",
-                        "FM-06",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_shape, problem)
     v_input_digest = m.input_digest
     if v_input_digest is not None:
         if type(v_input_digest) is not int:
             bad.add("input_digest")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "input_digest",
-                    "int | None",
-                    _w.show(v_input_digest),
-                    "type: int | None",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_input_digest_type, _w.show(v_input_digest))
         elif not (-9223372036854775808 <= v_input_digest <= 9223372036854775807):
             bad.add("input_digest")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "input_digest",
-                    "-9223372036854775808 <= input_digest <= 9223372036854775807",
-                    _w.show(v_input_digest),
-                    "range: -9223372036854775808 <= input_digest <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPEnvelope_input_digest_range, _w.show(v_input_digest))
     _rules_PPEnvelope(m, out, ids, ff, bad, dims)
 
 
@@ -1060,55 +827,18 @@ def _check_decoded_PPEnvelope(
     v_height = m.height
     if v_height is not None and not (8 <= v_height <= 4096):
         bad.add("height")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "height",
-                "8 <= height <= 4096",
-                _w.show(v_height),
-                "range: 8 <= height <= 4096",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_height_range, _w.show(v_height))
     v_width = m.width
     if v_width is not None and not (8 <= v_width <= 4096):
         bad.add("width")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "width",
-                "8 <= width <= 4096",
-                _w.show(v_width),
-                "range: 8 <= width <= 4096",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_width_range, _w.show(v_width))
     v_current_start_frame = m.current_start_frame
     if v_current_start_frame is not None and not (
         0 <= v_current_start_frame <= 9223372036854775807
     ):
         bad.add("current_start_frame")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "current_start_frame",
-                "0 <= current_start_frame <= 9223372036854775807",
-                _w.show(v_current_start_frame),
-                "range: 0 <= current_start_frame <= 9223372036854775807",
-                None,
-                "",
-                ids,
-            ),
+        _w.fail(
+            out, ff, ids, _R_PPEnvelope_current_start_frame_range, _w.show(v_current_start_frame)
         )
     v_kv_cache_attention_bias = m.kv_cache_attention_bias
     if v_kv_cache_attention_bias is not None and not (
@@ -1117,53 +847,26 @@ def _check_decoded_PPEnvelope(
         and v_kv_cache_attention_bias <= 1.0
     ):
         bad.add("kv_cache_attention_bias")
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "range",
-                "kv_cache_attention_bias",
-                "kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                _w.show(v_kv_cache_attention_bias),
-                "range: kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                None,
-                "",
-                ids,
-            ),
+            ids,
+            _R_PPEnvelope_kv_cache_attention_bias_range,
+            _w.show(v_kv_cache_attention_bias),
         )
     v_num_denoise_steps = m.num_denoise_steps
     if v_num_denoise_steps is not None and not (1 <= v_num_denoise_steps <= 64):
         bad.add("num_denoise_steps")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "num_denoise_steps",
-                "1 <= num_denoise_steps <= 64",
-                _w.show(v_num_denoise_steps),
-                "range: 1 <= num_denoise_steps <= 64",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_num_denoise_steps_range, _w.show(v_num_denoise_steps))
     v_expected_generator_calls = m.expected_generator_calls
     if v_expected_generator_calls is not None and not (1 <= v_expected_generator_calls <= 65):
         bad.add("expected_generator_calls")
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "range",
-                "expected_generator_calls",
-                "1 <= expected_generator_calls <= 65",
-                _w.show(v_expected_generator_calls),
-                "range: 1 <= expected_generator_calls <= 65",
-                "FM-02",
-                "",
-                ids,
-            ),
+            ids,
+            _R_PPEnvelope_expected_generator_calls_range,
+            _w.show(v_expected_generator_calls),
         )
     _rules_PPEnvelope(m, out, ids, ff, bad, dims)
 
@@ -1191,155 +894,33 @@ def _rules_PPEnvelope(
         and "pp_envelope_version" not in bad
         and v_pp_envelope_version != 1
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "version",
-                "pp_envelope_version",
-                "1",
-                _w.show(v_pp_envelope_version),
-                "version: PPEnvelope v1",
-                None,
-                "unknown envelope version",
-                ids,
-            ),
+        _w.fail(
+            out, ff, ids, _R_PPEnvelope_pp_envelope_version_version, _w.show(v_pp_envelope_version)
         )
     dim_LH = dims.get("LH")
     dim_LW = dims.get("LW")
     if v_pp_envelope_version is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "pp_envelope_version",
-                "a value",
-                "None",
-                "required: always",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_pp_envelope_version_missing, "None")
     if v_height is None:
-        _w.add(
-            out,
-            ff,
-            Violation("missing", "height", "a value", "None", "required: always", None, "", ids),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_height_missing, "None")
     if v_width is None:
-        _w.add(
-            out,
-            ff,
-            Violation("missing", "width", "a value", "None", "required: always", None, "", ids),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_width_missing, "None")
     if v_current_start_frame is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "current_start_frame",
-                "a value",
-                "None",
-                "required: always",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_current_start_frame_missing, "None")
     if v_init_cache is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "init_cache", "a value", "None", "required: always", "FM-10", "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_init_cache_missing, "None")
     if v_reset_kv_cache is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "reset_kv_cache", "a value", "None", "required: always", "FM-10", "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_reset_kv_cache_missing, "None")
     if v_reset_crossattn_cache is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "reset_crossattn_cache",
-                "a value",
-                "None",
-                "required: always",
-                "FM-17",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_reset_crossattn_cache_missing, "None")
     if v_kv_cache_attention_bias is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "kv_cache_attention_bias",
-                "a value",
-                "None",
-                "required: always",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_kv_cache_attention_bias_missing, "None")
     if v_do_kv_recompute is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "do_kv_recompute",
-                "a value",
-                "None",
-                "required: always",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_do_kv_recompute_missing, "None")
     if v_num_denoise_steps is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "num_denoise_steps",
-                "a value",
-                "None",
-                "required: always",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_num_denoise_steps_missing, "None")
     if v_expected_generator_calls is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "expected_generator_calls",
-                "a value",
-                "None",
-                "required: always",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_expected_generator_calls_missing, "None")
     if (
         v_expected_generator_calls is not None
         and "expected_generator_calls" not in bad
@@ -1355,96 +936,32 @@ def _rules_PPEnvelope(
     ):
         _want_expected_generator_calls = int(m.do_kv_recompute) + m.num_denoise_steps
         if v_expected_generator_calls != _want_expected_generator_calls:
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "invariant",
-                    "expected_generator_calls",
-                    _w.show(_want_expected_generator_calls),
-                    _w.show(v_expected_generator_calls),
-                    "derived: expected_generator_calls == int(do_kv_recompute) + num_denoise_steps",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPEnvelope_expected_generator_calls_derived,
+                _w.show(v_expected_generator_calls),
+                _w.show(_want_expected_generator_calls),
             )
     if v_denoising_step_list is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "denoising_step_list",
-                "a value",
-                "None",
-                "required: always",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_denoising_step_list_missing, "None")
     if v_latents_in is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "latents_in", "a value", "None", "required: always", None, "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_latents_in_missing, "None")
     if v_conditioning_embeds is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "conditioning_embeds",
-                "a value",
-                "None",
-                "required: always",
-                "FM-17",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_conditioning_embeds_missing, "None")
     if (
         v_context_frames is None
         and (not bad or bad.isdisjoint(("do_kv_recompute",)))
         and (m.do_kv_recompute is True)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "context_frames",
-                "a value",
-                "None",
-                "required_when: do_kv_recompute == True",
-                "FM-06",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_missing, "None")
     if (
         v_context_frames is not None
         and (not bad or bad.isdisjoint(("do_kv_recompute",)))
         and (m.do_kv_recompute is not True)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "must_be_none",
-                "context_frames",
-                "None",
-                _w.show(v_context_frames),
-                "none_unless: do_kv_recompute == True",
-                "FM-06",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_none, _w.show(v_context_frames))
     if (
         not bad
         or bad.isdisjoint(
@@ -1454,21 +971,14 @@ def _rules_PPEnvelope(
             )
         )
     ) and (m.num_denoise_steps != len(m.denoising_step_list)):
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "invariant",
-                "denoising_step_list, num_denoise_steps",
-                "num_denoise_steps == len(denoising_step_list)",
-                _w.sides(
-                    ("num_denoise_steps", m.num_denoise_steps),
-                    ("len(denoising_step_list)", len(m.denoising_step_list)),
-                ),
-                "invariant denoise-steps-match-list: num_denoise_steps == len(denoising_step_list)",
-                "FM-02",
-                "the step count must equal the length of the timestep list",
-                ids,
+            ids,
+            _R_PPEnvelope_inv_denoise_steps_match_list,
+            _w.sides(
+                ("num_denoise_steps", m.num_denoise_steps),
+                ("len(denoising_step_list)", len(m.denoising_step_list)),
             ),
         )
     if (
@@ -1480,21 +990,14 @@ def _rules_PPEnvelope(
             )
         )
     ) and (not ((not m.init_cache) or m.reset_kv_cache)):
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "invariant",
-                "init_cache, reset_kv_cache",
-                "not init_cache or reset_kv_cache",
-                _w.sides(
-                    ("init_cache", m.init_cache),
-                    ("reset_kv_cache", m.reset_kv_cache),
-                ),
-                "invariant hard-cut-resets-kv: not init_cache or reset_kv_cache",
-                "FM-10",
-                "a hard cut (init_cache) must reset the KV cache explicitly",
-                ids,
+            ids,
+            _R_PPEnvelope_inv_hard_cut_resets_kv,
+            _w.sides(
+                ("init_cache", m.init_cache),
+                ("reset_kv_cache", m.reset_kv_cache),
             ),
         )
     if (
@@ -1511,23 +1014,16 @@ def _rules_PPEnvelope(
         and dim_LW is not None
         and (not (((dim_LH * 8) == m.height) and ((dim_LW * 8) == m.width)))
     ):
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "invariant",
-                "height, width",
-                "LH * 8 == height and LW * 8 == width",
-                _w.sides(
-                    ("LH", dim_LH),
-                    ("LW", dim_LW),
-                    ("height", m.height),
-                    ("width", m.width),
-                ),
-                "invariant geometry-matches-latents: LH * 8 == height and LW * 8 == width",
-                None,
-                "latents must be the VAE-downsampled (8x) geometry of height x width",
-                ids,
+            ids,
+            _R_PPEnvelope_inv_geometry_matches_latents,
+            _w.sides(
+                ("LH", dim_LH),
+                ("LW", dim_LW),
+                ("height", m.height),
+                ("width", m.width),
             ),
         )
 
@@ -1541,75 +1037,25 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
     if v_pp_result_version is not None:
         if type(v_pp_result_version) is not int:
             bad.add("pp_result_version")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "pp_result_version",
-                    "int",
-                    _w.show(v_pp_result_version),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPResult_pp_result_version_type, _w.show(v_pp_result_version))
         elif not (-9223372036854775808 <= v_pp_result_version <= 9223372036854775807):
             bad.add("pp_result_version")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "pp_result_version",
-                    "pp_result_version == 1",
-                    _w.show(v_pp_result_version),
-                    "range: pp_result_version == 1",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPResult_pp_result_version_range, _w.show(v_pp_result_version))
     v_latents_out = m.latents_out
     if v_latents_out is None:
         bad.add("latents_out")  # reported as missing; expressions must not read it
     if v_latents_out is not None:
         if not _w.is_dense(v_latents_out):
             bad.add("latents_out")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "latents_out",
-                    "tensor[bfloat16/float16][1, F, C, LH, LW]",
-                    _w.show(v_latents_out),
-                    "type: tensor[bfloat16/float16][1, F, C, LH, LW]",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPResult_latents_out_type, _w.show(v_latents_out))
         else:
             if v_latents_out.dtype not in (
                 torch.bfloat16,
                 torch.float16,
             ):
                 bad.add("latents_out")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "dtype",
-                        "latents_out",
-                        "bfloat16 | float16",
-                        _w.dtype_name(v_latents_out.dtype),
-                        "dtypes: bfloat16, float16",
-                        None,
-                        "",
-                        ids,
-                    ),
+                _w.fail(
+                    out, ff, ids, _R_PPResult_latents_out_dtype, _w.dtype_name(v_latents_out.dtype)
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -1626,90 +1072,37 @@ def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -
             )
             if problem is not None:
                 bad.add("latents_out")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "latents_out",
-                        "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
-                        problem,
-                        "shape: [1, F, C, LH, LW]",
-                        None,
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_PPResult_latents_out_shape, problem)
     v_observed_generator_calls = m.observed_generator_calls
     if v_observed_generator_calls is None:
         bad.add("observed_generator_calls")  # reported as missing; expressions must not read it
     if v_observed_generator_calls is not None:
         if type(v_observed_generator_calls) is not int:
             bad.add("observed_generator_calls")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "observed_generator_calls",
-                    "int",
-                    _w.show(v_observed_generator_calls),
-                    "type: int",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPResult_observed_generator_calls_type,
+                _w.show(v_observed_generator_calls),
             )
         elif not (1 <= v_observed_generator_calls <= 65):
             bad.add("observed_generator_calls")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "range",
-                    "observed_generator_calls",
-                    "1 <= observed_generator_calls <= 65",
-                    _w.show(v_observed_generator_calls),
-                    "range: 1 <= observed_generator_calls <= 65",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_PPResult_observed_generator_calls_range,
+                _w.show(v_observed_generator_calls),
             )
     v_output_digest = m.output_digest
     if v_output_digest is not None:
         if type(v_output_digest) is not int:
             bad.add("output_digest")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "output_digest",
-                    "int | None",
-                    _w.show(v_output_digest),
-                    "type: int | None",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPResult_output_digest_type, _w.show(v_output_digest))
         elif not (-9223372036854775808 <= v_output_digest <= 9223372036854775807):
             bad.add("output_digest")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "output_digest",
-                    "-9223372036854775808 <= output_digest <= 9223372036854775807",
-                    _w.show(v_output_digest),
-                    "range: -9223372036854775808 <= output_digest <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_PPResult_output_digest_range, _w.show(v_output_digest))
     _rules_PPResult(m, out, ids, ff, bad, dims)
 
 
@@ -1720,19 +1113,12 @@ def _check_decoded_PPResult(
     v_observed_generator_calls = m.observed_generator_calls
     if v_observed_generator_calls is not None and not (1 <= v_observed_generator_calls <= 65):
         bad.add("observed_generator_calls")
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "range",
-                "observed_generator_calls",
-                "1 <= observed_generator_calls <= 65",
-                _w.show(v_observed_generator_calls),
-                "range: 1 <= observed_generator_calls <= 65",
-                "FM-02",
-                "",
-                ids,
-            ),
+            ids,
+            _R_PPResult_observed_generator_calls_range,
+            _w.show(v_observed_generator_calls),
         )
     _rules_PPResult(m, out, ids, ff, bad, dims)
 
@@ -1748,51 +1134,13 @@ def _rules_PPResult(
         and "pp_result_version" not in bad
         and v_pp_result_version != 1
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "version",
-                "pp_result_version",
-                "1",
-                _w.show(v_pp_result_version),
-                "version: PPResult v1",
-                None,
-                "unknown envelope version",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPResult_pp_result_version_version, _w.show(v_pp_result_version))
     if v_pp_result_version is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "pp_result_version", "a value", "None", "required: always", None, "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPResult_pp_result_version_missing, "None")
     if v_latents_out is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "latents_out", "a value", "None", "required: always", None, "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPResult_latents_out_missing, "None")
     if v_observed_generator_calls is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "observed_generator_calls",
-                "a value",
-                "None",
-                "required: always",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_PPResult_observed_generator_calls_missing, "None")
 
 
 _VALIDATORS: Final[dict[type, Callable[[Any, list[Violation], _Ids, bool], None]]] = {

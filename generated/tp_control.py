@@ -229,6 +229,328 @@ def _ids(h: Header | None) -> _Ids:
     )
 
 
+# The rules the validators report: a failure is ``_w.fail(..., rule, actual)``.
+_R_header_call_id_type: Final = _w.Rule("type", "header.call_id", "int", fm="FM-04")
+_R_header_call_id_range: Final = _w.Rule(
+    "range", "header.call_id", "0 <= call_id <= 9223372036854775807", fm="FM-04"
+)
+_R_header_call_id_missing: Final = _w.Rule(
+    "missing", "header.call_id", "a value", rule="required: always", fm="FM-04"
+)
+_R_header_chunk_index_type: Final = _w.Rule("type", "header.chunk_index", "int")
+_R_header_chunk_index_range: Final = _w.Rule(
+    "range", "header.chunk_index", "0 <= chunk_index <= 9223372036854775807"
+)
+_R_header_chunk_index_missing: Final = _w.Rule(
+    "missing", "header.chunk_index", "a value", rule="required_when: action == TPAction.INFER"
+)
+_R_header_control_epoch_type: Final = _w.Rule("type", "header.control_epoch", "int")
+_R_header_control_epoch_range: Final = _w.Rule(
+    "range", "header.control_epoch", "0 <= control_epoch <= 9223372036854775807"
+)
+_R_header_control_epoch_missing: Final = _w.Rule(
+    "missing", "header.control_epoch", "a value", rule="required: always"
+)
+_R_header_cache_epoch_type: Final = _w.Rule("type", "header.cache_epoch", "int", fm="FM-10")
+_R_header_cache_epoch_range: Final = _w.Rule(
+    "range", "header.cache_epoch", "0 <= cache_epoch <= 9223372036854775807", fm="FM-10"
+)
+_R_header_cache_epoch_missing: Final = _w.Rule(
+    "missing", "header.cache_epoch", "a value", rule="required: always", fm="FM-10"
+)
+_R_header_action_type: Final = _w.Rule("type", "header.action", "TPAction")
+_R_header_action_missing: Final = _w.Rule(
+    "missing", "header.action", "a value", rule="required: always"
+)
+_R_Infer_tp_plan_type: Final = _w.Rule("type", "tp_plan", "TPPlan", fm="FM-01")
+_R_Infer_tp_plan_missing: Final = _w.Rule(
+    "missing", "tp_plan", "a value", rule="required: always", fm="FM-01"
+)
+_R_Infer_tp_envelope_version_type: Final = _w.Rule("type", "tp_envelope_version", "int")
+_R_Infer_tp_envelope_version_range: Final = _w.Rule(
+    "range", "tp_envelope_version", "tp_envelope_version == 1"
+)
+_R_Infer_tp_envelope_version_missing: Final = _w.Rule(
+    "missing",
+    "tp_envelope_version",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+)
+_R_Infer_height_type: Final = _w.Rule("type", "height", "int")
+_R_Infer_height_range: Final = _w.Rule("range", "height", "8 <= height <= 4096")
+_R_Infer_height_missing: Final = _w.Rule(
+    "missing", "height", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
+)
+_R_Infer_width_type: Final = _w.Rule("type", "width", "int")
+_R_Infer_width_range: Final = _w.Rule("range", "width", "8 <= width <= 4096")
+_R_Infer_width_missing: Final = _w.Rule(
+    "missing", "width", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
+)
+_R_Infer_current_start_frame_type: Final = _w.Rule("type", "current_start_frame", "int")
+_R_Infer_current_start_frame_range: Final = _w.Rule(
+    "range", "current_start_frame", "0 <= current_start_frame <= 9223372036854775807"
+)
+_R_Infer_current_start_frame_missing: Final = _w.Rule(
+    "missing",
+    "current_start_frame",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+)
+_R_Infer_init_cache_type: Final = _w.Rule("type", "init_cache", "bool", fm="FM-10")
+_R_Infer_init_cache_missing: Final = _w.Rule(
+    "missing",
+    "init_cache",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-10",
+)
+_R_Infer_manage_cache_type: Final = _w.Rule("type", "manage_cache", "bool")
+_R_Infer_manage_cache_missing: Final = _w.Rule(
+    "missing", "manage_cache", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
+)
+_R_Infer_tp_reset_kv_cache_type: Final = _w.Rule("type", "tp_reset_kv_cache", "bool", fm="FM-10")
+_R_Infer_tp_reset_kv_cache_missing: Final = _w.Rule(
+    "missing",
+    "tp_reset_kv_cache",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-10",
+)
+_R_Infer_tp_reset_crossattn_cache_type: Final = _w.Rule(
+    "type", "tp_reset_crossattn_cache", "bool", fm="FM-17"
+)
+_R_Infer_tp_reset_crossattn_cache_missing: Final = _w.Rule(
+    "missing",
+    "tp_reset_crossattn_cache",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-17",
+)
+_R_Infer_conditioning_embeds_updated_type: Final = _w.Rule(
+    "type", "conditioning_embeds_updated", "bool", fm="FM-17"
+)
+_R_Infer_conditioning_embeds_updated_missing: Final = _w.Rule(
+    "missing",
+    "conditioning_embeds_updated",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-17",
+)
+_R_Infer_kv_cache_attention_bias_type: Final = _w.Rule("type", "kv_cache_attention_bias", "float")
+_R_Infer_kv_cache_attention_bias_range: Final = _w.Rule(
+    "range", "kv_cache_attention_bias", "kv_cache_attention_bias finite and >= 0.0 and <= 1.0"
+)
+_R_Infer_kv_cache_attention_bias_missing: Final = _w.Rule(
+    "missing",
+    "kv_cache_attention_bias",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+)
+_R_Infer_tp_do_kv_recompute_type: Final = _w.Rule("type", "tp_do_kv_recompute", "bool", fm="FM-02")
+_R_Infer_tp_do_kv_recompute_missing: Final = _w.Rule(
+    "missing",
+    "tp_do_kv_recompute",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-02",
+)
+_R_Infer_tp_num_denoise_steps_type: Final = _w.Rule(
+    "type", "tp_num_denoise_steps", "int", fm="FM-02"
+)
+_R_Infer_tp_num_denoise_steps_range: Final = _w.Rule(
+    "range", "tp_num_denoise_steps", "1 <= tp_num_denoise_steps <= 64", fm="FM-02"
+)
+_R_Infer_tp_num_denoise_steps_missing: Final = _w.Rule(
+    "missing",
+    "tp_num_denoise_steps",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-02",
+)
+_R_Infer_tp_expected_generator_calls_type: Final = _w.Rule(
+    "type", "tp_expected_generator_calls", "int", fm="FM-02"
+)
+_R_Infer_tp_expected_generator_calls_range: Final = _w.Rule(
+    "range", "tp_expected_generator_calls", "1 <= tp_expected_generator_calls <= 65", fm="FM-02"
+)
+_R_Infer_tp_expected_generator_calls_missing: Final = _w.Rule(
+    "missing",
+    "tp_expected_generator_calls",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-02",
+)
+_R_Infer_tp_expected_generator_calls_derived: Final = _w.Rule(
+    "invariant",
+    "tp_expected_generator_calls",
+    "",
+    rule="derived: tp_expected_generator_calls == int(tp_do_kv_recompute) + tp_num_denoise_steps",
+    fm="FM-02",
+)
+_R_Infer_denoising_step_list_type: Final = _w.Rule(
+    "type", "denoising_step_list", "tensor[int64][S]", fm="FM-02"
+)
+_R_Infer_denoising_step_list_dtype: Final = _w.Rule(
+    "dtype", "denoising_step_list", "int64", rule="dtypes: int64", fm="FM-02"
+)
+_R_Infer_denoising_step_list_shape: Final = _w.Rule(
+    "shape",
+    "denoising_step_list",
+    "[S] with S in 1..64, at most 64 elements",
+    rule="shape: [S]",
+    fm="FM-02",
+)
+_R_Infer_denoising_step_list_missing: Final = _w.Rule(
+    "missing",
+    "denoising_step_list",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-02",
+)
+_R_Infer_latents_type: Final = _w.Rule(
+    "type", "latents", "tensor[bfloat16/float16][1, F, C, LH, LW]", fm="FM-15"
+)
+_R_Infer_latents_dtype: Final = _w.Rule(
+    "dtype", "latents", "bfloat16 | float16", rule="dtypes: bfloat16, float16", fm="FM-15"
+)
+_R_Infer_latents_shape: Final = _w.Rule(
+    "shape",
+    "latents",
+    "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
+    rule="shape: [1, F, C, LH, LW]",
+    fm="FM-15",
+)
+_R_Infer_latents_missing: Final = _w.Rule(
+    "missing",
+    "latents",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-15",
+)
+_R_Infer_conditioning_embeds_type: Final = _w.Rule(
+    "type", "conditioning_embeds", "tensor[bfloat16/float16][1, T, D]", fm="FM-17"
+)
+_R_Infer_conditioning_embeds_dtype: Final = _w.Rule(
+    "dtype",
+    "conditioning_embeds",
+    "bfloat16 | float16",
+    rule="dtypes: bfloat16, float16",
+    fm="FM-17",
+)
+_R_Infer_conditioning_embeds_shape: Final = _w.Rule(
+    "shape",
+    "conditioning_embeds",
+    "[1, T, D] with T in 1..1024, D in 1..8192, at most 8388608 elements",
+    rule="shape: [1, T, D]",
+    fm="FM-17",
+)
+_R_Infer_conditioning_embeds_missing: Final = _w.Rule(
+    "missing",
+    "conditioning_embeds",
+    "a value",
+    rule="required_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-17",
+)
+_R_Infer_context_frames_override_type: Final = _w.Rule(
+    "type",
+    "context_frames_override",
+    "tensor[bfloat16/float16][1, FC, C, LH, LW] | None",
+    fm="FM-06",
+)
+_R_Infer_context_frames_override_dtype: Final = _w.Rule(
+    "dtype",
+    "context_frames_override",
+    "bfloat16 | float16",
+    rule="dtypes: bfloat16, float16",
+    fm="FM-06",
+)
+_R_Infer_context_frames_override_shape: Final = _w.Rule(
+    "shape",
+    "context_frames_override",
+    "[1, FC, C, LH, LW] with FC in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
+    rule="shape: [1, FC, C, LH, LW]",
+    fm="FM-06",
+)
+_R_Infer_context_frames_override_missing: Final = _w.Rule(
+    "missing",
+    "context_frames_override",
+    "a value",
+    rule="required_when: tp_do_kv_recompute == True",
+    fm="FM-06",
+)
+_R_Infer_context_frames_override_none: Final = _w.Rule(
+    "must_be_none",
+    "context_frames_override",
+    "None",
+    rule="none_unless: tp_do_kv_recompute == True",
+    fm="FM-06",
+)
+_R_Infer_base_seed_type: Final = _w.Rule("type", "base_seed", "int")
+_R_Infer_base_seed_range: Final = _w.Rule(
+    "range", "base_seed", "0 <= base_seed <= 9223372036854775807"
+)
+_R_Infer_base_seed_missing: Final = _w.Rule(
+    "missing", "base_seed", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
+)
+_R_Infer_video_type: Final = _w.Rule(
+    "type", "video", "tensor[uint8/bfloat16/float16/float32][VF, VH, VW, 3]", fm="FM-15"
+)
+_R_Infer_video_dtype: Final = _w.Rule(
+    "dtype",
+    "video",
+    "uint8 | bfloat16 | float16 | float32",
+    rule="dtypes: uint8, bfloat16, float16, float32",
+    fm="FM-15",
+)
+_R_Infer_video_shape: Final = _w.Rule(
+    "shape",
+    "video",
+    "[VF, VH, VW, 3] with VF in 1..1024, VH in 1..4096, VW in 1..4096, at most 268435456 elements",
+    rule="shape: [VF, VH, VW, 3]",
+    fm="FM-15",
+)
+_R_Infer_video_forbidden: Final = _w.Rule(
+    "forbidden",
+    "video",
+    "absent",
+    rule="forbidden_when: tp_plan == TPPlan.v1_generator_only",
+    fm="FM-15",
+)
+_R_Infer_tp_plan_plan: Final = _w.Rule(
+    "type", "tp_plan", "", rule="discriminator selects the class", fm="FM-01"
+)
+_R_Infer_tp_envelope_version_version: Final = _w.Rule(
+    "version",
+    "tp_envelope_version",
+    "1",
+    rule="version: Infer v1",
+    message="unknown envelope version",
+)
+_R_Infer_inv_denoise_steps_match_list: Final = _w.Rule(
+    "invariant",
+    "denoising_step_list, tp_num_denoise_steps",
+    "tp_num_denoise_steps == len(denoising_step_list)",
+    rule="invariant denoise-steps-match-list: tp_num_denoise_steps == len(denoising_step_list)",
+    fm="FM-02",
+    message="the step count must equal the length of the timestep list",
+)
+_R_Infer_inv_context_frames_iff_recompute: Final = _w.Rule(
+    "invariant",
+    "context_frames_override, tp_do_kv_recompute",
+    "tp_do_kv_recompute == (context_frames_override is not None)",
+    rule="invariant context-frames-iff-recompute: tp_do_kv_recompute == (context_frames_override is not None)",
+    fm="FM-06",
+    message="context_frames_override must be present iff tp_do_kv_recompute",
+)
+_R_Infer_inv_geometry_matches_latents: Final = _w.Rule(
+    "invariant",
+    "height, width",
+    "LH * 8 == height and LW * 8 == width",
+    rule="invariant geometry-matches-latents: LH * 8 == height and LW * 8 == width",
+    message="latents must be the VAE-downsampled (8x) geometry of height x width",
+)
+
+
 def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
     bad: set[str] = set()
     v_call_id = h.call_id
@@ -237,162 +559,45 @@ def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> No
     if v_call_id is not None:
         if type(v_call_id) is not int:
             bad.add("call_id")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.call_id",
-                    "int",
-                    _w.show(v_call_id),
-                    "type: int",
-                    "FM-04",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_call_id_type, _w.show(v_call_id))
         elif not (0 <= v_call_id <= 9223372036854775807):
             bad.add("call_id")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "header.call_id",
-                    "0 <= call_id <= 9223372036854775807",
-                    _w.show(v_call_id),
-                    "range: 0 <= call_id <= 9223372036854775807",
-                    "FM-04",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
     v_chunk_index = h.chunk_index
     if v_chunk_index is not None:
         if type(v_chunk_index) is not int:
             bad.add("chunk_index")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.chunk_index",
-                    "int",
-                    _w.show(v_chunk_index),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_chunk_index_type, _w.show(v_chunk_index))
         elif not (0 <= v_chunk_index <= 9223372036854775807):
             bad.add("chunk_index")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "header.chunk_index",
-                    "0 <= chunk_index <= 9223372036854775807",
-                    _w.show(v_chunk_index),
-                    "range: 0 <= chunk_index <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
     v_control_epoch = h.control_epoch
     if v_control_epoch is None:
         bad.add("control_epoch")  # reported as missing; expressions must not read it
     if v_control_epoch is not None:
         if type(v_control_epoch) is not int:
             bad.add("control_epoch")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.control_epoch",
-                    "int",
-                    _w.show(v_control_epoch),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_control_epoch_type, _w.show(v_control_epoch))
         elif not (0 <= v_control_epoch <= 9223372036854775807):
             bad.add("control_epoch")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "header.control_epoch",
-                    "0 <= control_epoch <= 9223372036854775807",
-                    _w.show(v_control_epoch),
-                    "range: 0 <= control_epoch <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_control_epoch_range, _w.show(v_control_epoch))
     v_cache_epoch = h.cache_epoch
     if v_cache_epoch is None:
         bad.add("cache_epoch")  # reported as missing; expressions must not read it
     if v_cache_epoch is not None:
         if type(v_cache_epoch) is not int:
             bad.add("cache_epoch")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.cache_epoch",
-                    "int",
-                    _w.show(v_cache_epoch),
-                    "type: int",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_cache_epoch_type, _w.show(v_cache_epoch))
         elif not (0 <= v_cache_epoch <= 9223372036854775807):
             bad.add("cache_epoch")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "header.cache_epoch",
-                    "0 <= cache_epoch <= 9223372036854775807",
-                    _w.show(v_cache_epoch),
-                    "range: 0 <= cache_epoch <= 9223372036854775807",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
     v_action = h.action
     if v_action is None:
         bad.add("action")  # reported as missing; expressions must not read it
     if v_action is not None:
         if type(v_action) is not TPAction:
             bad.add("action")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "header.action",
-                    "TPAction",
-                    _w.show(v_action),
-                    "type: TPAction",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_header_action_type, _w.show(v_action))
     _header_rules(h, out, ids, ff, bad)
 
 
@@ -401,71 +606,19 @@ def _check_decoded_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) 
     v_call_id = h.call_id
     if v_call_id is not None and not (0 <= v_call_id <= 9223372036854775807):
         bad.add("call_id")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "header.call_id",
-                "0 <= call_id <= 9223372036854775807",
-                _w.show(v_call_id),
-                "range: 0 <= call_id <= 9223372036854775807",
-                "FM-04",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
     v_chunk_index = h.chunk_index
     if v_chunk_index is not None and not (0 <= v_chunk_index <= 9223372036854775807):
         bad.add("chunk_index")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "header.chunk_index",
-                "0 <= chunk_index <= 9223372036854775807",
-                _w.show(v_chunk_index),
-                "range: 0 <= chunk_index <= 9223372036854775807",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
     v_control_epoch = h.control_epoch
     if v_control_epoch is not None and not (0 <= v_control_epoch <= 9223372036854775807):
         bad.add("control_epoch")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "header.control_epoch",
-                "0 <= control_epoch <= 9223372036854775807",
-                _w.show(v_control_epoch),
-                "range: 0 <= control_epoch <= 9223372036854775807",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_control_epoch_range, _w.show(v_control_epoch))
     v_cache_epoch = h.cache_epoch
     if v_cache_epoch is not None and not (0 <= v_cache_epoch <= 9223372036854775807):
         bad.add("cache_epoch")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "header.cache_epoch",
-                "0 <= cache_epoch <= 9223372036854775807",
-                _w.show(v_cache_epoch),
-                "range: 0 <= cache_epoch <= 9223372036854775807",
-                "FM-10",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
     _header_rules(h, out, ids, ff, bad)
 
 
@@ -476,70 +629,19 @@ def _header_rules(h: Header, out: list[Violation], ids: _Ids, ff: bool, bad: set
     v_cache_epoch = h.cache_epoch
     v_action = h.action
     if v_call_id is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "header.call_id", "a value", "None", "required: always", "FM-04", "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_call_id_missing, "None")
     if (
         v_chunk_index is None
         and (not bad or bad.isdisjoint(("action",)))
         and (h.action == TPAction.INFER)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "header.chunk_index",
-                "a value",
-                "None",
-                "required_when: action == TPAction.INFER",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_chunk_index_missing, "None")
     if v_control_epoch is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "header.control_epoch",
-                "a value",
-                "None",
-                "required: always",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_control_epoch_missing, "None")
     if v_cache_epoch is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "header.cache_epoch",
-                "a value",
-                "None",
-                "required: always",
-                "FM-10",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_cache_epoch_missing, "None")
     if v_action is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "header.action", "a value", "None", "required: always", None, "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_header_action_missing, "None")
 
 
 _VARIANTS_Infer: Final[dict[type, TPPlan]] = {
@@ -557,245 +659,90 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
     if v_tp_plan is not None:
         if type(v_tp_plan) is not TPPlan:
             bad.add("tp_plan")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "tp_plan",
-                    "TPPlan",
-                    _w.show(v_tp_plan),
-                    "type: TPPlan",
-                    "FM-01",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_tp_plan_type, _w.show(v_tp_plan))
     v_tp_envelope_version = m.tp_envelope_version
     if v_tp_envelope_version is not None:
         if type(v_tp_envelope_version) is not int:
             bad.add("tp_envelope_version")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "tp_envelope_version",
-                    "int",
-                    _w.show(v_tp_envelope_version),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_tp_envelope_version_type, _w.show(v_tp_envelope_version))
         elif not (-9223372036854775808 <= v_tp_envelope_version <= 9223372036854775807):
             bad.add("tp_envelope_version")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "tp_envelope_version",
-                    "tp_envelope_version == 1",
-                    _w.show(v_tp_envelope_version),
-                    "range: tp_envelope_version == 1",
-                    None,
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_Infer_tp_envelope_version_range, _w.show(v_tp_envelope_version)
             )
     v_height = m.height
     if v_height is not None:
         if type(v_height) is not int:
             bad.add("height")
-            _w.add(
-                out,
-                ff,
-                Violation("type", "height", "int", _w.show(v_height), "type: int", None, "", ids),
-            )
+            _w.fail(out, ff, ids, _R_Infer_height_type, _w.show(v_height))
         elif not (8 <= v_height <= 4096):
             bad.add("height")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "height",
-                    "8 <= height <= 4096",
-                    _w.show(v_height),
-                    "range: 8 <= height <= 4096",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_height_range, _w.show(v_height))
     v_width = m.width
     if v_width is not None:
         if type(v_width) is not int:
             bad.add("width")
-            _w.add(
-                out,
-                ff,
-                Violation("type", "width", "int", _w.show(v_width), "type: int", None, "", ids),
-            )
+            _w.fail(out, ff, ids, _R_Infer_width_type, _w.show(v_width))
         elif not (8 <= v_width <= 4096):
             bad.add("width")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "width",
-                    "8 <= width <= 4096",
-                    _w.show(v_width),
-                    "range: 8 <= width <= 4096",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_width_range, _w.show(v_width))
     v_current_start_frame = m.current_start_frame
     if v_current_start_frame is not None:
         if type(v_current_start_frame) is not int:
             bad.add("current_start_frame")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "current_start_frame",
-                    "int",
-                    _w.show(v_current_start_frame),
-                    "type: int",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_current_start_frame_type, _w.show(v_current_start_frame))
         elif not (0 <= v_current_start_frame <= 9223372036854775807):
             bad.add("current_start_frame")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "current_start_frame",
-                    "0 <= current_start_frame <= 9223372036854775807",
-                    _w.show(v_current_start_frame),
-                    "range: 0 <= current_start_frame <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_Infer_current_start_frame_range, _w.show(v_current_start_frame)
             )
     v_init_cache = m.init_cache
     if v_init_cache is not None:
         if type(v_init_cache) is not bool:
             bad.add("init_cache")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "init_cache",
-                    "bool",
-                    _w.show(v_init_cache),
-                    "type: bool",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_init_cache_type, _w.show(v_init_cache))
     v_manage_cache = m.manage_cache
     if v_manage_cache is not None:
         if type(v_manage_cache) is not bool:
             bad.add("manage_cache")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "manage_cache",
-                    "bool",
-                    _w.show(v_manage_cache),
-                    "type: bool",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_manage_cache_type, _w.show(v_manage_cache))
     v_tp_reset_kv_cache = m.tp_reset_kv_cache
     if v_tp_reset_kv_cache is not None:
         if type(v_tp_reset_kv_cache) is not bool:
             bad.add("tp_reset_kv_cache")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "tp_reset_kv_cache",
-                    "bool",
-                    _w.show(v_tp_reset_kv_cache),
-                    "type: bool",
-                    "FM-10",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_tp_reset_kv_cache_type, _w.show(v_tp_reset_kv_cache))
     v_tp_reset_crossattn_cache = m.tp_reset_crossattn_cache
     if v_tp_reset_crossattn_cache is not None:
         if type(v_tp_reset_crossattn_cache) is not bool:
             bad.add("tp_reset_crossattn_cache")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "tp_reset_crossattn_cache",
-                    "bool",
-                    _w.show(v_tp_reset_crossattn_cache),
-                    "type: bool",
-                    "FM-17",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_tp_reset_crossattn_cache_type,
+                _w.show(v_tp_reset_crossattn_cache),
             )
     v_conditioning_embeds_updated = m.conditioning_embeds_updated
     if v_conditioning_embeds_updated is not None:
         if type(v_conditioning_embeds_updated) is not bool:
             bad.add("conditioning_embeds_updated")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "conditioning_embeds_updated",
-                    "bool",
-                    _w.show(v_conditioning_embeds_updated),
-                    "type: bool",
-                    "FM-17",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_conditioning_embeds_updated_type,
+                _w.show(v_conditioning_embeds_updated),
             )
     v_kv_cache_attention_bias = m.kv_cache_attention_bias
     if v_kv_cache_attention_bias is not None:
         if type(v_kv_cache_attention_bias) is not float:
             bad.add("kv_cache_attention_bias")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "kv_cache_attention_bias",
-                    "float",
-                    _w.show(v_kv_cache_attention_bias),
-                    "type: float",
-                    None,
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_kv_cache_attention_bias_type,
+                _w.show(v_kv_cache_attention_bias),
             )
         elif not (
             _w.finite(v_kv_cache_attention_bias)
@@ -803,140 +750,64 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             and v_kv_cache_attention_bias <= 1.0
         ):
             bad.add("kv_cache_attention_bias")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "range",
-                    "kv_cache_attention_bias",
-                    "kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                    _w.show(v_kv_cache_attention_bias),
-                    "range: kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                    None,
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_kv_cache_attention_bias_range,
+                _w.show(v_kv_cache_attention_bias),
             )
     v_tp_do_kv_recompute = m.tp_do_kv_recompute
     if v_tp_do_kv_recompute is not None:
         if type(v_tp_do_kv_recompute) is not bool:
             bad.add("tp_do_kv_recompute")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "tp_do_kv_recompute",
-                    "bool",
-                    _w.show(v_tp_do_kv_recompute),
-                    "type: bool",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_tp_do_kv_recompute_type, _w.show(v_tp_do_kv_recompute))
     v_tp_num_denoise_steps = m.tp_num_denoise_steps
     if v_tp_num_denoise_steps is not None:
         if type(v_tp_num_denoise_steps) is not int:
             bad.add("tp_num_denoise_steps")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "tp_num_denoise_steps",
-                    "int",
-                    _w.show(v_tp_num_denoise_steps),
-                    "type: int",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_Infer_tp_num_denoise_steps_type, _w.show(v_tp_num_denoise_steps)
             )
         elif not (1 <= v_tp_num_denoise_steps <= 64):
             bad.add("tp_num_denoise_steps")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "tp_num_denoise_steps",
-                    "1 <= tp_num_denoise_steps <= 64",
-                    _w.show(v_tp_num_denoise_steps),
-                    "range: 1 <= tp_num_denoise_steps <= 64",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+            _w.fail(
+                out, ff, ids, _R_Infer_tp_num_denoise_steps_range, _w.show(v_tp_num_denoise_steps)
             )
     v_tp_expected_generator_calls = m.tp_expected_generator_calls
     if v_tp_expected_generator_calls is not None:
         if type(v_tp_expected_generator_calls) is not int:
             bad.add("tp_expected_generator_calls")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "tp_expected_generator_calls",
-                    "int",
-                    _w.show(v_tp_expected_generator_calls),
-                    "type: int",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_tp_expected_generator_calls_type,
+                _w.show(v_tp_expected_generator_calls),
             )
         elif not (1 <= v_tp_expected_generator_calls <= 65):
             bad.add("tp_expected_generator_calls")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "range",
-                    "tp_expected_generator_calls",
-                    "1 <= tp_expected_generator_calls <= 65",
-                    _w.show(v_tp_expected_generator_calls),
-                    "range: 1 <= tp_expected_generator_calls <= 65",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_tp_expected_generator_calls_range,
+                _w.show(v_tp_expected_generator_calls),
             )
     v_denoising_step_list = m.denoising_step_list
     if v_denoising_step_list is not None:
         if not _w.is_dense(v_denoising_step_list):
             bad.add("denoising_step_list")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "denoising_step_list",
-                    "tensor[int64][S]",
-                    _w.show(v_denoising_step_list),
-                    "type: tensor[int64][S]",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_denoising_step_list_type, _w.show(v_denoising_step_list))
         else:
             if v_denoising_step_list.dtype not in (torch.int64,):
                 bad.add("denoising_step_list")
-                _w.add(
+                _w.fail(
                     out,
                     ff,
-                    Violation(
-                        "dtype",
-                        "denoising_step_list",
-                        "int64",
-                        _w.dtype_name(v_denoising_step_list.dtype),
-                        "dtypes: int64",
-                        "FM-02",
-                        "",
-                        ids,
-                    ),
+                    ids,
+                    _R_Infer_denoising_step_list_dtype,
+                    _w.dtype_name(v_denoising_step_list.dtype),
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -947,58 +818,19 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             )
             if problem is not None:
                 bad.add("denoising_step_list")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "denoising_step_list",
-                        "[S] with S in 1..64, at most 64 elements",
-                        problem,
-                        "shape: [S]",
-                        "FM-02",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_Infer_denoising_step_list_shape, problem)
     v_latents = m.latents
     if v_latents is not None:
         if not _w.is_dense(v_latents):
             bad.add("latents")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "latents",
-                    "tensor[bfloat16/float16][1, F, C, LH, LW]",
-                    _w.show(v_latents),
-                    "type: tensor[bfloat16/float16][1, F, C, LH, LW]",
-                    "FM-15",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_latents_type, _w.show(v_latents))
         else:
             if v_latents.dtype not in (
                 torch.bfloat16,
                 torch.float16,
             ):
                 bad.add("latents")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "dtype",
-                        "latents",
-                        "bfloat16 | float16",
-                        _w.dtype_name(v_latents.dtype),
-                        "dtypes: bfloat16, float16",
-                        "FM-15",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_Infer_latents_dtype, _w.dtype_name(v_latents.dtype))
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_latents,
@@ -1014,57 +846,24 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             )
             if problem is not None:
                 bad.add("latents")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "latents",
-                        "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
-                        problem,
-                        "shape: [1, F, C, LH, LW]",
-                        "FM-15",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_Infer_latents_shape, problem)
     v_conditioning_embeds = m.conditioning_embeds
     if v_conditioning_embeds is not None:
         if not _w.is_dense(v_conditioning_embeds):
             bad.add("conditioning_embeds")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "conditioning_embeds",
-                    "tensor[bfloat16/float16][1, T, D]",
-                    _w.show(v_conditioning_embeds),
-                    "type: tensor[bfloat16/float16][1, T, D]",
-                    "FM-17",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_type, _w.show(v_conditioning_embeds))
         else:
             if v_conditioning_embeds.dtype not in (
                 torch.bfloat16,
                 torch.float16,
             ):
                 bad.add("conditioning_embeds")
-                _w.add(
+                _w.fail(
                     out,
                     ff,
-                    Violation(
-                        "dtype",
-                        "conditioning_embeds",
-                        "bfloat16 | float16",
-                        _w.dtype_name(v_conditioning_embeds.dtype),
-                        "dtypes: bfloat16, float16",
-                        "FM-17",
-                        "",
-                        ids,
-                    ),
+                    ids,
+                    _R_Infer_conditioning_embeds_dtype,
+                    _w.dtype_name(v_conditioning_embeds.dtype),
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -1079,37 +878,17 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             )
             if problem is not None:
                 bad.add("conditioning_embeds")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "conditioning_embeds",
-                        "[1, T, D] with T in 1..1024, D in 1..8192, at most 8388608 elements",
-                        problem,
-                        "shape: [1, T, D]",
-                        "FM-17",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_shape, problem)
     v_context_frames_override = m.context_frames_override
     if v_context_frames_override is not None:
         if not _w.is_dense(v_context_frames_override):
             bad.add("context_frames_override")
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "type",
-                    "context_frames_override",
-                    "tensor[bfloat16/float16][1, FC, C, LH, LW] | None",
-                    _w.show(v_context_frames_override),
-                    "type: tensor[bfloat16/float16][1, FC, C, LH, LW] | None",
-                    "FM-06",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_context_frames_override_type,
+                _w.show(v_context_frames_override),
             )
         else:
             if v_context_frames_override.dtype not in (
@@ -1117,19 +896,12 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 torch.float16,
             ):
                 bad.add("context_frames_override")
-                _w.add(
+                _w.fail(
                     out,
                     ff,
-                    Violation(
-                        "dtype",
-                        "context_frames_override",
-                        "bfloat16 | float16",
-                        _w.dtype_name(v_context_frames_override.dtype),
-                        "dtypes: bfloat16, float16",
-                        "FM-06",
-                        "",
-                        ids,
-                    ),
+                    ids,
+                    _R_Infer_context_frames_override_dtype,
+                    _w.dtype_name(v_context_frames_override.dtype),
                 )
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
@@ -1146,65 +918,20 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             )
             if problem is not None:
                 bad.add("context_frames_override")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "context_frames_override",
-                        "[1, FC, C, LH, LW] with FC in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
-                        problem,
-                        "shape: [1, FC, C, LH, LW]",
-                        "FM-06",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_Infer_context_frames_override_shape, problem)
     v_base_seed = m.base_seed
     if v_base_seed is not None:
         if type(v_base_seed) is not int:
             bad.add("base_seed")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type", "base_seed", "int", _w.show(v_base_seed), "type: int", None, "", ids
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_base_seed_type, _w.show(v_base_seed))
         elif not (0 <= v_base_seed <= 9223372036854775807):
             bad.add("base_seed")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "range",
-                    "base_seed",
-                    "0 <= base_seed <= 9223372036854775807",
-                    _w.show(v_base_seed),
-                    "range: 0 <= base_seed <= 9223372036854775807",
-                    None,
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_base_seed_range, _w.show(v_base_seed))
     v_video = m.video
     if v_video is not None:
         if not _w.is_dense(v_video):
             bad.add("video")
-            _w.add(
-                out,
-                ff,
-                Violation(
-                    "type",
-                    "video",
-                    "tensor[uint8/bfloat16/float16/float32][VF, VH, VW, 3]",
-                    _w.show(v_video),
-                    "type: tensor[uint8/bfloat16/float16/float32][VF, VH, VW, 3]",
-                    "FM-15",
-                    "",
-                    ids,
-                ),
-            )
+            _w.fail(out, ff, ids, _R_Infer_video_type, _w.show(v_video))
         else:
             if v_video.dtype not in (
                 torch.uint8,
@@ -1213,20 +940,7 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
                 torch.float32,
             ):
                 bad.add("video")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "dtype",
-                        "video",
-                        "uint8 | bfloat16 | float16 | float32",
-                        _w.dtype_name(v_video.dtype),
-                        "dtypes: uint8, bfloat16, float16, float32",
-                        "FM-15",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_Infer_video_dtype, _w.dtype_name(v_video.dtype))
             # a tensor of the wrong dtype binds no dimension (one mistake, one report)
             problem = _w.shape_problem(
                 v_video,
@@ -1241,37 +955,11 @@ def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None
             )
             if problem is not None:
                 bad.add("video")
-                _w.add(
-                    out,
-                    ff,
-                    Violation(
-                        "shape",
-                        "video",
-                        "[VF, VH, VW, 3] with VF in 1..1024, VH in 1..4096, VW in 1..4096, at most 268435456 elements",
-                        problem,
-                        "shape: [VF, VH, VW, 3]",
-                        "FM-15",
-                        "",
-                        ids,
-                    ),
-                )
+                _w.fail(out, ff, ids, _R_Infer_video_shape, problem)
     _variant = _VARIANTS_Infer[type(m)]
     if "tp_plan" not in bad and v_tp_plan != _variant:
         bad.add("tp_plan")  # rules must not read a plan the class denies
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "type",
-                "tp_plan",
-                _w.show(_variant),
-                _w.show(v_tp_plan),
-                "discriminator selects the class",
-                "FM-01",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_plan_plan, _w.show(v_tp_plan), _w.show(_variant))
     _rules_Infer(m, out, ids, ff, bad, dims)
 
 
@@ -1282,56 +970,17 @@ def _check_decoded_Infer(
     v_height = m.height
     if v_height is not None and not (8 <= v_height <= 4096):
         bad.add("height")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "height",
-                "8 <= height <= 4096",
-                _w.show(v_height),
-                "range: 8 <= height <= 4096",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_height_range, _w.show(v_height))
     v_width = m.width
     if v_width is not None and not (8 <= v_width <= 4096):
         bad.add("width")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "width",
-                "8 <= width <= 4096",
-                _w.show(v_width),
-                "range: 8 <= width <= 4096",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_width_range, _w.show(v_width))
     v_current_start_frame = m.current_start_frame
     if v_current_start_frame is not None and not (
         0 <= v_current_start_frame <= 9223372036854775807
     ):
         bad.add("current_start_frame")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "current_start_frame",
-                "0 <= current_start_frame <= 9223372036854775807",
-                _w.show(v_current_start_frame),
-                "range: 0 <= current_start_frame <= 9223372036854775807",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_current_start_frame_range, _w.show(v_current_start_frame))
     v_kv_cache_attention_bias = m.kv_cache_attention_bias
     if v_kv_cache_attention_bias is not None and not (
         _w.finite(v_kv_cache_attention_bias)
@@ -1339,71 +988,27 @@ def _check_decoded_Infer(
         and v_kv_cache_attention_bias <= 1.0
     ):
         bad.add("kv_cache_attention_bias")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "kv_cache_attention_bias",
-                "kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                _w.show(v_kv_cache_attention_bias),
-                "range: kv_cache_attention_bias finite and >= 0.0 and <= 1.0",
-                None,
-                "",
-                ids,
-            ),
+        _w.fail(
+            out, ff, ids, _R_Infer_kv_cache_attention_bias_range, _w.show(v_kv_cache_attention_bias)
         )
     v_tp_num_denoise_steps = m.tp_num_denoise_steps
     if v_tp_num_denoise_steps is not None and not (1 <= v_tp_num_denoise_steps <= 64):
         bad.add("tp_num_denoise_steps")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "tp_num_denoise_steps",
-                "1 <= tp_num_denoise_steps <= 64",
-                _w.show(v_tp_num_denoise_steps),
-                "range: 1 <= tp_num_denoise_steps <= 64",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_num_denoise_steps_range, _w.show(v_tp_num_denoise_steps))
     v_tp_expected_generator_calls = m.tp_expected_generator_calls
     if v_tp_expected_generator_calls is not None and not (1 <= v_tp_expected_generator_calls <= 65):
         bad.add("tp_expected_generator_calls")
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "range",
-                "tp_expected_generator_calls",
-                "1 <= tp_expected_generator_calls <= 65",
-                _w.show(v_tp_expected_generator_calls),
-                "range: 1 <= tp_expected_generator_calls <= 65",
-                "FM-02",
-                "",
-                ids,
-            ),
+            ids,
+            _R_Infer_tp_expected_generator_calls_range,
+            _w.show(v_tp_expected_generator_calls),
         )
     v_base_seed = m.base_seed
     if v_base_seed is not None and not (0 <= v_base_seed <= 9223372036854775807):
         bad.add("base_seed")
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "range",
-                "base_seed",
-                "0 <= base_seed <= 9223372036854775807",
-                _w.show(v_base_seed),
-                "range: 0 <= base_seed <= 9223372036854775807",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_base_seed_range, _w.show(v_base_seed))
     _rules_Infer(m, out, ids, ff, bad, dims)
 
 
@@ -1435,277 +1040,89 @@ def _rules_Infer(
         and "tp_envelope_version" not in bad
         and v_tp_envelope_version != 1
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "version",
-                "tp_envelope_version",
-                "1",
-                _w.show(v_tp_envelope_version),
-                "version: Infer v1",
-                None,
-                "unknown envelope version",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_envelope_version_version, _w.show(v_tp_envelope_version))
     dim_LH = dims.get("LH")
     dim_LW = dims.get("LW")
     if v_tp_plan is None:
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing", "tp_plan", "a value", "None", "required: always", "FM-01", "", ids
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_plan_missing, "None")
     if (
         v_tp_envelope_version is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "tp_envelope_version",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_envelope_version_missing, "None")
     if (
         v_height is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "height",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_height_missing, "None")
     if (
         v_width is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "width",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_width_missing, "None")
     if (
         v_current_start_frame is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "current_start_frame",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_current_start_frame_missing, "None")
     if (
         v_init_cache is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "init_cache",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-10",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_init_cache_missing, "None")
     if (
         v_manage_cache is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "manage_cache",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_manage_cache_missing, "None")
     if (
         v_tp_reset_kv_cache is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "tp_reset_kv_cache",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-10",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_reset_kv_cache_missing, "None")
     if (
         v_tp_reset_crossattn_cache is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "tp_reset_crossattn_cache",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-17",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_reset_crossattn_cache_missing, "None")
     if (
         v_conditioning_embeds_updated is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "conditioning_embeds_updated",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-17",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_updated_missing, "None")
     if (
         v_kv_cache_attention_bias is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "kv_cache_attention_bias",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_kv_cache_attention_bias_missing, "None")
     if (
         v_tp_do_kv_recompute is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "tp_do_kv_recompute",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_do_kv_recompute_missing, "None")
     if (
         v_tp_num_denoise_steps is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "tp_num_denoise_steps",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_num_denoise_steps_missing, "None")
     if (
         v_tp_expected_generator_calls is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "tp_expected_generator_calls",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_tp_expected_generator_calls_missing, "None")
     if (
         v_tp_expected_generator_calls is not None
         and "tp_expected_generator_calls" not in bad
@@ -1723,153 +1140,58 @@ def _rules_Infer(
     ):
         _want_tp_expected_generator_calls = int(m.tp_do_kv_recompute) + m.tp_num_denoise_steps
         if v_tp_expected_generator_calls != _want_tp_expected_generator_calls:
-            _w.add(
+            _w.fail(
                 out,
                 ff,
-                Violation(
-                    "invariant",
-                    "tp_expected_generator_calls",
-                    _w.show(_want_tp_expected_generator_calls),
-                    _w.show(v_tp_expected_generator_calls),
-                    "derived: tp_expected_generator_calls == int(tp_do_kv_recompute) + tp_num_denoise_steps",
-                    "FM-02",
-                    "",
-                    ids,
-                ),
+                ids,
+                _R_Infer_tp_expected_generator_calls_derived,
+                _w.show(v_tp_expected_generator_calls),
+                _w.show(_want_tp_expected_generator_calls),
             )
     if (
         v_denoising_step_list is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "denoising_step_list",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-02",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_denoising_step_list_missing, "None")
     if (
         v_latents is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "latents",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-15",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_latents_missing, "None")
     if (
         v_conditioning_embeds is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "conditioning_embeds",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-17",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_missing, "None")
     if (
         v_context_frames_override is None
         and (not bad or bad.isdisjoint(("tp_do_kv_recompute",)))
         and (m.tp_do_kv_recompute is not None and (m.tp_do_kv_recompute is True))
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "context_frames_override",
-                "a value",
-                "None",
-                "required_when: tp_do_kv_recompute == True",
-                "FM-06",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_context_frames_override_missing, "None")
     if (
         v_context_frames_override is not None
         and (not bad or bad.isdisjoint(("tp_do_kv_recompute",)))
         and not (m.tp_do_kv_recompute is not None and (m.tp_do_kv_recompute is True))
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "must_be_none",
-                "context_frames_override",
-                "None",
-                _w.show(v_context_frames_override),
-                "none_unless: tp_do_kv_recompute == True",
-                "FM-06",
-                "",
-                ids,
-            ),
+        _w.fail(
+            out, ff, ids, _R_Infer_context_frames_override_none, _w.show(v_context_frames_override)
         )
     if (
         v_base_seed is None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "missing",
-                "base_seed",
-                "a value",
-                "None",
-                "required_when: tp_plan == TPPlan.v1_generator_only",
-                None,
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_base_seed_missing, "None")
     if (
         v_video is not None
         and (not bad or bad.isdisjoint(("tp_plan",)))
         and (m.tp_plan == TPPlan.v1_generator_only)
     ):
-        _w.add(
-            out,
-            ff,
-            Violation(
-                "forbidden",
-                "video",
-                "absent",
-                _w.show(v_video),
-                "forbidden_when: tp_plan == TPPlan.v1_generator_only",
-                "FM-15",
-                "",
-                ids,
-            ),
-        )
+        _w.fail(out, ff, ids, _R_Infer_video_forbidden, _w.show(v_video))
     if (
         (
             not bad
@@ -1884,21 +1206,14 @@ def _rules_Infer(
         and m.tp_num_denoise_steps is not None
         and (m.tp_num_denoise_steps != len(m.denoising_step_list))
     ):
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "invariant",
-                "denoising_step_list, tp_num_denoise_steps",
-                "tp_num_denoise_steps == len(denoising_step_list)",
-                _w.sides(
-                    ("tp_num_denoise_steps", m.tp_num_denoise_steps),
-                    ("len(denoising_step_list)", len(m.denoising_step_list)),
-                ),
-                "invariant denoise-steps-match-list: tp_num_denoise_steps == len(denoising_step_list)",
-                "FM-02",
-                "the step count must equal the length of the timestep list",
-                ids,
+            ids,
+            _R_Infer_inv_denoise_steps_match_list,
+            _w.sides(
+                ("tp_num_denoise_steps", m.tp_num_denoise_steps),
+                ("len(denoising_step_list)", len(m.denoising_step_list)),
             ),
         )
     if (
@@ -1914,24 +1229,14 @@ def _rules_Infer(
         and m.tp_do_kv_recompute is not None
         and (m.tp_do_kv_recompute != (m.context_frames_override is not None))
     ):
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "invariant",
-                "context_frames_override, tp_do_kv_recompute",
-                "tp_do_kv_recompute == (context_frames_override is not None)",
-                _w.sides(
-                    ("tp_do_kv_recompute", m.tp_do_kv_recompute),
-                    (
-                        "context_frames_override is not None",
-                        (m.context_frames_override is not None),
-                    ),
-                ),
-                "invariant context-frames-iff-recompute: tp_do_kv_recompute == (context_frames_override is not None)",
-                "FM-06",
-                "context_frames_override must be present iff tp_do_kv_recompute",
-                ids,
+            ids,
+            _R_Infer_inv_context_frames_iff_recompute,
+            _w.sides(
+                ("tp_do_kv_recompute", m.tp_do_kv_recompute),
+                ("context_frames_override is not None", (m.context_frames_override is not None)),
             ),
         )
     if (
@@ -1950,23 +1255,16 @@ def _rules_Infer(
         and m.width is not None
         and (not (((dim_LH * 8) == m.height) and ((dim_LW * 8) == m.width)))
     ):
-        _w.add(
+        _w.fail(
             out,
             ff,
-            Violation(
-                "invariant",
-                "height, width",
-                "LH * 8 == height and LW * 8 == width",
-                _w.sides(
-                    ("LH", dim_LH),
-                    ("LW", dim_LW),
-                    ("height", m.height),
-                    ("width", m.width),
-                ),
-                "invariant geometry-matches-latents: LH * 8 == height and LW * 8 == width",
-                None,
-                "latents must be the VAE-downsampled (8x) geometry of height x width",
-                ids,
+            ids,
+            _R_Infer_inv_geometry_matches_latents,
+            _w.sides(
+                ("LH", dim_LH),
+                ("LW", dim_LW),
+                ("height", m.height),
+                ("width", m.width),
             ),
         )
 

@@ -33,7 +33,7 @@ import torch
 import xxhash
 
 from .dtypes import DTYPE_TABLE, WIRE_VERSION
-from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
+from .errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
 
 MAGIC = 0x74707769  # "tpwi"
 MAGIC_WORD = (MAGIC << 16) | WIRE_VERSION
@@ -844,6 +844,43 @@ def require_zero_at(w: Sequence[int], words: Sequence[int]) -> None:
 
 class Stop(Exception):
     """Ends a fail-fast validation at its first violation."""
+
+
+class Rule(NamedTuple):
+    """One rule a generated validator checks: what a violation of it says, but the value."""
+
+    code: str
+    field: str
+    expected: str
+    rule: str = ""  # "" means "code: expected"
+    fm: str | None = None
+    message: str = ""
+
+
+def fail(
+    out: list[Violation],
+    fail_fast: bool,
+    ids: Ids,
+    rule: Rule,
+    actual: str,
+    expected: str | None = None,
+) -> None:
+    """Report a broken ``rule`` (``expected`` when it is computed, as a derived value is)."""
+    want = rule.expected if expected is None else expected
+    out.append(
+        Violation(
+            rule.code,
+            rule.field,
+            want,
+            actual,
+            rule.rule or f"{rule.code}: {rule.expected}",
+            rule.fm,
+            rule.message,
+            ids,
+        )
+    )
+    if fail_fast:
+        raise Stop
 
 
 def add(out: list[Violation], fail_fast: bool, v: Violation) -> None:

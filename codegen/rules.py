@@ -1,0 +1,132 @@
+"""The rules a generated validator reports, as named constants (IR values, spelled here).
+
+Each check a validator runs has one module-level ``_w.Rule`` constant in the generated code
+(its code, field path, what it expects, its rule text, FM id and message), and a failure is
+one short call: ``_w.fail(out, ff, ids, _R_Infer_height_range, _w.show(v_height))``. What
+is fixed per rule lives in the constant; only the value seen (and, for derived fields and
+plans, the value wanted) is computed when the rule fails.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .ir import FieldIR, InvariantIR, MessageIR, ProtocolIR
+
+
+@dataclass(frozen=True)
+class RuleIR:
+    const: str  # the generated constant's name
+    code: str
+    field: str  # field path as violations show it ("header.call_id", "height")
+    expected: str | None  # None: computed when the rule fails (derived value, plan member)
+    rule: str
+    fm: str | None = None
+    message: str = ""
+
+    @property
+    def py(self) -> str:
+        """``_w.Rule(...)``: code, field, expected; then what differs from the defaults (the
+        rule text ``code: expected``, no FM id, no message) by keyword."""
+        args = [repr(self.code), repr(self.field), repr(self.expected or "")]
+        if self.rule != f"{self.code}: {self.expected}":
+            args.append(f"rule={self.rule!r}")
+        if self.fm is not None:
+            args.append(f"fm={self.fm!r}")
+        if self.message:
+            args.append(f"message={self.message!r}")
+        return f"_w.Rule({', '.join(args)})"
+
+
+def _ident(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def field_rules(f: FieldIR, owner: str, label: str) -> dict[str, RuleIR]:
+    """The rules ``f``'s checks report, by kind; ``owner`` names the header or message."""
+    base = f"_R_{owner}_{f.name}"
+    fm = f.fm
+
+    def rule(kind: str, code: str, expected: str | None, text: str) -> RuleIR:
+        return RuleIR(f"{base}_{kind}", code, label, expected, text, fm)
+
+    out = {"type": rule("type", "type", f.type_text, f"type: {f.type_text}")}
+    if f.range_test("x"):
+        out["range"] = rule("range", "range", f.range_text, f"range: {f.range_text}")
+    if f.is_tensor:
+        out["dtype"] = rule(
+            "dtype", "dtype", " | ".join(f.dtypes), "dtypes: " + ", ".join(f.dtypes)
+        )
+        out["shape"] = rule("shape", "shape", f.shape_expected, f"shape: {f.shape_text}")
+        if "bool" in f.dtypes:
+            out["bool"] = rule("bool", "range", "bool bytes 0 or 1", "bool tensor bytes: 0 or 1")
+    if f.always_required:
+        out["missing"] = rule("missing", "missing", "a value", "required: always")
+    elif f.required_when is not None:
+        out["missing"] = rule(
+            "missing", "missing", "a value", f"required_when: {f.required_when.text}"
+        )
+    if f.forbidden_when is not None:
+        out["forbidden"] = rule(
+            "forbidden", "forbidden", "absent", f"forbidden_when: {f.forbidden_when.text}"
+        )
+    if f.none_unless is not None:
+        out["none"] = rule("none", "must_be_none", "None", f"none_unless: {f.none_unless.text}")
+    if f.derived is not None:
+        out["derived"] = rule(
+            "derived", "invariant", None, f"derived: {f.name} == {f.derived.text}"
+        )
+    return out
+
+
+def plan_rule(m: MessageIR) -> RuleIR | None:
+    d = m.discriminator
+    if d is None:
+        return None
+    return RuleIR(
+        f"_R_{m.name}_{d.name}_plan", "type", d.name, None, "discriminator selects the class", d.fm
+    )
+
+
+def version_rule(m: MessageIR) -> RuleIR | None:
+    if m.version_field is None:
+        return None
+    return RuleIR(
+        f"_R_{m.name}_{m.version_field}_version",
+        "version",
+        m.version_field,
+        str(m.version),
+        f"version: {m.name} v{m.version}",
+        None,
+        "unknown envelope version",
+    )
+
+
+def invariant_rule(m: MessageIR, inv: InvariantIR) -> RuleIR:
+    return RuleIR(
+        f"_R_{m.name}_inv_{_ident(inv.id)}",
+        "invariant",
+        ", ".join(inv.expr.refs),
+        inv.expr.text,
+        f"invariant {inv.id}: {inv.expr.text}",
+        inv.fm,
+        inv.message,
+    )
+
+
+def protocol_rules(p: ProtocolIR) -> tuple[RuleIR, ...]:
+    """Every rule constant of a protocol, in the order the validators use them."""
+    out: list[RuleIR] = []
+    for f in p.header.fields:
+        out += f.rules.values()
+    for m in p.messages:
+        for f in m.fields:
+            out += f.rules.values()
+        for r in (plan_rule(m), version_rule(m)):
+            if r is not None:
+                out.append(r)
+        out += [invariant_rule(m, inv) for inv in m.invariants]
+    return tuple(out)
