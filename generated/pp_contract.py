@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import torch
 
 from tpwire.runtime import bindings as _b
+from tpwire.runtime import codec as _c
 from tpwire.runtime import wire as _w
 from tpwire.runtime.errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
 from tpwire.runtime.wire import Frames, Manifest
@@ -1163,104 +1164,12 @@ def validate(
 
     With ``fail_fast`` the list stops at the first violation (hot paths).
     """
-    out: list[Violation] = []
-    ids = _ids(header)
-    try:
-        if header is not None:
-            if type(header) is Header:
-                _validate_header(header, out, ids, fail_fast)
-            else:
-                _w.add(
-                    out,
-                    fail_fast,
-                    Violation(
-                        "type",
-                        "header",
-                        "Header",
-                        _w.show(header),
-                        "header type",
-                        None,
-                        "not this protocol's Header",
-                        ids,
-                    ),
-                )
-                header = None
-        if msg is not None:
-            validator = _VALIDATORS.get(type(msg))
-            if validator is None:
-                _w.add(
-                    out,
-                    fail_fast,
-                    Violation(
-                        "type",
-                        "message",
-                        "one of MESSAGES",
-                        _w.show(msg),
-                        "message type",
-                        None,
-                        "not a message of this protocol",
-                        ids,
-                    ),
-                )
-            else:
-                validator(msg, out, ids, fail_fast)
-        if header is not None and type(header.action) is PPAction:
-            carried = _ACTION_MESSAGE.get(header.action)
-            if carried is None and msg is not None:
-                _w.add(
-                    out,
-                    fail_fast,
-                    Violation(
-                        "invariant",
-                        "header.action",
-                        "a payload action",
-                        header.action.name,
-                        "payload-free actions carry no message",
-                        None,
-                        "",
-                        ids,
-                    ),
-                )
-            elif carried is not None and not isinstance(msg, carried):
-                _w.add(
-                    out,
-                    fail_fast,
-                    Violation(
-                        "invariant",
-                        "header.action",
-                        _w.class_names(carried),
-                        _w.show(msg),
-                        "the action selects the message",
-                        None,
-                        "",
-                        ids,
-                    ),
-                )
-    except _w.Stop:
-        pass
-    return out
+    return _CODEC.validate(msg, header, fail_fast)
 
 
 def validate_header(header: Header, *, fail_fast: bool = False) -> list[Violation]:
     """Every violation of the header's own rules (without its message)."""
-    if type(header) is not Header:
-        return [
-            Violation(
-                "type",
-                "header",
-                "Header",
-                _w.show(header),
-                "header type",
-                None,
-                "not this protocol's Header",
-            )
-        ]
-    out: list[Violation] = []
-    try:
-        _validate_header(header, out, _ids(header), fail_fast)
-    except _w.Stop:
-        pass
-    return out
+    return _CODEC.validate_header(header, fail_fast)
 
 
 def check(msg: Message | None, header: Header | None = None) -> None:
@@ -1368,20 +1277,7 @@ def prepare(
 
     Raises ``EnvelopeInvalid`` (nothing has been sent).
     """
-    violations = validate(msg, header) if header is not None else validate_header(header)
-    if violations:
-        raise EnvelopeInvalid(violations)
-    words = [0] * FRAME0_LEN
-    words[0] = _w.MAGIC_WORD
-    words[1] = FINGERPRINT
-    _write_header(header, words)
-    if msg is None:
-        return _w.Prepared(words, (), (), ())
-    tensors, entries = _ENCODERS[type(msg)](msg, words, device)
-    slots, sizes = _w.plan_segments(entries)
-    words[W_FRAME1] = sum(sizes)
-    words[W_FRAME1_DIGEST] = _w.frame1_digest(tensors, slots, sizes)
-    return _w.Prepared(words, tensors, slots, sizes)
+    return _CODEC.prepare(msg, header, device)
 
 
 def encode(
@@ -1401,22 +1297,6 @@ _DECODED_VALIDATORS: Final[
     PPEnvelope: _check_decoded_PPEnvelope,
     PPResult: _check_decoded_PPResult,
 }
-
-
-def _validate_decoded(msg: Message | None, header: Header, dims: dict[str, int]) -> list[Violation]:
-    """``validate`` of an envelope the decoder built: it fixed every type, dtype and shape
-    (binding ``dims``) and matched the message to the action, so ranges, presence rules,
-    derived fields and invariants remain."""
-    out: list[Violation] = []
-    ids = _ids(header)
-    _check_decoded_header(header, out, ids, False)
-    if msg is not None:
-        _DECODED_VALIDATORS[type(msg)](msg, out, ids, False, dims)
-    return out
-
-
-def _decoded_validator(dims: dict[str, int]) -> Callable[[Any, Any], list[Violation]]:
-    return lambda msg, header: _validate_decoded(msg, header, dims)
 
 
 def _read_header(w: list[int]) -> Header:
@@ -1567,7 +1447,9 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
             W_FRAME1_DIGEST,
         )
     cls = PPEnvelope
-    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims), w[W_FRAME1_DIGEST])
+    return Manifest(
+        header, cls, values, slots, sizes, _CODEC.decoded_validator(dims), w[W_FRAME1_DIGEST]
+    )
 
 
 _LAYOUTS_PPResult: Final[dict[tuple[int, ...], _w.Layout]] = {}
@@ -1638,7 +1520,9 @@ def _read_PPResult(w: list[int], header: Header) -> Manifest:
             W_FRAME1_DIGEST,
         )
     cls = PPResult
-    return Manifest(header, cls, values, slots, sizes, _decoded_validator(dims), w[W_FRAME1_DIGEST])
+    return Manifest(
+        header, cls, values, slots, sizes, _CODEC.decoded_validator(dims), w[W_FRAME1_DIGEST]
+    )
 
 
 _READERS: Final = {
@@ -1654,34 +1538,42 @@ _ACTION_IDS: Final[dict[int, int]] = {
 }
 
 
+_CODEC: Final = _c.Codec(
+    header=Header,
+    action_field=ACTION_FIELD,
+    action_enum=PPAction,
+    fingerprint=FINGERPRINT,
+    frame0_len=FRAME0_LEN,
+    ids=_ids,
+    validate_header=_validate_header,
+    check_decoded_header=_check_decoded_header,
+    validators=_VALIDATORS,
+    decoded_validators=_DECODED_VALIDATORS,
+    action_message=_ACTION_MESSAGE,
+    write_header=_write_header,
+    encoders=_ENCODERS,
+    read_header=_read_header,
+    readers=_READERS,
+    action_ids=_ACTION_IDS,
+    w_message_id=W_MESSAGE_ID,
+    w_message_version=W_MESSAGE_VERSION,
+    w_frame1=W_FRAME1,
+    w_frame1_digest=W_FRAME1_DIGEST,
+)
+
+
 def read_frame0(frame0: torch.Tensor) -> Manifest:
     """Check frame 0 against the spec; the manifest says what frame 1 must hold.
 
     Raises ``WireError`` (``ProtocolMismatch`` for another spec or wire version) before
     anything is allocated from the peer's numbers.
     """
-    return _read_words(_w.open_frame0(frame0, FRAME0_LEN, FINGERPRINT))
+    return _CODEC.read_words(_w.open_frame0(frame0, FRAME0_LEN, FINGERPRINT))
 
 
 def read_frame0_bytes(raw: bytes) -> Manifest:
     """``read_frame0`` of frame 0's raw bytes (native int64s), as a channel receives them."""
-    return _read_words(_w.open_frame0_bytes(raw, FRAME0_LEN, FINGERPRINT))
-
-
-def _read_words(words: list[int]) -> Manifest:
-    header = _read_header(words)
-    mid = words[W_MESSAGE_ID]
-    expected = _ACTION_IDS[int(header.action)]
-    if mid != expected:
-        raise WireError(
-            "message-id",
-            f"action {header.action.name} carries message id {expected}, frame says {mid}",
-            W_MESSAGE_ID,
-        )
-    if mid == 0:
-        _w.require_zero(words, W_MESSAGE_VERSION, W_FRAME1_DIGEST + 1)
-        return Manifest(header, None, {}, (), (), _decoded_validator({}))
-    return _READERS[mid](words, header)
+    return _CODEC.read_words(_w.open_frame0_bytes(raw, FRAME0_LEN, FINGERPRINT))
 
 
 def decode(frames: Frames) -> tuple[Header, Message | None]:
