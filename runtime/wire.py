@@ -883,12 +883,6 @@ def fail(
         raise Stop
 
 
-def add(out: list[Violation], fail_fast: bool, v: Violation) -> None:
-    out.append(v)
-    if fail_fast:
-        raise Stop
-
-
 def show(x: object) -> str:
     """A short, log-friendly rendering of a value (tensors by dtype and shape)."""
     if isinstance(x, torch.Tensor):
