@@ -30,6 +30,7 @@ from . import abort_guard, parity, tripwire
 from .bindings import Bindings, H, M, bindings_of
 from .errors import EnvelopeInvalid, WireError
 from .wire import (
+    _U64,
     ALIGN,
     Frames,
     Manifest,
@@ -44,7 +45,6 @@ from .wire import (
 CPU_CARRY_LIMIT = 1 << 20
 #: The head collective ends in one int64 trailer word (``Framing``).
 TRAILER_NBYTES = 8
-_U64 = (1 << 64) - 1
 
 #: Distinct exit codes, so a supervisor can tell why a rank died.
 EXIT_POISONED = 86
@@ -467,24 +467,24 @@ class _Channel(Generic[H, M]):
 
     def shutdown(self) -> None:
         """Tell every rank to leave its receive loop; the channel is closed afterwards."""
-        self._send_action(self.protocol.shutdown, closing=True)
+        self._send_action(self.protocol.shutdown)
 
     def error(self, reason: str) -> None:
         """A terminal error frame, so peers exit cleanly instead of being stranded."""
-        header = self._send_action(self.protocol.error, closing=True)
+        header = self._send_action(self.protocol.error)
         _log(
             f"tpwire[rank {self.rank}]: {self.protocol.error.name} sent {self._ids(header)}: "
             f"{reason}"
         )
 
-    def _send_action(self, action: enum.IntEnum, *, closing: bool = False) -> H:
+    def _send_action(self, action: enum.IntEnum) -> H:
+        # a terminal action closes the channel in ``_transmit``, inside the lock: no
+        # heartbeat follows it
         self._ready(sender=True)
         with self._lock:
             self._ready(sender=True)  # a heartbeat may have poisoned it meanwhile
             header, prepared = self._control_frame(action)
             self._transmit(prepared, header)
-            if closing:
-                self.closed = True  # inside the lock: no heartbeat after a terminal action
         return header
 
     def _control_frame(self, action: enum.IntEnum) -> tuple[H, Prepared]:
