@@ -8,7 +8,7 @@ SPECS := $(sort $(wildcard spec/*.yaml))
 # an unpinned torch would download gigabytes of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: gen test check lint typecheck fresh demo bench profile fuzz coverage clean-venv help
+.PHONY: gen test check lint typecheck fresh demo bench profile gpu-check fuzz coverage clean-venv help
 
 help:
 	@echo "make gen    - bootstrap .venv, compile spec/ into generated/ and docs/"
@@ -21,6 +21,9 @@ help:
 	@echo "              (make bench ARGS=--quick: world 2 only, under a minute)"
 	@echo "make profile - py-spy on both ranks of a tpwire stream: where the CPU path goes"
 	@echo "              (make profile ARGS='--kind scope --seconds 8')"
+	@echo "make gpu-check - on a CUDA machine: CUDA materialization tests, a 2-process device"
+	@echo "              channel, codec and digest timings, NCCL tables (2+ GPUs); writes"
+	@echo "              docs/benchmarks-gpu.md (and to \$$OUT when set); without CUDA it says so, exit 0"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +66,14 @@ bench: $(BENCH_STAMP)
 
 profile: $(BENCH_STAMP)
 	$(PY) -m bench.profile $(ARGS)
+
+# The one-shot GPU check (bench/gpu_check.py). No .venv needed (a GPU machine's own python3
+# with CUDA torch, numpy, pytest, pytest-timeout, hypothesis, xxhash, jinja2, pyyaml will do,
+# offline): the checkout's src/ is put on PYTHONPATH. GPU_PY picks another interpreter (the
+# .venv of `make gen` holds the CPU build of torch).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=src$(if $(PYTHONPATH),:$(PYTHONPATH)) $(GPU_PY) -m bench.gpu_check $(ARGS)
 
 # Long fuzzing campaigns (fuzz/README.md): random + coverage-guided (atheris) decoder
 # mutation, then mutated specs; prints the totals, exits 1 on any finding.

@@ -645,3 +645,173 @@ def other_names(rank: int, world: int, case: str) -> Any:
                 return {"got": got}
     except ChannelPoisoned as exc:
         return {"got": got, "poisoned": str(exc)}
+
+
+# --- CUDA: device channels over gloo, every rank on cuda:0 (tests/test_gpu.py, gpu-check) ---
+
+
+def scope_envelope(seed: int, *, recompute: bool = False) -> tc.InferV1GeneratorOnly:
+    """A Scope-sized v1 envelope (320x576 latents, 4 MiB of conditioning), the same on
+    every rank for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    return envelope(
+        seed,
+        recompute=recompute,
+        height=320,
+        width=576,
+        latents=torch.randn(1, 3, 16, 40, 72, generator=g).to(torch.bfloat16),
+        conditioning_embeds=torch.randn(1, 512, 4096, generator=g).to(torch.bfloat16),
+        context_frames_override=(
+            torch.randn(1, 1, 16, 40, 72, generator=g).to(torch.bfloat16) if recompute else None
+        ),
+    )
+
+
+def _tensor_fields(msg: Any) -> dict[str, torch.Tensor]:
+    return {
+        name: v
+        for name in type(msg).__dataclass_fields__
+        if isinstance(v := getattr(msg, name), torch.Tensor)
+    }
+
+
+def on_device(msg: tc.InferV1GeneratorOnly, device: torch.device) -> tc.InferV1GeneratorOnly:
+    """``msg`` with every tensor on ``device``."""
+    import dataclasses
+
+    moved = {name: v.to(device) for name, v in _tensor_fields(msg).items()}
+    return dataclasses.replace(msg, **moved)  # type: ignore[arg-type]
+
+
+def received_as_sent(got: Any, want: tc.InferV1GeneratorOnly, device_type: str) -> dict[str, bool]:
+    """Whether every tensor of ``got`` lies on ``device_type`` and every field equals
+    ``want``'s (tensors bit for bit, compared on the host)."""
+    tensors = _tensor_fields(got) if got is not None else {}
+    equal = got is not None and type(got) is type(want)
+    for name in type(want).__dataclass_fields__:
+        if not equal:
+            break
+        a, b = getattr(got, name), getattr(want, name)
+        if isinstance(b, torch.Tensor):
+            equal = (
+                isinstance(a, torch.Tensor)
+                and (a.dtype, a.shape) == (b.dtype, b.shape)
+                and torch.equal(
+                    a.cpu().reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)
+                )
+            )
+        else:
+            equal = a == b
+    return {
+        "on_device": bool(tensors) and all(t.device.type == device_type for t in tensors.values()),
+        "equal": equal,
+    }
+
+
+CUDA_VARIANTS = ("cuda", "cuda-host", "cpu", "floor-cuda", "floor-cpu")
+
+
+def cuda_channel(
+    rank: int, world: int, small: int = 4, scope: int = 3, warmup: int = 1, device: str = "cuda"
+) -> Any:
+    """Envelopes over gloo with device tensors, every rank on cuda:0, beside a CPU channel.
+
+    For each kind (``small``, ``scope``) and iteration, after an untimed barrier, in turn
+    (the order rotates): ``cuda`` (a device channel, device tensors), ``cuda-host`` (the
+    same channel, host tensors: the sender's ``encode`` moves them), ``cpu`` (a CPU
+    channel), ``floor-cuda`` and ``floor-cpu`` (one broadcast of exactly the tensor bytes).
+    Every rank returns its time per step (seconds, to a device synchronize after it) and
+    every worker what it received, checked after the timing. Then refusals on the device
+    channel: an envelope the sender refuses before frame 0, and a forged one (a sender that
+    skipped validation) that the worker refuses after the receive, still in lockstep.
+    ``device="cpu"`` runs the same steps without a GPU (the scenario's own test on CPU CI).
+    """
+    import torch.distributed as dist
+
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    dev = torch.device(device, 0) if device == "cuda" else torch.device(device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    ch_dev = BroadcastChannel(tc.BINDINGS, poison="raise", device=dev, watchdog_s=60).open()
+    ch_cpu = BroadcastChannel(tc.BINDINGS, poison="raise", watchdog_s=60).open()
+    hosts = {
+        "small": [envelope(i, recompute=i % 2 == 1) for i in range(4)],
+        "scope": [scope_envelope(i, recompute=i % 3 == 2) for i in range(3)],
+    }
+    devs = {k: [on_device(m, dev) for m in ms] for k, ms in hosts.items()}
+    calls = {"cuda": 0, "cpu": 0}
+    floors: dict[tuple[str, int], torch.Tensor] = {}
+    out: dict[str, Any] = {"rank": rank, "series": {}, "received": [], "problems": []}
+
+    def step(kind: str, variant: str, i: int) -> Any:
+        want = hosts[kind][i % len(hosts[kind])]
+        if variant.startswith("floor"):
+            n = sum(t.numel() * t.element_size() for t in _tensor_fields(want).values())
+            buf = floors.get((variant, n))
+            if buf is None:
+                where = dev if variant == "floor-cuda" else torch.device("cpu")
+                buf = floors[variant, n] = torch.zeros(n, dtype=torch.uint8, device=where)
+            dist.broadcast(buf, src=0)
+            return None
+        which = "cpu" if variant == "cpu" else "cuda"
+        ch = ch_cpu if variant == "cpu" else ch_dev
+        calls[which] += 1
+        if rank == 0:
+            msg = devs[kind][i % len(devs[kind])] if variant == "cuda" else want
+            ch.send(msg, header(calls[which]))
+            return None
+        return ch.recv()
+
+    for kind, n in (("small", small), ("scope", scope)):
+        for j in range(warmup + n):
+            k = j % len(CUDA_VARIANTS)
+            for variant in CUDA_VARIANTS[k:] + CUDA_VARIANTS[:k]:
+                dist.barrier()
+                sync()
+                t0 = time.perf_counter()
+                got = step(kind, variant, j)
+                sync()
+                dt = time.perf_counter() - t0
+                if j >= warmup:
+                    out["series"].setdefault(f"{kind}/{variant}", []).append(dt)
+                if rank != 0 and not variant.startswith("floor"):
+                    want = hosts[kind][j % len(hosts[kind])]
+                    on = "cpu" if variant == "cpu" else dev.type
+                    row = {"kind": kind, "variant": variant, "call_id": got.header.call_id}
+                    row.update(received_as_sent(got.msg, want, on))
+                    out["received"].append(row)
+    # refusals on the device channel
+    if rank == 0:
+        try:
+            bad = on_device(envelope(50, tp_num_denoise_steps=5), dev)
+            ch_dev.send(bad, header(calls["cuda"] + 1))
+            out["problems"].append("the sender accepted an inconsistent plan")
+        except EnvelopeInvalid as exc:
+            out["sender_refused"] = sorted({(v.code, v.field) for v in exc.violations})
+        # a buggy rank 0 that skipped validation: frames of device tensors, one word changed
+        calls["cuda"] += 1
+        forged = header(calls["cuda"])
+        frames = tc.encode(on_device(envelope(51), dev), forged, device=dev)
+        words = frames.frame0.tolist()
+        steps = next(i for i in range(tc.W_SCALARS, tc.W_MANIFEST) if words[i] == 4)
+        words[steps] = 5
+        ch_dev._transmit(wire.Frames(wire.seal(words), frames.segments), forged)
+        calls["cuda"] += 1
+        ch_dev.send(devs["small"][0], header(calls["cuda"]))
+        ch_dev.shutdown()
+        ch_cpu.shutdown()
+        return out
+    try:
+        ch_dev.recv()
+        out["problems"].append("the worker accepted a forged envelope")
+    except EnvelopeInvalid as exc:
+        out["worker_refused"] = sorted({(v.code, v.field) for v in exc.violations})
+    after = ch_dev.recv()
+    out["after_refusal"] = {"action": after.action.name}
+    out["after_refusal"].update(received_as_sent(after.msg, hosts["small"][0], dev.type))
+    out["last"] = [ch_dev.recv().action.name, ch_cpu.recv().action.name]
+    return out
