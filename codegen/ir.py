@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,32 @@ from tpwire.runtime.dtypes import DTYPE_CODES, WIRE_VERSION
 
 from . import expr
 from .model import CExpr, CField, CheckedSpec, CMessage, TypeRef, variant_class_name
-from .rules import RuleIR, field_rules, invariant_rule, plan_rule, protocol_rules, version_rule
+from .rules import (
+    DerivedCheck,
+    InvariantCheck,
+    PresenceGroup,
+    RuleIR,
+    derived_checks,
+    field_rules,
+    invariant_checks,
+    invariant_rule,
+    plan_rule,
+    presence_groups,
+    protocol_rules,
+    tensor_field_py,
+    version_rule,
+)
+
+#: Python that reads the validators' refused set (not a field or a string named ``bad``)
+_READS_BAD = re.compile(r"(?<![.\w'\"])bad\b")
+
+
+def py_tuple(items: Iterable[str]) -> str:
+    """A tuple display of Python ``items``, without the trailing comma that would make the
+    formatter spread it over one line per item."""
+    parts = list(items)
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
 
 #: Fixed frame 0 words before the header slots: magic/version, fingerprint.
 FIXED_WORDS = 2
@@ -55,7 +82,7 @@ class ExprIR:
 
     @property
     def sides_py(self) -> str:
-        return "".join(f"({t!r}, {p}), " for t, p in self.sides)
+        return ", ".join(f"({t!r}, {p})" for t, p in self.sides)
 
     @property
     def guarded(self) -> str:
@@ -68,8 +95,15 @@ class ExprIR:
         return f"not ({self.none_guard} and {self.py})" if self.none_guard else self.negated_py
 
     @property
-    def refs_py(self) -> str:
-        return "(" + "".join(f"{r!r}, " for r in self.refs) + ")"
+    def ok_py(self) -> str:
+        """True when none of the fields it reads was refused (``bad`` is the validator's
+        refused set); "" when it reads no field."""
+        if not self.refs:
+            return ""
+        if len(self.refs) == 1:
+            return f"{self.refs[0]!r} not in bad"
+        # an empty set is the usual case: ``not bad`` answers it without a method call
+        return f"(not bad or bad.isdisjoint({py_tuple(repr(r) for r in self.refs)}))"
 
 
 @dataclass(frozen=True)
@@ -133,6 +167,15 @@ class FieldIR:
         return repr(self.fm)
 
     @property
+    def tensor_const(self) -> str:
+        """The generated ``_v.TensorField`` constant's name."""
+        return f"_T_{self.rule_owner}_{self.name}"
+
+    @property
+    def tensor_py(self) -> str:
+        return tensor_field_py(self)
+
+    @property
     def constraints_text(self) -> str:
         parts = []
         if self.kind in ("int", "float", "str"):
@@ -166,6 +209,11 @@ class FieldIR:
             return f"_s.text({self.max_len})"
         dims = [str(x.const) if x.symbol is None else f"d[{x.symbol!r}]" for x in self.dims]
         return f"_s.tensors({self.dtypes_py}, ({''.join(f'{x}, ' for x in dims)}))"
+
+    @property
+    def trusted_range(self) -> str:
+        """``trusted_range_test`` of the validators' local ``x``."""
+        return self.trusted_range_test("x")
 
     def trusted_range_test(self, var: str) -> str:
         """The range test a decoded value still needs (the decoder fixed its type; an int64
@@ -219,10 +267,9 @@ class FieldIR:
 
     @property
     def shape_pattern(self) -> str:
-        items = [
+        return py_tuple(
             repr(d.const) if d.symbol is None else repr((d.symbol, d.lo, d.hi)) for d in self.dims
-        ]
-        return "(" + "".join(f"{i}, " for i in items) + ")"
+        )
 
     @property
     def shape_expected(self) -> str:
@@ -341,6 +388,26 @@ class MessageIR:
         return invariant_rule(self, inv)
 
     @property
+    def presence_groups(self) -> tuple[PresenceGroup, ...]:
+        return presence_groups(self.fields)
+
+    @property
+    def derived_checks(self) -> tuple[DerivedCheck, ...]:
+        return derived_checks(self.fields)
+
+    @property
+    def invariant_checks(self) -> tuple[InvariantCheck, ...]:
+        return invariant_checks(self)
+
+    @property
+    def rules_read_bad(self) -> bool:
+        """Whether the rules pass reads the refused set (it binds ``bad`` only then)."""
+        conds = [g.cond for g in self.presence_groups]
+        conds += [c.cond for c in self.derived_checks]
+        conds += [c.cond for c in self.invariant_checks]
+        return bool(self.version_field) or any(_READS_BAD.search(c) for c in conds)
+
+    @property
     def unused_words(self) -> tuple[int, ...]:
         """Scalar and manifest words this message leaves unused (they must be zero)."""
         return tuple(w for w in range(self.words[0], self.words[1]) if w not in self.used_words)
@@ -403,6 +470,19 @@ class HeaderIR:
     @property
     def rule_reads(self) -> tuple[str, ...]:
         return _rule_reads(self.fields)
+
+    @property
+    def presence_groups(self) -> tuple[PresenceGroup, ...]:
+        return presence_groups(self.fields)
+
+    @property
+    def derived_checks(self) -> tuple[DerivedCheck, ...]:
+        return derived_checks(self.fields)
+
+    @property
+    def rules_read_bad(self) -> bool:
+        conds = [g.cond for g in self.presence_groups] + [c.cond for c in self.derived_checks]
+        return any(_READS_BAD.search(c) for c in conds)
 
 
 @dataclass(frozen=True)
@@ -526,6 +606,19 @@ class ProtocolIR:
         return "{" + ", ".join(parts) + "}"
 
     @property
+    def enums_py(self) -> str:
+        return "{" + ", ".join(f"{e.name!r}: {e.name}" for e in self.enums) + "}"
+
+    @property
+    def variants_py(self) -> str:
+        """Each message class and the classes of its message (its variants)."""
+        parts = []
+        for m in self.messages:
+            classes = py_tuple(v.class_name for v in m.variants)
+            parts += [f"{v.class_name}: {classes}" for v in m.variants]
+        return "{" + ", ".join(parts) + "}"
+
+    @property
     def no_ids_py(self) -> str:
         """``header_ids_py`` when there is no header to read them from."""
         parts = [f"({f!r}, None)" for _, f in self.header.roles]
@@ -616,9 +709,16 @@ def _literal(x: int | float | None) -> str | None:
 
 def _range_text(f: CField) -> str:
     if f.type.kind == "int":
-        lo = f.range_min if f.range_min is not None else INT64_MIN
-        hi = f.range_max if f.range_max is not None else INT64_MAX
-        return f"{lo} <= {f.name} <= {hi}"
+        # the int64 bounds go without saying (every int field is an int64 on the wire)
+        lo = f.range_min if f.range_min is not None and f.range_min != INT64_MIN else None
+        hi = f.range_max if f.range_max is not None and f.range_max != INT64_MAX else None
+        if lo is not None and hi is not None:
+            return f"{f.name} == {lo}" if lo == hi else f"{lo} <= {f.name} <= {hi}"
+        if lo is not None:
+            return f"{f.name} >= {lo}"
+        if hi is not None:
+            return f"{f.name} <= {hi}"
+        return f"{f.name} fits int64"
     if f.type.kind == "float":
         parts = ["finite"]
         if f.range_min is not None:
@@ -693,7 +793,7 @@ def _field_ir(
         max_len=f.max_len,
         dtypes=f.dtypes,
         dtype_codes=tuple(DTYPE_CODES[d] for d in f.dtypes),
-        dtypes_py="(" + "".join(f"torch.{d}, " for d in f.dtypes) + ")",
+        dtypes_py=py_tuple(f"torch.{d}" for d in f.dtypes),
         dims=tuple(dim_irs),
         shape_text="[" + ", ".join(str(d) for d in f.shape) + "]",
         max_elements=max_el,

@@ -1,10 +1,13 @@
 """The rules a generated validator reports, as named constants (IR values, spelled here).
 
-Each check a validator runs has one module-level ``_w.Rule`` constant in the generated code
+Each check a validator runs has one module-level ``_v.Rule`` constant in the generated code
 (its code, field path, what it expects, its rule text, FM id and message), and a failure is
-one short call: ``_w.fail(out, ff, ids, _R_Infer_height_range, _w.show(v_height))``. What
-is fixed per rule lives in the constant; only the value seen (and, for derived fields and
-plans, the value wanted) is computed when the rule fails.
+one short call on the pass's report: ``r.refuse(_R_Infer_height_range, x)``. What is fixed
+per rule lives in the constant; only the value seen (and, for derived fields and plans, the
+value wanted) is computed when the rule fails.
+
+The rules pass is spelled here too: presence checks grouped under their shared condition
+(evaluated once), derived fields and invariants, each as a condition and its Python.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .ir import FieldIR, InvariantIR, MessageIR, ProtocolIR
+    from .ir import ExprIR, FieldIR, InvariantIR, MessageIR, ProtocolIR
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class RuleIR:
             args.append(f"fm={self.fm!r}")
         if self.message:
             args.append(f"message={self.message!r}")
-        return f"_w.Rule({', '.join(args)})"
+        return f"_v.Rule({', '.join(args)})"
 
 
 def _ident(text: str) -> str:
@@ -130,3 +133,96 @@ def protocol_rules(p: ProtocolIR) -> tuple[RuleIR, ...]:
                 out.append(r)
         out += [invariant_rule(m, inv) for inv in m.invariants]
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class PresenceCheck:
+    test: str  # Python, true when the rule is broken
+    rule: str  # the rule constant
+    value: str  # Python of the value the violation shows
+
+
+@dataclass(frozen=True)
+class PresenceGroup:
+    cond: str  # Python the checks share ("" when they always run)
+    checks: tuple[PresenceCheck, ...]
+
+
+def _when(e: ExprIR, test: str) -> str:
+    return " and ".join(part for part in (e.ok_py, test) if part)
+
+
+def presence_groups(fields: tuple[FieldIR, ...]) -> tuple[PresenceGroup, ...]:
+    """Required, forbidden and none-unless checks, grouped by the condition they share (in
+    the order the condition first appears), so each condition is evaluated once."""
+    groups: dict[str, list[PresenceCheck]] = {}
+    for f in fields:
+        value = f"{f.owner}.{f.name}"
+        r = f.rules
+        if f.always_required:
+            groups.setdefault("", []).append(
+                PresenceCheck(f"{value} is None", r["missing"].const, "None")
+            )
+        elif f.required_when is not None:
+            groups.setdefault(_when(f.required_when, f.required_when.guarded), []).append(
+                PresenceCheck(f"{value} is None", r["missing"].const, "None")
+            )
+        if f.forbidden_when is not None:
+            groups.setdefault(_when(f.forbidden_when, f.forbidden_when.guarded), []).append(
+                PresenceCheck(f"{value} is not None", r["forbidden"].const, value)
+            )
+        if f.none_unless is not None:
+            groups.setdefault(_when(f.none_unless, f.none_unless.negated_guarded), []).append(
+                PresenceCheck(f"{value} is not None", r["none"].const, value)
+            )
+    return tuple(PresenceGroup(cond, tuple(checks)) for cond, checks in groups.items())
+
+
+@dataclass(frozen=True)
+class DerivedCheck:
+    name: str
+    cond: str  # Python: the field is present and well-typed, and its inputs are usable
+    want: str  # Python computing the value it must hold
+    rule: str
+
+
+def derived_checks(fields: tuple[FieldIR, ...]) -> tuple[DerivedCheck, ...]:
+    out = []
+    for f in fields:
+        d = f.derived
+        if d is None:
+            continue
+        parts = [f"(x := {f.owner}.{f.name}) is not None", f"{f.name!r} not in bad", d.ok_py]
+        parts.append(d.none_guard)
+        cond = " and ".join(p for p in parts if p)
+        out.append(DerivedCheck(f.name, cond, d.py, f.rules["derived"].const))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class InvariantCheck:
+    cond: str  # Python, true when the invariant is broken (and every input is usable)
+    rule: str
+    sides: str  # Python: the (text, value) pairs the violation shows
+
+
+def invariant_checks(m: MessageIR) -> tuple[InvariantCheck, ...]:
+    out = []
+    for inv in m.invariants:
+        e = inv.expr
+        cond = " and ".join(p for p in (e.ok_py, e.none_guard, e.negated_py) if p)
+        out.append(InvariantCheck(cond, invariant_rule(m, inv).const, e.sides_py))
+    return tuple(out)
+
+
+def tensor_field_py(f: FieldIR) -> str:
+    """``_v.TensorField(...)``: name, manifest word, dtypes, shape pattern, element bound and
+    the rules its checks report (type, dtype, shape, and bool bytes for a bool dtype)."""
+    r = f.rules
+    rules = [r["type"].const, r["dtype"].const, r["shape"].const]
+    if "bool" in r:
+        rules.append(r["bool"].const)
+    return (
+        f"_v.TensorField({f.name!r}, {f.word}, {f.dtypes_py}, {f.shape_pattern}, "
+        f"{f.max_elements}, ({', '.join(rules)}))"
+    )

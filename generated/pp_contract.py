@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import torch
 
 from tpwire.runtime import bindings as _b
+from tpwire.runtime import checks as _v
 from tpwire.runtime import codec as _c
 from tpwire.runtime import wire as _w
 from tpwire.runtime.errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
@@ -189,199 +190,184 @@ def _ids(h: Header | None) -> _Ids:
     )
 
 
-# The rules the validators report: a failure is ``_w.fail(..., rule, actual)``.
-_R_header_call_id_type: Final = _w.Rule("type", "header.call_id", "int", fm="FM-04")
-_R_header_call_id_range: Final = _w.Rule(
-    "range", "header.call_id", "0 <= call_id <= 9223372036854775807", fm="FM-04"
-)
-_R_header_call_id_missing: Final = _w.Rule(
+# The rules the validators report: a failure is one call on the pass's report,
+# ``r.refuse(rule, value)``, ``r.fail(rule, value)`` or ``r.broken(rule, *sides)``.
+_R_header_call_id_type = _v.Rule("type", "header.call_id", "int", fm="FM-04")
+_R_header_call_id_range = _v.Rule("range", "header.call_id", "call_id >= 0", fm="FM-04")
+_R_header_call_id_missing = _v.Rule(
     "missing", "header.call_id", "a value", rule="required: always", fm="FM-04"
 )
-_R_header_chunk_index_type: Final = _w.Rule("type", "header.chunk_index", "int")
-_R_header_chunk_index_range: Final = _w.Rule(
-    "range", "header.chunk_index", "0 <= chunk_index <= 9223372036854775807"
-)
-_R_header_chunk_index_missing: Final = _w.Rule(
+_R_header_chunk_index_type = _v.Rule("type", "header.chunk_index", "int")
+_R_header_chunk_index_range = _v.Rule("range", "header.chunk_index", "chunk_index >= 0")
+_R_header_chunk_index_missing = _v.Rule(
     "missing",
     "header.chunk_index",
     "a value",
     rule="required_when: action == PPAction.INFER or action == PPAction.RESULT",
 )
-_R_header_cache_epoch_type: Final = _w.Rule("type", "header.cache_epoch", "int", fm="FM-10")
-_R_header_cache_epoch_range: Final = _w.Rule(
-    "range", "header.cache_epoch", "0 <= cache_epoch <= 9223372036854775807", fm="FM-10"
-)
-_R_header_cache_epoch_missing: Final = _w.Rule(
+_R_header_cache_epoch_type = _v.Rule("type", "header.cache_epoch", "int", fm="FM-10")
+_R_header_cache_epoch_range = _v.Rule("range", "header.cache_epoch", "cache_epoch >= 0", fm="FM-10")
+_R_header_cache_epoch_missing = _v.Rule(
     "missing", "header.cache_epoch", "a value", rule="required: always", fm="FM-10"
 )
-_R_header_action_type: Final = _w.Rule("type", "header.action", "PPAction")
-_R_header_action_missing: Final = _w.Rule(
-    "missing", "header.action", "a value", rule="required: always"
-)
-_R_PPEnvelope_pp_envelope_version_type: Final = _w.Rule("type", "pp_envelope_version", "int")
-_R_PPEnvelope_pp_envelope_version_range: Final = _w.Rule(
+_R_header_action_type = _v.Rule("type", "header.action", "PPAction")
+_R_header_action_missing = _v.Rule("missing", "header.action", "a value", rule="required: always")
+_R_PPEnvelope_pp_envelope_version_type = _v.Rule("type", "pp_envelope_version", "int")
+_R_PPEnvelope_pp_envelope_version_range = _v.Rule(
     "range", "pp_envelope_version", "pp_envelope_version == 1"
 )
-_R_PPEnvelope_pp_envelope_version_missing: Final = _w.Rule(
+_R_PPEnvelope_pp_envelope_version_missing = _v.Rule(
     "missing", "pp_envelope_version", "a value", rule="required: always"
 )
-_R_PPEnvelope_height_type: Final = _w.Rule("type", "height", "int")
-_R_PPEnvelope_height_range: Final = _w.Rule("range", "height", "8 <= height <= 4096")
-_R_PPEnvelope_height_missing: Final = _w.Rule(
-    "missing", "height", "a value", rule="required: always"
+_R_PPEnvelope_height_type = _v.Rule("type", "height", "int")
+_R_PPEnvelope_height_range = _v.Rule("range", "height", "8 <= height <= 4096")
+_R_PPEnvelope_height_missing = _v.Rule("missing", "height", "a value", rule="required: always")
+_R_PPEnvelope_width_type = _v.Rule("type", "width", "int")
+_R_PPEnvelope_width_range = _v.Rule("range", "width", "8 <= width <= 4096")
+_R_PPEnvelope_width_missing = _v.Rule("missing", "width", "a value", rule="required: always")
+_R_PPEnvelope_current_start_frame_type = _v.Rule("type", "current_start_frame", "int")
+_R_PPEnvelope_current_start_frame_range = _v.Rule(
+    "range", "current_start_frame", "current_start_frame >= 0"
 )
-_R_PPEnvelope_width_type: Final = _w.Rule("type", "width", "int")
-_R_PPEnvelope_width_range: Final = _w.Rule("range", "width", "8 <= width <= 4096")
-_R_PPEnvelope_width_missing: Final = _w.Rule("missing", "width", "a value", rule="required: always")
-_R_PPEnvelope_current_start_frame_type: Final = _w.Rule("type", "current_start_frame", "int")
-_R_PPEnvelope_current_start_frame_range: Final = _w.Rule(
-    "range", "current_start_frame", "0 <= current_start_frame <= 9223372036854775807"
-)
-_R_PPEnvelope_current_start_frame_missing: Final = _w.Rule(
+_R_PPEnvelope_current_start_frame_missing = _v.Rule(
     "missing", "current_start_frame", "a value", rule="required: always"
 )
-_R_PPEnvelope_init_cache_type: Final = _w.Rule("type", "init_cache", "bool", fm="FM-10")
-_R_PPEnvelope_init_cache_missing: Final = _w.Rule(
+_R_PPEnvelope_init_cache_type = _v.Rule("type", "init_cache", "bool", fm="FM-10")
+_R_PPEnvelope_init_cache_missing = _v.Rule(
     "missing", "init_cache", "a value", rule="required: always", fm="FM-10"
 )
-_R_PPEnvelope_reset_kv_cache_type: Final = _w.Rule("type", "reset_kv_cache", "bool", fm="FM-10")
-_R_PPEnvelope_reset_kv_cache_missing: Final = _w.Rule(
+_R_PPEnvelope_reset_kv_cache_type = _v.Rule("type", "reset_kv_cache", "bool", fm="FM-10")
+_R_PPEnvelope_reset_kv_cache_missing = _v.Rule(
     "missing", "reset_kv_cache", "a value", rule="required: always", fm="FM-10"
 )
-_R_PPEnvelope_reset_crossattn_cache_type: Final = _w.Rule(
+_R_PPEnvelope_reset_crossattn_cache_type = _v.Rule(
     "type", "reset_crossattn_cache", "bool", fm="FM-17"
 )
-_R_PPEnvelope_reset_crossattn_cache_missing: Final = _w.Rule(
+_R_PPEnvelope_reset_crossattn_cache_missing = _v.Rule(
     "missing", "reset_crossattn_cache", "a value", rule="required: always", fm="FM-17"
 )
-_R_PPEnvelope_kv_cache_attention_bias_type: Final = _w.Rule(
-    "type", "kv_cache_attention_bias", "float"
-)
-_R_PPEnvelope_kv_cache_attention_bias_range: Final = _w.Rule(
+_R_PPEnvelope_kv_cache_attention_bias_type = _v.Rule("type", "kv_cache_attention_bias", "float")
+_R_PPEnvelope_kv_cache_attention_bias_range = _v.Rule(
     "range", "kv_cache_attention_bias", "kv_cache_attention_bias finite and >= 0.0 and <= 1.0"
 )
-_R_PPEnvelope_kv_cache_attention_bias_missing: Final = _w.Rule(
+_R_PPEnvelope_kv_cache_attention_bias_missing = _v.Rule(
     "missing", "kv_cache_attention_bias", "a value", rule="required: always"
 )
-_R_PPEnvelope_do_kv_recompute_type: Final = _w.Rule("type", "do_kv_recompute", "bool", fm="FM-02")
-_R_PPEnvelope_do_kv_recompute_missing: Final = _w.Rule(
+_R_PPEnvelope_do_kv_recompute_type = _v.Rule("type", "do_kv_recompute", "bool", fm="FM-02")
+_R_PPEnvelope_do_kv_recompute_missing = _v.Rule(
     "missing", "do_kv_recompute", "a value", rule="required: always", fm="FM-02"
 )
-_R_PPEnvelope_num_denoise_steps_type: Final = _w.Rule(
-    "type", "num_denoise_steps", "int", fm="FM-02"
-)
-_R_PPEnvelope_num_denoise_steps_range: Final = _w.Rule(
+_R_PPEnvelope_num_denoise_steps_type = _v.Rule("type", "num_denoise_steps", "int", fm="FM-02")
+_R_PPEnvelope_num_denoise_steps_range = _v.Rule(
     "range", "num_denoise_steps", "1 <= num_denoise_steps <= 64", fm="FM-02"
 )
-_R_PPEnvelope_num_denoise_steps_missing: Final = _w.Rule(
+_R_PPEnvelope_num_denoise_steps_missing = _v.Rule(
     "missing", "num_denoise_steps", "a value", rule="required: always", fm="FM-02"
 )
-_R_PPEnvelope_expected_generator_calls_type: Final = _w.Rule(
+_R_PPEnvelope_expected_generator_calls_type = _v.Rule(
     "type", "expected_generator_calls", "int", fm="FM-02"
 )
-_R_PPEnvelope_expected_generator_calls_range: Final = _w.Rule(
+_R_PPEnvelope_expected_generator_calls_range = _v.Rule(
     "range", "expected_generator_calls", "1 <= expected_generator_calls <= 65", fm="FM-02"
 )
-_R_PPEnvelope_expected_generator_calls_missing: Final = _w.Rule(
+_R_PPEnvelope_expected_generator_calls_missing = _v.Rule(
     "missing", "expected_generator_calls", "a value", rule="required: always", fm="FM-02"
 )
-_R_PPEnvelope_expected_generator_calls_derived: Final = _w.Rule(
+_R_PPEnvelope_expected_generator_calls_derived = _v.Rule(
     "invariant",
     "expected_generator_calls",
     "",
     rule="derived: expected_generator_calls == int(do_kv_recompute) + num_denoise_steps",
     fm="FM-02",
 )
-_R_PPEnvelope_denoising_step_list_type: Final = _w.Rule(
+_R_PPEnvelope_denoising_step_list_type = _v.Rule(
     "type", "denoising_step_list", "tensor[int64][S]", fm="FM-02"
 )
-_R_PPEnvelope_denoising_step_list_dtype: Final = _w.Rule(
+_R_PPEnvelope_denoising_step_list_dtype = _v.Rule(
     "dtype", "denoising_step_list", "int64", rule="dtypes: int64", fm="FM-02"
 )
-_R_PPEnvelope_denoising_step_list_shape: Final = _w.Rule(
+_R_PPEnvelope_denoising_step_list_shape = _v.Rule(
     "shape",
     "denoising_step_list",
     "[S] with S in 1..64, at most 64 elements",
     rule="shape: [S]",
     fm="FM-02",
 )
-_R_PPEnvelope_denoising_step_list_missing: Final = _w.Rule(
+_R_PPEnvelope_denoising_step_list_missing = _v.Rule(
     "missing", "denoising_step_list", "a value", rule="required: always", fm="FM-02"
 )
-_R_PPEnvelope_latents_in_type: Final = _w.Rule(
+_R_PPEnvelope_latents_in_type = _v.Rule(
     "type", "latents_in", "tensor[bfloat16/float16][1, F, C, LH, LW]"
 )
-_R_PPEnvelope_latents_in_dtype: Final = _w.Rule(
+_R_PPEnvelope_latents_in_dtype = _v.Rule(
     "dtype", "latents_in", "bfloat16 | float16", rule="dtypes: bfloat16, float16"
 )
-_R_PPEnvelope_latents_in_shape: Final = _w.Rule(
+_R_PPEnvelope_latents_in_shape = _v.Rule(
     "shape",
     "latents_in",
     "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
     rule="shape: [1, F, C, LH, LW]",
 )
-_R_PPEnvelope_latents_in_missing: Final = _w.Rule(
+_R_PPEnvelope_latents_in_missing = _v.Rule(
     "missing", "latents_in", "a value", rule="required: always"
 )
-_R_PPEnvelope_conditioning_embeds_type: Final = _w.Rule(
+_R_PPEnvelope_conditioning_embeds_type = _v.Rule(
     "type", "conditioning_embeds", "tensor[bfloat16/float16][1, T, D]", fm="FM-17"
 )
-_R_PPEnvelope_conditioning_embeds_dtype: Final = _w.Rule(
+_R_PPEnvelope_conditioning_embeds_dtype = _v.Rule(
     "dtype",
     "conditioning_embeds",
     "bfloat16 | float16",
     rule="dtypes: bfloat16, float16",
     fm="FM-17",
 )
-_R_PPEnvelope_conditioning_embeds_shape: Final = _w.Rule(
+_R_PPEnvelope_conditioning_embeds_shape = _v.Rule(
     "shape",
     "conditioning_embeds",
     "[1, T, D] with T in 1..1024, D in 1..8192, at most 8388608 elements",
     rule="shape: [1, T, D]",
     fm="FM-17",
 )
-_R_PPEnvelope_conditioning_embeds_missing: Final = _w.Rule(
+_R_PPEnvelope_conditioning_embeds_missing = _v.Rule(
     "missing", "conditioning_embeds", "a value", rule="required: always", fm="FM-17"
 )
-_R_PPEnvelope_context_frames_type: Final = _w.Rule(
+_R_PPEnvelope_context_frames_type = _v.Rule(
     "type", "context_frames", "tensor[bfloat16/float16][1, FC, C, LH, LW] | None", fm="FM-06"
 )
-_R_PPEnvelope_context_frames_dtype: Final = _w.Rule(
+_R_PPEnvelope_context_frames_dtype = _v.Rule(
     "dtype", "context_frames", "bfloat16 | float16", rule="dtypes: bfloat16, float16", fm="FM-06"
 )
-_R_PPEnvelope_context_frames_shape: Final = _w.Rule(
+_R_PPEnvelope_context_frames_shape = _v.Rule(
     "shape",
     "context_frames",
     "[1, FC, C, LH, LW] with FC in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
     rule="shape: [1, FC, C, LH, LW]",
     fm="FM-06",
 )
-_R_PPEnvelope_context_frames_missing: Final = _w.Rule(
+_R_PPEnvelope_context_frames_missing = _v.Rule(
     "missing",
     "context_frames",
     "a value",
     rule="required_when: do_kv_recompute == True",
     fm="FM-06",
 )
-_R_PPEnvelope_context_frames_none: Final = _w.Rule(
+_R_PPEnvelope_context_frames_none = _v.Rule(
     "must_be_none",
     "context_frames",
     "None",
     rule="none_unless: do_kv_recompute == True",
     fm="FM-06",
 )
-_R_PPEnvelope_input_digest_type: Final = _w.Rule("type", "input_digest", "int | None")
-_R_PPEnvelope_input_digest_range: Final = _w.Rule(
-    "range", "input_digest", "-9223372036854775808 <= input_digest <= 9223372036854775807"
-)
-_R_PPEnvelope_pp_envelope_version_version: Final = _w.Rule(
+_R_PPEnvelope_input_digest_type = _v.Rule("type", "input_digest", "int | None")
+_R_PPEnvelope_input_digest_range = _v.Rule("range", "input_digest", "input_digest fits int64")
+_R_PPEnvelope_pp_envelope_version_version = _v.Rule(
     "version",
     "pp_envelope_version",
     "1",
     rule="version: PPEnvelope v1",
     message="unknown envelope version",
 )
-_R_PPEnvelope_inv_denoise_steps_match_list: Final = _w.Rule(
+_R_PPEnvelope_inv_denoise_steps_match_list = _v.Rule(
     "invariant",
     "denoising_step_list, num_denoise_steps",
     "num_denoise_steps == len(denoising_step_list)",
@@ -389,7 +375,7 @@ _R_PPEnvelope_inv_denoise_steps_match_list: Final = _w.Rule(
     fm="FM-02",
     message="the step count must equal the length of the timestep list",
 )
-_R_PPEnvelope_inv_hard_cut_resets_kv: Final = _w.Rule(
+_R_PPEnvelope_inv_hard_cut_resets_kv = _v.Rule(
     "invariant",
     "init_cache, reset_kv_cache",
     "not init_cache or reset_kv_cache",
@@ -397,754 +383,398 @@ _R_PPEnvelope_inv_hard_cut_resets_kv: Final = _w.Rule(
     fm="FM-10",
     message="a hard cut (init_cache) must reset the KV cache explicitly",
 )
-_R_PPEnvelope_inv_geometry_matches_latents: Final = _w.Rule(
+_R_PPEnvelope_inv_geometry_matches_latents = _v.Rule(
     "invariant",
     "height, width",
     "LH * 8 == height and LW * 8 == width",
     rule="invariant geometry-matches-latents: LH * 8 == height and LW * 8 == width",
     message="latents must be the VAE-downsampled (8x) geometry of height x width",
 )
-_R_PPResult_pp_result_version_type: Final = _w.Rule("type", "pp_result_version", "int")
-_R_PPResult_pp_result_version_range: Final = _w.Rule(
+_R_PPResult_pp_result_version_type = _v.Rule("type", "pp_result_version", "int")
+_R_PPResult_pp_result_version_range = _v.Rule(
     "range", "pp_result_version", "pp_result_version == 1"
 )
-_R_PPResult_pp_result_version_missing: Final = _w.Rule(
+_R_PPResult_pp_result_version_missing = _v.Rule(
     "missing", "pp_result_version", "a value", rule="required: always"
 )
-_R_PPResult_latents_out_type: Final = _w.Rule(
+_R_PPResult_latents_out_type = _v.Rule(
     "type", "latents_out", "tensor[bfloat16/float16][1, F, C, LH, LW]"
 )
-_R_PPResult_latents_out_dtype: Final = _w.Rule(
+_R_PPResult_latents_out_dtype = _v.Rule(
     "dtype", "latents_out", "bfloat16 | float16", rule="dtypes: bfloat16, float16"
 )
-_R_PPResult_latents_out_shape: Final = _w.Rule(
+_R_PPResult_latents_out_shape = _v.Rule(
     "shape",
     "latents_out",
     "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
     rule="shape: [1, F, C, LH, LW]",
 )
-_R_PPResult_latents_out_missing: Final = _w.Rule(
+_R_PPResult_latents_out_missing = _v.Rule(
     "missing", "latents_out", "a value", rule="required: always"
 )
-_R_PPResult_observed_generator_calls_type: Final = _w.Rule(
+_R_PPResult_observed_generator_calls_type = _v.Rule(
     "type", "observed_generator_calls", "int", fm="FM-02"
 )
-_R_PPResult_observed_generator_calls_range: Final = _w.Rule(
+_R_PPResult_observed_generator_calls_range = _v.Rule(
     "range", "observed_generator_calls", "1 <= observed_generator_calls <= 65", fm="FM-02"
 )
-_R_PPResult_observed_generator_calls_missing: Final = _w.Rule(
+_R_PPResult_observed_generator_calls_missing = _v.Rule(
     "missing", "observed_generator_calls", "a value", rule="required: always", fm="FM-02"
 )
-_R_PPResult_output_digest_type: Final = _w.Rule("type", "output_digest", "int | None")
-_R_PPResult_output_digest_range: Final = _w.Rule(
-    "range", "output_digest", "-9223372036854775808 <= output_digest <= 9223372036854775807"
-)
-_R_PPResult_pp_result_version_version: Final = _w.Rule(
+_R_PPResult_output_digest_type = _v.Rule("type", "output_digest", "int | None")
+_R_PPResult_output_digest_range = _v.Rule("range", "output_digest", "output_digest fits int64")
+_R_PPResult_pp_result_version_version = _v.Rule(
     "version",
     "pp_result_version",
     "1",
     rule="version: PPResult v1",
     message="unknown envelope version",
 )
+_T_PPEnvelope_conditioning_embeds = _v.TensorField(
+    "conditioning_embeds",
+    22,
+    (torch.bfloat16, torch.float16),
+    (1, ("T", 1, 1024), ("D", 1, 8192)),
+    8388608,
+    (
+        _R_PPEnvelope_conditioning_embeds_type,
+        _R_PPEnvelope_conditioning_embeds_dtype,
+        _R_PPEnvelope_conditioning_embeds_shape,
+    ),
+)
+_T_PPEnvelope_context_frames = _v.TensorField(
+    "context_frames",
+    26,
+    (torch.bfloat16, torch.float16),
+    (1, ("FC", 1, 64), ("C", 1, 64), ("LH", 1, 512), ("LW", 1, 512)),
+    16777216,
+    (
+        _R_PPEnvelope_context_frames_type,
+        _R_PPEnvelope_context_frames_dtype,
+        _R_PPEnvelope_context_frames_shape,
+    ),
+)
+_T_PPEnvelope_denoising_step_list = _v.TensorField(
+    "denoising_step_list",
+    32,
+    (torch.int64,),
+    (("S", 1, 64),),
+    64,
+    (
+        _R_PPEnvelope_denoising_step_list_type,
+        _R_PPEnvelope_denoising_step_list_dtype,
+        _R_PPEnvelope_denoising_step_list_shape,
+    ),
+)
+_T_PPEnvelope_latents_in = _v.TensorField(
+    "latents_in",
+    34,
+    (torch.bfloat16, torch.float16),
+    (1, ("F", 1, 64), ("C", 1, 64), ("LH", 1, 512), ("LW", 1, 512)),
+    16777216,
+    (_R_PPEnvelope_latents_in_type, _R_PPEnvelope_latents_in_dtype, _R_PPEnvelope_latents_in_shape),
+)
+_T_PPResult_latents_out = _v.TensorField(
+    "latents_out",
+    22,
+    (torch.bfloat16, torch.float16),
+    (1, ("F", 1, 64), ("C", 1, 64), ("LH", 1, 512), ("LW", 1, 512)),
+    16777216,
+    (_R_PPResult_latents_out_type, _R_PPResult_latents_out_dtype, _R_PPResult_latents_out_shape),
+)
 
 
-def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
-    bad: set[str] = set()
-    v_call_id = h.call_id
-    if v_call_id is None:
-        bad.add("call_id")  # reported as missing; expressions must not read it
-    if v_call_id is not None:
-        if type(v_call_id) is not int:
-            bad.add("call_id")
-            _w.fail(out, ff, ids, _R_header_call_id_type, _w.show(v_call_id))
-        elif not (0 <= v_call_id <= 9223372036854775807):
-            bad.add("call_id")
-            _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
-    v_chunk_index = h.chunk_index
-    if v_chunk_index is not None:
-        if type(v_chunk_index) is not int:
-            bad.add("chunk_index")
-            _w.fail(out, ff, ids, _R_header_chunk_index_type, _w.show(v_chunk_index))
-        elif not (0 <= v_chunk_index <= 9223372036854775807):
-            bad.add("chunk_index")
-            _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
-    v_cache_epoch = h.cache_epoch
-    if v_cache_epoch is None:
-        bad.add("cache_epoch")  # reported as missing; expressions must not read it
-    if v_cache_epoch is not None:
-        if type(v_cache_epoch) is not int:
-            bad.add("cache_epoch")
-            _w.fail(out, ff, ids, _R_header_cache_epoch_type, _w.show(v_cache_epoch))
-        elif not (0 <= v_cache_epoch <= 9223372036854775807):
-            bad.add("cache_epoch")
-            _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
-    v_action = h.action
-    if v_action is None:
-        bad.add("action")  # reported as missing; expressions must not read it
-    if v_action is not None:
-        if type(v_action) is not PPAction:
-            bad.add("action")
-            _w.fail(out, ff, ids, _R_header_action_type, _w.show(v_action))
-    _header_rules(h, out, ids, ff, bad)
+def _validate_header(h: Header, r: _v.Report) -> None:
+    x: Any
+    if (x := h.call_id) is None:
+        r.bad.add("call_id")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_header_call_id_type, x)
+    elif not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_call_id_range, x)
+    if (x := h.chunk_index) is not None:
+        if type(x) is not int:
+            r.refuse(_R_header_chunk_index_type, x)
+        elif not (0 <= x <= 9223372036854775807):
+            r.refuse(_R_header_chunk_index_range, x)
+    if (x := h.cache_epoch) is None:
+        r.bad.add("cache_epoch")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_header_cache_epoch_type, x)
+    elif not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_cache_epoch_range, x)
+    if (x := h.action) is None:
+        r.bad.add("action")  # reported as missing: rules must not read it
+    elif type(x) is not PPAction:
+        r.refuse(_R_header_action_type, x)
+    _header_rules(h, r)
 
 
-def _check_decoded_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
-    bad: set[str] = set()
-    v_call_id = h.call_id
-    if v_call_id is not None and not (0 <= v_call_id <= 9223372036854775807):
-        bad.add("call_id")
-        _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
-    v_chunk_index = h.chunk_index
-    if v_chunk_index is not None and not (0 <= v_chunk_index <= 9223372036854775807):
-        bad.add("chunk_index")
-        _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
-    v_cache_epoch = h.cache_epoch
-    if v_cache_epoch is not None and not (0 <= v_cache_epoch <= 9223372036854775807):
-        bad.add("cache_epoch")
-        _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
-    _header_rules(h, out, ids, ff, bad)
+def _check_decoded_header(h: Header, r: _v.Report) -> None:
+    x: Any
+    if (x := h.call_id) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_call_id_range, x)
+    if (x := h.chunk_index) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_chunk_index_range, x)
+    if (x := h.cache_epoch) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_cache_epoch_range, x)
+    _header_rules(h, r)
 
 
-def _header_rules(h: Header, out: list[Violation], ids: _Ids, ff: bool, bad: set[str]) -> None:
-    v_call_id = h.call_id
-    v_chunk_index = h.chunk_index
-    v_cache_epoch = h.cache_epoch
-    v_action = h.action
-    if v_call_id is None:
-        _w.fail(out, ff, ids, _R_header_call_id_missing, "None")
+def _header_rules(h: Header, r: _v.Report) -> None:
+    bad = r.bad
+    if h.call_id is None:
+        r.fail(_R_header_call_id_missing, None)
+    if h.cache_epoch is None:
+        r.fail(_R_header_cache_epoch_missing, None)
+    if h.action is None:
+        r.fail(_R_header_action_missing, None)
     if (
-        v_chunk_index is None
-        and (not bad or bad.isdisjoint(("action",)))
+        h.chunk_index is None
+        and "action" not in bad
         and ((h.action == PPAction.INFER) or (h.action == PPAction.RESULT))
     ):
-        _w.fail(out, ff, ids, _R_header_chunk_index_missing, "None")
-    if v_cache_epoch is None:
-        _w.fail(out, ff, ids, _R_header_cache_epoch_missing, "None")
-    if v_action is None:
-        _w.fail(out, ff, ids, _R_header_action_missing, "None")
+        r.fail(_R_header_chunk_index_missing, None)
 
 
-def _validate_PPEnvelope(m: PPEnvelope, out: list[Violation], ids: _Ids, ff: bool) -> None:
-    bad: set[str] = set()
-    dims: dict[str, int] = {}
-    v_pp_envelope_version = m.pp_envelope_version
-    if v_pp_envelope_version is None:
-        bad.add("pp_envelope_version")  # reported as missing; expressions must not read it
-    if v_pp_envelope_version is not None:
-        if type(v_pp_envelope_version) is not int:
-            bad.add("pp_envelope_version")
-            _w.fail(
-                out, ff, ids, _R_PPEnvelope_pp_envelope_version_type, _w.show(v_pp_envelope_version)
-            )
-        elif not (-9223372036854775808 <= v_pp_envelope_version <= 9223372036854775807):
-            bad.add("pp_envelope_version")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_pp_envelope_version_range,
-                _w.show(v_pp_envelope_version),
-            )
-    v_height = m.height
-    if v_height is None:
-        bad.add("height")  # reported as missing; expressions must not read it
-    if v_height is not None:
-        if type(v_height) is not int:
-            bad.add("height")
-            _w.fail(out, ff, ids, _R_PPEnvelope_height_type, _w.show(v_height))
-        elif not (8 <= v_height <= 4096):
-            bad.add("height")
-            _w.fail(out, ff, ids, _R_PPEnvelope_height_range, _w.show(v_height))
-    v_width = m.width
-    if v_width is None:
-        bad.add("width")  # reported as missing; expressions must not read it
-    if v_width is not None:
-        if type(v_width) is not int:
-            bad.add("width")
-            _w.fail(out, ff, ids, _R_PPEnvelope_width_type, _w.show(v_width))
-        elif not (8 <= v_width <= 4096):
-            bad.add("width")
-            _w.fail(out, ff, ids, _R_PPEnvelope_width_range, _w.show(v_width))
-    v_current_start_frame = m.current_start_frame
-    if v_current_start_frame is None:
-        bad.add("current_start_frame")  # reported as missing; expressions must not read it
-    if v_current_start_frame is not None:
-        if type(v_current_start_frame) is not int:
-            bad.add("current_start_frame")
-            _w.fail(
-                out, ff, ids, _R_PPEnvelope_current_start_frame_type, _w.show(v_current_start_frame)
-            )
-        elif not (0 <= v_current_start_frame <= 9223372036854775807):
-            bad.add("current_start_frame")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_current_start_frame_range,
-                _w.show(v_current_start_frame),
-            )
-    v_init_cache = m.init_cache
-    if v_init_cache is None:
-        bad.add("init_cache")  # reported as missing; expressions must not read it
-    if v_init_cache is not None:
-        if type(v_init_cache) is not bool:
-            bad.add("init_cache")
-            _w.fail(out, ff, ids, _R_PPEnvelope_init_cache_type, _w.show(v_init_cache))
-    v_reset_kv_cache = m.reset_kv_cache
-    if v_reset_kv_cache is None:
-        bad.add("reset_kv_cache")  # reported as missing; expressions must not read it
-    if v_reset_kv_cache is not None:
-        if type(v_reset_kv_cache) is not bool:
-            bad.add("reset_kv_cache")
-            _w.fail(out, ff, ids, _R_PPEnvelope_reset_kv_cache_type, _w.show(v_reset_kv_cache))
-    v_reset_crossattn_cache = m.reset_crossattn_cache
-    if v_reset_crossattn_cache is None:
-        bad.add("reset_crossattn_cache")  # reported as missing; expressions must not read it
-    if v_reset_crossattn_cache is not None:
-        if type(v_reset_crossattn_cache) is not bool:
-            bad.add("reset_crossattn_cache")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_reset_crossattn_cache_type,
-                _w.show(v_reset_crossattn_cache),
-            )
-    v_kv_cache_attention_bias = m.kv_cache_attention_bias
-    if v_kv_cache_attention_bias is None:
-        bad.add("kv_cache_attention_bias")  # reported as missing; expressions must not read it
-    if v_kv_cache_attention_bias is not None:
-        if type(v_kv_cache_attention_bias) is not float:
-            bad.add("kv_cache_attention_bias")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_kv_cache_attention_bias_type,
-                _w.show(v_kv_cache_attention_bias),
-            )
-        elif not (
-            _w.finite(v_kv_cache_attention_bias)
-            and v_kv_cache_attention_bias >= 0.0
-            and v_kv_cache_attention_bias <= 1.0
-        ):
-            bad.add("kv_cache_attention_bias")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_kv_cache_attention_bias_range,
-                _w.show(v_kv_cache_attention_bias),
-            )
-    v_do_kv_recompute = m.do_kv_recompute
-    if v_do_kv_recompute is None:
-        bad.add("do_kv_recompute")  # reported as missing; expressions must not read it
-    if v_do_kv_recompute is not None:
-        if type(v_do_kv_recompute) is not bool:
-            bad.add("do_kv_recompute")
-            _w.fail(out, ff, ids, _R_PPEnvelope_do_kv_recompute_type, _w.show(v_do_kv_recompute))
-    v_num_denoise_steps = m.num_denoise_steps
-    if v_num_denoise_steps is None:
-        bad.add("num_denoise_steps")  # reported as missing; expressions must not read it
-    if v_num_denoise_steps is not None:
-        if type(v_num_denoise_steps) is not int:
-            bad.add("num_denoise_steps")
-            _w.fail(
-                out, ff, ids, _R_PPEnvelope_num_denoise_steps_type, _w.show(v_num_denoise_steps)
-            )
-        elif not (1 <= v_num_denoise_steps <= 64):
-            bad.add("num_denoise_steps")
-            _w.fail(
-                out, ff, ids, _R_PPEnvelope_num_denoise_steps_range, _w.show(v_num_denoise_steps)
-            )
-    v_expected_generator_calls = m.expected_generator_calls
-    if v_expected_generator_calls is None:
-        bad.add("expected_generator_calls")  # reported as missing; expressions must not read it
-    if v_expected_generator_calls is not None:
-        if type(v_expected_generator_calls) is not int:
-            bad.add("expected_generator_calls")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_expected_generator_calls_type,
-                _w.show(v_expected_generator_calls),
-            )
-        elif not (1 <= v_expected_generator_calls <= 65):
-            bad.add("expected_generator_calls")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_expected_generator_calls_range,
-                _w.show(v_expected_generator_calls),
-            )
-    v_denoising_step_list = m.denoising_step_list
-    if v_denoising_step_list is None:
-        bad.add("denoising_step_list")  # reported as missing; expressions must not read it
-    if v_denoising_step_list is not None:
-        if not _w.is_dense(v_denoising_step_list):
-            bad.add("denoising_step_list")
-            _w.fail(
-                out, ff, ids, _R_PPEnvelope_denoising_step_list_type, _w.show(v_denoising_step_list)
-            )
-        else:
-            if v_denoising_step_list.dtype not in (torch.int64,):
-                bad.add("denoising_step_list")
-                _w.fail(
-                    out,
-                    ff,
-                    ids,
-                    _R_PPEnvelope_denoising_step_list_dtype,
-                    _w.dtype_name(v_denoising_step_list.dtype),
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_denoising_step_list,
-                (("S", 1, 64),),
-                dims if "denoising_step_list" not in bad else {},
-                64,
-            )
-            if problem is not None:
-                bad.add("denoising_step_list")
-                _w.fail(out, ff, ids, _R_PPEnvelope_denoising_step_list_shape, problem)
-    v_latents_in = m.latents_in
-    if v_latents_in is None:
-        bad.add("latents_in")  # reported as missing; expressions must not read it
-    if v_latents_in is not None:
-        if not _w.is_dense(v_latents_in):
-            bad.add("latents_in")
-            _w.fail(out, ff, ids, _R_PPEnvelope_latents_in_type, _w.show(v_latents_in))
-        else:
-            if v_latents_in.dtype not in (
-                torch.bfloat16,
-                torch.float16,
-            ):
-                bad.add("latents_in")
-                _w.fail(
-                    out, ff, ids, _R_PPEnvelope_latents_in_dtype, _w.dtype_name(v_latents_in.dtype)
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_latents_in,
-                (
-                    1,
-                    ("F", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims if "latents_in" not in bad else {},
-                16777216,
-            )
-            if problem is not None:
-                bad.add("latents_in")
-                _w.fail(out, ff, ids, _R_PPEnvelope_latents_in_shape, problem)
-    v_conditioning_embeds = m.conditioning_embeds
-    if v_conditioning_embeds is None:
-        bad.add("conditioning_embeds")  # reported as missing; expressions must not read it
-    if v_conditioning_embeds is not None:
-        if not _w.is_dense(v_conditioning_embeds):
-            bad.add("conditioning_embeds")
-            _w.fail(
-                out, ff, ids, _R_PPEnvelope_conditioning_embeds_type, _w.show(v_conditioning_embeds)
-            )
-        else:
-            if v_conditioning_embeds.dtype not in (
-                torch.bfloat16,
-                torch.float16,
-            ):
-                bad.add("conditioning_embeds")
-                _w.fail(
-                    out,
-                    ff,
-                    ids,
-                    _R_PPEnvelope_conditioning_embeds_dtype,
-                    _w.dtype_name(v_conditioning_embeds.dtype),
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_conditioning_embeds,
-                (
-                    1,
-                    ("T", 1, 1024),
-                    ("D", 1, 8192),
-                ),
-                dims if "conditioning_embeds" not in bad else {},
-                8388608,
-            )
-            if problem is not None:
-                bad.add("conditioning_embeds")
-                _w.fail(out, ff, ids, _R_PPEnvelope_conditioning_embeds_shape, problem)
-    v_context_frames = m.context_frames
-    if v_context_frames is not None:
-        if not _w.is_dense(v_context_frames):
-            bad.add("context_frames")
-            _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_type, _w.show(v_context_frames))
-        else:
-            if v_context_frames.dtype not in (
-                torch.bfloat16,
-                torch.float16,
-            ):
-                bad.add("context_frames")
-                _w.fail(
-                    out,
-                    ff,
-                    ids,
-                    _R_PPEnvelope_context_frames_dtype,
-                    _w.dtype_name(v_context_frames.dtype),
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_context_frames,
-                (
-                    1,
-                    ("FC", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims if "context_frames" not in bad else {},
-                16777216,
-            )
-            if problem is not None:
-                bad.add("context_frames")
-                _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_shape, problem)
-    v_input_digest = m.input_digest
-    if v_input_digest is not None:
-        if type(v_input_digest) is not int:
-            bad.add("input_digest")
-            _w.fail(out, ff, ids, _R_PPEnvelope_input_digest_type, _w.show(v_input_digest))
-        elif not (-9223372036854775808 <= v_input_digest <= 9223372036854775807):
-            bad.add("input_digest")
-            _w.fail(out, ff, ids, _R_PPEnvelope_input_digest_range, _w.show(v_input_digest))
-    _rules_PPEnvelope(m, out, ids, ff, bad, dims)
+def _validate_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
+    x: Any
+    if (x := m.pp_envelope_version) is None:
+        r.bad.add("pp_envelope_version")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPEnvelope_pp_envelope_version_type, x)
+    elif not (-9223372036854775808 <= x <= 9223372036854775807):
+        r.refuse(_R_PPEnvelope_pp_envelope_version_range, x)
+    if (x := m.height) is None:
+        r.bad.add("height")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPEnvelope_height_type, x)
+    elif not (8 <= x <= 4096):
+        r.refuse(_R_PPEnvelope_height_range, x)
+    if (x := m.width) is None:
+        r.bad.add("width")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPEnvelope_width_type, x)
+    elif not (8 <= x <= 4096):
+        r.refuse(_R_PPEnvelope_width_range, x)
+    if (x := m.current_start_frame) is None:
+        r.bad.add("current_start_frame")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPEnvelope_current_start_frame_type, x)
+    elif not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_PPEnvelope_current_start_frame_range, x)
+    if (x := m.init_cache) is None:
+        r.bad.add("init_cache")  # reported as missing: rules must not read it
+    elif type(x) is not bool:
+        r.refuse(_R_PPEnvelope_init_cache_type, x)
+    if (x := m.reset_kv_cache) is None:
+        r.bad.add("reset_kv_cache")  # reported as missing: rules must not read it
+    elif type(x) is not bool:
+        r.refuse(_R_PPEnvelope_reset_kv_cache_type, x)
+    if (x := m.reset_crossattn_cache) is None:
+        r.bad.add("reset_crossattn_cache")  # reported as missing: rules must not read it
+    elif type(x) is not bool:
+        r.refuse(_R_PPEnvelope_reset_crossattn_cache_type, x)
+    if (x := m.kv_cache_attention_bias) is None:
+        r.bad.add("kv_cache_attention_bias")  # reported as missing: rules must not read it
+    elif type(x) is not float:
+        r.refuse(_R_PPEnvelope_kv_cache_attention_bias_type, x)
+    elif not (_w.finite(x) and x >= 0.0 and x <= 1.0):
+        r.refuse(_R_PPEnvelope_kv_cache_attention_bias_range, x)
+    if (x := m.do_kv_recompute) is None:
+        r.bad.add("do_kv_recompute")  # reported as missing: rules must not read it
+    elif type(x) is not bool:
+        r.refuse(_R_PPEnvelope_do_kv_recompute_type, x)
+    if (x := m.num_denoise_steps) is None:
+        r.bad.add("num_denoise_steps")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPEnvelope_num_denoise_steps_type, x)
+    elif not (1 <= x <= 64):
+        r.refuse(_R_PPEnvelope_num_denoise_steps_range, x)
+    if (x := m.expected_generator_calls) is None:
+        r.bad.add("expected_generator_calls")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPEnvelope_expected_generator_calls_type, x)
+    elif not (1 <= x <= 65):
+        r.refuse(_R_PPEnvelope_expected_generator_calls_range, x)
+    if (x := m.denoising_step_list) is None:
+        r.bad.add("denoising_step_list")  # reported as missing: rules must not read it
+    else:
+        r.tensor(x, _T_PPEnvelope_denoising_step_list)
+    if (x := m.latents_in) is None:
+        r.bad.add("latents_in")  # reported as missing: rules must not read it
+    else:
+        r.tensor(x, _T_PPEnvelope_latents_in)
+    if (x := m.conditioning_embeds) is None:
+        r.bad.add("conditioning_embeds")  # reported as missing: rules must not read it
+    else:
+        r.tensor(x, _T_PPEnvelope_conditioning_embeds)
+    if (x := m.context_frames) is not None:
+        r.tensor(x, _T_PPEnvelope_context_frames)
+    if (x := m.input_digest) is not None:
+        if type(x) is not int:
+            r.refuse(_R_PPEnvelope_input_digest_type, x)
+        elif not (-9223372036854775808 <= x <= 9223372036854775807):
+            r.refuse(_R_PPEnvelope_input_digest_range, x)
+    _rules_PPEnvelope(m, r)
 
 
-def _check_decoded_PPEnvelope(
-    m: PPEnvelope, out: list[Violation], ids: _Ids, ff: bool, dims: dict[str, int]
-) -> None:
-    bad: set[str] = set()
-    v_height = m.height
-    if v_height is not None and not (8 <= v_height <= 4096):
-        bad.add("height")
-        _w.fail(out, ff, ids, _R_PPEnvelope_height_range, _w.show(v_height))
-    v_width = m.width
-    if v_width is not None and not (8 <= v_width <= 4096):
-        bad.add("width")
-        _w.fail(out, ff, ids, _R_PPEnvelope_width_range, _w.show(v_width))
-    v_current_start_frame = m.current_start_frame
-    if v_current_start_frame is not None and not (
-        0 <= v_current_start_frame <= 9223372036854775807
+def _check_decoded_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
+    x: Any
+    if (x := m.height) is not None and not (8 <= x <= 4096):
+        r.refuse(_R_PPEnvelope_height_range, x)
+    if (x := m.width) is not None and not (8 <= x <= 4096):
+        r.refuse(_R_PPEnvelope_width_range, x)
+    if (x := m.current_start_frame) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_PPEnvelope_current_start_frame_range, x)
+    if (x := m.kv_cache_attention_bias) is not None and not (
+        _w.finite(x) and x >= 0.0 and x <= 1.0
     ):
-        bad.add("current_start_frame")
-        _w.fail(
-            out, ff, ids, _R_PPEnvelope_current_start_frame_range, _w.show(v_current_start_frame)
-        )
-    v_kv_cache_attention_bias = m.kv_cache_attention_bias
-    if v_kv_cache_attention_bias is not None and not (
-        _w.finite(v_kv_cache_attention_bias)
-        and v_kv_cache_attention_bias >= 0.0
-        and v_kv_cache_attention_bias <= 1.0
-    ):
-        bad.add("kv_cache_attention_bias")
-        _w.fail(
-            out,
-            ff,
-            ids,
-            _R_PPEnvelope_kv_cache_attention_bias_range,
-            _w.show(v_kv_cache_attention_bias),
-        )
-    v_num_denoise_steps = m.num_denoise_steps
-    if v_num_denoise_steps is not None and not (1 <= v_num_denoise_steps <= 64):
-        bad.add("num_denoise_steps")
-        _w.fail(out, ff, ids, _R_PPEnvelope_num_denoise_steps_range, _w.show(v_num_denoise_steps))
-    v_expected_generator_calls = m.expected_generator_calls
-    if v_expected_generator_calls is not None and not (1 <= v_expected_generator_calls <= 65):
-        bad.add("expected_generator_calls")
-        _w.fail(
-            out,
-            ff,
-            ids,
-            _R_PPEnvelope_expected_generator_calls_range,
-            _w.show(v_expected_generator_calls),
-        )
-    _rules_PPEnvelope(m, out, ids, ff, bad, dims)
+        r.refuse(_R_PPEnvelope_kv_cache_attention_bias_range, x)
+    if (x := m.num_denoise_steps) is not None and not (1 <= x <= 64):
+        r.refuse(_R_PPEnvelope_num_denoise_steps_range, x)
+    if (x := m.expected_generator_calls) is not None and not (1 <= x <= 65):
+        r.refuse(_R_PPEnvelope_expected_generator_calls_range, x)
+    _rules_PPEnvelope(m, r)
 
 
-def _rules_PPEnvelope(
-    m: PPEnvelope, out: list[Violation], ids: _Ids, ff: bool, bad: set[str], dims: dict[str, int]
-) -> None:
-    v_pp_envelope_version = m.pp_envelope_version
-    v_height = m.height
-    v_width = m.width
-    v_current_start_frame = m.current_start_frame
-    v_init_cache = m.init_cache
-    v_reset_kv_cache = m.reset_kv_cache
-    v_reset_crossattn_cache = m.reset_crossattn_cache
-    v_kv_cache_attention_bias = m.kv_cache_attention_bias
-    v_do_kv_recompute = m.do_kv_recompute
-    v_num_denoise_steps = m.num_denoise_steps
-    v_expected_generator_calls = m.expected_generator_calls
-    v_denoising_step_list = m.denoising_step_list
-    v_latents_in = m.latents_in
-    v_conditioning_embeds = m.conditioning_embeds
-    v_context_frames = m.context_frames
+def _rules_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
+    x: Any
+    want: Any
+    bad = r.bad
     if (
-        v_pp_envelope_version is not None
+        m.pp_envelope_version is not None
         and "pp_envelope_version" not in bad
-        and v_pp_envelope_version != 1
+        and m.pp_envelope_version != 1
     ):
-        _w.fail(
-            out, ff, ids, _R_PPEnvelope_pp_envelope_version_version, _w.show(v_pp_envelope_version)
-        )
-    dim_LH = dims.get("LH")
-    dim_LW = dims.get("LW")
-    if v_pp_envelope_version is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_pp_envelope_version_missing, "None")
-    if v_height is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_height_missing, "None")
-    if v_width is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_width_missing, "None")
-    if v_current_start_frame is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_current_start_frame_missing, "None")
-    if v_init_cache is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_init_cache_missing, "None")
-    if v_reset_kv_cache is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_reset_kv_cache_missing, "None")
-    if v_reset_crossattn_cache is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_reset_crossattn_cache_missing, "None")
-    if v_kv_cache_attention_bias is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_kv_cache_attention_bias_missing, "None")
-    if v_do_kv_recompute is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_do_kv_recompute_missing, "None")
-    if v_num_denoise_steps is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_num_denoise_steps_missing, "None")
-    if v_expected_generator_calls is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_expected_generator_calls_missing, "None")
+        r.fail(_R_PPEnvelope_pp_envelope_version_version, m.pp_envelope_version)
+    dim_LH = r.dims.get("LH")
+    dim_LW = r.dims.get("LW")
+    if m.pp_envelope_version is None:
+        r.fail(_R_PPEnvelope_pp_envelope_version_missing, None)
+    if m.height is None:
+        r.fail(_R_PPEnvelope_height_missing, None)
+    if m.width is None:
+        r.fail(_R_PPEnvelope_width_missing, None)
+    if m.current_start_frame is None:
+        r.fail(_R_PPEnvelope_current_start_frame_missing, None)
+    if m.init_cache is None:
+        r.fail(_R_PPEnvelope_init_cache_missing, None)
+    if m.reset_kv_cache is None:
+        r.fail(_R_PPEnvelope_reset_kv_cache_missing, None)
+    if m.reset_crossattn_cache is None:
+        r.fail(_R_PPEnvelope_reset_crossattn_cache_missing, None)
+    if m.kv_cache_attention_bias is None:
+        r.fail(_R_PPEnvelope_kv_cache_attention_bias_missing, None)
+    if m.do_kv_recompute is None:
+        r.fail(_R_PPEnvelope_do_kv_recompute_missing, None)
+    if m.num_denoise_steps is None:
+        r.fail(_R_PPEnvelope_num_denoise_steps_missing, None)
+    if m.expected_generator_calls is None:
+        r.fail(_R_PPEnvelope_expected_generator_calls_missing, None)
+    if m.denoising_step_list is None:
+        r.fail(_R_PPEnvelope_denoising_step_list_missing, None)
+    if m.latents_in is None:
+        r.fail(_R_PPEnvelope_latents_in_missing, None)
+    if m.conditioning_embeds is None:
+        r.fail(_R_PPEnvelope_conditioning_embeds_missing, None)
+    if m.context_frames is None and "do_kv_recompute" not in bad and (m.do_kv_recompute is True):
+        r.fail(_R_PPEnvelope_context_frames_missing, None)
     if (
-        v_expected_generator_calls is not None
-        and "expected_generator_calls" not in bad
-        and (
-            not bad
-            or bad.isdisjoint(
-                (
-                    "do_kv_recompute",
-                    "num_denoise_steps",
-                )
-            )
-        )
-    ):
-        _want_expected_generator_calls = int(m.do_kv_recompute) + m.num_denoise_steps
-        if v_expected_generator_calls != _want_expected_generator_calls:
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPEnvelope_expected_generator_calls_derived,
-                _w.show(v_expected_generator_calls),
-                _w.show(_want_expected_generator_calls),
-            )
-    if v_denoising_step_list is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_denoising_step_list_missing, "None")
-    if v_latents_in is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_latents_in_missing, "None")
-    if v_conditioning_embeds is None:
-        _w.fail(out, ff, ids, _R_PPEnvelope_conditioning_embeds_missing, "None")
-    if (
-        v_context_frames is None
-        and (not bad or bad.isdisjoint(("do_kv_recompute",)))
-        and (m.do_kv_recompute is True)
-    ):
-        _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_missing, "None")
-    if (
-        v_context_frames is not None
-        and (not bad or bad.isdisjoint(("do_kv_recompute",)))
+        m.context_frames is not None
+        and "do_kv_recompute" not in bad
         and (m.do_kv_recompute is not True)
     ):
-        _w.fail(out, ff, ids, _R_PPEnvelope_context_frames_none, _w.show(v_context_frames))
+        r.fail(_R_PPEnvelope_context_frames_none, m.context_frames)
     if (
-        not bad
-        or bad.isdisjoint(
-            (
-                "denoising_step_list",
-                "num_denoise_steps",
-            )
-        )
-    ) and (m.num_denoise_steps != len(m.denoising_step_list)):
-        _w.fail(
-            out,
-            ff,
-            ids,
+        (x := m.expected_generator_calls) is not None
+        and "expected_generator_calls" not in bad
+        and (not bad or bad.isdisjoint(("do_kv_recompute", "num_denoise_steps")))
+    ):
+        want = int(m.do_kv_recompute) + m.num_denoise_steps
+        if x != want:
+            r.differs(_R_PPEnvelope_expected_generator_calls_derived, x, want)
+    if (not bad or bad.isdisjoint(("denoising_step_list", "num_denoise_steps"))) and (
+        m.num_denoise_steps != len(m.denoising_step_list)
+    ):
+        r.broken(
             _R_PPEnvelope_inv_denoise_steps_match_list,
-            _w.sides(
-                ("num_denoise_steps", m.num_denoise_steps),
-                ("len(denoising_step_list)", len(m.denoising_step_list)),
-            ),
+            ("num_denoise_steps", m.num_denoise_steps),
+            ("len(denoising_step_list)", len(m.denoising_step_list)),
         )
-    if (
-        not bad
-        or bad.isdisjoint(
-            (
-                "init_cache",
-                "reset_kv_cache",
-            )
-        )
-    ) and (not ((not m.init_cache) or m.reset_kv_cache)):
-        _w.fail(
-            out,
-            ff,
-            ids,
+    if (not bad or bad.isdisjoint(("init_cache", "reset_kv_cache"))) and (
+        not ((not m.init_cache) or m.reset_kv_cache)
+    ):
+        r.broken(
             _R_PPEnvelope_inv_hard_cut_resets_kv,
-            _w.sides(
-                ("init_cache", m.init_cache),
-                ("reset_kv_cache", m.reset_kv_cache),
-            ),
+            ("init_cache", m.init_cache),
+            ("reset_kv_cache", m.reset_kv_cache),
         )
     if (
-        (
-            not bad
-            or bad.isdisjoint(
-                (
-                    "height",
-                    "width",
-                )
-            )
-        )
+        (not bad or bad.isdisjoint(("height", "width")))
         and dim_LH is not None
         and dim_LW is not None
         and (not (((dim_LH * 8) == m.height) and ((dim_LW * 8) == m.width)))
     ):
-        _w.fail(
-            out,
-            ff,
-            ids,
+        r.broken(
             _R_PPEnvelope_inv_geometry_matches_latents,
-            _w.sides(
-                ("LH", dim_LH),
-                ("LW", dim_LW),
-                ("height", m.height),
-                ("width", m.width),
-            ),
+            ("LH", dim_LH),
+            ("LW", dim_LW),
+            ("height", m.height),
+            ("width", m.width),
         )
 
 
-def _validate_PPResult(m: PPResult, out: list[Violation], ids: _Ids, ff: bool) -> None:
-    bad: set[str] = set()
-    dims: dict[str, int] = {}
-    v_pp_result_version = m.pp_result_version
-    if v_pp_result_version is None:
-        bad.add("pp_result_version")  # reported as missing; expressions must not read it
-    if v_pp_result_version is not None:
-        if type(v_pp_result_version) is not int:
-            bad.add("pp_result_version")
-            _w.fail(out, ff, ids, _R_PPResult_pp_result_version_type, _w.show(v_pp_result_version))
-        elif not (-9223372036854775808 <= v_pp_result_version <= 9223372036854775807):
-            bad.add("pp_result_version")
-            _w.fail(out, ff, ids, _R_PPResult_pp_result_version_range, _w.show(v_pp_result_version))
-    v_latents_out = m.latents_out
-    if v_latents_out is None:
-        bad.add("latents_out")  # reported as missing; expressions must not read it
-    if v_latents_out is not None:
-        if not _w.is_dense(v_latents_out):
-            bad.add("latents_out")
-            _w.fail(out, ff, ids, _R_PPResult_latents_out_type, _w.show(v_latents_out))
-        else:
-            if v_latents_out.dtype not in (
-                torch.bfloat16,
-                torch.float16,
-            ):
-                bad.add("latents_out")
-                _w.fail(
-                    out, ff, ids, _R_PPResult_latents_out_dtype, _w.dtype_name(v_latents_out.dtype)
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_latents_out,
-                (
-                    1,
-                    ("F", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims if "latents_out" not in bad else {},
-                16777216,
-            )
-            if problem is not None:
-                bad.add("latents_out")
-                _w.fail(out, ff, ids, _R_PPResult_latents_out_shape, problem)
-    v_observed_generator_calls = m.observed_generator_calls
-    if v_observed_generator_calls is None:
-        bad.add("observed_generator_calls")  # reported as missing; expressions must not read it
-    if v_observed_generator_calls is not None:
-        if type(v_observed_generator_calls) is not int:
-            bad.add("observed_generator_calls")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPResult_observed_generator_calls_type,
-                _w.show(v_observed_generator_calls),
-            )
-        elif not (1 <= v_observed_generator_calls <= 65):
-            bad.add("observed_generator_calls")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_PPResult_observed_generator_calls_range,
-                _w.show(v_observed_generator_calls),
-            )
-    v_output_digest = m.output_digest
-    if v_output_digest is not None:
-        if type(v_output_digest) is not int:
-            bad.add("output_digest")
-            _w.fail(out, ff, ids, _R_PPResult_output_digest_type, _w.show(v_output_digest))
-        elif not (-9223372036854775808 <= v_output_digest <= 9223372036854775807):
-            bad.add("output_digest")
-            _w.fail(out, ff, ids, _R_PPResult_output_digest_range, _w.show(v_output_digest))
-    _rules_PPResult(m, out, ids, ff, bad, dims)
+def _validate_PPResult(m: PPResult, r: _v.Report) -> None:
+    x: Any
+    if (x := m.pp_result_version) is None:
+        r.bad.add("pp_result_version")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPResult_pp_result_version_type, x)
+    elif not (-9223372036854775808 <= x <= 9223372036854775807):
+        r.refuse(_R_PPResult_pp_result_version_range, x)
+    if (x := m.latents_out) is None:
+        r.bad.add("latents_out")  # reported as missing: rules must not read it
+    else:
+        r.tensor(x, _T_PPResult_latents_out)
+    if (x := m.observed_generator_calls) is None:
+        r.bad.add("observed_generator_calls")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_PPResult_observed_generator_calls_type, x)
+    elif not (1 <= x <= 65):
+        r.refuse(_R_PPResult_observed_generator_calls_range, x)
+    if (x := m.output_digest) is not None:
+        if type(x) is not int:
+            r.refuse(_R_PPResult_output_digest_type, x)
+        elif not (-9223372036854775808 <= x <= 9223372036854775807):
+            r.refuse(_R_PPResult_output_digest_range, x)
+    _rules_PPResult(m, r)
 
 
-def _check_decoded_PPResult(
-    m: PPResult, out: list[Violation], ids: _Ids, ff: bool, dims: dict[str, int]
-) -> None:
-    bad: set[str] = set()
-    v_observed_generator_calls = m.observed_generator_calls
-    if v_observed_generator_calls is not None and not (1 <= v_observed_generator_calls <= 65):
-        bad.add("observed_generator_calls")
-        _w.fail(
-            out,
-            ff,
-            ids,
-            _R_PPResult_observed_generator_calls_range,
-            _w.show(v_observed_generator_calls),
-        )
-    _rules_PPResult(m, out, ids, ff, bad, dims)
+def _check_decoded_PPResult(m: PPResult, r: _v.Report) -> None:
+    x: Any
+    if (x := m.observed_generator_calls) is not None and not (1 <= x <= 65):
+        r.refuse(_R_PPResult_observed_generator_calls_range, x)
+    _rules_PPResult(m, r)
 
 
-def _rules_PPResult(
-    m: PPResult, out: list[Violation], ids: _Ids, ff: bool, bad: set[str], dims: dict[str, int]
-) -> None:
-    v_pp_result_version = m.pp_result_version
-    v_latents_out = m.latents_out
-    v_observed_generator_calls = m.observed_generator_calls
+def _rules_PPResult(m: PPResult, r: _v.Report) -> None:
+    bad = r.bad
     if (
-        v_pp_result_version is not None
+        m.pp_result_version is not None
         and "pp_result_version" not in bad
-        and v_pp_result_version != 1
+        and m.pp_result_version != 1
     ):
-        _w.fail(out, ff, ids, _R_PPResult_pp_result_version_version, _w.show(v_pp_result_version))
-    if v_pp_result_version is None:
-        _w.fail(out, ff, ids, _R_PPResult_pp_result_version_missing, "None")
-    if v_latents_out is None:
-        _w.fail(out, ff, ids, _R_PPResult_latents_out_missing, "None")
-    if v_observed_generator_calls is None:
-        _w.fail(out, ff, ids, _R_PPResult_observed_generator_calls_missing, "None")
+        r.fail(_R_PPResult_pp_result_version_version, m.pp_result_version)
+    if m.pp_result_version is None:
+        r.fail(_R_PPResult_pp_result_version_missing, None)
+    if m.latents_out is None:
+        r.fail(_R_PPResult_latents_out_missing, None)
+    if m.observed_generator_calls is None:
+        r.fail(_R_PPResult_observed_generator_calls_missing, None)
 
 
-_VALIDATORS: Final[dict[type, Callable[[Any, list[Violation], _Ids, bool], None]]] = {
+_VALIDATORS: Final[dict[type, Callable[[Any, _v.Report], None]]] = {
     PPEnvelope: _validate_PPEnvelope,
     PPResult: _validate_PPResult,
 }
@@ -1180,18 +810,19 @@ def check(msg: Message | None, header: Header | None = None) -> None:
 
 
 def _write_header(h: Header, words: list[int]) -> None:
+    x: Any
     presence = 0
     words[2] = h.call_id
-    v_chunk_index = h.chunk_index
-    if v_chunk_index is not None:
+    if (x := h.chunk_index) is not None:
         presence |= 2
-        words[3] = v_chunk_index
+        words[3] = x
     words[4] = h.cache_epoch
     words[5] = int(h.action)
     words[W_HEADER_PRESENCE] = presence
 
 
 def _encode_PPEnvelope(m: PPEnvelope, words: list[int], device: _Device) -> _Encoded:
+    x: Any
     words[W_MESSAGE_ID] = 1
     words[W_MESSAGE_VERSION] = 1
     presence = 16383
@@ -1206,58 +837,34 @@ def _encode_PPEnvelope(m: PPEnvelope, words: list[int], device: _Device) -> _Enc
     words[18] = int(m.do_kv_recompute)
     words[19] = m.num_denoise_steps
     words[20] = m.expected_generator_calls
-    v_input_digest = m.input_digest
-    if v_input_digest is not None:
+    if (x := m.input_digest) is not None:
         presence |= 32768
-        words[21] = v_input_digest
+        words[21] = x
     tensors: list[torch.Tensor] = []
     entries: list[_w.Entry] = []
-    t_conditioning_embeds = m.conditioning_embeds
-    if t_conditioning_embeds is not None:
-        presence |= 8192
-        t_conditioning_embeds = _w.materialize(t_conditioning_embeds, device)
-        entries.append(_w.put_tensor(words, 22, "conditioning_embeds", t_conditioning_embeds))
-        tensors.append(t_conditioning_embeds)
-    t_context_frames = m.context_frames
-    if t_context_frames is not None:
+    _T_PPEnvelope_conditioning_embeds.put(m.conditioning_embeds, device, words, tensors, entries)
+    if (x := m.context_frames) is not None:
         presence |= 16384
-        t_context_frames = _w.materialize(t_context_frames, device)
-        entries.append(_w.put_tensor(words, 26, "context_frames", t_context_frames))
-        tensors.append(t_context_frames)
-    t_denoising_step_list = m.denoising_step_list
-    if t_denoising_step_list is not None:
-        presence |= 2048
-        t_denoising_step_list = _w.materialize(t_denoising_step_list, device)
-        entries.append(_w.put_tensor(words, 32, "denoising_step_list", t_denoising_step_list))
-        tensors.append(t_denoising_step_list)
-    t_latents_in = m.latents_in
-    if t_latents_in is not None:
-        presence |= 4096
-        t_latents_in = _w.materialize(t_latents_in, device)
-        entries.append(_w.put_tensor(words, 34, "latents_in", t_latents_in))
-        tensors.append(t_latents_in)
+        _T_PPEnvelope_context_frames.put(x, device, words, tensors, entries)
+    _T_PPEnvelope_denoising_step_list.put(m.denoising_step_list, device, words, tensors, entries)
+    _T_PPEnvelope_latents_in.put(m.latents_in, device, words, tensors, entries)
     words[W_PRESENCE] = presence
     return tensors, entries
 
 
 def _encode_PPResult(m: PPResult, words: list[int], device: _Device) -> _Encoded:
+    x: Any
     words[W_MESSAGE_ID] = 2
     words[W_MESSAGE_VERSION] = 1
     presence = 7
     words[10] = m.pp_result_version
     words[11] = m.observed_generator_calls
-    v_output_digest = m.output_digest
-    if v_output_digest is not None:
+    if (x := m.output_digest) is not None:
         presence |= 8
-        words[12] = v_output_digest
+        words[12] = x
     tensors: list[torch.Tensor] = []
     entries: list[_w.Entry] = []
-    t_latents_out = m.latents_out
-    if t_latents_out is not None:
-        presence |= 2
-        t_latents_out = _w.materialize(t_latents_out, device)
-        entries.append(_w.put_tensor(words, 22, "latents_out", t_latents_out))
-        tensors.append(t_latents_out)
+    _T_PPResult_latents_out.put(m.latents_out, device, words, tensors, entries)
     words[W_PRESENCE] = presence
     return tensors, entries
 
@@ -1291,9 +898,7 @@ def encode(
     return prepare(msg, header, device=device).frames()
 
 
-_DECODED_VALIDATORS: Final[
-    dict[type, Callable[[Any, list[Violation], _Ids, bool, dict[str, int]], None]]
-] = {
+_DECODED_VALIDATORS: Final[dict[type, Callable[[Any, _v.Report], None]]] = {
     PPEnvelope: _check_decoded_PPEnvelope,
     PPResult: _check_decoded_PPResult,
 }
@@ -1305,32 +910,18 @@ def _read_header(w: list[int]) -> Header:
         raise WireError(
             "presence", f"unknown header presence bits {presence:#x}", W_HEADER_PRESENCE
         )
-    x_call_id = w[2]
-    if presence & 2:
-        x_chunk_index = w[3]
-    else:
-        _w.require_zero(w, 3, 4)
-        x_chunk_index = None
-    x_cache_epoch = w[4]
-    x_action = _w.enum_member(PPAction, w[5], 5, "action")
     return Header(
-        call_id=x_call_id,
-        chunk_index=x_chunk_index,
-        cache_epoch=x_cache_epoch,
-        action=x_action,
+        call_id=w[2],
+        chunk_index=w[3] if presence & 2 else _w.absent(w, 3),
+        cache_epoch=w[4],
+        action=_w.enum_member(PPAction, w[5], 5, "action"),
     )
 
 
 _LAYOUTS_PPEnvelope: Final[dict[tuple[int, ...], _w.Layout]] = {}
 
 
-def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
-    if w[W_MESSAGE_VERSION] != 1:
-        raise ProtocolMismatch(
-            "message-version",
-            f"PPEnvelope v{w[W_MESSAGE_VERSION]} from the peer, this side speaks v1",
-            W_MESSAGE_VERSION,
-        )
+def _read_PPEnvelope(w: list[int]) -> _c.Read:
     presence = w[W_PRESENCE]
     if presence & ~0xFFFF or (presence & 0x3FFF) != 0x3FFF:
         raise WireError(
@@ -1348,11 +939,7 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
     values["do_kv_recompute"] = _w.word_to_bool(w[18], 18)
     values["num_denoise_steps"] = w[19]
     values["expected_generator_calls"] = w[20]
-    if presence & 32768:
-        values["input_digest"] = w[21]
-    else:
-        _w.require_zero(w, 21, 22)
-        values["input_digest"] = None
+    values["input_digest"] = w[21] if presence & 32768 else _w.absent(w, 21)
     # a stream repeats its layout: the manifest words decide everything read here, so a
     # layout checked once is looked up (bounded cache) instead of checked again
     key = (presence & 0x7800, *w[22:40])
@@ -1361,71 +948,22 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
         entries: list[_w.Entry] = []
         dims: dict[str, int] = {}
         if presence & 8192:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    22,
-                    "conditioning_embeds",
-                    (3, 2),
-                    (
-                        1,
-                        ("T", 1, 1024),
-                        ("D", 1, 8192),
-                    ),
-                    dims,
-                    8388608,
-                )
-            )
+            entries.append(_T_PPEnvelope_conditioning_embeds.read(w, dims))
         else:
             _w.require_zero(w, 22, 26)
         if presence & 16384:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    26,
-                    "context_frames",
-                    (3, 2),
-                    (
-                        1,
-                        ("FC", 1, 64),
-                        ("C", 1, 64),
-                        ("LH", 1, 512),
-                        ("LW", 1, 512),
-                    ),
-                    dims,
-                    16777216,
-                )
-            )
+            entries.append(_T_PPEnvelope_context_frames.read(w, dims))
         else:
             _w.require_zero(w, 26, 32)
         if presence & 2048:
-            entries.append(
-                _w.read_tensor(w, 32, "denoising_step_list", (5,), (("S", 1, 64),), dims, 64)
-            )
+            entries.append(_T_PPEnvelope_denoising_step_list.read(w, dims))
         else:
             _w.require_zero(w, 32, 34)
         if presence & 4096:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    34,
-                    "latents_in",
-                    (3, 2),
-                    (
-                        1,
-                        ("F", 1, 64),
-                        ("C", 1, 64),
-                        ("LH", 1, 512),
-                        ("LW", 1, 512),
-                    ),
-                    dims,
-                    16777216,
-                )
-            )
+            entries.append(_T_PPEnvelope_latents_in.read(w, dims))
         else:
             _w.require_zero(w, 34, 40)
         layout = _w.remember(_LAYOUTS_PPEnvelope, key, (*_w.plan_segments(entries), dims))
-    slots, sizes, dims = layout
     if not presence & 8192:
         values["conditioning_embeds"] = None
     if not presence & 16384:
@@ -1434,34 +972,13 @@ def _read_PPEnvelope(w: list[int], header: Header) -> Manifest:
         values["denoising_step_list"] = None
     if not presence & 4096:
         values["latents_in"] = None
-    if w[W_FRAME1] != sum(sizes):
-        raise WireError(
-            "frame1",
-            f"frame 1 announced {w[W_FRAME1]} bytes, the manifest needs {sum(sizes)}",
-            W_FRAME1,
-        )
-    if not w[W_FRAME1] and w[W_FRAME1_DIGEST]:
-        raise WireError(
-            "frame1",
-            f"an empty frame 1 has digest 0, frame says {w[W_FRAME1_DIGEST]:#x}",
-            W_FRAME1_DIGEST,
-        )
-    cls = PPEnvelope
-    return Manifest(
-        header, cls, values, slots, sizes, _CODEC.decoded_validator(dims), w[W_FRAME1_DIGEST]
-    )
+    return PPEnvelope, values, layout
 
 
 _LAYOUTS_PPResult: Final[dict[tuple[int, ...], _w.Layout]] = {}
 
 
-def _read_PPResult(w: list[int], header: Header) -> Manifest:
-    if w[W_MESSAGE_VERSION] != 1:
-        raise ProtocolMismatch(
-            "message-version",
-            f"PPResult v{w[W_MESSAGE_VERSION]} from the peer, this side speaks v1",
-            W_MESSAGE_VERSION,
-        )
+def _read_PPResult(w: list[int]) -> _c.Read:
     presence = w[W_PRESENCE]
     if presence & ~0xF or (presence & 0x7) != 0x7:
         raise WireError("presence", f"presence bits {presence:#x} do not fit PPResult", W_PRESENCE)
@@ -1471,11 +988,7 @@ def _read_PPResult(w: list[int], header: Header) -> Manifest:
     values: dict[str, object] = {}
     values["pp_result_version"] = w[10]
     values["observed_generator_calls"] = w[11]
-    if presence & 8:
-        values["output_digest"] = w[12]
-    else:
-        _w.require_zero(w, 12, 13)
-        values["output_digest"] = None
+    values["output_digest"] = w[12] if presence & 8 else _w.absent(w, 12)
     # a stream repeats its layout: the manifest words decide everything read here, so a
     # layout checked once is looked up (bounded cache) instead of checked again
     key = (presence & 0x2, *w[22:28])
@@ -1484,50 +997,18 @@ def _read_PPResult(w: list[int], header: Header) -> Manifest:
         entries: list[_w.Entry] = []
         dims: dict[str, int] = {}
         if presence & 2:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    22,
-                    "latents_out",
-                    (3, 2),
-                    (
-                        1,
-                        ("F", 1, 64),
-                        ("C", 1, 64),
-                        ("LH", 1, 512),
-                        ("LW", 1, 512),
-                    ),
-                    dims,
-                    16777216,
-                )
-            )
+            entries.append(_T_PPResult_latents_out.read(w, dims))
         else:
             _w.require_zero(w, 22, 28)
         layout = _w.remember(_LAYOUTS_PPResult, key, (*_w.plan_segments(entries), dims))
-    slots, sizes, dims = layout
     if not presence & 2:
         values["latents_out"] = None
-    if w[W_FRAME1] != sum(sizes):
-        raise WireError(
-            "frame1",
-            f"frame 1 announced {w[W_FRAME1]} bytes, the manifest needs {sum(sizes)}",
-            W_FRAME1,
-        )
-    if not w[W_FRAME1] and w[W_FRAME1_DIGEST]:
-        raise WireError(
-            "frame1",
-            f"an empty frame 1 has digest 0, frame says {w[W_FRAME1_DIGEST]:#x}",
-            W_FRAME1_DIGEST,
-        )
-    cls = PPResult
-    return Manifest(
-        header, cls, values, slots, sizes, _CODEC.decoded_validator(dims), w[W_FRAME1_DIGEST]
-    )
+    return PPResult, values, layout
 
 
 _READERS: Final = {
-    1: _read_PPEnvelope,
-    2: _read_PPResult,
+    1: _c.Reader("PPEnvelope", 1, _read_PPEnvelope),
+    2: _c.Reader("PPResult", 1, _read_PPResult),
 }
 _ACTION_IDS: Final[dict[int, int]] = {
     0: 0,
@@ -1599,13 +1080,8 @@ BINDINGS: Final[_b.Bindings[Header, Message]] = _b.Bindings(
     noop=PPAction.NOOP,
     shutdown=PPAction.SHUTDOWN,
     error=PPAction.ERROR,
-    enums={
-        "PPAction": PPAction,
-    },
-    variants={
-        PPEnvelope: (PPEnvelope,),
-        PPResult: (PPResult,),
-    },
+    enums={"PPAction": PPAction},
+    variants={PPEnvelope: (PPEnvelope,), PPResult: (PPResult,)},
     prepare=prepare,
     encode=encode,
     decode=decode,

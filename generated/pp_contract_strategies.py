@@ -162,10 +162,7 @@ _PPEnvelope = _s.Record(
             "latents_in",
             "tensor",
             always=True,
-            dtypes=(
-                torch.bfloat16,
-                torch.float16,
-            ),
+            dtypes=(torch.bfloat16, torch.float16),
             shape=(
                 1,
                 "F",
@@ -179,10 +176,7 @@ _PPEnvelope = _s.Record(
             "conditioning_embeds",
             "tensor",
             always=True,
-            dtypes=(
-                torch.bfloat16,
-                torch.float16,
-            ),
+            dtypes=(torch.bfloat16, torch.float16),
             shape=(
                 1,
                 "T",
@@ -200,10 +194,7 @@ _PPEnvelope = _s.Record(
             none_unless=_s.Expr(
                 lambda f, d: f["do_kv_recompute"] is True, lambda f, d: True, ("do_kv_recompute",)
             ),
-            dtypes=(
-                torch.bfloat16,
-                torch.float16,
-            ),
+            dtypes=(torch.bfloat16, torch.float16),
             shape=(
                 1,
                 "FC",
@@ -295,10 +286,7 @@ _PPResult = _s.Record(
             "latents_out",
             "tensor",
             always=True,
-            dtypes=(
-                torch.bfloat16,
-                torch.float16,
-            ),
+            dtypes=(torch.bfloat16, torch.float16),
             shape=(
                 1,
                 "F",

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias
 import torch
 
 from tpwire.runtime import bindings as _b
+from tpwire.runtime import checks as _v
 from tpwire.runtime import codec as _c
 from tpwire.runtime import wire as _w
 from tpwire.runtime.errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
@@ -230,304 +231,291 @@ def _ids(h: Header | None) -> _Ids:
     )
 
 
-# The rules the validators report: a failure is ``_w.fail(..., rule, actual)``.
-_R_header_call_id_type: Final = _w.Rule("type", "header.call_id", "int", fm="FM-04")
-_R_header_call_id_range: Final = _w.Rule(
-    "range", "header.call_id", "0 <= call_id <= 9223372036854775807", fm="FM-04"
-)
-_R_header_call_id_missing: Final = _w.Rule(
+# The rules the validators report: a failure is one call on the pass's report,
+# ``r.refuse(rule, value)``, ``r.fail(rule, value)`` or ``r.broken(rule, *sides)``.
+_R_header_call_id_type = _v.Rule("type", "header.call_id", "int", fm="FM-04")
+_R_header_call_id_range = _v.Rule("range", "header.call_id", "call_id >= 0", fm="FM-04")
+_R_header_call_id_missing = _v.Rule(
     "missing", "header.call_id", "a value", rule="required: always", fm="FM-04"
 )
-_R_header_chunk_index_type: Final = _w.Rule("type", "header.chunk_index", "int")
-_R_header_chunk_index_range: Final = _w.Rule(
-    "range", "header.chunk_index", "0 <= chunk_index <= 9223372036854775807"
-)
-_R_header_chunk_index_missing: Final = _w.Rule(
+_R_header_chunk_index_type = _v.Rule("type", "header.chunk_index", "int")
+_R_header_chunk_index_range = _v.Rule("range", "header.chunk_index", "chunk_index >= 0")
+_R_header_chunk_index_missing = _v.Rule(
     "missing", "header.chunk_index", "a value", rule="required_when: action == TPAction.INFER"
 )
-_R_header_control_epoch_type: Final = _w.Rule("type", "header.control_epoch", "int")
-_R_header_control_epoch_range: Final = _w.Rule(
-    "range", "header.control_epoch", "0 <= control_epoch <= 9223372036854775807"
-)
-_R_header_control_epoch_missing: Final = _w.Rule(
+_R_header_control_epoch_type = _v.Rule("type", "header.control_epoch", "int")
+_R_header_control_epoch_range = _v.Rule("range", "header.control_epoch", "control_epoch >= 0")
+_R_header_control_epoch_missing = _v.Rule(
     "missing", "header.control_epoch", "a value", rule="required: always"
 )
-_R_header_cache_epoch_type: Final = _w.Rule("type", "header.cache_epoch", "int", fm="FM-10")
-_R_header_cache_epoch_range: Final = _w.Rule(
-    "range", "header.cache_epoch", "0 <= cache_epoch <= 9223372036854775807", fm="FM-10"
-)
-_R_header_cache_epoch_missing: Final = _w.Rule(
+_R_header_cache_epoch_type = _v.Rule("type", "header.cache_epoch", "int", fm="FM-10")
+_R_header_cache_epoch_range = _v.Rule("range", "header.cache_epoch", "cache_epoch >= 0", fm="FM-10")
+_R_header_cache_epoch_missing = _v.Rule(
     "missing", "header.cache_epoch", "a value", rule="required: always", fm="FM-10"
 )
-_R_header_action_type: Final = _w.Rule("type", "header.action", "TPAction")
-_R_header_action_missing: Final = _w.Rule(
-    "missing", "header.action", "a value", rule="required: always"
-)
-_R_Infer_tp_plan_type: Final = _w.Rule("type", "tp_plan", "TPPlan", fm="FM-01")
-_R_Infer_tp_plan_missing: Final = _w.Rule(
+_R_header_action_type = _v.Rule("type", "header.action", "TPAction")
+_R_header_action_missing = _v.Rule("missing", "header.action", "a value", rule="required: always")
+_R_Infer_tp_plan_type = _v.Rule("type", "tp_plan", "TPPlan", fm="FM-01")
+_R_Infer_tp_plan_missing = _v.Rule(
     "missing", "tp_plan", "a value", rule="required: always", fm="FM-01"
 )
-_R_Infer_tp_envelope_version_type: Final = _w.Rule("type", "tp_envelope_version", "int")
-_R_Infer_tp_envelope_version_range: Final = _w.Rule(
+_R_Infer_tp_envelope_version_type = _v.Rule("type", "tp_envelope_version", "int")
+_R_Infer_tp_envelope_version_range = _v.Rule(
     "range", "tp_envelope_version", "tp_envelope_version == 1"
 )
-_R_Infer_tp_envelope_version_missing: Final = _w.Rule(
+_R_Infer_tp_envelope_version_missing = _v.Rule(
     "missing",
     "tp_envelope_version",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
 )
-_R_Infer_height_type: Final = _w.Rule("type", "height", "int")
-_R_Infer_height_range: Final = _w.Rule("range", "height", "8 <= height <= 4096")
-_R_Infer_height_missing: Final = _w.Rule(
+_R_Infer_height_type = _v.Rule("type", "height", "int")
+_R_Infer_height_range = _v.Rule("range", "height", "8 <= height <= 4096")
+_R_Infer_height_missing = _v.Rule(
     "missing", "height", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
 )
-_R_Infer_width_type: Final = _w.Rule("type", "width", "int")
-_R_Infer_width_range: Final = _w.Rule("range", "width", "8 <= width <= 4096")
-_R_Infer_width_missing: Final = _w.Rule(
+_R_Infer_width_type = _v.Rule("type", "width", "int")
+_R_Infer_width_range = _v.Rule("range", "width", "8 <= width <= 4096")
+_R_Infer_width_missing = _v.Rule(
     "missing", "width", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
 )
-_R_Infer_current_start_frame_type: Final = _w.Rule("type", "current_start_frame", "int")
-_R_Infer_current_start_frame_range: Final = _w.Rule(
-    "range", "current_start_frame", "0 <= current_start_frame <= 9223372036854775807"
+_R_Infer_current_start_frame_type = _v.Rule("type", "current_start_frame", "int")
+_R_Infer_current_start_frame_range = _v.Rule(
+    "range", "current_start_frame", "current_start_frame >= 0"
 )
-_R_Infer_current_start_frame_missing: Final = _w.Rule(
+_R_Infer_current_start_frame_missing = _v.Rule(
     "missing",
     "current_start_frame",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
 )
-_R_Infer_init_cache_type: Final = _w.Rule("type", "init_cache", "bool", fm="FM-10")
-_R_Infer_init_cache_missing: Final = _w.Rule(
+_R_Infer_init_cache_type = _v.Rule("type", "init_cache", "bool", fm="FM-10")
+_R_Infer_init_cache_missing = _v.Rule(
     "missing",
     "init_cache",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-10",
 )
-_R_Infer_manage_cache_type: Final = _w.Rule("type", "manage_cache", "bool")
-_R_Infer_manage_cache_missing: Final = _w.Rule(
+_R_Infer_manage_cache_type = _v.Rule("type", "manage_cache", "bool")
+_R_Infer_manage_cache_missing = _v.Rule(
     "missing", "manage_cache", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
 )
-_R_Infer_tp_reset_kv_cache_type: Final = _w.Rule("type", "tp_reset_kv_cache", "bool", fm="FM-10")
-_R_Infer_tp_reset_kv_cache_missing: Final = _w.Rule(
+_R_Infer_tp_reset_kv_cache_type = _v.Rule("type", "tp_reset_kv_cache", "bool", fm="FM-10")
+_R_Infer_tp_reset_kv_cache_missing = _v.Rule(
     "missing",
     "tp_reset_kv_cache",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-10",
 )
-_R_Infer_tp_reset_crossattn_cache_type: Final = _w.Rule(
+_R_Infer_tp_reset_crossattn_cache_type = _v.Rule(
     "type", "tp_reset_crossattn_cache", "bool", fm="FM-17"
 )
-_R_Infer_tp_reset_crossattn_cache_missing: Final = _w.Rule(
+_R_Infer_tp_reset_crossattn_cache_missing = _v.Rule(
     "missing",
     "tp_reset_crossattn_cache",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-17",
 )
-_R_Infer_conditioning_embeds_updated_type: Final = _w.Rule(
+_R_Infer_conditioning_embeds_updated_type = _v.Rule(
     "type", "conditioning_embeds_updated", "bool", fm="FM-17"
 )
-_R_Infer_conditioning_embeds_updated_missing: Final = _w.Rule(
+_R_Infer_conditioning_embeds_updated_missing = _v.Rule(
     "missing",
     "conditioning_embeds_updated",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-17",
 )
-_R_Infer_kv_cache_attention_bias_type: Final = _w.Rule("type", "kv_cache_attention_bias", "float")
-_R_Infer_kv_cache_attention_bias_range: Final = _w.Rule(
+_R_Infer_kv_cache_attention_bias_type = _v.Rule("type", "kv_cache_attention_bias", "float")
+_R_Infer_kv_cache_attention_bias_range = _v.Rule(
     "range", "kv_cache_attention_bias", "kv_cache_attention_bias finite and >= 0.0 and <= 1.0"
 )
-_R_Infer_kv_cache_attention_bias_missing: Final = _w.Rule(
+_R_Infer_kv_cache_attention_bias_missing = _v.Rule(
     "missing",
     "kv_cache_attention_bias",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
 )
-_R_Infer_tp_do_kv_recompute_type: Final = _w.Rule("type", "tp_do_kv_recompute", "bool", fm="FM-02")
-_R_Infer_tp_do_kv_recompute_missing: Final = _w.Rule(
+_R_Infer_tp_do_kv_recompute_type = _v.Rule("type", "tp_do_kv_recompute", "bool", fm="FM-02")
+_R_Infer_tp_do_kv_recompute_missing = _v.Rule(
     "missing",
     "tp_do_kv_recompute",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-02",
 )
-_R_Infer_tp_num_denoise_steps_type: Final = _w.Rule(
-    "type", "tp_num_denoise_steps", "int", fm="FM-02"
-)
-_R_Infer_tp_num_denoise_steps_range: Final = _w.Rule(
+_R_Infer_tp_num_denoise_steps_type = _v.Rule("type", "tp_num_denoise_steps", "int", fm="FM-02")
+_R_Infer_tp_num_denoise_steps_range = _v.Rule(
     "range", "tp_num_denoise_steps", "1 <= tp_num_denoise_steps <= 64", fm="FM-02"
 )
-_R_Infer_tp_num_denoise_steps_missing: Final = _w.Rule(
+_R_Infer_tp_num_denoise_steps_missing = _v.Rule(
     "missing",
     "tp_num_denoise_steps",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-02",
 )
-_R_Infer_tp_expected_generator_calls_type: Final = _w.Rule(
+_R_Infer_tp_expected_generator_calls_type = _v.Rule(
     "type", "tp_expected_generator_calls", "int", fm="FM-02"
 )
-_R_Infer_tp_expected_generator_calls_range: Final = _w.Rule(
+_R_Infer_tp_expected_generator_calls_range = _v.Rule(
     "range", "tp_expected_generator_calls", "1 <= tp_expected_generator_calls <= 65", fm="FM-02"
 )
-_R_Infer_tp_expected_generator_calls_missing: Final = _w.Rule(
+_R_Infer_tp_expected_generator_calls_missing = _v.Rule(
     "missing",
     "tp_expected_generator_calls",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-02",
 )
-_R_Infer_tp_expected_generator_calls_derived: Final = _w.Rule(
+_R_Infer_tp_expected_generator_calls_derived = _v.Rule(
     "invariant",
     "tp_expected_generator_calls",
     "",
     rule="derived: tp_expected_generator_calls == int(tp_do_kv_recompute) + tp_num_denoise_steps",
     fm="FM-02",
 )
-_R_Infer_denoising_step_list_type: Final = _w.Rule(
+_R_Infer_denoising_step_list_type = _v.Rule(
     "type", "denoising_step_list", "tensor[int64][S]", fm="FM-02"
 )
-_R_Infer_denoising_step_list_dtype: Final = _w.Rule(
+_R_Infer_denoising_step_list_dtype = _v.Rule(
     "dtype", "denoising_step_list", "int64", rule="dtypes: int64", fm="FM-02"
 )
-_R_Infer_denoising_step_list_shape: Final = _w.Rule(
+_R_Infer_denoising_step_list_shape = _v.Rule(
     "shape",
     "denoising_step_list",
     "[S] with S in 1..64, at most 64 elements",
     rule="shape: [S]",
     fm="FM-02",
 )
-_R_Infer_denoising_step_list_missing: Final = _w.Rule(
+_R_Infer_denoising_step_list_missing = _v.Rule(
     "missing",
     "denoising_step_list",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-02",
 )
-_R_Infer_latents_type: Final = _w.Rule(
+_R_Infer_latents_type = _v.Rule(
     "type", "latents", "tensor[bfloat16/float16][1, F, C, LH, LW]", fm="FM-15"
 )
-_R_Infer_latents_dtype: Final = _w.Rule(
+_R_Infer_latents_dtype = _v.Rule(
     "dtype", "latents", "bfloat16 | float16", rule="dtypes: bfloat16, float16", fm="FM-15"
 )
-_R_Infer_latents_shape: Final = _w.Rule(
+_R_Infer_latents_shape = _v.Rule(
     "shape",
     "latents",
     "[1, F, C, LH, LW] with F in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
     rule="shape: [1, F, C, LH, LW]",
     fm="FM-15",
 )
-_R_Infer_latents_missing: Final = _w.Rule(
+_R_Infer_latents_missing = _v.Rule(
     "missing",
     "latents",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-15",
 )
-_R_Infer_conditioning_embeds_type: Final = _w.Rule(
+_R_Infer_conditioning_embeds_type = _v.Rule(
     "type", "conditioning_embeds", "tensor[bfloat16/float16][1, T, D]", fm="FM-17"
 )
-_R_Infer_conditioning_embeds_dtype: Final = _w.Rule(
+_R_Infer_conditioning_embeds_dtype = _v.Rule(
     "dtype",
     "conditioning_embeds",
     "bfloat16 | float16",
     rule="dtypes: bfloat16, float16",
     fm="FM-17",
 )
-_R_Infer_conditioning_embeds_shape: Final = _w.Rule(
+_R_Infer_conditioning_embeds_shape = _v.Rule(
     "shape",
     "conditioning_embeds",
     "[1, T, D] with T in 1..1024, D in 1..8192, at most 8388608 elements",
     rule="shape: [1, T, D]",
     fm="FM-17",
 )
-_R_Infer_conditioning_embeds_missing: Final = _w.Rule(
+_R_Infer_conditioning_embeds_missing = _v.Rule(
     "missing",
     "conditioning_embeds",
     "a value",
     rule="required_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-17",
 )
-_R_Infer_context_frames_override_type: Final = _w.Rule(
+_R_Infer_context_frames_override_type = _v.Rule(
     "type",
     "context_frames_override",
     "tensor[bfloat16/float16][1, FC, C, LH, LW] | None",
     fm="FM-06",
 )
-_R_Infer_context_frames_override_dtype: Final = _w.Rule(
+_R_Infer_context_frames_override_dtype = _v.Rule(
     "dtype",
     "context_frames_override",
     "bfloat16 | float16",
     rule="dtypes: bfloat16, float16",
     fm="FM-06",
 )
-_R_Infer_context_frames_override_shape: Final = _w.Rule(
+_R_Infer_context_frames_override_shape = _v.Rule(
     "shape",
     "context_frames_override",
     "[1, FC, C, LH, LW] with FC in 1..64, C in 1..64, LH in 1..512, LW in 1..512, at most 16777216 elements",
     rule="shape: [1, FC, C, LH, LW]",
     fm="FM-06",
 )
-_R_Infer_context_frames_override_missing: Final = _w.Rule(
+_R_Infer_context_frames_override_missing = _v.Rule(
     "missing",
     "context_frames_override",
     "a value",
     rule="required_when: tp_do_kv_recompute == True",
     fm="FM-06",
 )
-_R_Infer_context_frames_override_none: Final = _w.Rule(
+_R_Infer_context_frames_override_none = _v.Rule(
     "must_be_none",
     "context_frames_override",
     "None",
     rule="none_unless: tp_do_kv_recompute == True",
     fm="FM-06",
 )
-_R_Infer_base_seed_type: Final = _w.Rule("type", "base_seed", "int")
-_R_Infer_base_seed_range: Final = _w.Rule(
-    "range", "base_seed", "0 <= base_seed <= 9223372036854775807"
-)
-_R_Infer_base_seed_missing: Final = _w.Rule(
+_R_Infer_base_seed_type = _v.Rule("type", "base_seed", "int")
+_R_Infer_base_seed_range = _v.Rule("range", "base_seed", "base_seed >= 0")
+_R_Infer_base_seed_missing = _v.Rule(
     "missing", "base_seed", "a value", rule="required_when: tp_plan == TPPlan.v1_generator_only"
 )
-_R_Infer_video_type: Final = _w.Rule(
+_R_Infer_video_type = _v.Rule(
     "type", "video", "tensor[uint8/bfloat16/float16/float32][VF, VH, VW, 3]", fm="FM-15"
 )
-_R_Infer_video_dtype: Final = _w.Rule(
+_R_Infer_video_dtype = _v.Rule(
     "dtype",
     "video",
     "uint8 | bfloat16 | float16 | float32",
     rule="dtypes: uint8, bfloat16, float16, float32",
     fm="FM-15",
 )
-_R_Infer_video_shape: Final = _w.Rule(
+_R_Infer_video_shape = _v.Rule(
     "shape",
     "video",
     "[VF, VH, VW, 3] with VF in 1..1024, VH in 1..4096, VW in 1..4096, at most 268435456 elements",
     rule="shape: [VF, VH, VW, 3]",
     fm="FM-15",
 )
-_R_Infer_video_forbidden: Final = _w.Rule(
+_R_Infer_video_forbidden = _v.Rule(
     "forbidden",
     "video",
     "absent",
     rule="forbidden_when: tp_plan == TPPlan.v1_generator_only",
     fm="FM-15",
 )
-_R_Infer_tp_plan_plan: Final = _w.Rule(
+_R_Infer_tp_plan_plan = _v.Rule(
     "type", "tp_plan", "", rule="discriminator selects the class", fm="FM-01"
 )
-_R_Infer_tp_envelope_version_version: Final = _w.Rule(
+_R_Infer_tp_envelope_version_version = _v.Rule(
     "version",
     "tp_envelope_version",
     "1",
     rule="version: Infer v1",
     message="unknown envelope version",
 )
-_R_Infer_inv_denoise_steps_match_list: Final = _w.Rule(
+_R_Infer_inv_denoise_steps_match_list = _v.Rule(
     "invariant",
     "denoising_step_list, tp_num_denoise_steps",
     "tp_num_denoise_steps == len(denoising_step_list)",
@@ -535,7 +523,7 @@ _R_Infer_inv_denoise_steps_match_list: Final = _w.Rule(
     fm="FM-02",
     message="the step count must equal the length of the timestep list",
 )
-_R_Infer_inv_context_frames_iff_recompute: Final = _w.Rule(
+_R_Infer_inv_context_frames_iff_recompute = _v.Rule(
     "invariant",
     "context_frames_override, tp_do_kv_recompute",
     "tp_do_kv_recompute == (context_frames_override is not None)",
@@ -543,106 +531,124 @@ _R_Infer_inv_context_frames_iff_recompute: Final = _w.Rule(
     fm="FM-06",
     message="context_frames_override must be present iff tp_do_kv_recompute",
 )
-_R_Infer_inv_geometry_matches_latents: Final = _w.Rule(
+_R_Infer_inv_geometry_matches_latents = _v.Rule(
     "invariant",
     "height, width",
     "LH * 8 == height and LW * 8 == width",
     rule="invariant geometry-matches-latents: LH * 8 == height and LW * 8 == width",
     message="latents must be the VAE-downsampled (8x) geometry of height x width",
 )
+_T_Infer_conditioning_embeds = _v.TensorField(
+    "conditioning_embeds",
+    26,
+    (torch.bfloat16, torch.float16),
+    (1, ("T", 1, 1024), ("D", 1, 8192)),
+    8388608,
+    (
+        _R_Infer_conditioning_embeds_type,
+        _R_Infer_conditioning_embeds_dtype,
+        _R_Infer_conditioning_embeds_shape,
+    ),
+)
+_T_Infer_context_frames_override = _v.TensorField(
+    "context_frames_override",
+    30,
+    (torch.bfloat16, torch.float16),
+    (1, ("FC", 1, 64), ("C", 1, 64), ("LH", 1, 512), ("LW", 1, 512)),
+    16777216,
+    (
+        _R_Infer_context_frames_override_type,
+        _R_Infer_context_frames_override_dtype,
+        _R_Infer_context_frames_override_shape,
+    ),
+)
+_T_Infer_denoising_step_list = _v.TensorField(
+    "denoising_step_list",
+    36,
+    (torch.int64,),
+    (("S", 1, 64),),
+    64,
+    (
+        _R_Infer_denoising_step_list_type,
+        _R_Infer_denoising_step_list_dtype,
+        _R_Infer_denoising_step_list_shape,
+    ),
+)
+_T_Infer_latents = _v.TensorField(
+    "latents",
+    38,
+    (torch.bfloat16, torch.float16),
+    (1, ("F", 1, 64), ("C", 1, 64), ("LH", 1, 512), ("LW", 1, 512)),
+    16777216,
+    (_R_Infer_latents_type, _R_Infer_latents_dtype, _R_Infer_latents_shape),
+)
+_T_Infer_video = _v.TensorField(
+    "video",
+    44,
+    (torch.uint8, torch.bfloat16, torch.float16, torch.float32),
+    (("VF", 1, 1024), ("VH", 1, 4096), ("VW", 1, 4096), 3),
+    268435456,
+    (_R_Infer_video_type, _R_Infer_video_dtype, _R_Infer_video_shape),
+)
 
 
-def _validate_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
-    bad: set[str] = set()
-    v_call_id = h.call_id
-    if v_call_id is None:
-        bad.add("call_id")  # reported as missing; expressions must not read it
-    if v_call_id is not None:
-        if type(v_call_id) is not int:
-            bad.add("call_id")
-            _w.fail(out, ff, ids, _R_header_call_id_type, _w.show(v_call_id))
-        elif not (0 <= v_call_id <= 9223372036854775807):
-            bad.add("call_id")
-            _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
-    v_chunk_index = h.chunk_index
-    if v_chunk_index is not None:
-        if type(v_chunk_index) is not int:
-            bad.add("chunk_index")
-            _w.fail(out, ff, ids, _R_header_chunk_index_type, _w.show(v_chunk_index))
-        elif not (0 <= v_chunk_index <= 9223372036854775807):
-            bad.add("chunk_index")
-            _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
-    v_control_epoch = h.control_epoch
-    if v_control_epoch is None:
-        bad.add("control_epoch")  # reported as missing; expressions must not read it
-    if v_control_epoch is not None:
-        if type(v_control_epoch) is not int:
-            bad.add("control_epoch")
-            _w.fail(out, ff, ids, _R_header_control_epoch_type, _w.show(v_control_epoch))
-        elif not (0 <= v_control_epoch <= 9223372036854775807):
-            bad.add("control_epoch")
-            _w.fail(out, ff, ids, _R_header_control_epoch_range, _w.show(v_control_epoch))
-    v_cache_epoch = h.cache_epoch
-    if v_cache_epoch is None:
-        bad.add("cache_epoch")  # reported as missing; expressions must not read it
-    if v_cache_epoch is not None:
-        if type(v_cache_epoch) is not int:
-            bad.add("cache_epoch")
-            _w.fail(out, ff, ids, _R_header_cache_epoch_type, _w.show(v_cache_epoch))
-        elif not (0 <= v_cache_epoch <= 9223372036854775807):
-            bad.add("cache_epoch")
-            _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
-    v_action = h.action
-    if v_action is None:
-        bad.add("action")  # reported as missing; expressions must not read it
-    if v_action is not None:
-        if type(v_action) is not TPAction:
-            bad.add("action")
-            _w.fail(out, ff, ids, _R_header_action_type, _w.show(v_action))
-    _header_rules(h, out, ids, ff, bad)
+def _validate_header(h: Header, r: _v.Report) -> None:
+    x: Any
+    if (x := h.call_id) is None:
+        r.bad.add("call_id")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_header_call_id_type, x)
+    elif not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_call_id_range, x)
+    if (x := h.chunk_index) is not None:
+        if type(x) is not int:
+            r.refuse(_R_header_chunk_index_type, x)
+        elif not (0 <= x <= 9223372036854775807):
+            r.refuse(_R_header_chunk_index_range, x)
+    if (x := h.control_epoch) is None:
+        r.bad.add("control_epoch")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_header_control_epoch_type, x)
+    elif not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_control_epoch_range, x)
+    if (x := h.cache_epoch) is None:
+        r.bad.add("cache_epoch")  # reported as missing: rules must not read it
+    elif type(x) is not int:
+        r.refuse(_R_header_cache_epoch_type, x)
+    elif not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_cache_epoch_range, x)
+    if (x := h.action) is None:
+        r.bad.add("action")  # reported as missing: rules must not read it
+    elif type(x) is not TPAction:
+        r.refuse(_R_header_action_type, x)
+    _header_rules(h, r)
 
 
-def _check_decoded_header(h: Header, out: list[Violation], ids: _Ids, ff: bool) -> None:
-    bad: set[str] = set()
-    v_call_id = h.call_id
-    if v_call_id is not None and not (0 <= v_call_id <= 9223372036854775807):
-        bad.add("call_id")
-        _w.fail(out, ff, ids, _R_header_call_id_range, _w.show(v_call_id))
-    v_chunk_index = h.chunk_index
-    if v_chunk_index is not None and not (0 <= v_chunk_index <= 9223372036854775807):
-        bad.add("chunk_index")
-        _w.fail(out, ff, ids, _R_header_chunk_index_range, _w.show(v_chunk_index))
-    v_control_epoch = h.control_epoch
-    if v_control_epoch is not None and not (0 <= v_control_epoch <= 9223372036854775807):
-        bad.add("control_epoch")
-        _w.fail(out, ff, ids, _R_header_control_epoch_range, _w.show(v_control_epoch))
-    v_cache_epoch = h.cache_epoch
-    if v_cache_epoch is not None and not (0 <= v_cache_epoch <= 9223372036854775807):
-        bad.add("cache_epoch")
-        _w.fail(out, ff, ids, _R_header_cache_epoch_range, _w.show(v_cache_epoch))
-    _header_rules(h, out, ids, ff, bad)
+def _check_decoded_header(h: Header, r: _v.Report) -> None:
+    x: Any
+    if (x := h.call_id) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_call_id_range, x)
+    if (x := h.chunk_index) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_chunk_index_range, x)
+    if (x := h.control_epoch) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_control_epoch_range, x)
+    if (x := h.cache_epoch) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_header_cache_epoch_range, x)
+    _header_rules(h, r)
 
 
-def _header_rules(h: Header, out: list[Violation], ids: _Ids, ff: bool, bad: set[str]) -> None:
-    v_call_id = h.call_id
-    v_chunk_index = h.chunk_index
-    v_control_epoch = h.control_epoch
-    v_cache_epoch = h.cache_epoch
-    v_action = h.action
-    if v_call_id is None:
-        _w.fail(out, ff, ids, _R_header_call_id_missing, "None")
-    if (
-        v_chunk_index is None
-        and (not bad or bad.isdisjoint(("action",)))
-        and (h.action == TPAction.INFER)
-    ):
-        _w.fail(out, ff, ids, _R_header_chunk_index_missing, "None")
-    if v_control_epoch is None:
-        _w.fail(out, ff, ids, _R_header_control_epoch_missing, "None")
-    if v_cache_epoch is None:
-        _w.fail(out, ff, ids, _R_header_cache_epoch_missing, "None")
-    if v_action is None:
-        _w.fail(out, ff, ids, _R_header_action_missing, "None")
+def _header_rules(h: Header, r: _v.Report) -> None:
+    bad = r.bad
+    if h.call_id is None:
+        r.fail(_R_header_call_id_missing, None)
+    if h.control_epoch is None:
+        r.fail(_R_header_control_epoch_missing, None)
+    if h.cache_epoch is None:
+        r.fail(_R_header_cache_epoch_missing, None)
+    if h.action is None:
+        r.fail(_R_header_action_missing, None)
+    if h.chunk_index is None and "action" not in bad and (h.action == TPAction.INFER):
+        r.fail(_R_header_chunk_index_missing, None)
 
 
 _VARIANTS_Infer: Final[dict[type, TPPlan]] = {
@@ -651,626 +657,219 @@ _VARIANTS_Infer: Final[dict[type, TPPlan]] = {
 }
 
 
-def _validate_Infer(m: Infer, out: list[Violation], ids: _Ids, ff: bool) -> None:
-    bad: set[str] = set()
-    dims: dict[str, int] = {}
-    v_tp_plan = m.tp_plan
-    if v_tp_plan is None:
-        bad.add("tp_plan")  # reported as missing; expressions must not read it
-    if v_tp_plan is not None:
-        if type(v_tp_plan) is not TPPlan:
-            bad.add("tp_plan")
-            _w.fail(out, ff, ids, _R_Infer_tp_plan_type, _w.show(v_tp_plan))
-    v_tp_envelope_version = m.tp_envelope_version
-    if v_tp_envelope_version is not None:
-        if type(v_tp_envelope_version) is not int:
-            bad.add("tp_envelope_version")
-            _w.fail(out, ff, ids, _R_Infer_tp_envelope_version_type, _w.show(v_tp_envelope_version))
-        elif not (-9223372036854775808 <= v_tp_envelope_version <= 9223372036854775807):
-            bad.add("tp_envelope_version")
-            _w.fail(
-                out, ff, ids, _R_Infer_tp_envelope_version_range, _w.show(v_tp_envelope_version)
-            )
-    v_height = m.height
-    if v_height is not None:
-        if type(v_height) is not int:
-            bad.add("height")
-            _w.fail(out, ff, ids, _R_Infer_height_type, _w.show(v_height))
-        elif not (8 <= v_height <= 4096):
-            bad.add("height")
-            _w.fail(out, ff, ids, _R_Infer_height_range, _w.show(v_height))
-    v_width = m.width
-    if v_width is not None:
-        if type(v_width) is not int:
-            bad.add("width")
-            _w.fail(out, ff, ids, _R_Infer_width_type, _w.show(v_width))
-        elif not (8 <= v_width <= 4096):
-            bad.add("width")
-            _w.fail(out, ff, ids, _R_Infer_width_range, _w.show(v_width))
-    v_current_start_frame = m.current_start_frame
-    if v_current_start_frame is not None:
-        if type(v_current_start_frame) is not int:
-            bad.add("current_start_frame")
-            _w.fail(out, ff, ids, _R_Infer_current_start_frame_type, _w.show(v_current_start_frame))
-        elif not (0 <= v_current_start_frame <= 9223372036854775807):
-            bad.add("current_start_frame")
-            _w.fail(
-                out, ff, ids, _R_Infer_current_start_frame_range, _w.show(v_current_start_frame)
-            )
-    v_init_cache = m.init_cache
-    if v_init_cache is not None:
-        if type(v_init_cache) is not bool:
-            bad.add("init_cache")
-            _w.fail(out, ff, ids, _R_Infer_init_cache_type, _w.show(v_init_cache))
-    v_manage_cache = m.manage_cache
-    if v_manage_cache is not None:
-        if type(v_manage_cache) is not bool:
-            bad.add("manage_cache")
-            _w.fail(out, ff, ids, _R_Infer_manage_cache_type, _w.show(v_manage_cache))
-    v_tp_reset_kv_cache = m.tp_reset_kv_cache
-    if v_tp_reset_kv_cache is not None:
-        if type(v_tp_reset_kv_cache) is not bool:
-            bad.add("tp_reset_kv_cache")
-            _w.fail(out, ff, ids, _R_Infer_tp_reset_kv_cache_type, _w.show(v_tp_reset_kv_cache))
-    v_tp_reset_crossattn_cache = m.tp_reset_crossattn_cache
-    if v_tp_reset_crossattn_cache is not None:
-        if type(v_tp_reset_crossattn_cache) is not bool:
-            bad.add("tp_reset_crossattn_cache")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_tp_reset_crossattn_cache_type,
-                _w.show(v_tp_reset_crossattn_cache),
-            )
-    v_conditioning_embeds_updated = m.conditioning_embeds_updated
-    if v_conditioning_embeds_updated is not None:
-        if type(v_conditioning_embeds_updated) is not bool:
-            bad.add("conditioning_embeds_updated")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_conditioning_embeds_updated_type,
-                _w.show(v_conditioning_embeds_updated),
-            )
-    v_kv_cache_attention_bias = m.kv_cache_attention_bias
-    if v_kv_cache_attention_bias is not None:
-        if type(v_kv_cache_attention_bias) is not float:
-            bad.add("kv_cache_attention_bias")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_kv_cache_attention_bias_type,
-                _w.show(v_kv_cache_attention_bias),
-            )
-        elif not (
-            _w.finite(v_kv_cache_attention_bias)
-            and v_kv_cache_attention_bias >= 0.0
-            and v_kv_cache_attention_bias <= 1.0
-        ):
-            bad.add("kv_cache_attention_bias")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_kv_cache_attention_bias_range,
-                _w.show(v_kv_cache_attention_bias),
-            )
-    v_tp_do_kv_recompute = m.tp_do_kv_recompute
-    if v_tp_do_kv_recompute is not None:
-        if type(v_tp_do_kv_recompute) is not bool:
-            bad.add("tp_do_kv_recompute")
-            _w.fail(out, ff, ids, _R_Infer_tp_do_kv_recompute_type, _w.show(v_tp_do_kv_recompute))
-    v_tp_num_denoise_steps = m.tp_num_denoise_steps
-    if v_tp_num_denoise_steps is not None:
-        if type(v_tp_num_denoise_steps) is not int:
-            bad.add("tp_num_denoise_steps")
-            _w.fail(
-                out, ff, ids, _R_Infer_tp_num_denoise_steps_type, _w.show(v_tp_num_denoise_steps)
-            )
-        elif not (1 <= v_tp_num_denoise_steps <= 64):
-            bad.add("tp_num_denoise_steps")
-            _w.fail(
-                out, ff, ids, _R_Infer_tp_num_denoise_steps_range, _w.show(v_tp_num_denoise_steps)
-            )
-    v_tp_expected_generator_calls = m.tp_expected_generator_calls
-    if v_tp_expected_generator_calls is not None:
-        if type(v_tp_expected_generator_calls) is not int:
-            bad.add("tp_expected_generator_calls")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_tp_expected_generator_calls_type,
-                _w.show(v_tp_expected_generator_calls),
-            )
-        elif not (1 <= v_tp_expected_generator_calls <= 65):
-            bad.add("tp_expected_generator_calls")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_tp_expected_generator_calls_range,
-                _w.show(v_tp_expected_generator_calls),
-            )
-    v_denoising_step_list = m.denoising_step_list
-    if v_denoising_step_list is not None:
-        if not _w.is_dense(v_denoising_step_list):
-            bad.add("denoising_step_list")
-            _w.fail(out, ff, ids, _R_Infer_denoising_step_list_type, _w.show(v_denoising_step_list))
-        else:
-            if v_denoising_step_list.dtype not in (torch.int64,):
-                bad.add("denoising_step_list")
-                _w.fail(
-                    out,
-                    ff,
-                    ids,
-                    _R_Infer_denoising_step_list_dtype,
-                    _w.dtype_name(v_denoising_step_list.dtype),
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_denoising_step_list,
-                (("S", 1, 64),),
-                dims if "denoising_step_list" not in bad else {},
-                64,
-            )
-            if problem is not None:
-                bad.add("denoising_step_list")
-                _w.fail(out, ff, ids, _R_Infer_denoising_step_list_shape, problem)
-    v_latents = m.latents
-    if v_latents is not None:
-        if not _w.is_dense(v_latents):
-            bad.add("latents")
-            _w.fail(out, ff, ids, _R_Infer_latents_type, _w.show(v_latents))
-        else:
-            if v_latents.dtype not in (
-                torch.bfloat16,
-                torch.float16,
-            ):
-                bad.add("latents")
-                _w.fail(out, ff, ids, _R_Infer_latents_dtype, _w.dtype_name(v_latents.dtype))
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_latents,
-                (
-                    1,
-                    ("F", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims if "latents" not in bad else {},
-                16777216,
-            )
-            if problem is not None:
-                bad.add("latents")
-                _w.fail(out, ff, ids, _R_Infer_latents_shape, problem)
-    v_conditioning_embeds = m.conditioning_embeds
-    if v_conditioning_embeds is not None:
-        if not _w.is_dense(v_conditioning_embeds):
-            bad.add("conditioning_embeds")
-            _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_type, _w.show(v_conditioning_embeds))
-        else:
-            if v_conditioning_embeds.dtype not in (
-                torch.bfloat16,
-                torch.float16,
-            ):
-                bad.add("conditioning_embeds")
-                _w.fail(
-                    out,
-                    ff,
-                    ids,
-                    _R_Infer_conditioning_embeds_dtype,
-                    _w.dtype_name(v_conditioning_embeds.dtype),
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_conditioning_embeds,
-                (
-                    1,
-                    ("T", 1, 1024),
-                    ("D", 1, 8192),
-                ),
-                dims if "conditioning_embeds" not in bad else {},
-                8388608,
-            )
-            if problem is not None:
-                bad.add("conditioning_embeds")
-                _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_shape, problem)
-    v_context_frames_override = m.context_frames_override
-    if v_context_frames_override is not None:
-        if not _w.is_dense(v_context_frames_override):
-            bad.add("context_frames_override")
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_context_frames_override_type,
-                _w.show(v_context_frames_override),
-            )
-        else:
-            if v_context_frames_override.dtype not in (
-                torch.bfloat16,
-                torch.float16,
-            ):
-                bad.add("context_frames_override")
-                _w.fail(
-                    out,
-                    ff,
-                    ids,
-                    _R_Infer_context_frames_override_dtype,
-                    _w.dtype_name(v_context_frames_override.dtype),
-                )
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_context_frames_override,
-                (
-                    1,
-                    ("FC", 1, 64),
-                    ("C", 1, 64),
-                    ("LH", 1, 512),
-                    ("LW", 1, 512),
-                ),
-                dims if "context_frames_override" not in bad else {},
-                16777216,
-            )
-            if problem is not None:
-                bad.add("context_frames_override")
-                _w.fail(out, ff, ids, _R_Infer_context_frames_override_shape, problem)
-    v_base_seed = m.base_seed
-    if v_base_seed is not None:
-        if type(v_base_seed) is not int:
-            bad.add("base_seed")
-            _w.fail(out, ff, ids, _R_Infer_base_seed_type, _w.show(v_base_seed))
-        elif not (0 <= v_base_seed <= 9223372036854775807):
-            bad.add("base_seed")
-            _w.fail(out, ff, ids, _R_Infer_base_seed_range, _w.show(v_base_seed))
-    v_video = m.video
-    if v_video is not None:
-        if not _w.is_dense(v_video):
-            bad.add("video")
-            _w.fail(out, ff, ids, _R_Infer_video_type, _w.show(v_video))
-        else:
-            if v_video.dtype not in (
-                torch.uint8,
-                torch.bfloat16,
-                torch.float16,
-                torch.float32,
-            ):
-                bad.add("video")
-                _w.fail(out, ff, ids, _R_Infer_video_dtype, _w.dtype_name(v_video.dtype))
-            # a tensor of the wrong dtype binds no dimension (one mistake, one report)
-            problem = _w.shape_problem(
-                v_video,
-                (
-                    ("VF", 1, 1024),
-                    ("VH", 1, 4096),
-                    ("VW", 1, 4096),
-                    3,
-                ),
-                dims if "video" not in bad else {},
-                268435456,
-            )
-            if problem is not None:
-                bad.add("video")
-                _w.fail(out, ff, ids, _R_Infer_video_shape, problem)
-    _variant = _VARIANTS_Infer[type(m)]
-    if "tp_plan" not in bad and v_tp_plan != _variant:
-        bad.add("tp_plan")  # rules must not read a plan the class denies
-        _w.fail(out, ff, ids, _R_Infer_tp_plan_plan, _w.show(v_tp_plan), _w.show(_variant))
-    _rules_Infer(m, out, ids, ff, bad, dims)
+def _validate_Infer(m: Infer, r: _v.Report) -> None:
+    x: Any
+    if (x := m.tp_plan) is None:
+        r.bad.add("tp_plan")  # reported as missing: rules must not read it
+    elif type(x) is not TPPlan:
+        r.refuse(_R_Infer_tp_plan_type, x)
+    if (x := m.tp_envelope_version) is not None:
+        if type(x) is not int:
+            r.refuse(_R_Infer_tp_envelope_version_type, x)
+        elif not (-9223372036854775808 <= x <= 9223372036854775807):
+            r.refuse(_R_Infer_tp_envelope_version_range, x)
+    if (x := m.height) is not None:
+        if type(x) is not int:
+            r.refuse(_R_Infer_height_type, x)
+        elif not (8 <= x <= 4096):
+            r.refuse(_R_Infer_height_range, x)
+    if (x := m.width) is not None:
+        if type(x) is not int:
+            r.refuse(_R_Infer_width_type, x)
+        elif not (8 <= x <= 4096):
+            r.refuse(_R_Infer_width_range, x)
+    if (x := m.current_start_frame) is not None:
+        if type(x) is not int:
+            r.refuse(_R_Infer_current_start_frame_type, x)
+        elif not (0 <= x <= 9223372036854775807):
+            r.refuse(_R_Infer_current_start_frame_range, x)
+    if (x := m.init_cache) is not None:
+        if type(x) is not bool:
+            r.refuse(_R_Infer_init_cache_type, x)
+    if (x := m.manage_cache) is not None:
+        if type(x) is not bool:
+            r.refuse(_R_Infer_manage_cache_type, x)
+    if (x := m.tp_reset_kv_cache) is not None:
+        if type(x) is not bool:
+            r.refuse(_R_Infer_tp_reset_kv_cache_type, x)
+    if (x := m.tp_reset_crossattn_cache) is not None:
+        if type(x) is not bool:
+            r.refuse(_R_Infer_tp_reset_crossattn_cache_type, x)
+    if (x := m.conditioning_embeds_updated) is not None:
+        if type(x) is not bool:
+            r.refuse(_R_Infer_conditioning_embeds_updated_type, x)
+    if (x := m.kv_cache_attention_bias) is not None:
+        if type(x) is not float:
+            r.refuse(_R_Infer_kv_cache_attention_bias_type, x)
+        elif not (_w.finite(x) and x >= 0.0 and x <= 1.0):
+            r.refuse(_R_Infer_kv_cache_attention_bias_range, x)
+    if (x := m.tp_do_kv_recompute) is not None:
+        if type(x) is not bool:
+            r.refuse(_R_Infer_tp_do_kv_recompute_type, x)
+    if (x := m.tp_num_denoise_steps) is not None:
+        if type(x) is not int:
+            r.refuse(_R_Infer_tp_num_denoise_steps_type, x)
+        elif not (1 <= x <= 64):
+            r.refuse(_R_Infer_tp_num_denoise_steps_range, x)
+    if (x := m.tp_expected_generator_calls) is not None:
+        if type(x) is not int:
+            r.refuse(_R_Infer_tp_expected_generator_calls_type, x)
+        elif not (1 <= x <= 65):
+            r.refuse(_R_Infer_tp_expected_generator_calls_range, x)
+    if (x := m.denoising_step_list) is not None:
+        r.tensor(x, _T_Infer_denoising_step_list)
+    if (x := m.latents) is not None:
+        r.tensor(x, _T_Infer_latents)
+    if (x := m.conditioning_embeds) is not None:
+        r.tensor(x, _T_Infer_conditioning_embeds)
+    if (x := m.context_frames_override) is not None:
+        r.tensor(x, _T_Infer_context_frames_override)
+    if (x := m.base_seed) is not None:
+        if type(x) is not int:
+            r.refuse(_R_Infer_base_seed_type, x)
+        elif not (0 <= x <= 9223372036854775807):
+            r.refuse(_R_Infer_base_seed_range, x)
+    if (x := m.video) is not None:
+        r.tensor(x, _T_Infer_video)
+    if "tp_plan" not in r.bad and m.tp_plan != (plan := _VARIANTS_Infer[type(m)]):
+        r.bad.add("tp_plan")  # rules must not read a plan the class denies
+        r.differs(_R_Infer_tp_plan_plan, m.tp_plan, plan)
+    _rules_Infer(m, r)
 
 
-def _check_decoded_Infer(
-    m: Infer, out: list[Violation], ids: _Ids, ff: bool, dims: dict[str, int]
-) -> None:
-    bad: set[str] = set()
-    v_height = m.height
-    if v_height is not None and not (8 <= v_height <= 4096):
-        bad.add("height")
-        _w.fail(out, ff, ids, _R_Infer_height_range, _w.show(v_height))
-    v_width = m.width
-    if v_width is not None and not (8 <= v_width <= 4096):
-        bad.add("width")
-        _w.fail(out, ff, ids, _R_Infer_width_range, _w.show(v_width))
-    v_current_start_frame = m.current_start_frame
-    if v_current_start_frame is not None and not (
-        0 <= v_current_start_frame <= 9223372036854775807
+def _check_decoded_Infer(m: Infer, r: _v.Report) -> None:
+    x: Any
+    if (x := m.height) is not None and not (8 <= x <= 4096):
+        r.refuse(_R_Infer_height_range, x)
+    if (x := m.width) is not None and not (8 <= x <= 4096):
+        r.refuse(_R_Infer_width_range, x)
+    if (x := m.current_start_frame) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_Infer_current_start_frame_range, x)
+    if (x := m.kv_cache_attention_bias) is not None and not (
+        _w.finite(x) and x >= 0.0 and x <= 1.0
     ):
-        bad.add("current_start_frame")
-        _w.fail(out, ff, ids, _R_Infer_current_start_frame_range, _w.show(v_current_start_frame))
-    v_kv_cache_attention_bias = m.kv_cache_attention_bias
-    if v_kv_cache_attention_bias is not None and not (
-        _w.finite(v_kv_cache_attention_bias)
-        and v_kv_cache_attention_bias >= 0.0
-        and v_kv_cache_attention_bias <= 1.0
-    ):
-        bad.add("kv_cache_attention_bias")
-        _w.fail(
-            out, ff, ids, _R_Infer_kv_cache_attention_bias_range, _w.show(v_kv_cache_attention_bias)
-        )
-    v_tp_num_denoise_steps = m.tp_num_denoise_steps
-    if v_tp_num_denoise_steps is not None and not (1 <= v_tp_num_denoise_steps <= 64):
-        bad.add("tp_num_denoise_steps")
-        _w.fail(out, ff, ids, _R_Infer_tp_num_denoise_steps_range, _w.show(v_tp_num_denoise_steps))
-    v_tp_expected_generator_calls = m.tp_expected_generator_calls
-    if v_tp_expected_generator_calls is not None and not (1 <= v_tp_expected_generator_calls <= 65):
-        bad.add("tp_expected_generator_calls")
-        _w.fail(
-            out,
-            ff,
-            ids,
-            _R_Infer_tp_expected_generator_calls_range,
-            _w.show(v_tp_expected_generator_calls),
-        )
-    v_base_seed = m.base_seed
-    if v_base_seed is not None and not (0 <= v_base_seed <= 9223372036854775807):
-        bad.add("base_seed")
-        _w.fail(out, ff, ids, _R_Infer_base_seed_range, _w.show(v_base_seed))
-    _rules_Infer(m, out, ids, ff, bad, dims)
+        r.refuse(_R_Infer_kv_cache_attention_bias_range, x)
+    if (x := m.tp_num_denoise_steps) is not None and not (1 <= x <= 64):
+        r.refuse(_R_Infer_tp_num_denoise_steps_range, x)
+    if (x := m.tp_expected_generator_calls) is not None and not (1 <= x <= 65):
+        r.refuse(_R_Infer_tp_expected_generator_calls_range, x)
+    if (x := m.base_seed) is not None and not (0 <= x <= 9223372036854775807):
+        r.refuse(_R_Infer_base_seed_range, x)
+    _rules_Infer(m, r)
 
 
-def _rules_Infer(
-    m: Infer, out: list[Violation], ids: _Ids, ff: bool, bad: set[str], dims: dict[str, int]
-) -> None:
-    v_tp_plan = m.tp_plan
-    v_tp_envelope_version = m.tp_envelope_version
-    v_height = m.height
-    v_width = m.width
-    v_current_start_frame = m.current_start_frame
-    v_init_cache = m.init_cache
-    v_manage_cache = m.manage_cache
-    v_tp_reset_kv_cache = m.tp_reset_kv_cache
-    v_tp_reset_crossattn_cache = m.tp_reset_crossattn_cache
-    v_conditioning_embeds_updated = m.conditioning_embeds_updated
-    v_kv_cache_attention_bias = m.kv_cache_attention_bias
-    v_tp_do_kv_recompute = m.tp_do_kv_recompute
-    v_tp_num_denoise_steps = m.tp_num_denoise_steps
-    v_tp_expected_generator_calls = m.tp_expected_generator_calls
-    v_denoising_step_list = m.denoising_step_list
-    v_latents = m.latents
-    v_conditioning_embeds = m.conditioning_embeds
-    v_context_frames_override = m.context_frames_override
-    v_base_seed = m.base_seed
-    v_video = m.video
+def _rules_Infer(m: Infer, r: _v.Report) -> None:
+    x: Any
+    want: Any
+    bad = r.bad
     if (
-        v_tp_envelope_version is not None
+        m.tp_envelope_version is not None
         and "tp_envelope_version" not in bad
-        and v_tp_envelope_version != 1
+        and m.tp_envelope_version != 1
     ):
-        _w.fail(out, ff, ids, _R_Infer_tp_envelope_version_version, _w.show(v_tp_envelope_version))
-    dim_LH = dims.get("LH")
-    dim_LW = dims.get("LW")
-    if v_tp_plan is None:
-        _w.fail(out, ff, ids, _R_Infer_tp_plan_missing, "None")
+        r.fail(_R_Infer_tp_envelope_version_version, m.tp_envelope_version)
+    dim_LH = r.dims.get("LH")
+    dim_LW = r.dims.get("LW")
+    if m.tp_plan is None:
+        r.fail(_R_Infer_tp_plan_missing, None)
+    if "tp_plan" not in bad and (m.tp_plan == TPPlan.v1_generator_only):
+        if m.tp_envelope_version is None:
+            r.fail(_R_Infer_tp_envelope_version_missing, None)
+        if m.height is None:
+            r.fail(_R_Infer_height_missing, None)
+        if m.width is None:
+            r.fail(_R_Infer_width_missing, None)
+        if m.current_start_frame is None:
+            r.fail(_R_Infer_current_start_frame_missing, None)
+        if m.init_cache is None:
+            r.fail(_R_Infer_init_cache_missing, None)
+        if m.manage_cache is None:
+            r.fail(_R_Infer_manage_cache_missing, None)
+        if m.tp_reset_kv_cache is None:
+            r.fail(_R_Infer_tp_reset_kv_cache_missing, None)
+        if m.tp_reset_crossattn_cache is None:
+            r.fail(_R_Infer_tp_reset_crossattn_cache_missing, None)
+        if m.conditioning_embeds_updated is None:
+            r.fail(_R_Infer_conditioning_embeds_updated_missing, None)
+        if m.kv_cache_attention_bias is None:
+            r.fail(_R_Infer_kv_cache_attention_bias_missing, None)
+        if m.tp_do_kv_recompute is None:
+            r.fail(_R_Infer_tp_do_kv_recompute_missing, None)
+        if m.tp_num_denoise_steps is None:
+            r.fail(_R_Infer_tp_num_denoise_steps_missing, None)
+        if m.tp_expected_generator_calls is None:
+            r.fail(_R_Infer_tp_expected_generator_calls_missing, None)
+        if m.denoising_step_list is None:
+            r.fail(_R_Infer_denoising_step_list_missing, None)
+        if m.latents is None:
+            r.fail(_R_Infer_latents_missing, None)
+        if m.conditioning_embeds is None:
+            r.fail(_R_Infer_conditioning_embeds_missing, None)
+        if m.base_seed is None:
+            r.fail(_R_Infer_base_seed_missing, None)
+        if m.video is not None:
+            r.fail(_R_Infer_video_forbidden, m.video)
     if (
-        v_tp_envelope_version is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
+        m.context_frames_override is None
+        and "tp_do_kv_recompute" not in bad
+        and (m.tp_do_kv_recompute is not None and (m.tp_do_kv_recompute is True))
     ):
-        _w.fail(out, ff, ids, _R_Infer_tp_envelope_version_missing, "None")
+        r.fail(_R_Infer_context_frames_override_missing, None)
     if (
-        v_height is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
+        m.context_frames_override is not None
+        and "tp_do_kv_recompute" not in bad
+        and not (m.tp_do_kv_recompute is not None and (m.tp_do_kv_recompute is True))
     ):
-        _w.fail(out, ff, ids, _R_Infer_height_missing, "None")
+        r.fail(_R_Infer_context_frames_override_none, m.context_frames_override)
     if (
-        v_width is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_width_missing, "None")
-    if (
-        v_current_start_frame is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_current_start_frame_missing, "None")
-    if (
-        v_init_cache is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_init_cache_missing, "None")
-    if (
-        v_manage_cache is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_manage_cache_missing, "None")
-    if (
-        v_tp_reset_kv_cache is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_tp_reset_kv_cache_missing, "None")
-    if (
-        v_tp_reset_crossattn_cache is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_tp_reset_crossattn_cache_missing, "None")
-    if (
-        v_conditioning_embeds_updated is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_updated_missing, "None")
-    if (
-        v_kv_cache_attention_bias is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_kv_cache_attention_bias_missing, "None")
-    if (
-        v_tp_do_kv_recompute is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_tp_do_kv_recompute_missing, "None")
-    if (
-        v_tp_num_denoise_steps is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_tp_num_denoise_steps_missing, "None")
-    if (
-        v_tp_expected_generator_calls is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_tp_expected_generator_calls_missing, "None")
-    if (
-        v_tp_expected_generator_calls is not None
+        (x := m.tp_expected_generator_calls) is not None
         and "tp_expected_generator_calls" not in bad
-        and (
-            not bad
-            or bad.isdisjoint(
-                (
-                    "tp_do_kv_recompute",
-                    "tp_num_denoise_steps",
-                )
-            )
-        )
+        and (not bad or bad.isdisjoint(("tp_do_kv_recompute", "tp_num_denoise_steps")))
         and m.tp_do_kv_recompute is not None
         and m.tp_num_denoise_steps is not None
     ):
-        _want_tp_expected_generator_calls = int(m.tp_do_kv_recompute) + m.tp_num_denoise_steps
-        if v_tp_expected_generator_calls != _want_tp_expected_generator_calls:
-            _w.fail(
-                out,
-                ff,
-                ids,
-                _R_Infer_tp_expected_generator_calls_derived,
-                _w.show(v_tp_expected_generator_calls),
-                _w.show(_want_tp_expected_generator_calls),
-            )
+        want = int(m.tp_do_kv_recompute) + m.tp_num_denoise_steps
+        if x != want:
+            r.differs(_R_Infer_tp_expected_generator_calls_derived, x, want)
     if (
-        v_denoising_step_list is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_denoising_step_list_missing, "None")
-    if (
-        v_latents is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_latents_missing, "None")
-    if (
-        v_conditioning_embeds is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_conditioning_embeds_missing, "None")
-    if (
-        v_context_frames_override is None
-        and (not bad or bad.isdisjoint(("tp_do_kv_recompute",)))
-        and (m.tp_do_kv_recompute is not None and (m.tp_do_kv_recompute is True))
-    ):
-        _w.fail(out, ff, ids, _R_Infer_context_frames_override_missing, "None")
-    if (
-        v_context_frames_override is not None
-        and (not bad or bad.isdisjoint(("tp_do_kv_recompute",)))
-        and not (m.tp_do_kv_recompute is not None and (m.tp_do_kv_recompute is True))
-    ):
-        _w.fail(
-            out, ff, ids, _R_Infer_context_frames_override_none, _w.show(v_context_frames_override)
-        )
-    if (
-        v_base_seed is None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_base_seed_missing, "None")
-    if (
-        v_video is not None
-        and (not bad or bad.isdisjoint(("tp_plan",)))
-        and (m.tp_plan == TPPlan.v1_generator_only)
-    ):
-        _w.fail(out, ff, ids, _R_Infer_video_forbidden, _w.show(v_video))
-    if (
-        (
-            not bad
-            or bad.isdisjoint(
-                (
-                    "denoising_step_list",
-                    "tp_num_denoise_steps",
-                )
-            )
-        )
+        (not bad or bad.isdisjoint(("denoising_step_list", "tp_num_denoise_steps")))
         and m.denoising_step_list is not None
         and m.tp_num_denoise_steps is not None
         and (m.tp_num_denoise_steps != len(m.denoising_step_list))
     ):
-        _w.fail(
-            out,
-            ff,
-            ids,
+        r.broken(
             _R_Infer_inv_denoise_steps_match_list,
-            _w.sides(
-                ("tp_num_denoise_steps", m.tp_num_denoise_steps),
-                ("len(denoising_step_list)", len(m.denoising_step_list)),
-            ),
+            ("tp_num_denoise_steps", m.tp_num_denoise_steps),
+            ("len(denoising_step_list)", len(m.denoising_step_list)),
         )
     if (
-        (
-            not bad
-            or bad.isdisjoint(
-                (
-                    "context_frames_override",
-                    "tp_do_kv_recompute",
-                )
-            )
-        )
+        (not bad or bad.isdisjoint(("context_frames_override", "tp_do_kv_recompute")))
         and m.tp_do_kv_recompute is not None
         and (m.tp_do_kv_recompute != (m.context_frames_override is not None))
     ):
-        _w.fail(
-            out,
-            ff,
-            ids,
+        r.broken(
             _R_Infer_inv_context_frames_iff_recompute,
-            _w.sides(
-                ("tp_do_kv_recompute", m.tp_do_kv_recompute),
-                ("context_frames_override is not None", (m.context_frames_override is not None)),
-            ),
+            ("tp_do_kv_recompute", m.tp_do_kv_recompute),
+            ("context_frames_override is not None", (m.context_frames_override is not None)),
         )
     if (
-        (
-            not bad
-            or bad.isdisjoint(
-                (
-                    "height",
-                    "width",
-                )
-            )
-        )
+        (not bad or bad.isdisjoint(("height", "width")))
         and dim_LH is not None
         and dim_LW is not None
         and m.height is not None
         and m.width is not None
         and (not (((dim_LH * 8) == m.height) and ((dim_LW * 8) == m.width)))
     ):
-        _w.fail(
-            out,
-            ff,
-            ids,
+        r.broken(
             _R_Infer_inv_geometry_matches_latents,
-            _w.sides(
-                ("LH", dim_LH),
-                ("LW", dim_LW),
-                ("height", m.height),
-                ("width", m.width),
-            ),
+            ("LH", dim_LH),
+            ("LW", dim_LW),
+            ("height", m.height),
+            ("width", m.width),
         )
 
 
-_VALIDATORS: Final[dict[type, Callable[[Any, list[Violation], _Ids, bool], None]]] = {
+_VALIDATORS: Final[dict[type, Callable[[Any, _v.Report], None]]] = {
     InferV0FullPipeline: _validate_Infer,
     InferV1GeneratorOnly: _validate_Infer,
 }
@@ -1305,12 +904,12 @@ def check(msg: Message | None, header: Header | None = None) -> None:
 
 
 def _write_header(h: Header, words: list[int]) -> None:
+    x: Any
     presence = 0
     words[2] = h.call_id
-    v_chunk_index = h.chunk_index
-    if v_chunk_index is not None:
+    if (x := h.chunk_index) is not None:
         presence |= 2
-        words[3] = v_chunk_index
+        words[3] = x
     words[4] = h.control_epoch
     words[5] = h.cache_epoch
     words[6] = int(h.action)
@@ -1318,100 +917,70 @@ def _write_header(h: Header, words: list[int]) -> None:
 
 
 def _encode_Infer(m: Infer, words: list[int], device: _Device) -> _Encoded:
+    x: Any
     words[W_MESSAGE_ID] = 1
     words[W_MESSAGE_VERSION] = 1
     presence = 1
     words[11] = int(m.tp_plan)
-    v_tp_envelope_version = m.tp_envelope_version
-    if v_tp_envelope_version is not None:
+    if (x := m.tp_envelope_version) is not None:
         presence |= 2
-        words[12] = v_tp_envelope_version
-    v_height = m.height
-    if v_height is not None:
+        words[12] = x
+    if (x := m.height) is not None:
         presence |= 4
-        words[13] = v_height
-    v_width = m.width
-    if v_width is not None:
+        words[13] = x
+    if (x := m.width) is not None:
         presence |= 8
-        words[14] = v_width
-    v_current_start_frame = m.current_start_frame
-    if v_current_start_frame is not None:
+        words[14] = x
+    if (x := m.current_start_frame) is not None:
         presence |= 16
-        words[15] = v_current_start_frame
-    v_init_cache = m.init_cache
-    if v_init_cache is not None:
+        words[15] = x
+    if (x := m.init_cache) is not None:
         presence |= 32
-        words[16] = int(v_init_cache)
-    v_manage_cache = m.manage_cache
-    if v_manage_cache is not None:
+        words[16] = int(x)
+    if (x := m.manage_cache) is not None:
         presence |= 64
-        words[17] = int(v_manage_cache)
-    v_tp_reset_kv_cache = m.tp_reset_kv_cache
-    if v_tp_reset_kv_cache is not None:
+        words[17] = int(x)
+    if (x := m.tp_reset_kv_cache) is not None:
         presence |= 128
-        words[18] = int(v_tp_reset_kv_cache)
-    v_tp_reset_crossattn_cache = m.tp_reset_crossattn_cache
-    if v_tp_reset_crossattn_cache is not None:
+        words[18] = int(x)
+    if (x := m.tp_reset_crossattn_cache) is not None:
         presence |= 256
-        words[19] = int(v_tp_reset_crossattn_cache)
-    v_conditioning_embeds_updated = m.conditioning_embeds_updated
-    if v_conditioning_embeds_updated is not None:
+        words[19] = int(x)
+    if (x := m.conditioning_embeds_updated) is not None:
         presence |= 512
-        words[20] = int(v_conditioning_embeds_updated)
-    v_kv_cache_attention_bias = m.kv_cache_attention_bias
-    if v_kv_cache_attention_bias is not None:
+        words[20] = int(x)
+    if (x := m.kv_cache_attention_bias) is not None:
         presence |= 1024
-        words[21] = _w.float_to_word(v_kv_cache_attention_bias)
-    v_tp_do_kv_recompute = m.tp_do_kv_recompute
-    if v_tp_do_kv_recompute is not None:
+        words[21] = _w.float_to_word(x)
+    if (x := m.tp_do_kv_recompute) is not None:
         presence |= 2048
-        words[22] = int(v_tp_do_kv_recompute)
-    v_tp_num_denoise_steps = m.tp_num_denoise_steps
-    if v_tp_num_denoise_steps is not None:
+        words[22] = int(x)
+    if (x := m.tp_num_denoise_steps) is not None:
         presence |= 4096
-        words[23] = v_tp_num_denoise_steps
-    v_tp_expected_generator_calls = m.tp_expected_generator_calls
-    if v_tp_expected_generator_calls is not None:
+        words[23] = x
+    if (x := m.tp_expected_generator_calls) is not None:
         presence |= 8192
-        words[24] = v_tp_expected_generator_calls
-    v_base_seed = m.base_seed
-    if v_base_seed is not None:
+        words[24] = x
+    if (x := m.base_seed) is not None:
         presence |= 262144
-        words[25] = v_base_seed
+        words[25] = x
     tensors: list[torch.Tensor] = []
     entries: list[_w.Entry] = []
-    t_conditioning_embeds = m.conditioning_embeds
-    if t_conditioning_embeds is not None:
+    if (x := m.conditioning_embeds) is not None:
         presence |= 65536
-        t_conditioning_embeds = _w.materialize(t_conditioning_embeds, device)
-        entries.append(_w.put_tensor(words, 26, "conditioning_embeds", t_conditioning_embeds))
-        tensors.append(t_conditioning_embeds)
-    t_context_frames_override = m.context_frames_override
-    if t_context_frames_override is not None:
+        _T_Infer_conditioning_embeds.put(x, device, words, tensors, entries)
+    if (x := m.context_frames_override) is not None:
         presence |= 131072
-        t_context_frames_override = _w.materialize(t_context_frames_override, device)
-        entries.append(
-            _w.put_tensor(words, 30, "context_frames_override", t_context_frames_override)
-        )
-        tensors.append(t_context_frames_override)
-    t_denoising_step_list = m.denoising_step_list
-    if t_denoising_step_list is not None:
+        _T_Infer_context_frames_override.put(x, device, words, tensors, entries)
+    if (x := m.denoising_step_list) is not None:
         presence |= 16384
-        t_denoising_step_list = _w.materialize(t_denoising_step_list, device)
-        entries.append(_w.put_tensor(words, 36, "denoising_step_list", t_denoising_step_list))
-        tensors.append(t_denoising_step_list)
-    t_latents = m.latents
-    if t_latents is not None:
+        _T_Infer_denoising_step_list.put(x, device, words, tensors, entries)
+    if (x := m.latents) is not None:
         presence |= 32768
-        t_latents = _w.materialize(t_latents, device)
-        entries.append(_w.put_tensor(words, 38, "latents", t_latents))
-        tensors.append(t_latents)
-    t_video = m.video
-    if t_video is not None:
+        _T_Infer_latents.put(x, device, words, tensors, entries)
+    if (x := m.video) is not None:
         presence |= 524288
-        t_video = _w.materialize(t_video, device)
-        entries.append(_w.put_tensor(words, 44, "video", t_video))
-        tensors.append(t_video)
+        _T_Infer_video.put(x, device, words, tensors, entries)
     words[W_PRESENCE] = presence
     return tensors, entries
 
@@ -1445,9 +1014,7 @@ def encode(
     return prepare(msg, header, device=device).frames()
 
 
-_DECODED_VALIDATORS: Final[
-    dict[type, Callable[[Any, list[Violation], _Ids, bool, dict[str, int]], None]]
-] = {
+_DECODED_VALIDATORS: Final[dict[type, Callable[[Any, _v.Report], None]]] = {
     InferV0FullPipeline: _check_decoded_Infer,
     InferV1GeneratorOnly: _check_decoded_Infer,
 }
@@ -1459,21 +1026,12 @@ def _read_header(w: list[int]) -> Header:
         raise WireError(
             "presence", f"unknown header presence bits {presence:#x}", W_HEADER_PRESENCE
         )
-    x_call_id = w[2]
-    if presence & 2:
-        x_chunk_index = w[3]
-    else:
-        _w.require_zero(w, 3, 4)
-        x_chunk_index = None
-    x_control_epoch = w[4]
-    x_cache_epoch = w[5]
-    x_action = _w.enum_member(TPAction, w[6], 6, "action")
     return Header(
-        call_id=x_call_id,
-        chunk_index=x_chunk_index,
-        control_epoch=x_control_epoch,
-        cache_epoch=x_cache_epoch,
-        action=x_action,
+        call_id=w[2],
+        chunk_index=w[3] if presence & 2 else _w.absent(w, 3),
+        control_epoch=w[4],
+        cache_epoch=w[5],
+        action=_w.enum_member(TPAction, w[6], 6, "action"),
     )
 
 
@@ -1486,88 +1044,34 @@ _CLASS_Infer: Final[dict[int, type[Infer]]] = {
 _LAYOUTS_Infer: Final[dict[tuple[int, ...], _w.Layout]] = {}
 
 
-def _read_Infer(w: list[int], header: Header) -> Manifest:
-    if w[W_MESSAGE_VERSION] != 1:
-        raise ProtocolMismatch(
-            "message-version",
-            f"Infer v{w[W_MESSAGE_VERSION]} from the peer, this side speaks v1",
-            W_MESSAGE_VERSION,
-        )
+def _read_Infer(w: list[int]) -> _c.Read:
     presence = w[W_PRESENCE]
     if presence & ~0xFFFFF or (presence & 0x1) != 0x1:
         raise WireError("presence", f"presence bits {presence:#x} do not fit Infer", W_PRESENCE)
     values: dict[str, object] = {}
     values["tp_plan"] = _w.enum_member(TPPlan, w[11], 11, "scalar")
-    if presence & 2:
-        values["tp_envelope_version"] = w[12]
-    else:
-        _w.require_zero(w, 12, 13)
-        values["tp_envelope_version"] = None
-    if presence & 4:
-        values["height"] = w[13]
-    else:
-        _w.require_zero(w, 13, 14)
-        values["height"] = None
-    if presence & 8:
-        values["width"] = w[14]
-    else:
-        _w.require_zero(w, 14, 15)
-        values["width"] = None
-    if presence & 16:
-        values["current_start_frame"] = w[15]
-    else:
-        _w.require_zero(w, 15, 16)
-        values["current_start_frame"] = None
-    if presence & 32:
-        values["init_cache"] = _w.word_to_bool(w[16], 16)
-    else:
-        _w.require_zero(w, 16, 17)
-        values["init_cache"] = None
-    if presence & 64:
-        values["manage_cache"] = _w.word_to_bool(w[17], 17)
-    else:
-        _w.require_zero(w, 17, 18)
-        values["manage_cache"] = None
-    if presence & 128:
-        values["tp_reset_kv_cache"] = _w.word_to_bool(w[18], 18)
-    else:
-        _w.require_zero(w, 18, 19)
-        values["tp_reset_kv_cache"] = None
-    if presence & 256:
-        values["tp_reset_crossattn_cache"] = _w.word_to_bool(w[19], 19)
-    else:
-        _w.require_zero(w, 19, 20)
-        values["tp_reset_crossattn_cache"] = None
-    if presence & 512:
-        values["conditioning_embeds_updated"] = _w.word_to_bool(w[20], 20)
-    else:
-        _w.require_zero(w, 20, 21)
-        values["conditioning_embeds_updated"] = None
-    if presence & 1024:
-        values["kv_cache_attention_bias"] = _w.word_to_float(w[21])
-    else:
-        _w.require_zero(w, 21, 22)
-        values["kv_cache_attention_bias"] = None
-    if presence & 2048:
-        values["tp_do_kv_recompute"] = _w.word_to_bool(w[22], 22)
-    else:
-        _w.require_zero(w, 22, 23)
-        values["tp_do_kv_recompute"] = None
-    if presence & 4096:
-        values["tp_num_denoise_steps"] = w[23]
-    else:
-        _w.require_zero(w, 23, 24)
-        values["tp_num_denoise_steps"] = None
-    if presence & 8192:
-        values["tp_expected_generator_calls"] = w[24]
-    else:
-        _w.require_zero(w, 24, 25)
-        values["tp_expected_generator_calls"] = None
-    if presence & 262144:
-        values["base_seed"] = w[25]
-    else:
-        _w.require_zero(w, 25, 26)
-        values["base_seed"] = None
+    values["tp_envelope_version"] = w[12] if presence & 2 else _w.absent(w, 12)
+    values["height"] = w[13] if presence & 4 else _w.absent(w, 13)
+    values["width"] = w[14] if presence & 8 else _w.absent(w, 14)
+    values["current_start_frame"] = w[15] if presence & 16 else _w.absent(w, 15)
+    values["init_cache"] = _w.word_to_bool(w[16], 16) if presence & 32 else _w.absent(w, 16)
+    values["manage_cache"] = _w.word_to_bool(w[17], 17) if presence & 64 else _w.absent(w, 17)
+    values["tp_reset_kv_cache"] = _w.word_to_bool(w[18], 18) if presence & 128 else _w.absent(w, 18)
+    values["tp_reset_crossattn_cache"] = (
+        _w.word_to_bool(w[19], 19) if presence & 256 else _w.absent(w, 19)
+    )
+    values["conditioning_embeds_updated"] = (
+        _w.word_to_bool(w[20], 20) if presence & 512 else _w.absent(w, 20)
+    )
+    values["kv_cache_attention_bias"] = (
+        _w.word_to_float(w[21]) if presence & 1024 else _w.absent(w, 21)
+    )
+    values["tp_do_kv_recompute"] = (
+        _w.word_to_bool(w[22], 22) if presence & 2048 else _w.absent(w, 22)
+    )
+    values["tp_num_denoise_steps"] = w[23] if presence & 4096 else _w.absent(w, 23)
+    values["tp_expected_generator_calls"] = w[24] if presence & 8192 else _w.absent(w, 24)
+    values["base_seed"] = w[25] if presence & 262144 else _w.absent(w, 25)
     # a stream repeats its layout: the manifest words decide everything read here, so a
     # layout checked once is looked up (bounded cache) instead of checked again
     key = (presence & 0xBC000, *w[26:49])
@@ -1576,90 +1080,26 @@ def _read_Infer(w: list[int], header: Header) -> Manifest:
         entries: list[_w.Entry] = []
         dims: dict[str, int] = {}
         if presence & 65536:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    26,
-                    "conditioning_embeds",
-                    (3, 2),
-                    (
-                        1,
-                        ("T", 1, 1024),
-                        ("D", 1, 8192),
-                    ),
-                    dims,
-                    8388608,
-                )
-            )
+            entries.append(_T_Infer_conditioning_embeds.read(w, dims))
         else:
             _w.require_zero(w, 26, 30)
         if presence & 131072:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    30,
-                    "context_frames_override",
-                    (3, 2),
-                    (
-                        1,
-                        ("FC", 1, 64),
-                        ("C", 1, 64),
-                        ("LH", 1, 512),
-                        ("LW", 1, 512),
-                    ),
-                    dims,
-                    16777216,
-                )
-            )
+            entries.append(_T_Infer_context_frames_override.read(w, dims))
         else:
             _w.require_zero(w, 30, 36)
         if presence & 16384:
-            entries.append(
-                _w.read_tensor(w, 36, "denoising_step_list", (5,), (("S", 1, 64),), dims, 64)
-            )
+            entries.append(_T_Infer_denoising_step_list.read(w, dims))
         else:
             _w.require_zero(w, 36, 38)
         if presence & 32768:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    38,
-                    "latents",
-                    (3, 2),
-                    (
-                        1,
-                        ("F", 1, 64),
-                        ("C", 1, 64),
-                        ("LH", 1, 512),
-                        ("LW", 1, 512),
-                    ),
-                    dims,
-                    16777216,
-                )
-            )
+            entries.append(_T_Infer_latents.read(w, dims))
         else:
             _w.require_zero(w, 38, 44)
         if presence & 524288:
-            entries.append(
-                _w.read_tensor(
-                    w,
-                    44,
-                    "video",
-                    (9, 3, 2, 1),
-                    (
-                        ("VF", 1, 1024),
-                        ("VH", 1, 4096),
-                        ("VW", 1, 4096),
-                        3,
-                    ),
-                    dims,
-                    268435456,
-                )
-            )
+            entries.append(_T_Infer_video.read(w, dims))
         else:
             _w.require_zero(w, 44, 49)
         layout = _w.remember(_LAYOUTS_Infer, key, (*_w.plan_segments(entries), dims))
-    slots, sizes, dims = layout
     if not presence & 65536:
         values["conditioning_embeds"] = None
     if not presence & 131072:
@@ -1670,26 +1110,11 @@ def _read_Infer(w: list[int], header: Header) -> Manifest:
         values["latents"] = None
     if not presence & 524288:
         values["video"] = None
-    if w[W_FRAME1] != sum(sizes):
-        raise WireError(
-            "frame1",
-            f"frame 1 announced {w[W_FRAME1]} bytes, the manifest needs {sum(sizes)}",
-            W_FRAME1,
-        )
-    if not w[W_FRAME1] and w[W_FRAME1_DIGEST]:
-        raise WireError(
-            "frame1",
-            f"an empty frame 1 has digest 0, frame says {w[W_FRAME1_DIGEST]:#x}",
-            W_FRAME1_DIGEST,
-        )
-    cls = _CLASS_Infer[int(values["tp_plan"])]  # type: ignore[call-overload]
-    return Manifest(
-        header, cls, values, slots, sizes, _CODEC.decoded_validator(dims), w[W_FRAME1_DIGEST]
-    )
+    return _CLASS_Infer[int(values["tp_plan"])], values, layout  # type: ignore[call-overload]
 
 
 _READERS: Final = {
-    1: _read_Infer,
+    1: _c.Reader("Infer", 1, _read_Infer),
 }
 _ACTION_IDS: Final[dict[int, int]] = {
     0: 0,
@@ -1766,19 +1191,10 @@ BINDINGS: Final[_b.Bindings[Header, Message]] = _b.Bindings(
     noop=TPAction.NOOP,
     shutdown=TPAction.SHUTDOWN,
     error=TPAction.ERROR,
-    enums={
-        "TPAction": TPAction,
-        "TPPlan": TPPlan,
-    },
+    enums={"TPAction": TPAction, "TPPlan": TPPlan},
     variants={
-        InferV0FullPipeline: (
-            InferV0FullPipeline,
-            InferV1GeneratorOnly,
-        ),
-        InferV1GeneratorOnly: (
-            InferV0FullPipeline,
-            InferV1GeneratorOnly,
-        ),
+        InferV0FullPipeline: (InferV0FullPipeline, InferV1GeneratorOnly),
+        InferV1GeneratorOnly: (InferV0FullPipeline, InferV1GeneratorOnly),
     },
     prepare=prepare,
     encode=encode,

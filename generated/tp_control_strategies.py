@@ -261,10 +261,7 @@ _Infer = _s.Record(
                 lambda f, d: True,
                 ("tp_plan",),
             ),
-            dtypes=(
-                torch.bfloat16,
-                torch.float16,
-            ),
+            dtypes=(torch.bfloat16, torch.float16),
             shape=(
                 1,
                 "F",
@@ -283,10 +280,7 @@ _Infer = _s.Record(
                 lambda f, d: True,
                 ("tp_plan",),
             ),
-            dtypes=(
-                torch.bfloat16,
-                torch.float16,
-            ),
+            dtypes=(torch.bfloat16, torch.float16),
             shape=(
                 1,
                 "T",
@@ -308,10 +302,7 @@ _Infer = _s.Record(
                 lambda f, d: f["tp_do_kv_recompute"] is not None,
                 ("tp_do_kv_recompute",),
             ),
-            dtypes=(
-                torch.bfloat16,
-                torch.float16,
-            ),
+            dtypes=(torch.bfloat16, torch.float16),
             shape=(
                 1,
                 "FC",
@@ -342,12 +333,7 @@ _Infer = _s.Record(
                 lambda f, d: True,
                 ("tp_plan",),
             ),
-            dtypes=(
-                torch.uint8,
-                torch.bfloat16,
-                torch.float16,
-                torch.float32,
-            ),
+            dtypes=(torch.uint8, torch.bfloat16, torch.float16, torch.float32),
             shape=(
                 "VF",
                 "VH",

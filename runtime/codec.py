@@ -9,24 +9,37 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from . import wire as _w
-from .errors import EnvelopeInvalid, Ids, Violation, WireError
+from .checks import Report, Rule, Stop
+from .errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
 from .wire import Manifest, Prepared
 
-Validator = Callable[[Any, list[Violation], Ids, bool], None]
-DecodedValidator = Callable[[Any, list[Violation], Ids, bool, dict[str, int]], None]
+#: One pass over a header or a message, reporting into the ``Report``.
+Validator = Callable[[Any, Report], None]
+#: What a message's reader makes of frame 0: its class, its values (tensors left out) and
+#: the checked layout of frame 1
+Read = tuple[type, dict[str, object], _w.Layout]
+NO_TENSORS: _w.Layout = ((), (), {})
+
+
+class Reader(NamedTuple):
+    message: str
+    version: int
+    read: Callable[[list[int]], Read]
+
+
 Encoder = Callable[
     [Any, list[int], "torch.device | str | None"], tuple[list[torch.Tensor], list[_w.Entry]]
 ]
 
-_HEADER_TYPE = _w.Rule(
+_HEADER_TYPE = Rule(
     "type", "header", "Header", rule="header type", message="not this protocol's Header"
 )
-_MESSAGE_TYPE = _w.Rule(
+_MESSAGE_TYPE = Rule(
     "type",
     "message",
     "one of MESSAGES",
@@ -48,14 +61,14 @@ class Codec:
         frame0_len: int,
         ids: Callable[[Any], Ids],
         validate_header: Validator,
-        check_decoded_header: Callable[[Any, list[Violation], Ids, bool], None],
+        check_decoded_header: Validator,
         validators: Mapping[type, Validator],
-        decoded_validators: Mapping[type, DecodedValidator],
+        decoded_validators: Mapping[type, Validator],
         action_message: Mapping[Any, type | tuple[type, ...] | None],
         write_header: Callable[[Any, list[int]], None],
         encoders: Mapping[type, Encoder],
         read_header: Callable[[list[int]], Any],
-        readers: Mapping[int, Callable[[list[int], Any], Manifest]],
+        readers: Mapping[int, Reader],
         action_ids: Mapping[int, int],
         w_message_id: int,
         w_message_version: int,
@@ -82,10 +95,10 @@ class Codec:
         self.w_message_version = w_message_version
         self.w_frame1 = w_frame1
         self.w_frame1_digest = w_frame1_digest
-        self._action_rule = _w.Rule(
+        self._action_rule = Rule(
             "invariant", f"header.{action_field}", "", rule="the action selects the message"
         )
-        self._payload_free_rule = _w.Rule(
+        self._payload_free_rule = Rule(
             "invariant",
             f"header.{action_field}",
             "a payload action",
@@ -93,49 +106,43 @@ class Codec:
         )
 
     def validate(self, msg: Any, header: Any, fail_fast: bool) -> list[Violation]:
-        out: list[Violation] = []
-        ids = self.ids(header)
+        r = Report(self.ids, header, fail_fast)
         try:
             if header is not None:
                 if type(header) is self.header:
-                    self.validate_header_fn(header, out, ids, fail_fast)
+                    self.validate_header_fn(header, r)
+                    if r.bad:
+                        r.bad = set()  # the message's own names follow
                 else:
-                    _w.fail(out, fail_fast, ids, _HEADER_TYPE, _w.show(header))
+                    r.fail(_HEADER_TYPE, header)
                     header = None
             if msg is not None:
                 validator = self.validators.get(type(msg))
                 if validator is None:
-                    _w.fail(out, fail_fast, ids, _MESSAGE_TYPE, _w.show(msg))
+                    r.fail(_MESSAGE_TYPE, msg)
                 else:
-                    validator(msg, out, ids, fail_fast)
+                    validator(msg, r)
             action = getattr(header, self.action_field, None) if header is not None else None
             if type(action) is self.action_enum:
                 carried = self.action_message.get(action)
                 if carried is None and msg is not None:
-                    _w.fail(out, fail_fast, ids, self._payload_free_rule, action.name)
+                    r.add(self._payload_free_rule, action.name)
                 elif carried is not None and not isinstance(msg, carried):
-                    _w.fail(
-                        out,
-                        fail_fast,
-                        ids,
-                        self._action_rule,
-                        _w.show(msg),
-                        _w.class_names(carried),
-                    )
-        except _w.Stop:
+                    r.add(self._action_rule, _w.show(msg), _w.class_names(carried))
+        except Stop:
             pass
-        return out
+        return r.out
 
     def validate_header(self, header: Any, fail_fast: bool) -> list[Violation]:
-        out: list[Violation] = []
-        if type(header) is not self.header:
-            _w.fail(out, False, (), _HEADER_TYPE, _w.show(header))
-            return out
+        r = Report(self.ids, header, fail_fast)
         try:
-            self.validate_header_fn(header, out, self.ids(header), fail_fast)
-        except _w.Stop:
+            if type(header) is not self.header:
+                r.fail(_HEADER_TYPE, header)
+            else:
+                self.validate_header_fn(header, r)
+        except Stop:
             pass
-        return out
+        return r.out
 
     def prepare(self, msg: Any, header: Any, device: torch.device | str | None) -> Prepared:
         violations = (
@@ -163,12 +170,13 @@ class Codec:
         rules, derived fields and invariants remain."""
 
         def check(msg: Any, header: Any) -> list[Violation]:
-            out: list[Violation] = []
-            ids = self.ids(header)
-            self.check_decoded_header(header, out, ids, False)
+            r = Report(self.ids, header, False, dims)
+            self.check_decoded_header(header, r)
             if msg is not None:
-                self.decoded_validators[type(msg)](msg, out, ids, False, dims)
-            return out
+                if r.bad:
+                    r.bad = set()
+                self.decoded_validators[type(msg)](msg, r)
+            return r.out
 
         return check
 
@@ -186,4 +194,26 @@ class Codec:
         if mid == 0:
             _w.require_zero(words, self.w_message_version, self.w_frame1_digest + 1)
             return Manifest(header, None, {}, (), (), self.decoded_validator({}))
-        return self.readers[mid](words, header)
+        reader = self.readers[mid]
+        version = words[self.w_message_version]
+        if version != reader.version:
+            raise ProtocolMismatch(
+                "message-version",
+                f"{reader.message} v{version} from the peer, this side speaks v{reader.version}",
+                self.w_message_version,
+            )
+        cls, values, (slots, sizes, dims) = reader.read(words)
+        nbytes, digest = words[self.w_frame1], words[self.w_frame1_digest]
+        if nbytes != sum(sizes):
+            raise WireError(
+                "frame1",
+                f"frame 1 announced {nbytes} bytes, the manifest needs {sum(sizes)}",
+                self.w_frame1,
+            )
+        if not nbytes and digest:
+            raise WireError(
+                "frame1",
+                f"an empty frame 1 has digest 0, frame says {digest:#x}",
+                self.w_frame1_digest,
+            )
+        return Manifest(header, cls, values, slots, sizes, self.decoded_validator(dims), digest)

@@ -33,7 +33,7 @@ import torch
 import xxhash
 
 from .dtypes import DTYPE_TABLE, WIRE_VERSION
-from .errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
+from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
 
 MAGIC = 0x74707769  # "tpwi"
 MAGIC_WORD = (MAGIC << 16) | WIRE_VERSION
@@ -833,6 +833,12 @@ def require_zero(w: Sequence[int], start: int, stop: int) -> None:
             raise WireError("presence", f"word {i} must be 0 here, holds {w[i]}", i)
 
 
+def absent(w: Sequence[int], start: int, stop: int | None = None) -> Any:
+    """The value of a field whose presence bit is clear: None, once its words are zero."""
+    require_zero(w, start, start + 1 if stop is None else stop)
+    return None
+
+
 def require_zero_at(w: Sequence[int], words: Sequence[int]) -> None:
     for i in words:
         if w[i] != 0:
@@ -840,47 +846,6 @@ def require_zero_at(w: Sequence[int], words: Sequence[int]) -> None:
 
 
 # --- helpers called by generated validators ----------------------------------------------
-
-
-class Stop(Exception):
-    """Ends a fail-fast validation at its first violation."""
-
-
-class Rule(NamedTuple):
-    """One rule a generated validator checks: what a violation of it says, but the value."""
-
-    code: str
-    field: str
-    expected: str
-    rule: str = ""  # "" means "code: expected"
-    fm: str | None = None
-    message: str = ""
-
-
-def fail(
-    out: list[Violation],
-    fail_fast: bool,
-    ids: Ids,
-    rule: Rule,
-    actual: str,
-    expected: str | None = None,
-) -> None:
-    """Report a broken ``rule`` (``expected`` when it is computed, as a derived value is)."""
-    want = rule.expected if expected is None else expected
-    out.append(
-        Violation(
-            rule.code,
-            rule.field,
-            want,
-            actual,
-            rule.rule or f"{rule.code}: {rule.expected}",
-            rule.fm,
-            rule.message,
-            ids,
-        )
-    )
-    if fail_fast:
-        raise Stop
 
 
 def show(x: object) -> str:

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # the fuzz package lives at the repository root
 from fuzz import properties, targets  # noqa: E402
 from tpwire.codegen import compiler, render  # noqa: E402
 from tpwire.codegen.ir import ProtocolIR  # noqa: E402
-from tpwire.runtime import wire  # noqa: E402
+from tpwire.runtime import checks, wire  # noqa: E402
 
 SPEC = ROOT / "spec" / "tp_control.yaml"
 PACKAGE = "tpwire_seeded"
@@ -144,7 +144,8 @@ def test_off_by_one_invariant_is_caught() -> None:
 
 
 def _read_tensor_without_bound_check() -> ModuleType:
-    """``tpwire.runtime.wire`` with a ``read_tensor`` that never tests ``lo <= d <= hi``."""
+    """``tpwire.runtime.checks`` whose tensor fields read manifests with a ``read_tensor``
+    that never tests ``lo <= d <= hi``."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(wire.read_tensor)))
     removed = 0
 
@@ -159,8 +160,11 @@ def _read_tensor_without_bound_check() -> ModuleType:
 
     tree = ast.fix_missing_locations(Drop().visit(tree))
     assert removed == 1, "read_tensor no longer has the dimension bound check this patch removes"
-    module = ModuleType(f"{PACKAGE}.wire_no_dim_bound")
+    module = ModuleType(f"{PACKAGE}.checks_no_dim_bound")
     module.__dict__.update({k: v for k, v in vars(wire).items() if not k.startswith("__")})
+    module.__package__ = checks.__package__
+    # the classes are defined again here, so ``TensorField.read`` finds the seeded reader
+    exec(compile(inspect.getsource(checks), "<seeded checks>", "exec"), module.__dict__)
     exec(compile(tree, "<seeded read_tensor>", "exec"), module.__dict__)
     sys.modules[module.__name__] = module
     return module
@@ -168,13 +172,13 @@ def _read_tensor_without_bound_check() -> ModuleType:
 
 def test_decoder_without_dim_bound_check_is_caught() -> None:
     lax = _read_tensor_without_bound_check()
-    line = "from tpwire.runtime import wire as _w"
+    line = "from tpwire.runtime import checks as _v"
 
-    def use_lax_wire(source: str) -> str:
-        assert source.count(line) == 1, "the bindings no longer import the wire helpers as _w"
-        return source.replace(line, f"import {lax.__name__} as _w")
+    def use_lax_checks(source: str) -> str:
+        assert source.count(line) == 1, "the bindings no longer import the check helpers as _v"
+        return source.replace(line, f"import {lax.__name__} as _v")
 
-    t = seeded_target("no_dim_bound", compiler.protocol_ir(SPEC), use_lax_wire)
+    t = seeded_target("no_dim_bound", compiler.protocol_ir(SPEC), use_lax_checks)
     message, example = must_fail(
         properties.mutated_frames_property(t, properties.MANIFEST_OPS, max_ops=2, config=CI)
     )

@@ -1,0 +1,191 @@
+"""What generated validators report with: rules, one pass's report, tensor fields.
+
+A generated module declares one ``Rule`` constant per check (what a violation of it says)
+and one ``TensorField`` per tensor field (dtypes, shape pattern, bound, manifest word);
+its unrolled per-field code runs the checks and, on a failure, makes one short call on a
+``Report``: ``r.refuse(_R_Infer_height_range, x)``. What is fixed per rule lives in the
+constant, and what every protocol does with a failure (the ``Violation``, the fields
+later rules must not read, fail-fast) lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from .errors import Ids, Violation
+from .wire import (
+    DTYPE_BY_TORCH,
+    DimPattern,
+    Entry,
+    bool_bytes_problem,
+    dtype_name,
+    is_dense,
+    materialize,
+    put_tensor,
+    read_tensor,
+    shape_problem,
+    show,
+    sides,
+)
+
+
+class Stop(Exception):
+    """Ends a fail-fast validation at its first violation."""
+
+
+class Rule(NamedTuple):
+    """One rule a generated validator checks: what a violation of it says, but the value."""
+
+    code: str
+    field: str  # the path violations name: "height", "header.call_id", "a, b"
+    expected: str
+    rule: str = ""  # "" means "code: expected"
+    fm: str | None = None
+    message: str = ""
+
+    @property
+    def key(self) -> str:
+        """The field's name as its validator's refused set holds it."""
+        return self.field.rpartition(".")[2]
+
+
+class Report:
+    """One envelope's validation: the violations found, the fields of the object being
+    checked (its header, then its message) that were refused so far (rules that read them
+    are skipped: one mistake, one report) and the dimensions its tensors bound. The ids a
+    violation carries are read from the header when one is reported (valid envelopes never
+    pay for them)."""
+
+    __slots__ = ("bad", "dims", "fail_fast", "header", "ids_of", "out")
+
+    def __init__(
+        self,
+        ids_of: Callable[[Any], Ids],
+        header: Any,
+        fail_fast: bool,
+        dims: dict[str, int] | None = None,
+    ) -> None:
+        self.out: list[Violation] = []
+        self.ids_of = ids_of
+        self.header = header
+        self.fail_fast = fail_fast
+        self.bad: set[str] = set()
+        self.dims: dict[str, int] = {} if dims is None else dims
+
+    def add(self, rule: Rule, actual: str, expected: str | None = None) -> None:
+        """Report a broken ``rule`` (``expected`` when it is computed, as a derived value is)."""
+        self.out.append(
+            Violation(
+                rule.code,
+                rule.field,
+                rule.expected if expected is None else expected,
+                actual,
+                rule.rule or f"{rule.code}: {rule.expected}",
+                rule.fm,
+                rule.message,
+                self.ids_of(self.header),
+            )
+        )
+        if self.fail_fast:
+            raise Stop
+
+    def fail(self, rule: Rule, value: object) -> None:
+        """``rule`` is broken by a field holding ``value``."""
+        self.add(rule, show(value))
+
+    def refuse(self, rule: Rule, value: object) -> None:
+        """The field's value is ill-typed or out of range: later rules must not read it."""
+        self.bad.add(rule.key)
+        self.add(rule, show(value))
+
+    def differs(self, rule: Rule, value: object, want: object) -> None:
+        """A derived field or a plan member holds ``value`` where ``want`` belongs."""
+        self.add(rule, show(value), show(want))
+
+    def broken(self, rule: Rule, *values: tuple[str, object]) -> None:
+        """An invariant does not hold; ``values`` are its sides as (text, value)."""
+        self.add(rule, sides(*values))
+
+    def ok(self, *names: str) -> bool:
+        """Whether none of ``names`` was refused (a rule reading them may run)."""
+        return not self.bad or self.bad.isdisjoint(names)
+
+    def tensor(self, t: object, f: TensorField) -> None:
+        """Type, dtype, shape (binding dimensions) and bool bytes of a present tensor."""
+        if not is_dense(t):
+            self.refuse(f.type_rule, t)
+            return
+        assert isinstance(t, torch.Tensor)
+        bad = self.bad
+        if t.dtype not in f.dtypes:
+            bad.add(f.name)
+            self.add(f.dtype_rule, dtype_name(t.dtype))
+        # a tensor of the wrong dtype binds no dimension (one mistake, one report)
+        problem = shape_problem(t, f.shape, self.dims if f.name not in bad else {}, f.limit)
+        if problem is not None:
+            bad.add(f.name)
+            self.add(f.shape_rule, problem)
+        elif f.bool_rule is not None and t.dtype is torch.bool:
+            # a receiver refuses bool bytes other than 0 and 1: refuse them before frame 0
+            problem = bool_bytes_problem(t)
+            if problem is not None:
+                bad.add(f.name)
+                self.add(f.bool_rule, problem)
+
+
+class TensorField:
+    """A tensor field as the codec sees it: its dtypes, shape pattern and element bound,
+    its manifest words (a dtype code, then one word per dimension) and its rules."""
+
+    __slots__ = (
+        "bool_rule",
+        "codes",
+        "dtype_rule",
+        "dtypes",
+        "limit",
+        "name",
+        "shape",
+        "shape_rule",
+        "type_rule",
+        "width",
+        "word",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        word: int,
+        dtypes: tuple[torch.dtype, ...],
+        shape: tuple[DimPattern, ...],
+        limit: int,
+        rules: tuple[Rule, Rule, Rule] | tuple[Rule, Rule, Rule, Rule],
+    ) -> None:
+        self.name = name
+        self.word = word
+        self.width = 1 + len(shape)
+        self.dtypes = dtypes
+        self.codes = tuple(DTYPE_BY_TORCH[d].code for d in dtypes)
+        self.shape = shape
+        self.limit = limit
+        self.type_rule, self.dtype_rule, self.shape_rule = rules[:3]
+        self.bool_rule = rules[3] if len(rules) == 4 else None
+
+    def put(
+        self,
+        t: torch.Tensor,
+        device: torch.device | str | None,
+        words: list[int],
+        tensors: list[torch.Tensor],
+        entries: list[Entry],
+    ) -> None:
+        """Materialize ``t`` on ``device`` and write its manifest words."""
+        t = materialize(t, device)
+        entries.append(put_tensor(words, self.word, self.name, t))
+        tensors.append(t)
+
+    def read(self, w: list[int], dims: dict[str, int]) -> Entry:
+        """The manifest entry a peer announced, checked before anything is allocated."""
+        return read_tensor(w, self.word, self.name, self.codes, self.shape, dims, self.limit)
