@@ -1,20 +1,26 @@
-"""The ``tpwire`` command line: gen, check, docs, schema."""
+"""The ``tpwire`` command line: gen, check, docs, schema, breaking."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tomllib
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tpwire import __version__
-from tpwire.codegen import compiler, render
+from tpwire.codegen import breaking, compiler, render
 from tpwire.codegen.errors import SpecError, SpecErrors
 from tpwire.codegen.splice import SpliceError, splice
 
-EXIT_OK, EXIT_FAIL, EXIT_INTERNAL = 0, 1, 70
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
 
 def _print_errors(errors: Sequence[SpecError]) -> None:
@@ -103,11 +109,257 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- breaking -----------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A bad command line or environment: one line on stderr, exit 2."""
+
+
+def find_config(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest pyproject.toml at or above ``start`` and its ``[tool.tpwire]`` table."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        candidate = d / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                data = tomllib.loads(candidate.read_text("utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise UsageError(f"cannot read {candidate}: {exc}") from None
+            table = data.get("tool", {}).get("tpwire", {})
+            if not isinstance(table, dict):
+                raise UsageError(f"{candidate}: [tool.tpwire] must be a table")
+            return candidate, table
+    return None
+
+
+def _config_list(table: dict[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{where}: {key} must be a list of strings")
+    return list(value)
+
+
+def git_show(ref: str, path: str, cwd: Path | None = None) -> bytes:
+    """``git show REF:path``: the spec as it was at a revision (``UsageError`` if unreadable)."""
+    if not ref or not path:
+        raise UsageError(f"--against {ref}:{path}: expected REF:path, e.g. HEAD~1:spec/x.yaml")
+    git = shutil.which("git")
+    if git is None:
+        raise UsageError(f"cannot read {ref}:{path}: git is not installed")
+    try:
+        done = subprocess.run(
+            [git, "show", f"{ref}:{path}"], cwd=cwd, capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"cannot read {ref}:{path} from git: {exc}") from None
+    if done.returncode != 0:
+        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = lines[0].removeprefix("fatal: ") if lines else f"git exited {done.returncode}"
+        raise UsageError(f"cannot read {ref}:{path} from git: {why}")
+    return done.stdout
+
+
+def _read_spec_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class _Pair:
+    new_name: str
+    old_name: str
+    report: breaking.Report | None = None
+    errors: list[SpecError] = field(default_factory=list)
+    note: str = ""
+
+
+def _against(value: str) -> tuple[bytes, str]:
+    """OLD.yaml, or REF:path read from git."""
+    if Path(value).is_file():
+        return _read_spec_file(value), compiler.display_path(value)
+    if ":" in value:
+        ref, path = value.split(":", 1)
+        return git_show(ref, path), value
+    raise UsageError(f"--against {value}: no such file (give OLD.yaml or REF:path)")
+
+
+def _pairs(args: argparse.Namespace, config: tuple[Path, dict[str, Any]] | None) -> list[_Pair]:
+    pairs: list[_Pair] = []
+    if args.spec is not None:
+        new = _read_spec_file(args.spec)
+        name = compiler.display_path(args.spec)
+        if args.against is not None:
+            old, old_name = _against(args.against)
+        else:
+            old, old_name = git_show("HEAD", f"./{args.spec}"), f"HEAD:{name}"
+        pairs.append(_run_pair(old, old_name, new, name, args.allow))
+        return pairs
+    if args.against is not None:
+        raise UsageError("--against needs a SPEC to compare")
+    if config is None or not config[1].get("specs"):
+        raise UsageError(
+            "no SPEC given and no [tool.tpwire] specs = [...] in pyproject.toml "
+            "(usage: tpwire breaking NEW.yaml --against OLD.yaml|REF:path)"
+        )
+    path, table = config
+    root = path.parent
+    for spec in _config_list(table, "specs", f"{path} [tool.tpwire]"):
+        full = root / spec
+        new = _read_spec_file(str(full))
+        name = compiler.display_path(full)
+        try:
+            old = git_show("HEAD", f"./{spec}", cwd=root)
+        except UsageError as exc:
+            if "does not exist in" in str(exc) or "exists on disk, but not in" in str(exc):
+                pairs.append(_Pair(name, f"HEAD:{spec}", note="new spec, not in HEAD"))
+                continue
+            raise
+        pairs.append(_run_pair(old, f"HEAD:{spec}", new, name, args.allow))
+    return pairs
+
+
+def _run_pair(old: bytes, old_name: str, new: bytes, new_name: str, allow: list[str]) -> _Pair:
+    pair = _Pair(new_name, old_name)
+    try:
+        pair.report = breaking.compare_texts(old, new, old_name, new_name, allow)
+    except SpecErrors as exc:
+        pair.errors = list(exc.errors)
+    return pair
+
+
+def _gh_escape(text: str, prop: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
+def _print_text(pairs: list[_Pair]) -> None:
+    for p in pairs:
+        if p.note:
+            print(f"{p.new_name}: {p.note}, nothing to compare")
+        for e in p.errors:
+            print(e, file=sys.stderr)
+        if p.report is None:
+            continue
+        for f in p.report.findings:
+            print(f)
+        if not p.report.findings:
+            o, n = p.report.old.fingerprint, p.report.new.fingerprint
+            fp = (
+                f"fingerprint {n:#018x} unchanged"
+                if o == n
+                else f"fingerprint {o:#018x} -> {n:#018x}"
+            )
+            allowed = len(p.report.allowed)
+            extra = f", {allowed} allowed" if allowed else ""
+            print(f"{p.new_name}: no breaking changes against {p.old_name} ({fp}{extra})")
+
+
+def _print_github(pairs: list[_Pair]) -> None:
+    for p in pairs:
+        for e in p.errors:
+            loc = f"file={_gh_escape(e.file, True)},line={e.line},col={e.col}"
+            print(f"::error {loc},title={_gh_escape(e.code, True)}::{_gh_escape(e.message)}")
+        if p.report is None:
+            continue
+        for f in p.report.findings:
+            text = f"{f.text}: {breaking.CONSEQUENCE[f.direction]}"
+            if f.file == p.new_name:
+                loc = f"file={_gh_escape(f.file, True)},line={f.line},col={f.col}"
+            else:  # deleted: the old spec is no file in the checkout
+                loc = f"file={_gh_escape(p.new_name, True)}"
+                text += f" (at {f.file}:{f.line}:{f.col})"
+            title = _gh_escape(f"{f.rule} ({f.direction})", True)
+            print(f"::error {loc},title={title}::{_gh_escape(text)}")
+
+
+def _json(pairs: list[_Pair]) -> str:
+    results = []
+    for p in pairs:
+        r = p.report
+        results.append(
+            {
+                "new": p.new_name,
+                "old": p.old_name,
+                "note": p.note or None,
+                "new_fingerprint": f"{r.new.fingerprint:#018x}" if r else None,
+                "old_fingerprint": f"{r.old.fingerprint:#018x}" if r else None,
+                "errors": [
+                    {
+                        "file": e.file,
+                        "line": e.line,
+                        "col": e.col,
+                        "code": e.code,
+                        "message": e.message,
+                    }
+                    for e in p.errors
+                ],
+                "findings": [f.as_dict() for f in r.findings] if r else [],
+                "allowed": [f.as_dict() for f in r.allowed] if r else [],
+            }
+        )
+    total = sum(len(p.report.findings) for p in pairs if p.report)
+    return json.dumps({"version": 1, "findings": total, "results": results}, indent=2) + "\n"
+
+
+def _list_rules() -> None:
+    width = max(len(r) for r in breaking.RULES)
+    for r in breaking.RULES.values():
+        print(f"{r.id:<{width}}  {r.direction:<10}  {r.group:<10}  {r.summary}")
+
+
+def cmd_breaking(args: argparse.Namespace) -> int:
+    try:
+        if args.list_rules:
+            _list_rules()
+            return EXIT_OK
+        config = find_config()
+        allow = list(args.allow or [])
+        if config is not None:
+            where = f"{config[0]} [tool.tpwire.breaking]"
+            section = config[1].get("breaking", {})
+            if not isinstance(section, dict):
+                raise UsageError(f"{where} must be a table")
+            allow += _config_list(section, "ignore", where)
+        for rule in allow:
+            problem = breaking.unknown_rule(rule)
+            if problem is not None:
+                raise UsageError(problem)
+        args.allow = sorted(set(allow))
+        pairs = _pairs(args, config)
+    except UsageError as exc:
+        print(f"tpwire breaking: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "json":
+        sys.stdout.write(_json(pairs))
+    elif args.format == "github":
+        _print_github(pairs)
+    else:
+        _print_text(pairs)
+    errors = sum(len(p.errors) for p in pairs)
+    findings = sum(len(p.report.findings) for p in pairs if p.report)
+    allowed = sum(len(p.report.allowed) for p in pairs if p.report)
+    if errors or findings:
+        parts = []
+        if findings:
+            parts.append(f"{findings} breaking finding{'s' if findings != 1 else ''}")
+        if errors:
+            parts.append(f"{errors} error{'s' if errors != 1 else ''}")
+        if allowed:
+            parts.append(f"{allowed} allowed")
+        print(f"tpwire breaking: {', '.join(parts)}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="tpwire",
         description="Compile YAML protocol specs into typed, pickle-free torch.distributed bindings.",
-        epilog="Errors are printed as file:line:col: error[code]: message; exit status 1.",
+        epilog="Errors are printed as file:line:col: error[code]: message; exit status 1 "
+        "(2 for a usage error).",
     )
     top.add_argument("--version", action="version", version=f"tpwire {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -163,6 +415,41 @@ def parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("spec", metavar="SPEC")
     schema.set_defaults(func=cmd_schema)
+
+    brk = sub.add_parser(
+        "breaking",
+        help="report what a spec change breaks, for whom (exit 1 when something does)",
+        description="Compare SPEC (the new spec) with an old version and print every breaking "
+        "change as file:line:col: error[RULE] (direction): message, located in the new spec "
+        "(the old one for deletions). Directions: tightening (a new receiver refuses what an "
+        "old sender sends), loosening (an old receiver refuses what a new sender sends), both, "
+        "wire (the bytes mean something else). A message broken without a version bump is also "
+        "BREAKING_WITHOUT_VERSION_BUMP. Without SPEC, every spec in pyproject.toml's "
+        "[tool.tpwire] specs is compared with the last commit; [tool.tpwire.breaking] ignore "
+        "lists rules to allow. Exit 0: nothing breaks; 1: something does, or a spec does not "
+        "compile (its errors are printed, located); 2: usage error. See docs/evolution.md.",
+    )
+    brk.add_argument("spec", nargs="?", metavar="SPEC", help="the new spec (YAML)")
+    brk.add_argument(
+        "--against",
+        metavar="OLD",
+        help="the old spec: a file, or REF:path read with `git show` (e.g. "
+        "HEAD~1:spec/tp_control.yaml); default HEAD:SPEC",
+    )
+    brk.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text (default), json, or github (workflow-command annotations)",
+    )
+    brk.add_argument(
+        "--allow",
+        action="append",
+        metavar="RULE",
+        help="a deliberate break: do not fail on RULE (repeatable)",
+    )
+    brk.add_argument("--list-rules", action="store_true", help="print the rule catalogue and exit")
+    brk.set_defaults(func=cmd_breaking)
     return top
 
 
