@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tpwire.runtime.dtypes import DTYPE_CODES, WIRE_VERSION
+from tpwire.runtime.dtypes import DTYPE_CODES, REASON_WORDS, WIRE_VERSION
 
 from . import expr
 from .model import CExpr, CField, CheckedSpec, CMessage, TypeRef, variant_class_name
@@ -501,6 +501,7 @@ class LayoutIR:
     presence: int
     scalars: int
     manifest: int
+    reason: int  # an ERROR frame's reason code, then its text (REASON_WORDS in all)
     frame1: int
     frame1_digest: int
     checksum: int
@@ -943,7 +944,8 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
         (sum(1 + len(f.shape) for f in m.fields if f.type.kind == "tensor") for m in spec.messages),
         default=0,
     )
-    w_frame1 = manifest_base + nmanifest
+    w_reason = manifest_base + nmanifest
+    w_frame1 = w_reason + REASON_WORDS
     layout = LayoutIR(
         header=FIXED_WORDS,
         header_presence=w_hpres,
@@ -952,6 +954,7 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
         presence=w_pres,
         scalars=scalar_base,
         manifest=manifest_base,
+        reason=w_reason,
         frame1=w_frame1,
         frame1_digest=w_frame1 + 1,
         checksum=w_frame1 + 2,
@@ -1067,7 +1070,7 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
                 invariants=invariants,
                 presence_mask=(1 << len(fields)) - 1,
                 used_words=tuple(used),
-                words=(scalar_base, w_frame1),
+                words=(scalar_base, w_reason),
             )
         )
     by_action = {m.action: m for m in messages}

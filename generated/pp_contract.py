@@ -55,16 +55,17 @@ __all__ = [
 PROTOCOL: Final = "pp_contract"
 SPEC_SHA256: Final = "c5e9c0b862a2857532203ffd20b6795baec68c5eabc40d4966cce020b8e0466f"
 #: Identity of the wire-relevant spec content; peers with another value refuse frames.
-FINGERPRINT: Final = 0x5B2CB5B427096558
-FRAME0_LEN: Final = 43
+FINGERPRINT: Final = 0x64442205DA3E5F72
+FRAME0_LEN: Final = 53
 W_HEADER_PRESENCE: Final = 6
 W_MESSAGE_ID: Final = 7
 W_MESSAGE_VERSION: Final = 8
 W_PRESENCE: Final = 9
 W_SCALARS: Final = 10
 W_MANIFEST: Final = 22
-W_FRAME1: Final = 40
-W_FRAME1_DIGEST: Final = 41
+W_REASON: Final = 40
+W_FRAME1: Final = 50
+W_FRAME1_DIGEST: Final = 51
 
 
 class PPAction(enum.IntEnum):
@@ -1038,8 +1039,10 @@ _CODEC: Final = _c.Codec(
     action_ids=_ACTION_IDS,
     w_message_id=W_MESSAGE_ID,
     w_message_version=W_MESSAGE_VERSION,
+    w_reason=W_REASON,
     w_frame1=W_FRAME1,
     w_frame1_digest=W_FRAME1_DIGEST,
+    error_action=PPAction.ERROR,
 )
 
 
@@ -1088,4 +1091,5 @@ BINDINGS: Final[_b.Bindings[Header, Message]] = _b.Bindings(
     validate=validate,
     read_frame0=read_frame0,
     read_frame0_bytes=read_frame0_bytes,
+    w_reason=W_REASON,
 )

@@ -57,16 +57,17 @@ __all__ = [
 PROTOCOL: Final = "tp_control"
 SPEC_SHA256: Final = "71742581f3e6d0cb6ddcf22763518d3fb32890c2f4bfc2c089087e7bcc6b8acd"
 #: Identity of the wire-relevant spec content; peers with another value refuse frames.
-FINGERPRINT: Final = 0x34B51F54489CDFC7
-FRAME0_LEN: Final = 52
+FINGERPRINT: Final = 0x04FD521BFF3559AD
+FRAME0_LEN: Final = 62
 W_HEADER_PRESENCE: Final = 7
 W_MESSAGE_ID: Final = 8
 W_MESSAGE_VERSION: Final = 9
 W_PRESENCE: Final = 10
 W_SCALARS: Final = 11
 W_MANIFEST: Final = 26
-W_FRAME1: Final = 49
-W_FRAME1_DIGEST: Final = 50
+W_REASON: Final = 49
+W_FRAME1: Final = 59
+W_FRAME1_DIGEST: Final = 60
 
 
 class TPAction(enum.IntEnum):
@@ -1143,8 +1144,10 @@ _CODEC: Final = _c.Codec(
     action_ids=_ACTION_IDS,
     w_message_id=W_MESSAGE_ID,
     w_message_version=W_MESSAGE_VERSION,
+    w_reason=W_REASON,
     w_frame1=W_FRAME1,
     w_frame1_digest=W_FRAME1_DIGEST,
+    error_action=TPAction.ERROR,
 )
 
 
@@ -1202,4 +1205,5 @@ BINDINGS: Final[_b.Bindings[Header, Message]] = _b.Bindings(
     validate=validate,
     read_frame0=read_frame0,
     read_frame0_bytes=read_frame0_bytes,
+    w_reason=W_REASON,
 )

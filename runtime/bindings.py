@@ -118,6 +118,8 @@ class Bindings(Generic[H, M]):
     validate: ValidateFn[H, M]
     read_frame0: ReadFrame0Fn
     read_frame0_bytes: ReadFrame0BytesFn
+    #: frame 0's first word of an ERROR frame's reason (``wire.put_reason``)
+    w_reason: int
 
     @property
     def terminal(self) -> frozenset[enum.IntEnum]:

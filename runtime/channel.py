@@ -21,21 +21,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Generic, NamedTuple, NoReturn, Self
+from typing import Any, Generic, NamedTuple, NoReturn, Self, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from . import abort_guard, parity, tripwire
 from .bindings import Bindings, H, M, bindings_of
-from .errors import EnvelopeInvalid, WireError
+from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
 from .wire import (
     _U64,
     ALIGN,
+    ErrorCode,
     Frames,
     Manifest,
     Prepared,
+    Reason,
     TensorSlot,
+    put_reason,
     read_word,
     trailer_word,
     write_word,
@@ -45,6 +48,8 @@ from .wire import (
 CPU_CARRY_LIMIT = 1 << 20
 #: The head collective ends in one int64 trailer word (``Framing``).
 TRAILER_NBYTES = 8
+
+T = TypeVar("T")
 
 #: Distinct exit codes, so a supervisor can tell why a rank died.
 EXIT_POISONED = 86
@@ -61,11 +66,32 @@ class OrderingError(RuntimeError):
 
 @dataclass(frozen=True)
 class Received(Generic[H, M]):
-    """What ``recv`` hands over: the action, the header and the typed message (or None)."""
+    """What ``recv`` hands over: the action, the header and the typed message (or None);
+    for the spec's error action, the reason the source gave (a code and a short text)."""
 
     action: enum.IntEnum
     header: H
     msg: M | None
+    reason: Reason | None = None
+
+
+def error_code(exc: BaseException) -> ErrorCode:
+    """The reason code an ERROR frame gives for ``exc``."""
+    from .lockstep import LockstepError  # lockstep imports nothing of the channel's
+
+    if isinstance(exc, EnvelopeInvalid):
+        return ErrorCode.INVALID
+    if isinstance(exc, tripwire.DriftDetected):
+        return ErrorCode.DRIFT
+    if isinstance(exc, LockstepError | OrderingError):
+        return ErrorCode.LOCKSTEP
+    return ErrorCode.EXCEPTION
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _log(line: str) -> None:
@@ -319,6 +345,8 @@ class _Channel(Generic[H, M]):
         #: the last header sent and the last one received (ids for logs and heartbeats)
         self.last_sent: H | None = None
         self.last_header: H | None = None
+        #: the header ``send`` is preflighting or sending (the ids of a root cause)
+        self._building: H | None = None
         self._terminal = bindings.terminal
         for action in (bindings.noop, bindings.shutdown, bindings.error):
             if action is not None:  # a control frame the spec cannot express: say so now
@@ -380,8 +408,11 @@ class _Channel(Generic[H, M]):
             # workers run next on it (tripwires, the model's own): give frame 0 its own group
             raise ValueError("heartbeat_s needs a cpu_group used only by this channel")
         rec = parity.record(self.protocol, self.parity_env, self.parity_flags)
-        with self._deadline("the open handshake"):
-            parity.check(rec, self._handshake_group())
+        self._collective(
+            "the open handshake",
+            lambda: parity.check(rec, self._handshake_group()),
+            agreed=(parity.ParityMismatch, ProtocolMismatch),
+        )
         self.opened = True
         if self.heartbeat_s and self._may_send():
             self._heartbeat = threading.Thread(
@@ -410,19 +441,33 @@ class _Channel(Generic[H, M]):
         return self if self.opened else self.open()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if isinstance(exc, BaseException) and not isinstance(exc, ChannelPoisoned):
+            self._root_cause(exc)  # first, before anything else can fail
         # a sender leaving the block never strands its workers: SHUTDOWN, or ERROR on failure
         if self.opened and not self.closed and not self.poisoned and self._sends_on_exit():
-            if exc is None:
+            if not isinstance(exc, BaseException):
                 self.shutdown()
             else:
-                self.error(f"sender failed: {exc!r}")
+                self.error(describe(exc), error_code(exc))
         self.close()
+
+    def _root_cause(self, exc: BaseException) -> None:
+        if self._building is not None:
+            where = f"while sending {self._ids(self._building)}"
+        elif self.last_sent is not None:
+            where = f"after sending {self._ids(self.last_sent)}"
+        elif self.last_header is not None:
+            where = f"after receiving {self._ids(self.last_header)}"
+        else:
+            where = "before the first envelope"
+        _log(f"tpwire[rank {self.rank}]: FAILED {where}: {describe(exc)}")
 
     # -- sender -------------------------------------------------------------------------
 
     def send(self, msg: M | None, header: H) -> None:
         """Preflight everything, then commit: frame 0, frame 1."""
         self._ready(sender=True)
+        self._building = header
         try:
             prepared: Prepared = self.protocol.prepare(msg, header, device=self.device)
         except EnvelopeInvalid as exc:
@@ -436,6 +481,7 @@ class _Channel(Generic[H, M]):
             self._ready(sender=True)
             self._check_order(header)
             self._transmit(prepared, header)
+        self._building = None
 
     def next_sequence(self) -> int:
         """The smallest sequence id (the spec's sequence role) the next send may use
@@ -450,7 +496,9 @@ class _Channel(Generic[H, M]):
     def _check_order(self, header: Any) -> None:
         problem = self._sent_order.problem(header)
         if problem is not None:
-            raise OrderingError(f"refused before frame 0 {self._ids(header)}: {problem}")
+            line = f"refused before frame 0 {self._ids(header)}: {problem}"
+            _log(f"tpwire[rank {self.rank}]: {line}")
+            raise OrderingError(line)
 
     def noop(self) -> None:
         """A heartbeat: frame 0 only (the spec's noop control action)."""
@@ -469,21 +517,25 @@ class _Channel(Generic[H, M]):
         """Tell every rank to leave its receive loop; the channel is closed afterwards."""
         self._send_action(self.protocol.shutdown)
 
-    def error(self, reason: str) -> None:
-        """A terminal error frame, so peers exit cleanly instead of being stranded."""
-        header = self._send_action(self.protocol.error)
+    def error(self, reason: str, code: ErrorCode = ErrorCode.USER) -> None:
+        """A terminal error frame, so peers exit cleanly instead of being stranded. It
+        carries ``code`` and ``reason`` (cut to 64 bytes of UTF-8): every worker logs them
+        and ``recv`` hands them over as ``Received.reason``."""
+        header = self._send_action(self.protocol.error, Reason(code, reason))
         _log(
             f"tpwire[rank {self.rank}]: {self.protocol.error.name} sent {self._ids(header)}: "
-            f"{reason}"
+            f"{code.name}: {reason}"
         )
 
-    def _send_action(self, action: enum.IntEnum) -> H:
+    def _send_action(self, action: enum.IntEnum, reason: Reason | None = None) -> H:
         # a terminal action closes the channel in ``_transmit``, inside the lock: no
         # heartbeat follows it
         self._ready(sender=True)
         with self._lock:
             self._ready(sender=True)  # a heartbeat may have poisoned it meanwhile
             header, prepared = self._control_frame(action)
+            if reason is not None:
+                put_reason(prepared.words, self.protocol.w_reason, reason.code, reason.text)
             self._transmit(prepared, header)
         return header
 
@@ -519,12 +571,14 @@ class _Channel(Generic[H, M]):
             try:
                 self._put(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
-                self._poison(header, f"frame 0 send failed: {exc!r}")
+                self._poison(header, f"frame 0 send of {action.name} failed: {describe(exc)}")
             try:
                 for i, segment in rest:
                     self._put(segment, self._segment_tag(header, i), frame0=False)
             except BaseException as exc:
-                self._poison(header, f"frame 1 send failed after frame 0: {exc!r}")
+                self._poison(
+                    header, f"frame 1 send of {action.name} failed after frame 0: {describe(exc)}"
+                )
         framing.after(action in self.protocol.payload_actions, sizes)
         self._sent_order.commit(header)
         self.last_sent = header
@@ -553,6 +607,8 @@ class _Channel(Generic[H, M]):
                     except (ValueError, EnvelopeInvalid) as exc:  # nothing sent: stop beating
                         _log(f"tpwire[rank {self.rank}]: heartbeats stopped: {exc}")
                         return
+                    except BaseException as exc:
+                        self._poison(self.last_sent, f"a heartbeat failed: {describe(exc)}")
                     self._transmit(prepared, header, watched=False)
 
     # -- receiver -----------------------------------------------------------------------
@@ -639,7 +695,13 @@ class _Channel(Generic[H, M]):
             raise
         if action in self._terminal:
             self.closed = True  # terminal actions: no further frame will come
-        return Received(action, header, msg)
+        if action is self.protocol.error:
+            why = manifest.reason if manifest.reason is not None else "no reason given"
+            _log(
+                f"tpwire[rank {self.rank}]: {action.name} from the source {self._ids(header)}: "
+                f"{why}; stopping for the source's reason"
+            )
+        return Received(action, header, msg, manifest.reason)
 
     # -- drift tripwires (bringup) ----------------------------------------------------
 
@@ -665,10 +727,54 @@ class _Channel(Generic[H, M]):
 
     def _compare(self, value: int, what: str, failure: BaseException | None = None) -> None:
         # every rank enters the collective, even one whose digest failed: no peer strands
-        with self._deadline(f"the digest check of {what}"):
-            tripwire.compare(value, what, self._compare_group())
+        self._collective(
+            f"the digest check of {what}",
+            lambda: tripwire.compare(value, what, self._compare_group()),
+            agreed=(tripwire.DriftDetected,),
+        )
         if failure is not None:
             raise failure
+
+    # -- guards -------------------------------------------------------------------------
+
+    @contextmanager
+    def guard(self, what: str, *, header: H | None = None) -> Iterator[None]:
+        """Run the block's collectives (a TP all_reduce, the model's own) under the
+        channel's policy: a failure in the block (a dead peer, a broken group, any
+        exception) is one poison line with the ids (``header``'s, else the last envelope's)
+        and ``what``, then exit 86 (``ChannelPoisoned`` under ``poison="raise"``); a block
+        still running after ``watchdog_s`` exits 87 naming ``what``. Every rank runs the
+        same guarded steps, so no peer is left waiting in a collective this rank skips."""
+        if self.poisoned:
+            raise ChannelPoisoned("the channel is poisoned")
+        with self._deadline(what, header=header):
+            try:
+                yield
+            except ChannelPoisoned:
+                raise
+            except BaseException as exc:
+                self._poison(header, f"{what} failed: {describe(exc)}")
+
+    def _collective(
+        self,
+        what: str,
+        run: Callable[[], T],
+        *,
+        header: Any = None,
+        agreed: tuple[type[BaseException], ...] = (),
+    ) -> T:
+        """``run``, collectives every rank enters, under the channel's policy: an ``agreed``
+        exception (the answer every rank reaches, such as a parity mismatch) passes
+        through; any other failure poisons, and a run past ``watchdog_s`` exits 87."""
+        with self._deadline(what, header=header):
+            try:
+                return run()
+            except agreed:
+                raise
+            except ChannelPoisoned:
+                raise
+            except BaseException as exc:
+                self._poison(header, f"{what} failed: {describe(exc)}")
 
     # -- shared -------------------------------------------------------------------------
 
@@ -729,6 +835,8 @@ class _Channel(Generic[H, M]):
 
     def _poison(self, header: Any, reason: str) -> NoReturn:
         self.poisoned = True
+        if header is None:  # the last envelope this rank took part in
+            header = self.last_sent if self.last_sent is not None else self.last_header
         line = f"tpwire[rank {self.rank}]: POISONED {self._ids(header)}: {reason}"
         if self.poison == "raise":
             _log(line)

@@ -15,6 +15,7 @@ import torch
 
 from . import wire as _w
 from .checks import Report, Rule, Stop
+from .dtypes import REASON_WORDS
 from .errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
 from .wire import Manifest, Prepared
 
@@ -72,8 +73,10 @@ class Codec:
         action_ids: Mapping[int, int],
         w_message_id: int,
         w_message_version: int,
+        w_reason: int,
         w_frame1: int,
         w_frame1_digest: int,
+        error_action: enum.IntEnum,
     ) -> None:
         self.header = header
         self.action_field = action_field
@@ -93,8 +96,10 @@ class Codec:
         self.action_ids = action_ids
         self.w_message_id = w_message_id
         self.w_message_version = w_message_version
+        self.w_reason = w_reason
         self.w_frame1 = w_frame1
         self.w_frame1_digest = w_frame1_digest
+        self.error_action = error_action
         self._action_rule = Rule(
             "invariant", f"header.{action_field}", "", rule="the action selects the message"
         )
@@ -192,8 +197,14 @@ class Codec:
                 self.w_message_id,
             )
         if mid == 0:
-            _w.require_zero(words, self.w_message_version, self.w_frame1_digest + 1)
-            return Manifest(header, None, {}, (), (), self.decoded_validator({}))
+            reason = None
+            if action is self.error_action:  # the only frame that may carry a reason
+                _w.require_zero(words, self.w_message_version, self.w_reason)
+                reason = _w.read_reason(words, self.w_reason)
+                _w.require_zero(words, self.w_reason + REASON_WORDS, self.w_frame1_digest + 1)
+            else:
+                _w.require_zero(words, self.w_message_version, self.w_frame1_digest + 1)
+            return Manifest(header, None, {}, (), (), self.decoded_validator({}), reason=reason)
         reader = self.readers[mid]
         version = words[self.w_message_version]
         if version != reader.version:
@@ -202,6 +213,7 @@ class Codec:
                 f"{reader.message} v{version} from the peer, this side speaks v{reader.version}",
                 self.w_message_version,
             )
+        _w.require_zero(words, self.w_reason, self.w_reason + REASON_WORDS)
         cls, values, (slots, sizes, dims) = reader.read(words)
         nbytes, digest = words[self.w_frame1], words[self.w_frame1_digest]
         if nbytes != sum(sizes):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-#: 2: frame 0 carries the xxh3-64 digest of frame 1, the head collective ends in a trailer
-WIRE_VERSION = 2
+#: 2: frame 0 carries the xxh3-64 digest of frame 1, the head collective ends in a trailer;
+#: 3: an ERROR frame carries a reason (a code and a bounded text) in frame 0
+WIRE_VERSION = 3
 
 #: (spec name, stable wire code, item size in bytes); code 0 means "tensor absent".
 DTYPE_TABLE: tuple[tuple[str, int, int], ...] = (
@@ -19,3 +20,8 @@ DTYPE_TABLE: tuple[tuple[str, int, int], ...] = (
     ("bool", 10, 1),
 )
 DTYPE_CODES: dict[str, int] = {name: code for name, code, _ in DTYPE_TABLE}
+
+#: Frame 0 words of an ERROR frame's reason, before the frame 1 words: a code word, then a
+#: UTF-8 text of at most REASON_TEXT_BYTES (a length word and the bytes)
+REASON_TEXT_BYTES = 64
+REASON_WORDS = 2 + REASON_TEXT_BYTES // 8

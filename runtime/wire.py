@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import enum
 import hashlib
 import math
 import struct
@@ -32,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 import xxhash
 
-from .dtypes import DTYPE_TABLE, WIRE_VERSION
+from .dtypes import DTYPE_TABLE, REASON_TEXT_BYTES, REASON_WORDS, WIRE_VERSION
 from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
 
 MAGIC = 0x74707769  # "tpwi"
@@ -107,6 +108,55 @@ def words_to_str(words: Sequence[int], max_len: int, word: int) -> str:
         return raw[:n].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError("scalar", f"string is not UTF-8: {exc.reason}", word) from None
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a sender stopped its stream with an ERROR frame (frame 0's reason code)."""
+
+    USER = 1  # the application called ``error(reason)``
+    EXCEPTION = 2  # the sender's ``with`` block or ``send`` raised
+    INVALID = 3  # an envelope was refused (a relay validating before it broadcasts)
+    DRIFT = 4  # a tripwire found ranks holding different inputs or outputs
+    LOCKSTEP = 5  # the ranks' plans or ids no longer agree (ledger, ordering)
+
+
+class Reason(NamedTuple):
+    """The reason an ERROR frame carries: a code and a short text."""
+
+    code: ErrorCode
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.text}"
+
+
+def clip_utf8(text: str, nbytes: int) -> str:
+    """``text`` in at most ``nbytes`` of UTF-8, cut at a character boundary (lone
+    surrogates, which UTF-8 cannot hold, become ``?``)."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) > nbytes:
+        raw = raw[: nbytes - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
+    return raw.decode("utf-8")
+
+
+def put_reason(words: list[int], at: int, code: ErrorCode, text: str) -> None:
+    """Write an ERROR frame's reason into frame 0 words ``at``.. (``REASON_WORDS``)."""
+    words[at] = int(code)
+    words[at + 1 : at + REASON_WORDS] = str_to_words(
+        clip_utf8(text, REASON_TEXT_BYTES), REASON_WORDS - 2
+    )
+
+
+def read_reason(words: Sequence[int], at: int) -> Reason | None:
+    """An ERROR frame's reason (None when it carries none), checked like any scalar."""
+    code = words[at]
+    if code == 0:
+        require_zero(words, at, at + REASON_WORDS)
+        return None
+    if code not in ErrorCode._value2member_map_:
+        raise WireError("reason", f"unknown error reason code {code}", at)
+    text = words_to_str(words[at + 1 : at + REASON_WORDS], REASON_TEXT_BYTES, at + 1)
+    return Reason(ErrorCode(code), text)
 
 
 def word_to_bool(w: int, word: int) -> bool:
@@ -546,6 +596,8 @@ class Manifest:
     validate: Callable[[Any, Any], list[Violation]] | None = None
     #: frame 0's digest of frame 1 (``frame1_digest``)
     digest: int = 0
+    #: an ERROR frame's reason (``read_reason``)
+    reason: Reason | None = None
 
     @property
     def frame1_nbytes(self) -> int:

@@ -642,7 +642,7 @@ def other_names(rank: int, world: int, case: str) -> Any:
             r = ch.recv()
             got.append([r.action.name, r.header.seq])
             if r.action in (proto.Step.HALT, proto.Step.FAIL):
-                return {"got": got}
+                return {"got": got, "reason": None if r.reason is None else list(r.reason)}
     except ChannelPoisoned as exc:
         return {"got": got, "poisoned": str(exc)}
 

@@ -78,9 +78,20 @@ def test_relay_control_actions(tmp_path: Path, case: str, last: list[object]) ->
         assert got[0] == ["RUN", 0] and got[-1] == last, got
     if case == "shutdown":
         assert workers[0].result["got"] == [["RUN", 0], ["IDLE", 1], ["HALT", 2]]
+        assert all(w.result["reason"] is None for w in workers)
     else:
         assert workers[0].result["got"] == [["RUN", 0], ["RUN", 5], ["FAIL", 6]]
-        assert "FAIL sent seq=6 batch=1 generation=0: sender failed: ValueError" in r0.log
+        # the root cause first, then the ERROR frame carrying it; each worker says why it stops
+        cause = "FAILED after sending seq=5 batch=1 generation=0: ValueError: decoder out of memory"
+        sent = "FAIL sent seq=6 batch=1 generation=0: EXCEPTION: ValueError: decoder out of memory"
+        assert cause in r0.log and sent in r0.log, r0.log
+        assert r0.log.index(cause) < r0.log.index(sent)
+        for w in workers:
+            assert w.result["reason"] == [2, "ValueError: decoder out of memory"]
+            assert (
+                "FAIL from the source seq=6 batch=1 generation=0: EXCEPTION: ValueError: "
+                "decoder out of memory; stopping for the source's reason"
+            ) in w.log, w.log
 
 
 def test_control_headers_follow_the_header_rules() -> None:
