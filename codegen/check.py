@@ -6,13 +6,17 @@ together, sorted by position. Nothing here raises anything else for any input tr
 
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
 import difflib
 import enum
 import json
 import keyword
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -53,19 +57,15 @@ _RESERVED = frozenset(
     {"m", "h", "MESSAGE_ID", "MESSAGE_VERSION", "ACTION", "self", "cls"}
     | {"int", "float", "bool", "str", "torch", "enum", "None"}
 )
-#: Module-level names of a generated bindings or strategies module.
-_MODULE_NAMES = frozenset(
-    {
-        "ACTION_ENUM", "ACTION_FIELD", "PAYLOAD_ACTIONS", "Any", "Callable", "ClassVar", "Envelope", "EnvelopeInvalid", "FINGERPRINT",
-        "FRAME0_LEN", "Final", "Frames", "Header", "Literal", "MESSAGES", "Manifest", "Message",
-        "Mutant", "PROTOCOL", "ProtocolMismatch", "SPEC_SHA256", "TypeAlias", "Violation",
-        "WireError",
-    }
-)  # fmt: skip
-#: Enum member names that would shadow IntEnum/int attributes (``name``, ``value``, ``real``).
+#: Enum member names that would shadow IntEnum/int attributes (``name``, ``value``, ``real``)
+#: or what the enum class gets from its metaclass (``mro``).
 _ENUM_ATTRS = frozenset(
-    n for n in [*vars(enum.Enum), *vars(enum.IntEnum), *dir(int)] if not n.startswith("_")
+    n
+    for n in [*vars(enum.Enum), *dir(enum.IntEnum), *dir(type(enum.IntEnum)), *dir(int)]
+    if not n.startswith("_")
 )
+#: Names a generated module sees without binding them: ``None``, ``NotImplemented``, ``len``...
+_BUILTINS = frozenset(dir(builtins))
 
 
 @cache
@@ -73,6 +73,159 @@ def meta_schema() -> dict[str, Any]:
     text = resources.files("tpwire.codegen").joinpath("meta_schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+#: A spec that reaches every construct the templates spell (discriminated and plain messages,
+#: derived fields, tensors, invariants, every role and control action). Its enum and message
+#: names occur nowhere in the templates, so every other name its generated modules bind at
+#: module scope is the templates' own, and every name containing one of them is spelled
+#: from that enum or message (``_validate_<Message>``, the strategies' ``_<Message>``).
+_PROBE_ENUMS = ("Zqaction", "Zqenum")
+_PROBE_MESSAGES = ("Zqmessage", "Zqplain")
+#: A field name (the probe's own, where a generated class body binds it).
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_PROBE_SPEC = """\
+tpwire: 1
+protocol: zqprobe
+doc: probe
+enums:
+  Zqaction:
+    doc: probe
+    values: {IDLE: 0, RUN: 1, STOP: 2, FAIL: 3, PLAIN: 4}
+  Zqenum:
+    doc: probe
+    values: {fast: 0, careful: 1}
+header:
+  doc: probe
+  slots: [seq, act, step, epoch]
+  action: act
+  roles: {sequence: seq, chunk: step, epoch: epoch}
+  control: {noop: IDLE, shutdown: STOP, error: FAIL}
+  fields:
+    seq: {type: int, range: {min: 0}}
+    act: {type: Zqaction}
+    step: {type: int, range: {min: 0, max: 1000}, required_when: act == Zqaction.RUN}
+    epoch: {type: int, range: {min: 0}}
+messages:
+  Zqmessage:
+    id: 1
+    version: 2
+    action: RUN
+    doc: probe
+    discriminator: mode
+    version_field: v
+    dims:
+      N: {min: 1, max: 16}
+      K: {min: 2, max: 4}
+    fields:
+      mode: {type: Zqenum}
+      v: {type: int}
+      name: {type: str, max_len: 12, required_when: mode == Zqenum.careful}
+      scale: {type: float, range: {min: 0.0, max: 2.0}}
+      count: {type: int, range: {min: 1, max: 16}}
+      total: {type: int, derived: count * 2 + 1}
+      rows: {type: int | None, derived: N * K}
+      check: {type: bool, none_unless: mode == Zqenum.careful}
+      data: {type: tensor, dtypes: [float32, bool], shape: [N, K]}
+      extra: {type: tensor | None, dtypes: [int32], shape: [N], required_when: check == True}
+      legacy: {type: tensor, dtypes: [uint8], shape: [3], forbidden_when: mode == Zqenum.careful}
+    invariants:
+      - {id: count-matches, expr: count == len(data), message: rows, fm: FM-01}
+  Zqplain:
+    id: 2
+    version: 1
+    action: PLAIN
+    fields:
+      flag: {type: bool}
+      ratio: {type: float | None, derived: int(flag) * 0.5}
+"""
+
+
+@dataclass(frozen=True)
+class GeneratedNames:
+    """What the generated modules bind at module scope, read off the templates' output."""
+
+    #: module ("the generated module", "the generated strategies module") -> its own names
+    fixed: Mapping[str, frozenset[str]]
+    #: (module, "enum" or "message", pattern): a name the module spells from an enum's or a
+    #: message's name, ``{}`` standing for that name (``_validate_{}``)
+    patterns: frozenset[tuple[str, str, str]]
+
+    def clash(self, name: str, kind: str) -> str | None:
+        """Why ``name`` (an enum, message or class name) cannot be used, or None."""
+        for where, names in self.fixed.items():
+            if name in names:
+                return f"a name {where} defines"
+        for where, of, pattern in sorted(self.patterns):
+            spelled = pattern.replace("{}", name)
+            if of == kind and spelled in self.fixed[where]:
+                return f"{where} would bind {spelled!r} for it, a name it defines already"
+        return None
+
+
+def _module_names(body: list[ast.stmt]) -> Iterator[str]:
+    """Every name a module body binds at module scope."""
+    for stmt in body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            yield stmt.name
+        elif isinstance(stmt, ast.Import | ast.ImportFrom):
+            for alias in stmt.names:
+                yield alias.asname or alias.name.split(".")[0]
+        elif isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            for target in targets:
+                for node in ast.walk(target):
+                    if isinstance(node, ast.Name):
+                        yield node.id
+        elif isinstance(stmt, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            for part in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(stmt, part, [])
+                if part == "handlers":
+                    inner = [s for h in inner for s in h.body]
+                yield from _module_names(inner)
+
+
+@cache
+def generated_names() -> GeneratedNames:
+    """The module-scope names of the generated bindings and strategies modules, derived by
+    rendering ``_PROBE_SPEC`` through the templates (so a new template name is covered)."""
+    from .ir import build
+    from .load import load_text
+    from .render import render_module, render_strategies
+
+    checker = _Checker(load_text(_PROBE_SPEC, "<probe>"), None)
+    spec = checker.run()
+    if spec is None or checker.errors:
+        raise RuntimeError(f"the name probe spec does not check: {checker.errors}")
+    p = build(spec)
+    chosen = {*_PROBE_ENUMS, *_PROBE_MESSAGES, *p.all_classes}
+    fixed: dict[str, frozenset[str]] = {}
+    patterns: set[tuple[str, str, str]] = set()
+    probes = [("enum", n) for n in _PROBE_ENUMS] + [("message", n) for n in _PROBE_MESSAGES]
+    module = ast.parse(render_module(p, fmt=False))
+    for where, tree in (
+        ("the generated module", module),
+        ("the generated strategies module", ast.parse(render_strategies(p, fmt=False))),
+    ):
+        bound = set(_module_names(tree.body)) - chosen
+        spelled = {n for n in bound if any(probe in n for _, probe in probes)}
+        fixed[where] = frozenset(bound - spelled)
+        patterns |= {
+            (where, kind, n.replace(probe, "{}"))
+            for n in spelled
+            for kind, probe in probes
+            if probe in n
+        }
+    # A class body that binds ``VERSION`` and then reads an enum named ``VERSION`` reads its
+    # own int. Field names (lowercase) and enum members are the spec's, not the templates'.
+    fixed["the generated message classes"] = frozenset(
+        n
+        for c in module.body
+        if isinstance(c, ast.ClassDef) and c.name not in _PROBE_ENUMS
+        for n in _module_names(c.body)
+        if not _FIELD_NAME.fullmatch(n)
+    )
+    return GeneratedNames(fixed, frozenset(patterns))
 
 
 def _describe(path: PathKey) -> str:
@@ -127,8 +280,10 @@ def meta_errors(loaded: LoadedSpec) -> list[SpecError]:
 
 
 class _Checker:
-    def __init__(self, loaded: LoadedSpec) -> None:
+    def __init__(self, loaded: LoadedSpec, names: GeneratedNames | None) -> None:
         self.spec = loaded
+        #: the generated modules' own names (None while deriving them from the probe spec)
+        self.names = names
         self.data = loaded.data
         self.errors: list[SpecError] = []
         self.enums: dict[str, CEnum] = {}
@@ -156,8 +311,19 @@ class _Checker:
             members = []
             for member, value in body["values"].items():
                 mpath = (*path, "values", member)
-                if keyword.iskeyword(member) or member.startswith("_") or member in _ENUM_ATTRS:
-                    self.fail(mpath, "bad-name", f"enum member {member!r} is reserved", key=True)
+                why = (
+                    "a Python keyword"
+                    if keyword.iskeyword(member)
+                    else "enum reserves names starting with '_'"
+                    if member.startswith("_")
+                    else "an attribute every IntEnum member or class has already"
+                    if member in _ENUM_ATTRS
+                    else None
+                )
+                if why is not None:
+                    self.fail(
+                        mpath, "bad-name", f"enum member {member!r} is reserved: {why}", key=True
+                    )
                 if type(value) is not int:
                     self.fail(
                         mpath, "not-integer", f"{name}.{member} = {value!r} is not an integer"
@@ -232,8 +398,8 @@ class _Checker:
                     )
                 elif kind == "int" and not INT64_MIN <= bound <= INT64_MAX:
                     self.fail(bpath, "bad-range", f"bound {bound} does not fit int64")
-                elif isinstance(bound, float) and not math.isfinite(bound):
-                    self.fail(bpath, "bad-range", f"bound {bound} is not finite")
+                elif kind == "float" and not _finite_double(bound):
+                    self.fail(bpath, "bad-range", f"bound {_short(bound)} is not a finite double")
             if isinstance(rmin, int | float) and isinstance(rmax, int | float) and rmin > rmax:
                 self.fail(
                     (*path, "range"),
@@ -310,6 +476,8 @@ class _Checker:
             if isinstance(d, int) and not isinstance(d, bool):
                 if d < 0:
                     self.fail(dpath, "impossible-shape", f"dimension {d} is negative")
+                elif d > INT64_MAX:
+                    self.fail(dpath, "bad-range", f"dimension {_short(d)} does not fit int64")
                 smallest *= max(d, 0)
             elif isinstance(d, str) and d in dims:
                 smallest *= dims[d].min
@@ -329,6 +497,12 @@ class _Checker:
         if max_elements is not None:
             if max_elements < 1:
                 self.fail((*path, "max_elements"), "bad-range", "max_elements must be >= 1")
+            elif max_elements > INT64_MAX:
+                self.fail(
+                    (*path, "max_elements"),
+                    "bad-range",
+                    f"max_elements {_short(max_elements)} does not fit int64",
+                )
             elif smallest > max_elements:
                 self.fail(
                     (*path, "max_elements"),
@@ -413,6 +587,62 @@ class _Checker:
             derived=rules.get("derived"),
         )
 
+    def check_derived_cycles(self, fields: Mapping[str, CField]) -> None:
+        """Derived fields that depend on each other in a cycle (one error per cycle, at the
+        first field of it in spec order; a field derived from itself is reported already)."""
+        deps = {
+            n: [
+                d
+                for d in expr.names(f.derived.node)
+                if d != n and d in fields and fields[d].derived
+            ]
+            for n, f in fields.items()
+            if f.derived is not None
+        }
+        order = {n: i for i, n in enumerate(fields)}
+
+        def path(start: str, goal: str) -> list[str] | None:
+            """The shortest chain of derived fields from ``start`` to ``goal``."""
+            came: dict[str, str] = {start: start}
+            frontier = [start]
+            while frontier:
+                nxt = []
+                for n in frontier:
+                    for d in sorted(deps[n], key=order.__getitem__):
+                        if d == goal:
+                            chain = [n]
+                            while chain[-1] != start:
+                                chain.append(came[chain[-1]])
+                            return chain[::-1]
+                        if d not in came:
+                            came[d] = n
+                            nxt.append(d)
+                frontier = nxt
+            return None
+
+        reported: set[str] = set()
+        for name in deps:
+            if name in reported:
+                continue
+            chain = path(name, name)
+            if chain is None or len(chain) < 2:
+                continue
+            reported.update(chain)
+            derived = fields[name].derived
+            assert derived is not None
+            at = next(
+                n.offset
+                for n in expr.walk(derived.node)
+                if isinstance(n, expr.Name) and n.id == chain[1]
+            )
+            loop = " -> ".join(repr(n) for n in [*chain, name])
+            self.fail(
+                derived.path,
+                "derived-cycle",
+                f"derived fields depend on each other in a cycle: {loop}",
+                offset=at,
+            )
+
     # -- header -----------------------------------------------------------------------
 
     def check_header(self) -> CHeader | None:
@@ -471,6 +701,7 @@ class _Checker:
         symbols = {n: expr.Sym(f.type.ty, not f.always_required) for n, f in fields.items()}
         for name, f in list(fields.items()):
             fields[name] = self.attach_rules(f, fields_body[name], symbols)
+        self.check_derived_cycles(fields)
         ordered = tuple(fields[s] for s in slots if s in fields)
         roles = self.check_roles(body["roles"], fields_body, fields)
         return CHeader(tuple(slots), action, ordered, body.get("doc", ""), roles)
@@ -588,6 +819,13 @@ class _Checker:
                     f"dimension {dname} bounds must be integers",
                 )
                 continue
+            for key, bound in (("min", dmin), ("max", dmax)):
+                if bound > INT64_MAX:
+                    self.fail(
+                        (*path, "dims", dname, key),
+                        "bad-range",
+                        f"dimension {dname} {key} {_short(bound)} does not fit int64",
+                    )
             if dmin < 0 or dmin > dmax:
                 self.fail(
                     (*path, "dims", dname),
@@ -634,6 +872,7 @@ class _Checker:
             symbols[dname] = expr.Sym(expr.INT, not any(f.always_required for f in binders))
         for fname, f in list(fields.items()):
             fields[fname] = self.attach_rules(f, fields_body[fname], symbols)
+        self.check_derived_cycles(fields)
         disc = body.get("discriminator")
         if disc is not None:
             f = fields.get(disc)
@@ -701,14 +940,10 @@ class _Checker:
             self.fail(("protocol",), "bad-name", f"protocol name {protocol!r} is reserved")
         taken: dict[str, str] = {}
 
-        def claim(name: str, path: PathKey, what: str) -> None:
-            if name in _MODULE_NAMES:
-                self.fail(
-                    path,
-                    "bad-name",
-                    f"{what} {name!r} is a name the generated module uses",
-                    key=True,
-                )
+        def claim(name: str, path: PathKey, what: str, kind: str) -> None:
+            why = self.reserved(name, kind)
+            if why is not None:
+                self.fail(path, "bad-name", f"{what} {name!r} is reserved: {why}", key=True)
             elif name in taken:
                 self.fail(
                     path, "duplicate-name", f"{what} {name!r} collides with {taken[name]}", key=True
@@ -717,13 +952,26 @@ class _Checker:
                 taken[name] = f"{what} {name!r}"
 
         for name in self.enums:
-            claim(name, ("enums", name), "enum")
+            claim(name, ("enums", name), "enum", "enum")
         for m in messages:
-            claim(m.name, m.path, "message")
+            claim(m.name, m.path, "message", "message")
             disc = next((f for f in m.fields if f.name == m.discriminator), None)
             if disc is not None and disc.type.enum in self.enums:
                 for member, _ in self.enums[disc.type.enum].members:
-                    claim(variant_class_name(m.name, member), m.path, f"class of {m.name}.{member}")
+                    claim(
+                        variant_class_name(m.name, member),
+                        m.path,
+                        f"class of {m.name}.{member}",
+                        "class",
+                    )
+
+    def reserved(self, name: str, kind: str) -> str | None:
+        """Why a module-scope name from the spec would break the generated modules, or None."""
+        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+            return "a Python keyword"
+        if name in _BUILTINS:
+            return "a Python builtin"
+        return None if self.names is None else self.names.clash(name, kind)
 
     def run(self) -> CheckedSpec | None:
         version = self.data["tpwire"]
@@ -778,6 +1026,22 @@ class _Checker:
         )
 
 
+def _finite_double(value: int | float) -> bool:
+    """Whether a bound is a finite double (an integer like 10**400 overflows to infinity)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: int | float) -> str:
+    """A number for a message: a huge integer by its magnitude, not its 400 digits."""
+    text = str(value)
+    if isinstance(value, int) and len(text) > 24:
+        return f"{text[:4]}...({len(text.lstrip('-'))} digits)"
+    return text
+
+
 def _assignable(got: expr.Ty, want: expr.Ty) -> bool:
     return got == want or (want == expr.FLOAT and got == expr.INT)
 
@@ -787,7 +1051,7 @@ def check(loaded: LoadedSpec) -> CheckedSpec:
     errors = meta_errors(loaded)
     if errors:
         raise SpecErrors(errors)
-    checker = _Checker(loaded)
+    checker = _Checker(loaded, generated_names())
     try:
         spec = checker.run()
     except (RecursionError, MemoryError):

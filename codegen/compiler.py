@@ -15,17 +15,18 @@ from . import render
 from .check import check
 from .errors import SpecError, SpecErrors
 from .ir import ProtocolIR, build
-from .load import load_path, load_text
+from .load import load_path, load_text, printable_name
 from .stamp import GENERATED_MARK, GENERATOR_VERSION
 
 
 def display_path(path: str | Path) -> str:
-    """The spec's name in outputs: relative to the working directory when inside it."""
+    """The spec's name in outputs: relative to the working directory when inside it, with
+    unprintable characters escaped (a newline in it must not end a generated comment)."""
     p = Path(path)
     try:
-        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        return printable_name(p.resolve().relative_to(Path.cwd().resolve()).as_posix())
     except ValueError:
-        return p.as_posix()
+        return printable_name(p.as_posix())
 
 
 def protocol_ir(path: str | Path) -> ProtocolIR:
@@ -35,6 +36,7 @@ def protocol_ir(path: str | Path) -> ProtocolIR:
 
 
 def protocol_ir_from_text(text: str | bytes, name: str = "<spec>") -> ProtocolIR:
+    name = printable_name(name)
     return build(check(load_text(text, name)), name)
 
 

@@ -8,6 +8,7 @@ located ``SpecError``s instead of tracebacks or silent overwrites.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,32 @@ def _unencodable(value: object) -> bool:
     return isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value)
 
 
+#: Control characters a string may hold: a YAML escape (``"\0"``, ``"\x1b"``, ``"\r"``) can
+#: spell any other, and NUL in a docstring would make the generated module fail to import.
+_ALLOWED_CONTROLS = frozenset("\t\n")
+
+
+def _control_char(value: object) -> str | None:
+    """The first control character in a string other than tab and newline, if any."""
+    if not isinstance(value, str):
+        return None
+    return next(
+        (c for c in value if c not in _ALLOWED_CONTROLS and unicodedata.category(c) == "Cc"),
+        None,
+    )
+
+
+def _control_message(what: str, c: str) -> str:
+    return f"{what} holds control character U+{ord(c):04X}; only tab and newline are allowed"
+
+
+def printable_name(name: str) -> str:
+    """A spec's file name with every unprintable character escaped (``\\n``, ``\\x00``,
+    ``\\udcff``): the name goes into error lines and into the header comments of generated
+    files, where a newline would start a line of its own (code, in a generated module)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
+
+
 class _AliasNode(yaml.ScalarNode):
     """Stands for an alias at the alias's own position (PyYAML would share the anchored node)."""
 
@@ -172,6 +199,9 @@ class _Walker:
         if _unencodable(node.value):
             self._fail(node, "encoding", "string holds a lone surrogate escape (not valid UTF-8)")
             return None
+        if (c := _control_char(node.value)) is not None:
+            self._fail(node, "control-char", _control_message("string", c))
+            return None
         try:
             return self.loader.construct_object(node, deep=True)
         except (ValueError, yaml.YAMLError) as exc:
@@ -191,6 +221,9 @@ class _Walker:
                     key_node, "encoding", "key holds a lone surrogate escape (not valid UTF-8)"
                 )
                 continue
+            if (c := _control_char(key)) is not None:
+                self._fail(key_node, "control-char", _control_message("key", c))
+                continue
             if key in first:
                 prev = first[key].start_mark.line + 1
                 self._fail(
@@ -206,6 +239,7 @@ class _Walker:
 def load_text(source: str | bytes, file: str = "<spec>") -> LoadedSpec:
     """Parse spec text into a located tree; raises ``SpecErrors`` for anything unusable."""
     raw = source.encode("utf-8") if isinstance(source, str) else bytes(source)
+    file = printable_name(file)
     if len(raw) > MAX_BYTES:
         raise _err(file, 1, 1, "too-large", f"spec is {len(raw)} bytes, the limit is {MAX_BYTES}")
     text = _decode(raw, file)
@@ -259,7 +293,7 @@ def load_text(source: str | bytes, file: str = "<spec>") -> LoadedSpec:
 
 def load_path(path: str | Path, display: str | None = None) -> LoadedSpec:
     p = Path(path)
-    name = display or str(path)
+    name = printable_name(display or str(path))
     try:
         raw = p.read_bytes()
     except OSError as exc:
