@@ -230,8 +230,13 @@ class _Comparer:
             Finding(side.file, m.line, m.col, rule, text, subject, tuple(sorted(set(affects))))
         )
 
-    def enum_users(self, enum: str) -> tuple[str, ...]:
+    def enum_users(self, enum: str, member: str) -> tuple[str, ...]:
+        """The messages whose version a change to ``enum.member`` calls for bumping."""
         spec = self.new.spec
+        action = next((f for f in spec.header.fields if f.name == spec.header.action), None)
+        if action is not None and action.type.enum == enum:
+            # an action member stands for the message it carries (none: a control action)
+            return tuple(m.name for m in spec.messages if m.action == member)
         if any(f.type.enum == enum for f in spec.header.fields):
             return self.all_messages
         return tuple(m.name for m in spec.messages if any(f.type.enum == enum for f in m.fields))
@@ -262,7 +267,6 @@ class _Comparer:
             ne = new_enums.get(oe.name)
             if ne is None:
                 continue  # fields typed with it are retyped; an unused enum is no contract
-            users = self.enum_users(ne.name)
             ov, nv = dict(oe.members), dict(ne.members)
             o_by_val = {v: m for m, v in oe.members}
             n_by_val = {v: m for m, v in ne.members}
@@ -276,7 +280,7 @@ class _Comparer:
                             f"{subject} = {value} -> {nv[member]}",
                             (*base, member),
                             subject=subject,
-                            affects=users,
+                            affects=self.enum_users(ne.name, member),
                         )
                 elif value in n_by_val and n_by_val[value] not in ov:
                     self.emit(
@@ -284,7 +288,7 @@ class _Comparer:
                         f"{oe.name} value {value}: {member} -> {n_by_val[value]}",
                         (*base, n_by_val[value]),
                         subject=subject,
-                        affects=users,
+                        affects=self.enum_users(ne.name, n_by_val[value]),
                     )
                 elif value not in n_by_val:
                     self.emit(
@@ -292,7 +296,7 @@ class _Comparer:
                         f"{subject} = {value} deleted",
                         ("enums", oe.name, "values", member),
                         subject=subject,
-                        affects=users,
+                        affects=self.enum_users(ne.name, member),
                         deleted=True,
                     )
             for member, value in ne.members:
@@ -303,7 +307,7 @@ class _Comparer:
                     f"{ne.name}.{member} = {value} added to a closed enum",
                     (*base, member),
                     subject=f"{ne.name}.{member}",
-                    affects=users,
+                    affects=self.enum_users(ne.name, member),
                 )
 
     # -- header ---------------------------------------------------------------------
@@ -873,29 +877,22 @@ class _Comparer:
             not rename
         ):
             return
-        oe, ne = old_scope.enums, new_scope.enums
-        # first the conjunction: splitting, merging, reordering or renaming invariants
-        # that admit the same envelopes is no finding
-        try:
-            space = Space(
-                old_scope,
-                new_scope,
-                [i.expr.node for i in om.invariants],
-                [i.expr.node for i in nm.invariants],
-                rename,
-            )
-            whole = domains.compare(
-                space,
-                lambda v: all(domains.invariant(i.expr.node, v, oe) for i in om.invariants),
-                lambda v: all(domains.invariant(i.expr.node, v, ne) for i in nm.invariants),
-            )
-            if whole.same:
-                return
-        except Undecided:
-            if not rename and {_norm_key(i) for i in om.invariants} == {
-                _norm_key(i) for i in nm.invariants
-            }:
-                return
+        # First the conjunction, one group of invariants sharing names at a time (groups
+        # over disjoint names are independent): splitting, merging, reordering or renaming
+        # invariants that admit the same envelopes is no finding.
+        settled: set[int] = set()  # ids (Python) of invariants in groups that agree
+        if not rename:  # an invariant kept as it was agrees with itself
+            n_texts = {i.expr.text for i in nm.invariants}
+            o_texts = {i.expr.text for i in om.invariants}
+            settled.update(id(i) for i in om.invariants if i.expr.text in n_texts)
+            settled.update(id(i) for i in nm.invariants if i.expr.text in o_texts)
+        o_rest = [i for i in om.invariants if id(i) not in settled]
+        n_rest = [i for i in nm.invariants if id(i) not in settled]
+        for o_group, n_group in _groups(o_rest, n_rest, rename):
+            if self._same_group(o_group, n_group, old_scope, new_scope, rename):
+                settled.update(id(i) for i in (*o_group, *n_group))
+        if len(settled) == len(om.invariants) + len(nm.invariants):
+            return
         pairs: list[tuple[CInvariant | None, CInvariant | None]] = []
         lone_old = [i for i in om.invariants if i.id not in news]
         lone_new = [i for i in nm.invariants if i.id not in olds]
@@ -911,7 +908,34 @@ class _Comparer:
                 pairs.append((i, None))
         pairs.extend((None, j) for j in lone_new)
         for oi, ni in pairs:
+            if all(i is None or id(i) in settled for i in (oi, ni)):
+                continue
             self.invariant(nm, oi, ni, old_scope, new_scope, rename, affects, om)
+
+    @staticmethod
+    def _same_group(
+        olds: Sequence[CInvariant],
+        news: Sequence[CInvariant],
+        old_scope: Scope,
+        new_scope: Scope,
+        rename: Mapping[str, str],
+    ) -> bool:
+        oe, ne = old_scope.enums, new_scope.enums
+        try:
+            space = Space(
+                old_scope,
+                new_scope,
+                [i.expr.node for i in olds],
+                [i.expr.node for i in news],
+                rename,
+            )
+            return domains.compare(
+                space,
+                lambda v: all(domains.invariant(i.expr.node, v, oe) for i in olds),
+                lambda v: all(domains.invariant(i.expr.node, v, ne) for i in news),
+            ).same
+        except Undecided:
+            return not rename and {_norm_key(i) for i in olds} == {_norm_key(i) for i in news}
 
     def invariant(
         self,
@@ -988,6 +1012,34 @@ class _Comparer:
             emit("INVARIANT_STRENGTHENED", f"{change} (now refuses {diff.lost})")
         if diff.gained:
             emit("INVARIANT_WEAKENED", f"{change} (now admits {diff.gained})")
+
+
+def _groups(
+    olds: Sequence[CInvariant], news: Sequence[CInvariant], rename: Mapping[str, str]
+) -> list[tuple[list[CInvariant], list[CInvariant]]]:
+    """Old and new invariants grouped by the names they share (connected components)."""
+    items = [(True, i, set(expr.names(i.expr.node))) for i in olds]
+    items += [(False, i, {rename.get(n, n) for n in expr.names(i.expr.node)}) for i in news]
+    parent = list(range(len(items)))
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    owner: dict[str, int] = {}
+    for k, (_, _, names) in enumerate(items):
+        for n in sorted(names):
+            if n in owner:
+                parent[find(k)] = find(owner[n])
+            else:
+                owner[n] = k
+    groups: dict[int, tuple[list[CInvariant], list[CInvariant]]] = {}
+    for k, (is_old, inv, _) in enumerate(items):
+        g = groups.setdefault(find(k), ([], []))
+        g[0 if is_old else 1].append(inv)
+    return [groups[k] for k in sorted(groups)]
 
 
 def _contract(f: CField) -> tuple[object, ...]:

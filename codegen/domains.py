@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import expr
 from .model import CField, CheckedSpec, CMessage
@@ -35,7 +37,7 @@ from .model import CField, CheckedSpec, CMessage
 #: Ranges with at most this many values are enumerated whole.
 ENUMERATE_LIMIT = 64
 #: The largest number of assignments one comparison may enumerate.
-MAX_ASSIGNMENTS = 200_000
+MAX_ASSIGNMENTS = 20_000
 
 Value = object
 Assignment = Mapping[str, Value]
@@ -319,10 +321,10 @@ class Space:
 
     def assignments(self) -> Iterator[tuple[dict[str, Value], dict[str, Value]]]:
         """(old view, new view) of every assignment, in a fixed order."""
+        renamed = any(k != n for k, n in self.new_name.items())
         for combo in itertools.product(*self.domains):
             old = dict(zip(self.keys, combo, strict=True))
-            new = {self.new_name[k]: v for k, v in old.items()}
-            yield old, new
+            yield old, ({self.new_name[k]: v for k, v in old.items()} if renamed else old)
 
     def describe(self, assignment: Assignment) -> str:
         """``tp_plan = v1_generator_only, x = None`` (enum members by name)."""
@@ -349,12 +351,104 @@ class Space:
 # --- evaluation --------------------------------------------------------------------------
 
 
+Fn = Callable[[Assignment], Any]
+_ARITH: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+}
+_CMP: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _closure(node: expr.Node, enums: Mapping[str, Mapping[str, int]]) -> Fn:
+    """The expression as nested closures: ``expr.evaluate``'s semantics, compiled once."""
+    match node:
+        case expr.Const():
+            c: Any = node.value
+            return lambda a: c
+        case expr.Name():
+            k = node.id
+            return lambda a: a[k]
+        case expr.EnumRef():
+            v = enums[node.enum][node.member]
+            return lambda a: v
+        case expr.Neg():
+            f = _closure(node.operand, enums)
+            return lambda a: -f(a)
+        case expr.BinOp() | expr.Compare():
+            op = _ARITH[node.op] if isinstance(node, expr.BinOp) else _CMP[node.op]
+            left, right = _closure(node.left, enums), _closure(node.right, enums)
+            return lambda a: op(left(a), right(a))
+        case expr.BoolOp():
+            parts = tuple(_closure(v, enums) for v in node.values)
+            stop = node.op == "or"
+
+            def boolop(a: Assignment) -> Any:
+                result: Any = not stop
+                for p in parts:
+                    result = p(a)
+                    if bool(result) == stop:
+                        return result
+                return result
+
+            return boolop
+        case expr.Not():
+            f = _closure(node.operand, enums)
+            return lambda a: not f(a)
+        case expr.IsNone():
+            f, neg = _closure(node.operand, enums), node.negated
+            return lambda a: (f(a) is None) != neg
+        case expr.In():
+            f, neg = _closure(node.operand, enums), node.negated
+            opts = tuple(_closure(o, enums) for o in node.options)
+            return lambda a: (f(a) in tuple(o(a) for o in opts)) != neg
+        case expr.Call():
+            f = _closure(node.arg, enums)
+            if node.func == "len":
+                return lambda a: len(f(a))
+            if node.func == "int":
+                return lambda a: int(f(a))
+            raise Undecided(f"unknown function {node.func}")
+        case _:
+            raise Undecided(f"cannot evaluate {node!r}")
+
+
+_COMPILED: dict[tuple[int, int], tuple[expr.Node, object, Fn, tuple[str, ...]]] = {}
+
+
+def _compiled(
+    node: expr.Node, enums: Mapping[str, Mapping[str, int]]
+) -> tuple[Fn, tuple[str, ...]]:
+    key = (id(node), id(enums))
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is node and hit[1] is enums:
+        return hit[2], hit[3]
+    if len(_COMPILED) > 4096:
+        _COMPILED.clear()
+    try:
+        fn = _closure(node, enums)
+    except KeyError as exc:
+        raise Undecided(f"cannot evaluate {expr.to_text(node)}: unknown {exc}") from None
+    guard = tuple(sorted(expr.value_names(node)))
+    _COMPILED[key] = (node, enums, fn, guard)
+    return fn, guard
+
+
 def evaluate(node: expr.Node, values: Assignment, enums: Mapping[str, Mapping[str, int]]) -> object:
     """The expression's value, or None when a name whose value it uses is absent."""
-    if any(values.get(n) is None for n in expr.value_names(node)):
-        return None
+    fn, guard = _compiled(node, enums)
+    for n in guard:
+        if values.get(n) is None:
+            return None
     try:
-        return expr.evaluate(node, values, enums)
+        return fn(values)
     except Exception as exc:  # ill-typed under the other spec's domain, overflow, ...
         raise Undecided(f"cannot evaluate {expr.to_text(node)}: {type(exc).__name__}") from None
 
