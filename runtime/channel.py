@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import os
+import re
 import sys
 import threading
 import time
@@ -88,9 +89,18 @@ def error_code(exc: BaseException) -> ErrorCode:
     return ErrorCode.EXCEPTION
 
 
+#: gloo's ``[/path/to/pair.cc:553] `` prefix and its advice suffix, around the message
+_BACKEND_NOISE = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\] |\. This is typically caused by .*$")
+
+
 def describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception, on one line."""
-    text = " ".join(str(exc).split())
+    """``Type: message`` of an exception, on one line (a backend's source path and advice
+    left out; an envelope's violations by their count and the first one's code and field)."""
+    if isinstance(exc, EnvelopeInvalid) and exc.violations:
+        first = exc.violations[0]
+        text = f"{len(exc.violations)} violation(s), first: {first.code} {first.field}"
+    else:
+        text = _BACKEND_NOISE.sub("", " ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

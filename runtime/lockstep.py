@@ -19,13 +19,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
 from .bindings import Bindings, bindings_of
 from .errors import show_id
 from .groups import all_gather_ints
+
+if TYPE_CHECKING:
+    from .channel import _Channel
 
 
 class LockstepError(RuntimeError):
@@ -144,9 +147,18 @@ class ResultGate:
 class Ledger:
     """Generator calls observed on this rank against the plan's expected count."""
 
-    def __init__(self, protocol: Bindings[Any, Any] | ModuleType | None = None) -> None:
+    def __init__(
+        self,
+        protocol: Bindings[Any, Any] | ModuleType | None = None,
+        *,
+        channel: _Channel[Any, Any] | None = None,
+    ) -> None:
+        if protocol is None and channel is not None:
+            protocol = channel.protocol
         #: names the chunk's ids in errors (by the spec's field names) when given
         self.bindings = bindings_of(protocol) if protocol is not None else None
+        #: ``check_ranks`` runs under this channel's poison and watchdog policy
+        self.channel = channel
         self.expected: int | None = None
         self.observed = 0
         self.ids = ""
@@ -185,8 +197,21 @@ class Ledger:
         """Optional: all-gather the counts of this chunk and compare them across ranks.
 
         Call it before ``end()``: ``end`` raises on one rank only, and a peer waiting in
-        this collective would be stranded.
+        this collective would be stranded. With a ``channel``, the collective runs under its
+        policy (a dead peer poisons with the chunk's ids; ``watchdog_s`` bounds it) on the
+        channel's group unless ``group`` is given.
         """
+        if self.channel is None:
+            self._compare_counts(group)
+            return
+        ch = self.channel
+        ch._collective(
+            f"the ledger check of {self.ids}",
+            lambda: self._compare_counts(group if group is not None else ch._compare_group()),
+            agreed=(LockstepError,),
+        )
+
+    def _compare_counts(self, group: dist.ProcessGroup | None) -> None:
         values = [v for (v,) in all_gather_ints([self.observed], group)]
         if len(set(values)) > 1:
             shown = ", ".join(f"rank{i}={v}" for i, v in enumerate(values))

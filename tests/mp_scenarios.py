@@ -815,3 +815,37 @@ def cuda_channel(
     out["after_refusal"].update(received_as_sent(after.msg, hosts["small"][0], dev.type))
     out["last"] = [ch_dev.recv().action.name, ch_cpu.recv().action.name]
     return out
+
+
+# --- control actions of specs other than the shipped two (issue 14, finding 1) -------------
+
+
+def control_actions(rank: int, world: int, spec: str, case: str) -> Any:
+    """Heartbeats, then a with-block that ends in SHUTDOWN or ERROR, on a spec whose control
+    actions and bool header fields are its own (tests/specs/codec.yaml, telemetry.yaml)."""
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from tpwire.codegen import compile as compile_spec
+
+    proto = compile_spec(Path(__file__).parent / "specs" / spec)
+    cpu = dist.new_group(backend="gloo")
+    if rank == 0:
+        ch = BroadcastChannel(proto, cpu_group=cpu, heartbeat_s=0.2)
+        try:
+            with ch:
+                time.sleep(1.0)  # idle: heartbeats keep the workers' watchdogs fed
+                if case == "error":
+                    raise ValueError("the encoder failed")
+        except ValueError:
+            pass
+        return {}
+    ch = BroadcastChannel(proto, cpu_group=cpu, watchdog_s=3.0).open()
+    actions = []
+    while True:
+        got = ch.recv()
+        actions.append(got.action.name)
+        if got.action in (proto.BINDINGS.shutdown, proto.BINDINGS.error):
+            reason = None if got.reason is None else [got.reason.code.name, got.reason.text]
+            return {"actions": actions, "reason": reason}

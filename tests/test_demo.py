@@ -24,3 +24,57 @@ def test_demo_streams_scope_sized_chunks_under_torchrun() -> None:
     assert "[rank0] chunk 10 call_id=11 cache_epoch=1" in out  # the hard cut
     assert "[rank1] chunk  2 call_id= 3 cache_epoch=0 calls=5" in out  # a recompute chunk
     assert "[rank1] SHUTDOWN call_id=13: leaving" in out
+
+
+def _break_it(fault: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+         "examples/break_it.py", "--fault", fault],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_break_it_without_a_fault_runs_three_chunks() -> None:
+    code, out = _break_it("none")
+    assert code == 0, out
+    assert all(f"[rank{r}] chunk 2 done" in out for r in range(3)), out
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("fault", "lines"),
+    [
+        (
+            "plan",
+            [
+                "tpwire[rank 0]: FAILED while sending call_id=2 chunk_index=1 cache_epoch=0: "
+                "EnvelopeInvalid: 1 violation(s), first: invariant",
+                "tpwire[rank 0]: ERROR sent call_id=2",
+                "tpwire[rank 1]: ERROR from the source call_id=2",
+                "tpwire[rank 2]: ERROR from the source call_id=2",
+            ],
+        ),
+        (
+            "extra-call",
+            [
+                "tpwire[rank 2]: POISONED call_id=2 chunk_index=1 cache_epoch=0: generator call 5 "
+                "of 4 failed: LockstepError: call_id=2 chunk_index=1 cache_epoch=0: generator call "
+                "5 exceeds the plan's expected 4 calls; exiting 86",
+            ],
+        ),
+        (
+            "dead-worker",
+            ["tpwire[rank 0]: POISONED call_id=2 chunk_index=1 cache_epoch=0: "],
+        ),
+    ],
+)
+def test_break_it_ends_every_rank_with_a_line(fault: str, lines: list[str]) -> None:
+    """The README's "Break it" runs: each fault ends the job with the lines shown there, no
+    rank waits until gloo's timeout, and no gloo source path or advice reaches a line."""
+    code, out = _break_it(fault)
+    assert code != 0, out
+    for line in lines:
+        assert line in out, out
+    assert "pair.cc" not in out and "GLHF" not in out, out

@@ -116,3 +116,26 @@ def test_control_headers_follow_the_header_rules() -> None:
         after = b.control_header(last, action)
         assert proto.validate(None, after) == [], after
         assert (after.seq, after.batch, after.generation, after.urgent) == (5, None, 1, True)
+
+
+@pytest.mark.parametrize("spec", ["codec.yaml", "telemetry.yaml"])
+@pytest.mark.parametrize("case", ["shutdown", "error"])
+def test_specs_with_their_own_control_actions_drive_a_channel(
+    tmp_path: Path, spec: str, case: str
+) -> None:
+    """Heartbeats, SHUTDOWN on leaving ``with`` and ERROR on a failure inside it work for
+    specs whose control members and bool header fields are their own (no KeyError, no
+    EnvelopeInvalid from a control header, no watchdog firing while rank 0 idles)."""
+    r0, *workers = run_ranks("control_actions", tmp_path, world=3, timeout=60, spec=spec, case=case)
+    assert r0.exitcode == 0, r0.log
+    names = {"codec.yaml": ("NOOP", "STOP", "ABORT"), "telemetry.yaml": ("PING", "BYE", "FAIL")}
+    noop, shutdown, error = names[spec]
+    for w in workers:
+        assert w.exitcode == 0, w.log
+        actions = w.result["actions"]
+        assert noop in actions[:-1], actions  # the idle second carried heartbeats
+        if case == "shutdown":
+            assert actions[-1] == shutdown and w.result["reason"] is None
+        else:
+            assert actions[-1] == error
+            assert w.result["reason"] == ["EXCEPTION", "ValueError: the encoder failed"]
