@@ -413,6 +413,26 @@ class MessageIR:
         return tuple(w for w in range(self.words[0], self.words[1]) if w not in self.used_words)
 
     @property
+    def derived_order(self) -> tuple[FieldIR, ...]:
+        """The derived fields, each after the derived fields it reads (the checker refuses
+        cycles), so a chain declared in any order is filled in one pass."""
+        derived = {f.name: f for f in self.fields if f.derived is not None}
+        done: dict[str, FieldIR] = {}
+
+        def visit(f: FieldIR) -> None:
+            if f.name in done:
+                return
+            assert f.derived is not None
+            for name in sorted(expr.names(f.derived.node) & derived.keys()):
+                if name != f.name and name not in done:
+                    visit(derived[name])
+            done[f.name] = f
+
+        for f in derived.values():
+            visit(f)
+        return tuple(done.values())
+
+    @property
     def derived_reads_dims(self) -> bool:
         """Whether a derived field is computed from a dimension (bound from the tensors)."""
         return any(f.derived is not None and "d[" in f.derived.data_py for f in self.fields)

@@ -301,12 +301,8 @@ def test_spec_path_cannot_inject_code(
     assert [line.isprintable() for line in err.splitlines()] == [True, True]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the generated deriver fills derived fields in spec order: a derived field that "
-    "reads one declared after it is left None (a chain, not a cycle, so check accepts it)",
-)
 def test_derived_chain_declared_backwards_is_derived() -> None:
+    """A derived field that reads one declared after it is filled after it."""
     import torch
 
     from tpwire.codegen.compiler import compile
