@@ -110,7 +110,7 @@ def version_rule(m: MessageIR) -> RuleIR | None:
 
 def invariant_rule(m: MessageIR, inv: InvariantIR) -> RuleIR:
     return RuleIR(
-        f"_R_{m.name}_inv_{_ident(inv.id)}",
+        f"_I_{m.name}_{_ident(inv.id)}",  # apart from field rules: a field may be named `inv`
         "invariant",
         ", ".join(inv.expr.refs),
         inv.expr.text,

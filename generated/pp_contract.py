@@ -368,7 +368,7 @@ _R_PPEnvelope_pp_envelope_version_version = _v.Rule(
     rule="version: PPEnvelope v1",
     message="unknown envelope version",
 )
-_R_PPEnvelope_inv_denoise_steps_match_list = _v.Rule(
+_I_PPEnvelope_denoise_steps_match_list = _v.Rule(
     "invariant",
     "denoising_step_list, num_denoise_steps",
     "num_denoise_steps == len(denoising_step_list)",
@@ -376,7 +376,7 @@ _R_PPEnvelope_inv_denoise_steps_match_list = _v.Rule(
     fm="FM-02",
     message="the step count must equal the length of the timestep list",
 )
-_R_PPEnvelope_inv_hard_cut_resets_kv = _v.Rule(
+_I_PPEnvelope_hard_cut_resets_kv = _v.Rule(
     "invariant",
     "init_cache, reset_kv_cache",
     "not init_cache or reset_kv_cache",
@@ -384,7 +384,7 @@ _R_PPEnvelope_inv_hard_cut_resets_kv = _v.Rule(
     fm="FM-10",
     message="a hard cut (init_cache) must reset the KV cache explicitly",
 )
-_R_PPEnvelope_inv_geometry_matches_latents = _v.Rule(
+_I_PPEnvelope_geometry_matches_latents = _v.Rule(
     "invariant",
     "height, width",
     "LH * 8 == height and LW * 8 == width",
@@ -699,7 +699,7 @@ def _rules_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
         m.num_denoise_steps != len(m.denoising_step_list)
     ):
         r.broken(
-            _R_PPEnvelope_inv_denoise_steps_match_list,
+            _I_PPEnvelope_denoise_steps_match_list,
             ("num_denoise_steps", m.num_denoise_steps),
             ("len(denoising_step_list)", len(m.denoising_step_list)),
         )
@@ -707,7 +707,7 @@ def _rules_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
         not ((not m.init_cache) or m.reset_kv_cache)
     ):
         r.broken(
-            _R_PPEnvelope_inv_hard_cut_resets_kv,
+            _I_PPEnvelope_hard_cut_resets_kv,
             ("init_cache", m.init_cache),
             ("reset_kv_cache", m.reset_kv_cache),
         )
@@ -718,7 +718,7 @@ def _rules_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
         and (not (((dim_LH * 8) == m.height) and ((dim_LW * 8) == m.width)))
     ):
         r.broken(
-            _R_PPEnvelope_inv_geometry_matches_latents,
+            _I_PPEnvelope_geometry_matches_latents,
             ("LH", dim_LH),
             ("LW", dim_LW),
             ("height", m.height),

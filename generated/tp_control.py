@@ -516,7 +516,7 @@ _R_Infer_tp_envelope_version_version = _v.Rule(
     rule="version: Infer v1",
     message="unknown envelope version",
 )
-_R_Infer_inv_denoise_steps_match_list = _v.Rule(
+_I_Infer_denoise_steps_match_list = _v.Rule(
     "invariant",
     "denoising_step_list, tp_num_denoise_steps",
     "tp_num_denoise_steps == len(denoising_step_list)",
@@ -524,7 +524,7 @@ _R_Infer_inv_denoise_steps_match_list = _v.Rule(
     fm="FM-02",
     message="the step count must equal the length of the timestep list",
 )
-_R_Infer_inv_context_frames_iff_recompute = _v.Rule(
+_I_Infer_context_frames_iff_recompute = _v.Rule(
     "invariant",
     "context_frames_override, tp_do_kv_recompute",
     "tp_do_kv_recompute == (context_frames_override is not None)",
@@ -532,7 +532,7 @@ _R_Infer_inv_context_frames_iff_recompute = _v.Rule(
     fm="FM-06",
     message="context_frames_override must be present iff tp_do_kv_recompute",
 )
-_R_Infer_inv_geometry_matches_latents = _v.Rule(
+_I_Infer_geometry_matches_latents = _v.Rule(
     "invariant",
     "height, width",
     "LH * 8 == height and LW * 8 == width",
@@ -839,7 +839,7 @@ def _rules_Infer(m: Infer, r: _v.Report) -> None:
         and (m.tp_num_denoise_steps != len(m.denoising_step_list))
     ):
         r.broken(
-            _R_Infer_inv_denoise_steps_match_list,
+            _I_Infer_denoise_steps_match_list,
             ("tp_num_denoise_steps", m.tp_num_denoise_steps),
             ("len(denoising_step_list)", len(m.denoising_step_list)),
         )
@@ -849,7 +849,7 @@ def _rules_Infer(m: Infer, r: _v.Report) -> None:
         and (m.tp_do_kv_recompute != (m.context_frames_override is not None))
     ):
         r.broken(
-            _R_Infer_inv_context_frames_iff_recompute,
+            _I_Infer_context_frames_iff_recompute,
             ("tp_do_kv_recompute", m.tp_do_kv_recompute),
             ("context_frames_override is not None", (m.context_frames_override is not None)),
         )
@@ -862,7 +862,7 @@ def _rules_Infer(m: Infer, r: _v.Report) -> None:
         and (not (((dim_LH * 8) == m.height) and ((dim_LW * 8) == m.width)))
     ):
         r.broken(
-            _R_Infer_inv_geometry_matches_latents,
+            _I_Infer_geometry_matches_latents,
             ("LH", dim_LH),
             ("LW", dim_LW),
             ("height", m.height),

@@ -311,3 +311,18 @@ def test_derived_chain_declared_backwards_is_derived() -> None:
     msg = m.Run(mode=m.Mode.slow, scale=1.0, count=3, data=torch.zeros(1, 2))
     assert (msg.a, msg.b) == (4, 8)
     assert m.validate(msg) == []
+
+
+def test_a_field_named_inv_and_an_invariant_id_type_keep_their_own_rules() -> None:
+    """Field rules are ``_R_<msg>_<field>_<kind>`` and invariant rules ``_I_<msg>_<id>``:
+    a field ``inv`` and an invariant ``type`` no longer share one constant."""
+    from tpwire.codegen.compiler import compile
+
+    text = (Path(__file__).parent / "golden" / "mini.yaml").read_text("utf-8")
+    text = text.replace(
+        "      count: {type: int, range: {min: 1, max: 16}}\n",
+        "      count: {type: int, range: {min: 1, max: 16}}\n      inv: {type: int | None}\n",
+    ).replace("id: count-matches", "id: type")
+    m = compile(text)
+    assert m._R_Job_inv_type is not m._I_Job_type
+    assert (m._R_Job_inv_type.code, m._I_Job_type.code) == ("type", "invariant")
