@@ -81,6 +81,7 @@ FUZZ_SECONDS ?= 180
 FUZZ_ARGS ?=
 fuzz: $(STAMP)
 	$(PY) -m fuzz campaign --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+	$(PY) -m fuzz.breaking --seconds $$(( $(FUZZ_SECONDS) / 3 ))
 
 coverage: $(STAMP)
 	@mkdir -p fuzz/out
