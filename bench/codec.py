@@ -19,7 +19,7 @@ import torch
 
 from bench import envelopes as E
 from tpwire.codegen.schema import json_schema
-from tpwire.runtime import wire
+from tpwire.runtime import tripwire, wire
 from tpwire.runtime.plain import to_plain
 
 
@@ -106,6 +106,10 @@ def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
                 manifest.digest,
             ),
             n,
+        )
+        # the input tripwire (bringup mode: every chunk on every rank)
+        row["tripwire"] = _median_us(
+            functools.partial(tripwire.digest_envelope, proto, msg, header), n
         )
         row["jsonschema"] = _median_us(
             functools.partial(_every_error, validator, instance), max(n // 10, 50)

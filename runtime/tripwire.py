@@ -1,22 +1,28 @@
 """Drift tripwires: ranks that should hold identical bytes compare digests (Franken-models).
 
-A digest is blake2b over the canonical encoding (frame 0 words + tensor bytes), so two
-ranks agree exactly when their envelopes are bit-identical. The comparison is one
-all-gather of int64 digests; every rank sees every value, so a mismatch raises on all
-ranks with the same per-rank diff. The collective only runs when the channel was opened
-with the tripwire flag, which the handshake checks on every rank (FM-03).
+An envelope's digest is xxh3-64 of its sealed frame 0 words, which hold the xxh3-64 of
+frame 1 (every tensor byte, ``wire.frame1_digest``): two ranks agree exactly when their
+canonical encodings are bit-identical, for the cost of ``prepare``. A tensor's digest is
+xxh3-64 of its dtype, shape and bytes, hashed where they lie on the host (a device tensor
+is copied to the host first). xxh3 is not cryptographic: the tripwires detect drift (a
+perturbed input, a rank that took another branch), not an adversary; two different
+envelopes collide with probability about 2^-64 per comparison.
+
+The comparison is one all-gather of int64 digests; every rank sees every value, so a
+mismatch raises on all ranks with the same per-rank diff. The collective only runs when the
+channel was opened with the tripwire flag, which the handshake checks on every rank (FM-03).
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import xxhash
 
+from . import wire
 from .bindings import bindings_of
 from .groups import all_gather_ints
 
@@ -34,24 +40,21 @@ class DriftDetected(RuntimeError):
         )
 
 
-def _bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().resolve_conj().resolve_neg().contiguous().cpu()
-    return bytes(t.reshape(-1).view(torch.uint8).numpy().tobytes()) if t.numel() else b""
-
-
 def digest_tensors(tensors: Iterable[torch.Tensor]) -> int:
-    h = hashlib.blake2b(digest_size=8)
+    """xxh3-64 of each tensor's dtype, shape and bytes, in order."""
+    h = xxhash.xxh3_64()
     for t in tensors:
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(_bytes(t))
-    value: int = struct.unpack("<q", h.digest())[0]
-    return value
+        t = t.detach().resolve_conj().resolve_neg().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        wire.hash_tensor(h, t)
+    return wire.signed64(h.intdigest())
 
 
 def digest_envelope(protocol: Any, msg: Any, header: Any) -> int:
-    """The digest of what a rank is about to run: its canonical encoding."""
-    frames = bindings_of(protocol).encode(msg, header)
-    return digest_tensors([frames.frame0, *frames.segments])
+    """The digest of what a rank is about to run: its sealed frame 0, which carries the
+    digest of frame 1."""
+    prepared = bindings_of(protocol).prepare(msg, header)
+    return wire.bytes_digest([wire.seal_words(prepared.words).tobytes()])
 
 
 def safely(compute: Callable[[], int]) -> tuple[int, BaseException | None]:
@@ -59,9 +62,7 @@ def safely(compute: Callable[[], int]) -> tuple[int, BaseException | None]:
     try:
         return compute(), None
     except Exception as exc:
-        digest = hashlib.blake2b(repr(exc).encode(), digest_size=8).digest()
-        sentinel: int = struct.unpack("<q", digest)[0]
-        return sentinel, exc
+        return wire.signed64(xxhash.xxh3_64_intdigest(repr(exc).encode())), exc
 
 
 def compare(value: int, what: str, group: dist.ProcessGroup | None = None) -> list[int]:

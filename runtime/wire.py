@@ -336,8 +336,14 @@ def _hash_bytes(h: Any, t: torch.Tensor, start: int, nbytes: int) -> None:
     h.update((ctypes.c_char * nbytes).from_address(t.data_ptr() + start))
 
 
-def _signed(u: int) -> int:
+def signed64(u: int) -> int:
+    """An unsigned 64-bit digest as the int64 a frame 0 word holds."""
     return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def hash_tensor(h: Any, t: torch.Tensor) -> None:
+    """Feed every byte of contiguous ``t`` into ``h`` (a device tensor's via the host)."""
+    _hash_bytes(h, t, 0, t.numel() * t.element_size())
 
 
 def frame1_digest(
@@ -360,7 +366,7 @@ def frame1_digest(
             h.update(_ZERO_BYTES[pad])
     for t, slot in large:
         _hash_bytes(h, t, 0, slot.nbytes)
-    return _signed(h.intdigest())
+    return signed64(h.intdigest())
 
 
 def buffers_digest(
@@ -373,7 +379,7 @@ def buffers_digest(
     h = xxhash.xxh3_64()
     for i, n in enumerate(sizes):
         _hash_bytes(h, buffers[i], 0 if offsets is None else offsets[i], n)
-    return _signed(h.intdigest())
+    return signed64(h.intdigest())
 
 
 def bytes_digest(segments: Sequence[bytes]) -> int:
@@ -383,7 +389,7 @@ def bytes_digest(segments: Sequence[bytes]) -> int:
     h = xxhash.xxh3_64()
     for data in segments:
         h.update(data)
-    return _signed(h.intdigest())
+    return signed64(h.intdigest())
 
 
 _ZERO_BYTES = tuple(bytes(n) for n in range(ALIGN))

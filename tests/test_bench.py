@@ -38,8 +38,10 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     text = report.markdown(result)
     assert "## Targets" in text and "world 2: Scope INFER within 1.15x" in text
     assert "Skipped: no CUDA device" in text or "encode, device tensors" in text
-    # per world: Scope, small x2, NOOP x2; then encode, the frame 1 check, jsonschema
-    assert len(report.targets(result)) == 5 + 3
+    # per world: Scope, small x2, NOOP x2; then encode, the frame 1 check, the input
+    # tripwire, jsonschema
+    assert len(report.targets(result)) == 5 + 4
+    assert any(t.name.startswith("input tripwire digest") for t in report.targets(result))
     assert "carry-all" in report.targets(result)[0].beside  # why, measured beside it
     assert "## Copy or collective" in text and "| 2 | Scope v1 INFER 320x576" in text
     paths = {row["kind"]: row for row in result["cpu_path"]}
