@@ -82,10 +82,10 @@ RULES: dict[str, Rule] = _rules(
     ("ENUM_VALUE_RENUMBERED", "wire", "enums", "an enum member has another value"),
     ("ENUM_MEMBER_RENAMED", "both", "enums", "an enum value has another member name"),
     # fields
-    ("FIELD_ADDED", "loosening", "fields", "a new optional field"),
-    ("REQUIRED_FIELD_ADDED", "both", "fields", "a new field, required for some envelopes"),
-    ("FIELD_REMOVED", "tightening", "fields", "an optional field was deleted"),
-    ("REQUIRED_FIELD_REMOVED", "both", "fields", "a field required for some envelopes was deleted"),
+    ("FIELD_ADDED", "loosening", "fields", "a new field no old sender's envelope needs"),
+    ("REQUIRED_FIELD_ADDED", "both", "fields", "a new field some old senders' envelopes need"),
+    ("FIELD_REMOVED", "tightening", "fields", "a field no new sender's envelope needed"),
+    ("REQUIRED_FIELD_REMOVED", "both", "fields", "a field some new senders' envelopes needed"),
     ("FIELD_RENAMED", "both", "fields", "a field has another name"),
     ("FIELD_RETYPED", "wire", "fields", "a field has another type"),
     ("FIELD_NULLABLE", "loosening", "fields", "an always-required field became T | None"),
@@ -474,7 +474,7 @@ class _Comparer:
         for of in om.fields:
             found = news.get(of.name) or (news.get(back[of.name]) if of.name in back else None)
             if found is None:
-                required = self._ever_required(of, old_scope)
+                required = self._ever_required(of, old_scope, new_scope, added=False)
                 self.emit(
                     "REQUIRED_FIELD_REMOVED" if required else "FIELD_REMOVED",
                     f"{nm.name}.{of.name} deleted"
@@ -498,7 +498,7 @@ class _Comparer:
         for nf in nm.fields:
             if nf.name in olds or nf.name in rename:
                 continue
-            required = self._ever_required(nf, new_scope)
+            required = self._ever_required(nf, old_scope, new_scope, added=True)
             self.emit(
                 "REQUIRED_FIELD_ADDED" if required else "FIELD_ADDED",
                 f"{nm.name}.{nf.name} added"
@@ -516,18 +516,23 @@ class _Comparer:
         self.invariants(om, nm, old_scope, new_scope, rename, mine)
 
     @staticmethod
-    def _ever_required(f: CField, scope: Scope) -> bool:
+    def _ever_required(f: CField, old_scope: Scope, new_scope: Scope, *, added: bool) -> bool:
+        """Whether the other side's senders can produce an envelope that needs ``f``: old
+        senders for a field the new spec adds, new senders for one it deletes."""
         if f.always_required:
             return True
         if f.required_when is None:
             return False
+        node = f.required_when.node
         try:
-            space = Space(scope, scope, [f.required_when.node], [])
+            space = Space(old_scope, new_scope, [] if added else [node], [node] if added else [])
         except Undecided:
             return True
-        enums = scope.enums
+        enums = (new_scope if added else old_scope).enums
+        side = "old" if added else "new"
         return any(
-            domains.condition(f.required_when.node, o, enums) for o, _ in space.assignments()
+            space.sendable(o, n, side) and domains.condition(node, n if added else o, enums)
+            for o, n in space.assignments()
         )
 
     # -- fields ---------------------------------------------------------------------
@@ -640,8 +645,9 @@ class _Comparer:
                 [c.node for c in n_rules],
                 rename,
             )
-            req = domains.compare(space, required(of, oe), required(nf, ne))
-            forb = domains.compare(space, forbidden(of, oe), forbidden(nf, ne))
+            # more required or forbidden: what old senders send; less: what new ones send
+            req = domains.compare(space, required(of, oe), required(nf, ne), "old", "new")
+            forb = domains.compare(space, forbidden(of, oe), forbidden(nf, ne), "old", "new")
         except Undecided as exc:
             if (
                 not rename
@@ -933,6 +939,8 @@ class _Comparer:
                 space,
                 lambda v: all(domains.invariant(i.expr.node, v, oe) for i in olds),
                 lambda v: all(domains.invariant(i.expr.node, v, ne) for i in news),
+                "new",
+                "old",
             ).same
         except Undecided:
             return not rename and {_norm_key(i) for i in olds} == {_norm_key(i) for i in news}
@@ -976,6 +984,8 @@ class _Comparer:
                 space,
                 lambda v: domains.invariant(on, v, oe),
                 lambda v: domains.invariant(nn, v, ne),
+                "new",  # admits more: what new senders send
+                "old",  # admits less: what old senders send
             )
         except Undecided as exc:
             if oi is not None and ni is not None and not rename and domains.same_form(on, nn):

@@ -71,9 +71,19 @@ class Scope:
     def __init__(self, spec: CheckedSpec, message: CMessage | None) -> None:
         self.enums: dict[str, dict[str, int]] = {e.name: dict(e.members) for e in spec.enums}
         self.vars: dict[str, Var] = {}
+        #: each field's presence rules: (always required, required_when, forbidden_when,
+        #: none_unless), what a sender of this spec obeys
+        self.presence: dict[str, tuple[bool, expr.Node | None, expr.Node | None, expr.Node | None]]
+        self.presence = {}
         fields = message.fields if message is not None else spec.header.fields
         for f in fields:
             self.vars[f.name] = self._field_var(spec, f, message)
+            self.presence[f.name] = (
+                f.always_required,
+                f.required_when.node if f.required_when else None,
+                f.forbidden_when.node if f.forbidden_when else None,
+                f.none_unless.node if f.none_unless else None,
+            )
         if message is not None:
             for d in message.dims:
                 binders = [f for f in message.fields if d.name in f.shape]
@@ -299,6 +309,8 @@ class Space:
         self.new_name = {k: back.get(k, k) for k in self.keys}
         self.domains: list[tuple[Value, ...]] = []
         self.kinds: dict[str, Var] = {}
+        #: each name as the old and the new spec declare it (None: not there)
+        self.sides: dict[str, list[Var | None]] = {"old": [], "new": []}
         total = 1
         for k in self.keys:
             infos = []
@@ -312,6 +324,8 @@ class Space:
             # each side spells the name its own way (a renamed field)
             uses = [(n, k) for n in self.old_nodes] + [(n, nk) for n in self.new_nodes]
             values, var = _domain(k, infos, uses)
+            self.sides["old"].append(old.vars.get(k))
+            self.sides["new"].append(new.vars.get(nk))
             self.domains.append(values)
             self.kinds[k] = var
             total *= len(values)
@@ -325,6 +339,36 @@ class Space:
         for combo in itertools.product(*self.domains):
             old = dict(zip(self.keys, combo, strict=True))
             yield old, ({self.new_name[k]: v for k, v in old.items()} if renamed else old)
+
+    def sendable(self, old_view: Assignment, new_view: Assignment, side: str | None) -> bool:
+        """Whether a sender of ``side`` ("old"/"new") can produce these values (None: any):
+        each within its declared domain, and present or absent as its own presence rules
+        demand where those rules read only names of this space."""
+        if side is None:
+            return True
+        view = old_view if side == "old" else new_view
+        scope = self.old if side == "old" else self.new
+        known = frozenset(view)
+        for k, var in zip(self.keys, self.sides[side], strict=True):
+            value = old_view[k]
+            if not _allows(var, value):
+                return False
+            name = k if side == "old" else self.new_name[k]
+            rules = scope.presence.get(name)
+            if rules is None:
+                continue
+            always, rw, fw, nu = rules
+
+            def holds(node: expr.Node | None) -> bool | None:
+                if node is None or not expr.names(node) <= known:
+                    return None  # reads a name outside the space: no constraint
+                return condition(node, view, scope.enums)
+
+            if value is None and (always or holds(rw) is True):
+                return False
+            if value is not None and (holds(fw) is True or holds(nu) is False):
+                return False
+        return True
 
     def describe(self, assignment: Assignment) -> str:
         """``tp_plan = v1_generator_only, x = None`` (enum members by name)."""
@@ -346,6 +390,24 @@ class Space:
                 text = repr(v)
             parts.append(f"{k} = {text}")
         return ", ".join(parts) or "every envelope"
+
+
+def _allows(var: Var | None, value: Value) -> bool:
+    """Whether ``value`` is within what ``var`` declares (a missing name is always absent)."""
+    if var is None:
+        return value is None  # a sender never sends a field its spec lacks
+    if value is None:
+        return var.nullable
+    if var.kind == "enum":
+        return value in {v for _, v in var.members}
+    if var.kind in ("int", "dim", "float") and isinstance(value, int | float):
+        lo_ok = var.lo is None or value >= var.lo
+        return lo_ok and (var.hi is None or value <= var.hi)
+    if var.kind == "tensor" and isinstance(value, _Tensor) and var.len_lo is not None:
+        return (
+            var.len_lo <= value.length <= (var.len_hi if var.len_hi is not None else value.length)
+        )
+    return True
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -487,14 +549,24 @@ class Diff:
 Pred = Callable[[Assignment], object]
 
 
-def compare(space: Space, old: Pred, new: Pred) -> Diff:
-    """Where two predicates over the same assignments differ (first witness each way)."""
+def compare(
+    space: Space,
+    old: Pred,
+    new: Pred,
+    gained_by: str | None = None,
+    lost_by: str | None = None,
+) -> Diff:
+    """Where two predicates over the same assignments differ (first witness each way).
+
+    ``gained_by``/``lost_by`` ("old"/"new") keep only witnesses that sender can produce: a
+    tightening matters for what old senders send, a loosening for what new senders send.
+    """
     gained = lost = None
     for o_view, n_view in space.assignments():
         a, b = bool(old(o_view)), bool(new(n_view))
-        if b and not a and gained is None:
+        if b and not a and gained is None and space.sendable(o_view, n_view, gained_by):
             gained = space.describe(o_view)
-        elif a and not b and lost is None:
+        elif a and not b and lost is None and space.sendable(o_view, n_view, lost_by):
             lost = space.describe(o_view)
         if gained is not None and lost is not None:
             break
