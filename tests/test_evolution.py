@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,3 +197,25 @@ def test_corpus_size_and_equivalences() -> None:
 @pytest.mark.parametrize("case", CASES[:: max(1, len(CASES) // 12)], ids=lambda c: c.id)
 def test_a_spec_against_itself_finds_nothing(case: Case) -> None:
     assert not _report(case.new, case.new, case.file).findings
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "evolution.md"
+_EXAMPLE = re.compile(r"^`(?P<rule>[A-Z_]+)` \((?P<direction>[a-z]+)\), from `(?P<case>[^`]+)`:$")
+
+
+def test_docs_catalogue_is_real_output() -> None:
+    """docs/evolution.md shows one example per rule: the output of the corpus case it names."""
+    lines = DOC.read_text("utf-8").splitlines()
+    by_id = {c.id: c for c in CASES}
+    shown: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        m = _EXAMPLE.match(line)
+        if m is None:
+            continue
+        assert lines[i + 2] == "```text", line
+        rule, case = m["rule"], by_id[m["case"]]
+        assert breaking.RULES[rule].direction == m["direction"]
+        report = breaking.breaking(_side(case.old, "HEAD:evo.yaml"), _side(case.new, "evo.yaml"))
+        assert lines[i + 3] in [str(f) for f in report.findings], f"{rule}: stale example"
+        shown[rule] = case.id
+    assert sorted(shown) == sorted(breaking.RULES), "rules without an example in the docs"
