@@ -838,8 +838,8 @@ def _digest(prepared: Any) -> Callable[[], object]:
 
 
 def _d2h(tensors: Sequence[torch.Tensor], pinned: torch.Tensor | None) -> None:
-    """The bytes of ``tensors`` to the host: a pageable ``.cpu()`` each (what the digest
-    does), or into ``pinned`` without blocking (the caller synchronizes)."""
+    """The bytes of ``tensors`` to the host: a pageable ``.cpu()`` each, or into ``pinned``
+    without blocking (the caller synchronizes)."""
     at = 0
     for t in tensors:
         b = t.reshape(-1).view(torch.uint8)
@@ -930,12 +930,13 @@ def section_digest(run: Run, sec: Section, timeout: float) -> None:
     scope = rows[-1]
     sec.notes.append(
         "`runtime/wire.py` hashes frame 1 (xxh3-64) on the host: for a device tensor "
-        "`frame1_digest` first copies its bytes to the host (one pageable `.cpu()` per tensor, "
-        "synchronous), on the sender inside `prepare` and on every worker inside the frame 1 "
-        "check (`verify_frame1`, which also reads the padding and bool bytes back). Median "
+        "`frame1_digest` first copies its bytes to the host (each segment into a reused pinned "
+        "staging buffer, then a stream synchronize), on the sender inside `prepare` and on every "
+        "worker inside the frame 1 check (`verify_frame1`, which also reads the padding and bool "
+        "bytes back). Median "
         f"microseconds of {DIGEST_CALLS} calls, to a device synchronize, 10th-90th percentile in "
-        "brackets; the D2H columns are the same bytes copied alone (into a pinned buffer: what "
-        "a pinned staging buffer would cost instead). "
+        "brackets; the D2H columns are the same bytes copied alone, with a pageable `.cpu()` "
+        "each and into one pinned buffer. "
         f"For the Scope envelope ({scope['frame1_bytes']:,} bytes) the sender's digest costs "
         f"{us(scope['digest_cuda'][0])} us with device tensors against "
         f"{us(scope['digest_cpu'][0])} us with CPU tensors, and each worker's check "
