@@ -355,8 +355,10 @@ class _Channel(Generic[H, M]):
         #: the last header sent and the last one received (ids for logs and heartbeats)
         self.last_sent: H | None = None
         self.last_header: H | None = None
-        #: the header ``send`` is preflighting or sending (the ids of a root cause)
+        #: the header ``send`` is preflighting or sending (the ids of a root cause), and the
+        #: one whose frames are on the wire (a heartbeat's too)
         self._building: H | None = None
+        self._in_flight: H | None = None
         self._terminal = bindings.terminal
         for action in (bindings.noop, bindings.shutdown, bindings.error):
             if action is not None:  # a control frame the spec cannot express: say so now
@@ -487,7 +489,7 @@ class _Channel(Generic[H, M]):
                 f"{len(exc.violations)} violation(s), first: {first}"
             )
             raise
-        with self._lock:  # check and commit atomically: a heartbeat may have taken an id
+        with self._locked():  # check and commit atomically: a heartbeat may have taken an id
             self._ready(sender=True)
             self._check_order(header)
             self._transmit(prepared, header)
@@ -496,7 +498,7 @@ class _Channel(Generic[H, M]):
     def next_sequence(self) -> int:
         """The smallest sequence id (the spec's sequence role) the next send may use
         (heartbeats consume ids too)."""
-        with self._lock:
+        with self._locked():
             last = self._sent_order.seq
             return 0 if last is None else last + 1
 
@@ -541,7 +543,7 @@ class _Channel(Generic[H, M]):
         # a terminal action closes the channel in ``_transmit``, inside the lock: no
         # heartbeat follows it
         self._ready(sender=True)
-        with self._lock:
+        with self._locked():
             self._ready(sender=True)  # a heartbeat may have poisoned it meanwhile
             header, prepared = self._control_frame(action)
             if reason is not None:
@@ -575,6 +577,7 @@ class _Channel(Generic[H, M]):
         head = framing.head_to_send(frames, carried, self._frame0_device)
         action = self.protocol.action_of(header)
         # a heartbeat may wait for busy workers as long as they compute: not a wedged send
+        self._in_flight = header
         with self._deadline(
             lambda: f"send of {action.name} {self._ids(header)}", armed=watched, header=header
         ):
@@ -589,6 +592,7 @@ class _Channel(Generic[H, M]):
                 self._poison(
                     header, f"frame 1 send of {action.name} failed after frame 0: {describe(exc)}"
                 )
+        self._in_flight = None
         framing.after(action in self.protocol.payload_actions, sizes)
         self._sent_order.commit(header)
         self.last_sent = header
@@ -827,12 +831,7 @@ class _Channel(Generic[H, M]):
         self, what: str | Callable[[], str], seconds: float, guard: abort_guard.armed
     ) -> Iterator[None]:
         def fire() -> None:
-            text = what() if callable(what) else what
-            _log(
-                f"tpwire[rank {self.rank}]: WATCHDOG: {text} not done within {seconds:g} s; "
-                f"last ids {self._ids(self.last_sent or self.last_header)}; exiting {EXIT_WATCHDOG}"
-            )
-            os._exit(EXIT_WATCHDOG)
+            self._watchdog_exit(what() if callable(what) else what, seconds)
 
         timer = threading.Timer(seconds, fire)
         timer.daemon = True
@@ -842,6 +841,29 @@ class _Channel(Generic[H, M]):
                 yield
         finally:
             timer.cancel()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The send lock, for the caller's thread. A heartbeat holds it while its NOOP is in
+        flight, and a NOOP to a wedged worker never completes: waiting for the lock is a
+        step like any other, bounded by ``watchdog_s``."""
+        if not self._lock.acquire(timeout=self.watchdog_s or -1):
+            self._watchdog_exit(
+                "a heartbeat's send (it holds the send lock)", self.watchdog_s, self._in_flight
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _watchdog_exit(self, what: str, seconds: float | None, header: Any = None) -> NoReturn:
+        if header is None:
+            header = self.last_sent or self.last_header
+        _log(
+            f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
+            f"last ids {self._ids(header)}; exiting {EXIT_WATCHDOG}"
+        )
+        os._exit(EXIT_WATCHDOG)
 
     def _poison(self, header: Any, reason: str) -> NoReturn:
         self.poisoned = True
