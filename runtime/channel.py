@@ -355,9 +355,9 @@ class _Channel(Generic[H, M]):
         #: the last header sent and the last one received (ids for logs and heartbeats)
         self.last_sent: H | None = None
         self.last_header: H | None = None
-        #: the header ``send`` is preflighting or sending (the ids of a root cause), and the
-        #: one whose frames are on the wire (a heartbeat's too)
-        self._building: H | None = None
+        #: the exception a ``send`` raised and its header (the ids of a root cause), and the
+        #: header whose frames are on the wire (a heartbeat's too)
+        self._send_failure: tuple[BaseException, H] | None = None
         self._in_flight: H | None = None
         self._terminal = bindings.terminal
         for action in (bindings.noop, bindings.shutdown, bindings.error):
@@ -464,8 +464,9 @@ class _Channel(Generic[H, M]):
         self.close()
 
     def _root_cause(self, exc: BaseException) -> None:
-        if self._building is not None:
-            where = f"while sending {self._ids(self._building)}"
+        failure = self._send_failure
+        if failure is not None and failure[0] is exc:
+            where = f"while sending {self._ids(failure[1])}"
         elif self.last_sent is not None:
             where = f"after sending {self._ids(self.last_sent)}"
         elif self.last_header is not None:
@@ -479,21 +480,23 @@ class _Channel(Generic[H, M]):
     def send(self, msg: M | None, header: H) -> None:
         """Preflight everything, then commit: frame 0, frame 1."""
         self._ready(sender=True)
-        self._building = header
         try:
-            prepared: Prepared = self.protocol.prepare(msg, header, device=self.device)
-        except EnvelopeInvalid as exc:
-            first = exc.violations[0] if exc.violations else None
-            _log(
-                f"tpwire[rank {self.rank}]: refused before frame 0 {self._ids(header)}: "
-                f"{len(exc.violations)} violation(s), first: {first}"
-            )
+            try:
+                prepared: Prepared = self.protocol.prepare(msg, header, device=self.device)
+            except EnvelopeInvalid as exc:
+                first = exc.violations[0] if exc.violations else None
+                _log(
+                    f"tpwire[rank {self.rank}]: refused before frame 0 {self._ids(header)}: "
+                    f"{len(exc.violations)} violation(s), first: {first}"
+                )
+                raise
+            with self._locked():  # check and commit atomically: a heartbeat may have taken an id
+                self._ready(sender=True)
+                self._check_order(header)
+                self._transmit(prepared, header)
+        except BaseException as exc:
+            self._send_failure = (exc, header)
             raise
-        with self._locked():  # check and commit atomically: a heartbeat may have taken an id
-            self._ready(sender=True)
-            self._check_order(header)
-            self._transmit(prepared, header)
-        self._building = None
 
     def next_sequence(self) -> int:
         """The smallest sequence id (the spec's sequence role) the next send may use

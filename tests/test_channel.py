@@ -186,6 +186,9 @@ def test_a_sender_failing_inside_with_sends_error(tmp_path: Path) -> None:
     assert (r0.exitcode, r1.exitcode) == (0, 0), r0.log + r1.log
     assert r1.result == {"actions": ["INFER", "ERROR"], "closed": True}
     assert "ERROR sent call_id=2" in r0.log and "the model crashed" in r0.log
+    cause = "FAILED after sending call_id=1 chunk_index=0 cache_epoch=0: RuntimeError: the model"
+    assert cause in r0.log and r0.log.index(cause) < r0.log.index("ERROR sent"), r0.log
+    assert "FAILED while sending" not in r0.log, r0.log
 
 
 @pytest.mark.parametrize("world", [2, 3])
