@@ -93,8 +93,9 @@ def render_module(p: ProtocolIR, *, fmt: bool = True) -> str:
 
 
 def render_strategies(p: ProtocolIR, *, bindings: str | None = None, fmt: bool = True) -> str:
-    """The hypothesis strategies module; ``bindings`` names the module it tests."""
-    text = _render("strategies.py.j2", p=p, bindings=bindings or f"tpwire.generated.{p.module}")
+    """The hypothesis strategies module. It tests the bindings beside it in its package
+    (a relative import), or the module ``bindings`` names (in-process compilation)."""
+    text = _render("strategies.py.j2", p=p, bindings=bindings)
     return format_python(text, f"{p.module}_strategies.py") if fmt else text
 
 

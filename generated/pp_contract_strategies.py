@@ -17,8 +17,9 @@ from collections.abc import Iterable
 import torch
 from hypothesis import strategies as st
 
-import tpwire.generated.pp_contract as _p
 from tpwire.runtime import strategies as _s
+
+from . import pp_contract as _p
 
 __all__ = [
     "ENVELOPE_KINDS",

@@ -54,7 +54,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         n = sum(len(m.variants) for m in p.messages)
         print(
-            f"{p.source}: ok (protocol {p.name}, {len(p.messages)} message(s), {n} class(es), "
+            f"{compiler.display_path(spec)}: ok (protocol {p.name}, {len(p.messages)} message(s), {n} class(es), "
             f"frame 0 = {p.layout.length} words, fingerprint {p.fingerprint_hex})"
         )
     if errors:
