@@ -132,12 +132,12 @@ def _made_from(path: Path) -> str | None:
     return found.group(1) if found else None
 
 
-def stale_files(files: list[Output], dirs: list[Path], sources: dict[str, Path]) -> list[Path]:
-    """Generated files in the output folders that this run would not write, and that were
-    made from one of the specs it compiles (``sources``: name -> file), or from a spec
-    that no longer exists beside them; other specs' output is left alone."""
+def stale_files(files: list[Output], dirs: list[Path], sources: set[str]) -> list[Path]:
+    """Generated files in the output folders that this run would not write, made from one
+    of the specs it compiles (``sources``, as their headers name them): a spec whose
+    protocol was renamed leaves its old module behind. Any other file, another spec's output
+    included, is left alone."""
     wanted = {f.path.resolve() for f in files}
-    roots = {project_root(path) for path in sources.values()}
     stale = []
     for d in dirs:
         if not d.is_dir():
@@ -145,11 +145,7 @@ def stale_files(files: list[Output], dirs: list[Path], sources: dict[str, Path])
         for candidate in _generated_in(d):
             if candidate.resolve() in wanted or candidate.name == "__init__.py":
                 continue
-            made_from = _made_from(candidate)
-            if made_from is None:
-                continue
-            gone = all(r is not None and not (r / made_from).exists() for r in roots)
-            if made_from in sources or (roots and gone):
+            if _made_from(candidate) in sources:
                 stale.append(candidate)
     return stale
 
@@ -187,8 +183,7 @@ def generate(
             )
         seen[p.module] = p.source
     files = outputs(irs, out, docs)
-    sources = {p.source: Path(spec) for p, spec in zip(irs, specs, strict=True)}
-    stale = stale_files(files, [out] + ([docs] if docs else []), sources)
+    stale = stale_files(files, [out] + ([docs] if docs else []), {p.source for p in irs})
     files += package_init(irs, out, stale)
     changes: list[str] = []
     for f in files:

@@ -357,7 +357,7 @@ class _Channel(Generic[H, M]):
         self.last_header: H | None = None
         #: the exception a ``send`` raised and its header (the ids of a root cause), and the
         #: header whose frames are on the wire (a heartbeat's too)
-        self._send_failure: tuple[BaseException, H] | None = None
+        self._send_failure: tuple[int, H] | None = None  # (id of the exception, its header)
         self._in_flight: H | None = None
         self._terminal = bindings.terminal
         for action in (bindings.noop, bindings.shutdown, bindings.error):
@@ -465,7 +465,7 @@ class _Channel(Generic[H, M]):
 
     def _root_cause(self, exc: BaseException) -> None:
         failure = self._send_failure
-        if failure is not None and failure[0] is exc:
+        if failure is not None and failure[0] == id(exc):
             where = f"while sending {self._ids(failure[1])}"
         elif self.last_sent is not None:
             where = f"after sending {self._ids(self.last_sent)}"
@@ -495,8 +495,10 @@ class _Channel(Generic[H, M]):
                 self._check_order(header)
                 self._transmit(prepared, header)
         except BaseException as exc:
-            self._send_failure = (exc, header)
+            # its id, not the exception: a traceback would keep the refused tensors alive
+            self._send_failure = (id(exc), header)
             raise
+        self._send_failure = None
 
     def next_sequence(self) -> int:
         """The smallest sequence id (the spec's sequence role) the next send may use
@@ -606,6 +608,12 @@ class _Channel(Generic[H, M]):
             self.closed = True
 
     def _beat(self) -> None:
+        try:
+            self._beat_until_closed()
+        except ChannelPoisoned:
+            return  # poison="raise": the line is logged; the main thread's next call raises
+
+    def _beat_until_closed(self) -> None:
         assert self.heartbeat_s is not None
         while not self.closed and not self.poisoned:
             time.sleep(min(self.heartbeat_s / 4, 0.25))
@@ -852,7 +860,9 @@ class _Channel(Generic[H, M]):
         step like any other, bounded by ``watchdog_s``."""
         if not self._lock.acquire(timeout=self.watchdog_s or -1):
             self._watchdog_exit(
-                "a heartbeat's send (it holds the send lock)", self.watchdog_s, self._in_flight
+                "waiting for the send lock (a heartbeat's or another thread's send holds it)",
+                self.watchdog_s,
+                self._in_flight,
             )
         try:
             yield

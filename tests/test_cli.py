@@ -363,7 +363,10 @@ def test_gen_check_missing_file_exits_1(capsys: pytest.CaptureFixture[str], tree
     assert snapshot(tree) == before
 
 
-STALE_GENERATED = f"# {GENERATED_MARK} 0.1.0 from spec/old.yaml (sha256 00) - do not edit\nX = 1\n"
+#: the module a spec made before its protocol was renamed: stale when that spec is compiled
+STALE_GENERATED = (
+    f"# {GENERATED_MARK} 0.1.0 from spec/tp_control.yaml (sha256 00) - do not edit\nX = 1\n"
+)
 HAND_WRITTEN = "# hand-written helper, not generated\nY = 2\n"
 
 
@@ -387,7 +390,9 @@ def test_gen_removes_stale_generated_file_keeps_hand_written(
     stale_py = tree / "out" / "old_protocol.py"
     stale_md = tree / "docs" / "old_protocol.md"
     stale_py.write_text(STALE_GENERATED, "utf-8")
-    stale_md.write_text(f"<!-- {GENERATED_MARK} 0.1.0 from spec/old.yaml -->\n# old\n", "utf-8")
+    stale_md.write_text(
+        f"<!-- {GENERATED_MARK} 0.1.0 from spec/pp_contract.yaml -->\n# old\n", "utf-8"
+    )
     hand = {
         tree / "out" / "helpers.py": HAND_WRITTEN,
         tree / "docs" / "README.md": "# Notes\n\nWritten by a person.\n",
@@ -420,17 +425,16 @@ def test_gen_of_one_spec_leaves_the_other_specs_output_alone(
     assert snapshot(tree) == before
 
 
-def test_gen_removes_the_output_of_a_deleted_spec(
-    capsys: pytest.CaptureFixture[str], tree: Path
-) -> None:
-    """A module whose spec no longer exists (beside the specs compiled) is stale."""
-    gone = tree / "out" / "gone.py"
-    gone.write_text(
-        f"# {GENERATED_MARK} 0.1.0 from spec/gone.yaml (sha256 00) - do not edit\nX = 1\n"
-    )
+def test_gen_keeps_what_other_specs_made(capsys: pytest.CaptureFixture[str], tree: Path) -> None:
+    """Output made from a spec this run does not compile stays, whether that spec is in
+    another project, elsewhere, or deleted: only its own specs' leftovers are tpwire's to
+    remove."""
+    other = tree / "out" / "other.py"
+    text = f"# {GENERATED_MARK} 0.1.0 from ../vendor/other.yaml (sha256 00) - do not edit\nX = 1\n"
+    other.write_text(text)
     rc, out, _ = gen(capsys, tree)
-    assert rc == 0
-    assert f"removed stale {gone.as_posix()}" in out.splitlines() and not gone.exists()
+    assert rc == 0 and other.read_text() == text and "removed" not in out
+    assert "other" in (tree / "out" / "__init__.py").read_text()
 
 
 def test_gen_with_a_bad_spec_writes_nothing(

@@ -178,7 +178,7 @@ def _last_line(log: str) -> str:
 #: what a poison or watchdog line names, by the step it belongs to
 NAMED = [
     (r"the open handshake", "handshake"),
-    (r"frame 0 send of NOOP|a heartbeat", "heartbeat"),
+    (r"frame 0 send of NOOP|a heartbeat|the send lock", "heartbeat"),
     (r"waiting for frame 0|a header after|frame 0 send of INFER", "frame0"),
     (r"WATCHDOG: send of INFER", "send"),  # the send's deadline covers both frames
     (r"frame 1 receive|frame 1 of |frame 1 send of INFER", "frame1"),
