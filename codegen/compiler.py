@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.abc
 import importlib.util
@@ -151,12 +152,18 @@ def stale_files(files: list[Output], dirs: list[Path], sources: set[str]) -> lis
 
 
 def generate(
-    specs: list[str | Path], out: Path, docs: Path | None, *, check_only: bool = False
+    specs: list[str | Path],
+    out: Path,
+    docs: Path | None,
+    *,
+    check_only: bool = False,
+    diffs: list[str] | None = None,
 ) -> list[str]:
     """Compile ``specs``; write (or, with ``check_only``, compare) every output.
 
-    Returns the list of changes (written, removed, or that would be). All specs are
-    checked before anything is written, so a bad spec leaves the tree untouched.
+    Returns the list of changes (written, removed, or that would be); ``diffs``, when
+    given, receives a unified diff per change. All specs are checked before anything is
+    written, so a bad spec leaves the tree untouched.
     """
     irs: list[ProtocolIR] = []
     errors: list[SpecError] = []
@@ -190,14 +197,26 @@ def generate(
         old = f.path.read_text("utf-8") if f.path.is_file() else None
         if old != f.text:
             changes.append(f"{'would write' if check_only else 'wrote'} {f.path.as_posix()}")
+            if diffs is not None:
+                diffs.append(_diff(f.path, old or "", f.text))
             if not check_only:
                 f.path.parent.mkdir(parents=True, exist_ok=True)
                 f.path.write_text(f.text, "utf-8")
     for path in stale:
         changes.append(f"{'would remove' if check_only else 'removed'} stale {path.as_posix()}")
+        if diffs is not None:
+            diffs.append(_diff(path, path.read_text("utf-8", errors="replace"), ""))
         if not check_only:
             path.unlink()
     return changes
+
+
+def _diff(path: Path, old: str, new: str) -> str:
+    name = path.as_posix().lstrip("/")
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{name}", f"b/{name}"
+    )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
 # --- in-process compilation ----------------------------------------------------------------

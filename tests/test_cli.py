@@ -349,7 +349,9 @@ def test_gen_check_stale_file_exits_1_and_writes_nothing(
     before = snapshot(tree)
     rc, out, err = gen(capsys, tree, "--check")
     assert rc == 1
-    assert out.splitlines() == [f"would write {md.as_posix()}"]
+    assert [x for x in out.splitlines() if x.startswith("would ")] == [
+        f"would write {md.as_posix()}"
+    ]
     assert "stale" in err
     assert snapshot(tree) == before
 
@@ -378,7 +380,9 @@ def test_gen_check_extra_stale_generated_file_exits_1_and_removes_nothing(
     before = snapshot(tree)
     rc, out, err = gen(capsys, tree, "--check")
     assert rc == 1
-    assert out.splitlines() == [f"would remove stale {stale.as_posix()}"]
+    assert [x for x in out.splitlines() if x.startswith("would ")] == [
+        f"would remove stale {stale.as_posix()}"
+    ]
     assert "stale" in err
     assert stale.exists()
     assert snapshot(tree) == before
@@ -533,3 +537,42 @@ def test_docs_and_schema_on_bad_spec_exit_1(
     assert rc == 1
     assert out == ""
     assert len(located(err)) >= 2 and "Traceback" not in err
+
+
+# --- CI-friendly diagnostics -----------------------------------------------------------------
+
+
+def test_check_formats_json_and_github(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_SPEC, "utf-8")
+    rc, out, err = run(capsys, "check", bad, SPECS["tp_control"], "--format", "json")
+    assert rc == 1 and err == ""
+    doc = json.loads(out)
+    assert [g["protocol"] for g in doc["ok"]] == ["tp_control"]
+    assert doc["errors"] and {e["file"] for e in doc["errors"]} == {bad.as_posix()}
+    assert {"unknown-name", "unknown-type"} <= {e["code"] for e in doc["errors"]}
+    rc, out, err = run(capsys, "check", bad, "--format", "github")
+    assert rc == 1 and err == ""
+    lines = out.splitlines()
+    assert lines and all(line.startswith("::error file=") for line in lines)
+    assert any(",title=unknown-name::" in line for line in lines)
+
+
+def test_gen_check_prints_a_unified_diff(capsys: pytest.CaptureFixture[str], tree: Path) -> None:
+    module = tree / "out" / "tp_control.py"
+    module.write_text(module.read_text() + "# edited by hand\n")
+    rc, out, err = gen(capsys, tree, "--check")
+    assert rc == 1 and "stale" in err
+    assert f"would write {module.as_posix()}" in out
+    assert "-# edited by hand" in out.splitlines()
+    assert any(line.startswith("--- a/") for line in out.splitlines())
+
+
+def test_gen_reports_spec_errors_as_github_annotations(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_SPEC, "utf-8")
+    rc, out, _ = run(capsys, "gen", bad, "--out", tmp_path / "out", "--format", "github")
+    assert rc == 1 and out.startswith("::error file=")
+    assert not (tmp_path / "out").exists()

@@ -30,13 +30,39 @@ def _print_errors(errors: Sequence[SpecError]) -> None:
     print(f"tpwire: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
 
 
+def _emit_errors(errors: Sequence[SpecError], fmt: str) -> None:
+    """Located errors as text (stderr), one JSON document or GitHub annotations (stdout)."""
+    if fmt == "json":
+        items = [
+            {"file": e.file, "line": e.line, "col": e.col, "code": e.code, "message": e.message}
+            for e in errors
+        ]
+        print(json.dumps({"errors": items}, indent=2))
+    elif fmt == "github":
+        for e in errors:
+            loc = f"file={_gh_escape(e.file, True)},line={e.line},col={e.col}"
+            print(f"::error {loc},title={_gh_escape(e.code, True)}::{_gh_escape(e.message)}")
+    else:
+        _print_errors(errors)
+
+
 def cmd_gen(args: argparse.Namespace) -> int:
-    changes = compiler.generate(
-        args.specs, Path(args.out), Path(args.docs) if args.docs else None, check_only=args.check
-    )
+    diffs: list[str] = []
+    try:
+        changes = compiler.generate(
+            args.specs,
+            Path(args.out),
+            Path(args.docs) if args.docs else None,
+            check_only=args.check,
+            diffs=diffs if args.check else None,
+        )
+    except SpecErrors as exc:
+        _emit_errors(exc.errors, args.format)
+        return EXIT_FAIL
     for line in changes:
         print(line)
     if args.check and changes:
+        sys.stdout.write("".join(diffs))
         print("tpwire: generated output is stale; run `make gen`", file=sys.stderr)
         return EXIT_FAIL
     if not changes:
@@ -46,6 +72,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     errors: list[SpecError] = []
+    good: list[dict[str, Any]] = []
     for spec in args.specs:
         try:
             p = compiler.protocol_ir(spec)
@@ -53,12 +80,32 @@ def cmd_check(args: argparse.Namespace) -> int:
             errors.extend(exc.errors)
             continue
         n = sum(len(m.variants) for m in p.messages)
-        print(
-            f"{compiler.display_path(spec)}: ok (protocol {p.name}, {len(p.messages)} message(s), {n} class(es), "
-            f"frame 0 = {p.layout.length} words, fingerprint {p.fingerprint_hex})"
+        good.append(
+            {
+                "spec": compiler.display_path(spec),
+                "protocol": p.name,
+                "messages": len(p.messages),
+                "classes": n,
+                "frame0_words": p.layout.length,
+                "fingerprint": p.fingerprint_hex,
+            }
         )
+    if args.format == "json":
+        items = [
+            {"file": e.file, "line": e.line, "col": e.col, "code": e.code, "message": e.message}
+            for e in errors
+        ]
+        print(json.dumps({"ok": good, "errors": items}, indent=2))
+        return EXIT_FAIL if errors else EXIT_OK
+    if args.format == "text":
+        for g in good:
+            print(
+                f"{g['spec']}: ok (protocol {g['protocol']}, {g['messages']} message(s), "
+                f"{g['classes']} class(es), frame 0 = {g['frame0_words']} words, "
+                f"fingerprint {g['fingerprint']})"
+            )
     if errors:
-        _print_errors(errors)
+        _emit_errors(errors, args.format)
         return EXIT_FAIL
     return EXIT_OK
 
@@ -368,15 +415,23 @@ def parser() -> argparse.ArgumentParser:
         "gen",
         help="compile specs into Python bindings (and docs)",
         description="Compile each SPEC into OUT/<protocol>.py and OUT/<protocol>_strategies.py "
-        "(plus DOCS/<protocol>.md and DOCS/<protocol>.schema.json with --docs). Every spec is "
-        "checked before anything is written; stale generated files are removed.",
+        "(plus DOCS/<protocol>.md and DOCS/<protocol>.schema.json with --docs), a package "
+        "that stands on its own (its strategies import the bindings beside them). Every spec "
+        "is checked before anything is written. What tpwire made from these specs and no "
+        "longer writes is removed; other specs' output and a hand-written __init__.py stay. "
+        "Headers name a spec relative to its project root, so the bytes do not depend on the "
+        "working directory.",
     )
     gen.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
     gen.add_argument("--out", required=True, metavar="DIR", help="folder for the Python modules")
     gen.add_argument("--docs", metavar="DIR", help="folder for markdown tables and JSON Schemas")
     gen.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if output is stale"
+        "--check",
+        action="store_true",
+        help="write nothing; print a unified diff of what would change and exit 1 if any",
     )
+    gen.add_argument("--format", choices=("text", "json", "github"), default="text",
+                     help="how spec errors are printed: text (stderr), json or github annotations")  # fmt: skip
     gen.set_defaults(func=cmd_gen)
 
     chk = sub.add_parser(
@@ -386,6 +441,8 @@ def parser() -> argparse.ArgumentParser:
         "and print every error found, located, then exit 1; print a summary line per good spec.",
     )
     chk.add_argument("specs", nargs="+", metavar="SPEC")
+    chk.add_argument("--format", choices=("text", "json", "github"), default="text",
+                     help="text (default), json (one document on stdout) or github annotations")  # fmt: skip
     chk.set_defaults(func=cmd_check)
 
     docs = sub.add_parser(
