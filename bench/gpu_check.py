@@ -451,16 +451,10 @@ def _driver() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.report import cpu_name  # needs no jsonschema
+
     return {
-        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "cpu": cpu_name(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

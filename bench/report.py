@@ -18,7 +18,8 @@ from bench.transports import BROADCAST_TRANSPORTS, EXTRA_TRANSPORTS, PP_TRANSPOR
 TITLES = {**{k: v.title for k, v in E.KINDS.items()}, "pp": "PP envelope + result over p2p"}
 
 
-def machine() -> dict[str, str]:
+def cpu_name() -> str:
+    """The CPU model and core count (``/proc/cpuinfo`` where there is one)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -27,8 +28,12 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def machine() -> dict[str, str]:
     return {
-        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "cpu": cpu_name(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -39,6 +39,11 @@ from .rules import (
 _READS_BAD = re.compile(r"(?<![.\w'\"])bad\b")
 
 
+def _reads_bad(conds: Iterable[str]) -> bool:
+    """Whether any of these conditions reads the refused set (a pass binds ``bad`` then)."""
+    return any(_READS_BAD.search(c) for c in conds)
+
+
 def py_tuple(items: Iterable[str]) -> str:
     """A tuple display of Python ``items``, without the trailing comma that would make the
     formatter spread it over one line per item."""
@@ -161,10 +166,6 @@ class FieldIR:
     def rules(self) -> dict[str, RuleIR]:
         """The rules this field's checks report, by kind (``codegen/rules.py``)."""
         return field_rules(self, self.rule_owner, self.rule_label)
-
-    @property
-    def fm_py(self) -> str:
-        return repr(self.fm)
 
     @property
     def tensor_const(self) -> str:
@@ -343,16 +344,6 @@ class DimDeclIR:
     binders: tuple[str, ...]
 
 
-def _rule_reads(fields: tuple[FieldIR, ...]) -> tuple[str, ...]:
-    """The fields whose own presence or derived rule the rules pass checks: only those are
-    bound to locals there (expressions read ``m.<field>`` themselves)."""
-    return tuple(
-        f.name
-        for f in fields
-        if f.always_required or f.required_when or f.forbidden_when or f.none_unless or f.derived
-    )
-
-
 @dataclass(frozen=True)
 class MessageIR:
     name: str
@@ -403,9 +394,8 @@ class MessageIR:
     def rules_read_bad(self) -> bool:
         """Whether the rules pass reads the refused set (it binds ``bad`` only then)."""
         conds = [g.cond for g in self.presence_groups]
-        conds += [c.cond for c in self.derived_checks]
-        conds += [c.cond for c in self.invariant_checks]
-        return bool(self.version_field) or any(_READS_BAD.search(c) for c in conds)
+        conds += [c.cond for c in self.derived_checks] + [c.cond for c in self.invariant_checks]
+        return bool(self.version_field) or _reads_bad(conds)
 
     @property
     def unused_words(self) -> tuple[int, ...]:
@@ -441,13 +431,6 @@ class MessageIR:
     def tensor_words_end(self) -> int:
         """One past the last manifest word of this message's tensors."""
         return max(f.word + f.width for f in self.tensors)
-
-    @property
-    def rule_reads(self) -> tuple[str, ...]:
-        reads = set(_rule_reads(self.fields))
-        if self.version_field:
-            reads.add(self.version_field)
-        return tuple(f.name for f in self.fields if f.name in reads)
 
     @property
     def expr_dims(self) -> tuple[str, ...]:
@@ -488,10 +471,6 @@ class HeaderIR:
         return dict(self.control).get(name)
 
     @property
-    def rule_reads(self) -> tuple[str, ...]:
-        return _rule_reads(self.fields)
-
-    @property
     def presence_groups(self) -> tuple[PresenceGroup, ...]:
         return presence_groups(self.fields)
 
@@ -502,7 +481,7 @@ class HeaderIR:
     @property
     def rules_read_bad(self) -> bool:
         conds = [g.cond for g in self.presence_groups] + [c.cond for c in self.derived_checks]
-        return any(_READS_BAD.search(c) for c in conds)
+        return _reads_bad(conds)
 
 
 @dataclass(frozen=True)

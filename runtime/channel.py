@@ -772,13 +772,8 @@ class _Channel(Generic[H, M]):
         same guarded steps, so no peer is left waiting in a collective this rank skips."""
         if self.poisoned:
             raise ChannelPoisoned("the channel is poisoned")
-        with self._deadline(what, header=header):
-            try:
-                yield
-            except ChannelPoisoned:
-                raise
-            except BaseException as exc:
-                self._poison(header, f"{what} failed: {describe(exc)}")
+        with self._policy(what, header, ()):
+            yield
 
     def _collective(
         self,
@@ -788,12 +783,20 @@ class _Channel(Generic[H, M]):
         header: Any = None,
         agreed: tuple[type[BaseException], ...] = (),
     ) -> T:
-        """``run``, collectives every rank enters, under the channel's policy: an ``agreed``
-        exception (the answer every rank reaches, such as a parity mismatch) passes
-        through; any other failure poisons, and a run past ``watchdog_s`` exits 87."""
+        """``run``, collectives every rank enters, under the channel's policy."""
+        with self._policy(what, header, agreed):
+            return run()
+
+    @contextmanager
+    def _policy(
+        self, what: str, header: Any, agreed: tuple[type[BaseException], ...]
+    ) -> Iterator[None]:
+        """The block runs within ``watchdog_s`` (else exit 87); an ``agreed`` exception (the
+        answer every rank reaches, such as a parity mismatch) passes through; any other
+        failure poisons, naming ``what``."""
         with self._deadline(what, header=header):
             try:
-                return run()
+                yield
             except agreed:
                 raise
             except ChannelPoisoned:

@@ -109,10 +109,6 @@ class Report:
         """An invariant does not hold; ``values`` are its sides as (text, value)."""
         self.add(rule, sides(*values))
 
-    def ok(self, *names: str) -> bool:
-        """Whether none of ``names`` was refused (a rule reading them may run)."""
-        return not self.bad or self.bad.isdisjoint(names)
-
     def tensor(self, t: object, f: TensorField) -> None:
         """Type, dtype, shape (binding dimensions) and bool bytes of a present tensor."""
         if not is_dense(t):
