@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tpwire-bootstrap
-SPECS := $(sort $(wildcard spec/*.yaml))
 # torch is pinned: 2.13.0 installs the CPU build from the machine's local wheel,
 # an unpinned torch would download gigabytes of CUDA packages.
 TORCH_PIN := torch==2.13.0
@@ -32,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 gen: $(STAMP)
-	$(PY) -m tpwire gen $(SPECS) --out generated --docs docs/spec
+	$(PY) -m tpwire gen
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -42,7 +41,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(PY) -m mypy -p tpwire -p bench
+	$(PY) -m tools.pkgtree --mypy -p tpwire -p bench -p tools
 
 fresh: gen
 	@git add -N generated docs >/dev/null 2>&1 || true

@@ -1,6 +1,13 @@
-"""The tpwire compiler: load -> check -> IR -> render (see DESIGN section 2)."""
+"""The tpwire compiler: load -> check -> IR -> render (see DESIGN section 2).
 
-from .compiler import compile, generate, protocol_ir, protocol_ir_from_text
-from .errors import SpecError, SpecErrors
+Needs the ``compiler`` extra (PyYAML, jinja2, jsonschema and the pinned formatter).
+"""
+
+from tpwire.extras import require
+
+require("compiler", "tpwire.codegen")
+
+from .compiler import compile, generate, protocol_ir, protocol_ir_from_text  # noqa: E402
+from .errors import SpecError, SpecErrors  # noqa: E402
 
 __all__ = ["SpecError", "SpecErrors", "compile", "generate", "protocol_ir", "protocol_ir_from_text"]

@@ -121,7 +121,9 @@ def test_compile_from_text_gives_working_bindings() -> None:
     round_trip()
 
 
-def test_generated_code_for_unusual_specs_is_typed_and_lint_clean(tmp_path: Path) -> None:
+def test_generated_code_for_unusual_specs_is_typed_and_lint_clean(
+    tmp_path: Path, package_tree: Path
+) -> None:
     """mypy --strict and ruff on the bindings of the golden specs (one-member discriminator,
     bool tensors, strings, quotes and backslashes in docs, float derived from int)."""
     pkg = tmp_path / "gencheck"
@@ -132,7 +134,7 @@ def test_generated_code_for_unusual_specs_is_typed_and_lint_clean(tmp_path: Path
         (pkg / f"{name}.py").write_text(render.render_module(ir))
         strategies = render.render_strategies(ir)  # imports its bindings: from . import
         (pkg / f"{name}_strategies.py").write_text(strategies)
-    env = {**os.environ, "MYPYPATH": str(tmp_path)}
+    env = {**os.environ, "MYPYPATH": os.pathsep.join([str(tmp_path), str(package_tree)])}
     typed = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "-p", "gencheck"],
         cwd=tmp_path,

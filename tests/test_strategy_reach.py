@@ -28,8 +28,8 @@ from specs import corpus
 
 from tpwire.codegen import expr
 from tpwire.codegen.ir import FieldIR, MessageIR, ProtocolIR, VariantIR
-from tpwire.runtime import strategies as _s
 from tpwire.runtime.dtypes import DTYPE_TABLE
+from tpwire.testing import strategies as _s
 
 Target = tuple[object, ...]
 

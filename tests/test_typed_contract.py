@@ -3,6 +3,7 @@ protocol's own header and message union, and refuses another protocol's envelope
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TYPING = Path(__file__).parent / "typing"
 
 
-def _mypy(path: Path) -> subprocess.CompletedProcess[str]:
+def _mypy(path: Path, tree: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", str(path)],
         cwd=ROOT,
+        env={**os.environ, "MYPYPATH": str(tree)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -25,14 +27,14 @@ def _mypy(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(600)
-def test_a_user_program_over_a_typed_channel_type_checks() -> None:
-    done = _mypy(TYPING / "user_program.py")
+def test_a_user_program_over_a_typed_channel_type_checks(package_tree: Path) -> None:
+    done = _mypy(TYPING / "user_program.py", package_tree)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.timeout(600)
-def test_a_send_of_another_protocol_is_a_mypy_error() -> None:
-    done = _mypy(TYPING / "wrong_protocol.py")
+def test_a_send_of_another_protocol_is_a_mypy_error(package_tree: Path) -> None:
+    done = _mypy(TYPING / "wrong_protocol.py", package_tree)
     assert done.returncode == 1, done.stdout + done.stderr
     errors = re.findall(r"wrong_protocol\.py:(\d+): error: (.*)", done.stdout)
     assert len(errors) == 2, done.stdout

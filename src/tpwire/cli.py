@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,9 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from tpwire import __version__
-from tpwire.codegen import breaking, compiler, render
-from tpwire.codegen.errors import SpecError, SpecErrors
-from tpwire.codegen.splice import SpliceError, splice
+from tpwire import config as project
+from tpwire.extras import MissingExtra
+
+# Every command but --help and --version needs the compiler extra; a missing one is a
+# one-line message from main(), not an ImportError at startup.
+try:
+    from tpwire.codegen import breaking, compiler, render
+    from tpwire.codegen.errors import SpecError, SpecErrors
+    from tpwire.codegen.render import FormatterError
+    from tpwire.codegen.splice import SpliceError, splice
+except MissingExtra as exc:
+    _MISSING_COMPILER: MissingExtra | None = exc
+else:
+    _MISSING_COMPILER = None
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
@@ -46,15 +56,39 @@ def _emit_errors(errors: Sequence[SpecError], fmt: str) -> None:
         _print_errors(errors)
 
 
+class UsageError(Exception):
+    """A bad command line or environment: one line on stderr, exit 2."""
+
+
+def _config() -> project.ProjectConfig:
+    config = project.find()
+    if config is None:
+        raise UsageError("no SPEC given and no pyproject.toml with [tool.tpwire] found")
+    if not config.specs:
+        raise UsageError(f"no SPEC given and no specs = [...] in {config.path} [tool.tpwire]")
+    return config
+
+
+def _gen_targets(args: argparse.Namespace) -> tuple[list[str | Path], Path, Path | None]:
+    """The specs, output package and docs folder: from the command line, or ``[tool.tpwire]``."""
+    if args.specs:
+        if args.out is None:
+            raise UsageError("--out DIR is needed with SPEC arguments")
+        return [*args.specs], Path(args.out), Path(args.docs) if args.docs else None
+    config = _config()
+    out = Path(args.out) if args.out else config.out
+    if out is None:
+        raise UsageError(f"no --out given and no out = ... in {config.path} [tool.tpwire]")
+    docs = Path(args.docs) if args.docs else config.docs
+    return [*config.spec_paths()], out, docs
+
+
 def cmd_gen(args: argparse.Namespace) -> int:
     diffs: list[str] = []
+    specs, out, docs = _gen_targets(args)
     try:
         changes = compiler.generate(
-            args.specs,
-            Path(args.out),
-            Path(args.docs) if args.docs else None,
-            check_only=args.check,
-            diffs=diffs if args.check else None,
+            specs, out, docs, check_only=args.check, diffs=diffs if args.check else None
         )
     except SpecErrors as exc:
         _emit_errors(exc.errors, args.format)
@@ -63,17 +97,18 @@ def cmd_gen(args: argparse.Namespace) -> int:
         print(line)
     if args.check and changes:
         sys.stdout.write("".join(diffs))
-        print("tpwire: generated output is stale; run `make gen`", file=sys.stderr)
+        print("tpwire: generated output is stale; run `tpwire gen`", file=sys.stderr)
         return EXIT_FAIL
     if not changes:
-        print(f"tpwire: {len(args.specs)} spec(s), output up to date")
+        print(f"tpwire: {len(specs)} spec(s), output up to date")
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     errors: list[SpecError] = []
     good: list[dict[str, Any]] = []
-    for spec in args.specs:
+    specs = args.specs or [str(p) for p in _config().spec_paths()]
+    for spec in specs:
         try:
             p = compiler.protocol_ir(spec)
         except SpecErrors as exc:
@@ -112,15 +147,37 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_docs(args: argparse.Namespace) -> int:
     if args.check and args.splice is None:
-        print("tpwire docs: --check needs --splice FILE", file=sys.stderr)
+        print("tpwire docs: --check needs --splice [FILE]", file=sys.stderr)
         return EXIT_FAIL
-    p = compiler.protocol_ir(args.spec)
-    tables = render.render_tables(p)
+    if args.spec is None:
+        if args.splice != "":
+            raise UsageError("docs needs a SPEC, or --splice alone for [tool.tpwire] splice")
+        config = _config_with_splice()
+        codes = [_splice_one(str(s.spec), str(s.file), s.name, args.check) for s in config.splice]
+        return max(codes)
     if args.splice is None:
+        p = compiler.protocol_ir(args.spec)
+        tables = render.render_tables(p)
         sys.stdout.write(render.render_doc_page(p) if args.page else tables)
         return EXIT_OK
-    target = Path(args.splice)
-    name = args.name or p.name
+    if args.splice == "":
+        raise UsageError("--splice needs FILE when a SPEC is given")
+    return _splice_one(args.spec, args.splice, args.name, args.check)
+
+
+def _config_with_splice() -> project.ProjectConfig:
+    config = project.find()
+    if config is None or not config.splice:
+        where = config.path if config else "pyproject.toml"
+        raise UsageError(f"no SPEC given and no splice = [...] in {where} [tool.tpwire]")
+    return config
+
+
+def _splice_one(spec: str, file: str, block: str | None, check: bool) -> int:
+    p = compiler.protocol_ir(spec)
+    tables = render.render_tables(p)
+    target = Path(file)
+    name = block or p.name
     try:
         # bytes in, bytes out: line endings outside the block stay as they are
         old = target.read_bytes().decode("utf-8")
@@ -140,9 +197,9 @@ def cmd_docs(args: argparse.Namespace) -> int:
     if new == old:
         print(f"{target}: block '{name}' is up to date")
         return EXIT_OK
-    if args.check:
+    if check:
         print(
-            f"{target}: block '{name}' is stale; run `tpwire docs {args.spec} --splice {target}`",
+            f"{target}: block '{name}' is stale; run `tpwire docs {spec} --splice {target}`",
             file=sys.stderr,
         )
         return EXIT_FAIL
@@ -157,34 +214,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 # --- breaking -----------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """A bad command line or environment: one line on stderr, exit 2."""
-
-
-def find_config(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
-    """The nearest pyproject.toml at or above ``start`` and its ``[tool.tpwire]`` table."""
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        candidate = d / "pyproject.toml"
-        if candidate.is_file():
-            try:
-                data = tomllib.loads(candidate.read_text("utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-                raise UsageError(f"cannot read {candidate}: {exc}") from None
-            table = data.get("tool", {}).get("tpwire", {})
-            if not isinstance(table, dict):
-                raise UsageError(f"{candidate}: [tool.tpwire] must be a table")
-            return candidate, table
-    return None
-
-
-def _config_list(table: dict[str, Any], key: str, where: str) -> list[str]:
-    value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UsageError(f"{where}: {key} must be a list of strings")
-    return list(value)
 
 
 def git_show(ref: str, path: str, cwd: Path | None = None) -> bytes:
@@ -233,7 +262,7 @@ def _against(value: str) -> tuple[bytes, str]:
     raise UsageError(f"--against {value}: no such file (give OLD.yaml or REF:path)")
 
 
-def _pairs(args: argparse.Namespace, config: tuple[Path, dict[str, Any]] | None) -> list[_Pair]:
+def _pairs(args: argparse.Namespace, config: project.ProjectConfig | None) -> list[_Pair]:
     pairs: list[_Pair] = []
     if args.spec is not None:
         new = _read_spec_file(args.spec)
@@ -246,14 +275,13 @@ def _pairs(args: argparse.Namespace, config: tuple[Path, dict[str, Any]] | None)
         return pairs
     if args.against is not None:
         raise UsageError("--against needs a SPEC to compare")
-    if config is None or not config[1].get("specs"):
+    if config is None or not config.specs:
         raise UsageError(
             "no SPEC given and no [tool.tpwire] specs = [...] in pyproject.toml "
             "(usage: tpwire breaking NEW.yaml --against OLD.yaml|REF:path)"
         )
-    path, table = config
-    root = path.parent
-    for spec in _config_list(table, "specs", f"{path} [tool.tpwire]"):
+    root = config.root
+    for spec in config.specs:
         full = root / spec
         new = _read_spec_file(str(full))
         name = compiler.display_path(full)
@@ -362,21 +390,17 @@ def cmd_breaking(args: argparse.Namespace) -> int:
         if args.list_rules:
             _list_rules()
             return EXIT_OK
-        config = find_config()
+        config = project.find()
         allow = list(args.allow or [])
         if config is not None:
-            where = f"{config[0]} [tool.tpwire.breaking]"
-            section = config[1].get("breaking", {})
-            if not isinstance(section, dict):
-                raise UsageError(f"{where} must be a table")
-            allow += _config_list(section, "ignore", where)
+            allow += config.breaking_ignore
         for rule in allow:
             problem = breaking.unknown_rule(rule)
             if problem is not None:
                 raise UsageError(problem)
         args.allow = sorted(set(allow))
         pairs = _pairs(args, config)
-    except UsageError as exc:
+    except (UsageError, project.ConfigError) as exc:
         print(f"tpwire breaking: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.format == "json":
@@ -420,11 +444,20 @@ def parser() -> argparse.ArgumentParser:
         "is checked before anything is written. What tpwire made from these specs and no "
         "longer writes is removed; other specs' output and a hand-written __init__.py stay. "
         "Headers name a spec relative to its project root, so the bytes do not depend on the "
-        "working directory.",
+        "working directory. Without SPEC, the specs, out and docs of pyproject.toml's "
+        "[tool.tpwire] are used.",
     )
-    gen.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
-    gen.add_argument("--out", required=True, metavar="DIR", help="folder for the Python modules")
-    gen.add_argument("--docs", metavar="DIR", help="folder for markdown tables and JSON Schemas")
+    gen.add_argument(
+        "specs", nargs="*", metavar="SPEC", help="spec files (YAML); default: [tool.tpwire] specs"
+    )
+    gen.add_argument(
+        "--out", metavar="DIR", help="folder for the Python modules; default: [tool.tpwire] out"
+    )
+    gen.add_argument(
+        "--docs",
+        metavar="DIR",
+        help="folder for markdown tables and JSON Schemas; default: [tool.tpwire] docs",
+    )
     gen.add_argument(
         "--check",
         action="store_true",
@@ -440,7 +473,9 @@ def parser() -> argparse.ArgumentParser:
         description="Check each SPEC (structure, names, types, expressions, shapes, versions) "
         "and print every error found, located, then exit 1; print a summary line per good spec.",
     )
-    chk.add_argument("specs", nargs="+", metavar="SPEC")
+    chk.add_argument(
+        "specs", nargs="*", metavar="SPEC", help="spec files; default: [tool.tpwire] specs"
+    )
     chk.add_argument("--format", choices=("text", "json", "github"), default="text",
                      help="text (default), json (one document on stdout) or github annotations")  # fmt: skip
     chk.set_defaults(func=cmd_check)
@@ -450,10 +485,17 @@ def parser() -> argparse.ArgumentParser:
         help="print or splice the operator-manual tables of a spec",
         description="Print the markdown tables of SPEC (field, type, required_when, why, fail-fast "
         "check location, FM, invariants). With --splice FILE, replace the block between "
-        "'<!-- tpwire:begin NAME -->' and '<!-- tpwire:end NAME -->' in FILE and touch nothing else.",
+        "'<!-- tpwire:begin NAME -->' and '<!-- tpwire:end NAME -->' in FILE and touch nothing else. "
+        "With --splice and no SPEC, every splice target of pyproject.toml's [tool.tpwire].",
     )
-    docs.add_argument("spec", metavar="SPEC")
-    docs.add_argument("--splice", metavar="FILE", help="markdown file holding the marked block")
+    docs.add_argument("spec", nargs="?", metavar="SPEC")
+    docs.add_argument(
+        "--splice",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="markdown file holding the marked block (alone: the [tool.tpwire] splice targets)",
+    )
     docs.add_argument("--name", help="block name (default: the protocol name)")
     docs.add_argument(
         "--check", action="store_true", help="with --splice: exit 1 if the block is stale"
@@ -512,12 +554,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if _MISSING_COMPILER is not None:
+        print(f"tpwire: {_MISSING_COMPILER}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         code: int = args.func(args)
         return code
     except SpecErrors as exc:
         _print_errors(exc.errors)
         return EXIT_FAIL
+    except (UsageError, project.ConfigError, FormatterError) as exc:
+        print(f"tpwire {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug in tpwire: say so briefly, traceback on request

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from hypothesis import assume
 from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy as SearchStrategy
 
-from .plain import to_plain
-from .wire import WIRE_DTYPES
+from tpwire.runtime.plain import to_plain
+from tpwire.runtime.wire import WIRE_DTYPES
 
 Fields = dict[str, Any]
 Dims = dict[str, Any]  # a dimension is None when no well-formed present tensor binds it
@@ -655,6 +656,17 @@ def valid_envelopes(
     proto: Protocol, max_extra: int = 3, kinds: Iterable[str] | None = None
 ) -> st.SearchStrategy[tuple[Any, Any]]:
     return drawn(proto, max_extra, kinds).map(lambda dr: (dr.header, dr.msg))
+
+
+def register_types(proto: Protocol) -> None:
+    """Make ``st.from_type`` draw valid values of the protocol's classes: each message class
+    gives valid messages of that class, the header class valid headers (of any action)."""
+    for action in proto.actions:
+        for v in action.variants:
+            st.register_type_strategy(
+                v.cls, valid_envelopes(proto, kinds=[v.cls.__name__]).map(lambda e: e[1])
+            )
+    st.register_type_strategy(proto.header_cls, valid_envelopes(proto).map(lambda e: e[0]))
 
 
 # --- mutants -----------------------------------------------------------------------------------
