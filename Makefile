@@ -30,8 +30,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# [tool.tpwire] in pyproject.toml says what (spec/*.yaml -> generated/, docs/spec/); the
+# out-of-tree example is a project of its own with its own [tool.tpwire]
 gen: $(STAMP)
 	$(PY) -m tpwire gen
+	cd examples/preview_protocol && ../../$(PY) -m tpwire gen
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -44,10 +47,10 @@ typecheck: $(STAMP)
 	$(PY) -m tools.pkgtree --mypy -p tpwire -p bench -p tools
 
 fresh: gen
-	@git add -N generated docs >/dev/null 2>&1 || true
-	@if [ -n "$$(git status --porcelain -- generated docs)" ]; then \
-		echo "error: 'make gen' changed generated/ or docs/; commit the regenerated output:"; \
-		git status --short -- generated docs; exit 1; \
+	@git add -N generated docs examples >/dev/null 2>&1 || true
+	@if [ -n "$$(git status --porcelain -- generated docs examples)" ]; then \
+		echo "error: 'make gen' changed generated/, docs/ or examples/; commit the regenerated output:"; \
+		git status --short -- generated docs examples; exit 1; \
 	fi
 
 check: lint typecheck fresh
@@ -68,11 +71,13 @@ profile: $(BENCH_STAMP)
 
 # The one-shot GPU check (bench/gpu_check.py). No .venv needed (a GPU machine's own python3
 # with CUDA torch, numpy, pytest, pytest-timeout, hypothesis, xxhash, jinja2, pyyaml will do,
-# offline): the checkout's src/ is put on PYTHONPATH. GPU_PY picks another interpreter (the
-# .venv of `make gen` holds the CPU build of torch).
+# offline): the package is laid out in build/pkgtree (tools/pkgtree.py, copies of the
+# mapped folders) and put on PYTHONPATH. GPU_PY picks another interpreter (the .venv of
+# `make gen` holds the CPU build of torch).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	PYTHONPATH=src$(if $(PYTHONPATH),:$(PYTHONPATH)) $(GPU_PY) -m bench.gpu_check $(ARGS)
+	$(GPU_PY) -m tools.pkgtree build/pkgtree >/dev/null
+	PYTHONPATH=build/pkgtree$(if $(PYTHONPATH),:$(PYTHONPATH)) $(GPU_PY) -m bench.gpu_check $(ARGS)
 
 # Long fuzzing campaigns (fuzz/README.md): random + coverage-guided (atheris) decoder
 # mutation, then mutated specs; prints the totals, exits 1 on any finding.

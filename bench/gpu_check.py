@@ -53,6 +53,8 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+#: tpwire laid out as a wheel lays it out (``make gpu-check`` builds it: tools/pkgtree.py)
+PKGTREE = ROOT / "build" / "pkgtree"
 NO_CUDA = "gpu-check: no CUDA device, nothing to check"
 DEFAULT_REPORT = ROOT / "docs" / "benchmarks-gpu.md"
 #: the kinds of bench/envelopes.py measured here (cond_on_update compiles a spec at run
@@ -372,9 +374,10 @@ def _run_process(
 
 
 def subprocess_env() -> dict[str, str]:
-    """This environment with the checkout's ``src`` (tpwire) and root (bench) importable."""
+    """This environment with the checkout's package tree (tpwire, as ``make gpu-check``
+    lays it out with tools/pkgtree.py) and root (bench) importable."""
     env = dict(os.environ)
-    paths = [str(ROOT / "src"), str(ROOT)]
+    paths = [str(PKGTREE), str(ROOT)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -615,9 +618,9 @@ def _mp_harness() -> Any:
     tests = str(ROOT / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    src = str(ROOT / "src")
-    if src not in sys.path:
-        sys.path.insert(0, src)
+    tree = str(PKGTREE)
+    if tree not in sys.path:
+        sys.path.insert(0, tree)
     return importlib.import_module("mp")
 
 

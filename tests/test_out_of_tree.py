@@ -87,3 +87,82 @@ def test_compiling_one_of_two_specs_leaves_the_other_alone(tmp_path: Path) -> No
     assert {"relay.py", "tp_control.py", "__init__.py"} <= set(before)
     out = tpwire(proj, "gen", "specs/relay.yaml", "--out", "pkg")
     assert "up to date" in out and files(proj / "pkg") == before
+
+
+# --- [tool.tpwire]: bare commands do the project's job ------------------------------------------
+
+
+def configured(tmp_path: Path, table: str) -> Path:
+    proj = project(tmp_path)
+    text = (proj / "pyproject.toml").read_text() + "\n[tool.tpwire]\n" + table
+    (proj / "pyproject.toml").write_text(text)
+    return proj
+
+
+def tpwire_rc(cwd: Path, *args: str | Path) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "tpwire", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_bare_gen_reads_the_project_table_from_any_folder(tmp_path: Path) -> None:
+    proj = configured(tmp_path, 'specs = ["specs/*.yaml"]\nout = "pkg"\ndocs = "pkgdocs"\n')
+    out = tpwire(proj, "gen")
+    assert "wrote pkg/relay.py" in out and "wrote pkgdocs/tp_control.md" in out, out
+    made = files(proj / "pkg")
+    assert {"relay.py", "relay_strategies.py", "tp_control.py", "__init__.py"} <= set(made)
+    # from a subfolder: the same project, the same bytes, nothing to do
+    assert "2 spec(s), output up to date" in tpwire(proj / "specs", "gen")
+    assert "2 spec(s), output up to date" in tpwire(proj / "specs", "gen", "--check")
+    assert files(proj / "pkg") == made
+    assert tpwire(proj / "specs", "check").count(": ok (protocol ") == 2
+    # a hand edit makes the bare --check fail with a diff
+    (proj / "pkg" / "relay.py").write_text(made["relay.py"].decode() + "# edited\n")
+    rc, out, err = tpwire_rc(proj, "gen", "--check")
+    assert rc == 1 and "-# edited" in out and "stale" in err
+
+
+def test_bare_docs_splice_checks_every_configured_target(tmp_path: Path) -> None:
+    proj = configured(
+        tmp_path,
+        'specs = ["specs/relay.yaml"]\nout = "pkg"\n'
+        'splice = [{ spec = "specs/relay.yaml", file = "manual.md", name = "relay" }]\n',
+    )
+    manual = proj / "manual.md"
+    manual.write_text(
+        "# Manual\n\n<!-- tpwire:begin relay -->\n<!-- tpwire:end relay -->\n\nEnd.\n"
+    )
+    rc, _, err = tpwire_rc(proj / "specs", "docs", "--splice", "--check")
+    assert rc == 1 and "block 'relay' is stale" in err
+    assert "block 'relay' updated" in tpwire(proj / "specs", "docs", "--splice")
+    assert manual.read_text().endswith("<!-- tpwire:end relay -->\n\nEnd.\n")
+    assert "| field |" in manual.read_text()
+    assert "is up to date" in tpwire(proj, "docs", "--splice", "--check")
+
+
+def test_a_bad_project_table_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    cases = {
+        'specs = ["specs/*.yml"]\nout = "pkg"\n': "'specs/*.yml' matches no file",
+        'specs = ["specs/relay.yaml"]\nouts = "pkg"\n': "unknown key(s) outs",
+        'specs = "specs/relay.yaml"\nout = "pkg"\n': "specs must be a list of strings",
+        'specs = ["specs/relay.yaml"]\n': "no --out given and no out = ...",
+    }
+    for i, (table, message) in enumerate(cases.items()):
+        proj = configured(tmp_path / str(i), table)
+        rc, out, err = tpwire_rc(proj, "gen")
+        assert rc == 2 and message in err and len(err.splitlines()) == 1, (table, out, err)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    rc, _, err = tpwire_rc(bare, "gen")
+    assert rc == 2 and "no specs = [...]" in err
+
+
+def test_the_example_project_is_fresh_and_stands_alone() -> None:
+    example = ROOT / "examples" / "preview_protocol"
+    assert "1 spec(s), output up to date" in tpwire(example, "gen", "--check")
+    head = (example / "preview_wire" / "preview_strategies.py").read_text().splitlines()
+    assert " from spec/preview.yaml (sha256 " in head[0]
+    assert "from . import preview as _p" in head

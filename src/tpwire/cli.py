@@ -80,7 +80,15 @@ def _gen_targets(args: argparse.Namespace) -> tuple[list[str | Path], Path, Path
     if out is None:
         raise UsageError(f"no --out given and no out = ... in {config.path} [tool.tpwire]")
     docs = Path(args.docs) if args.docs else config.docs
-    return [*config.spec_paths()], out, docs
+    return [_near(p) for p in config.spec_paths()], _near(out), _near(docs) if docs else None
+
+
+def _near(path: Path) -> Path:
+    """``path`` relative to the working directory where it lies below it (shorter messages)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def cmd_gen(args: argparse.Namespace) -> int:
