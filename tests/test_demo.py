@@ -26,6 +26,20 @@ def test_demo_streams_scope_sized_chunks_under_torchrun() -> None:
     assert "[rank1] SHUTDOWN call_id=13: leaving" in out
 
 
+@pytest.mark.timeout(180)
+def test_the_out_of_tree_example_streams_its_own_protocol(tmp_path: Path) -> None:
+    """examples/preview_protocol: a protocol of its own, its own package, run from elsewhere."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(ROOT / "examples" / "preview_protocol" / "stream.py"), "--chunks", "6"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "[rank1] seq=4 epoch=1 prompt-1 frames=(2, 48, 64, 3) first byte=4" in out
+    assert "[rank0] sent 6 previews" in out and "[rank1] STOP seq=6: leaving" in out
+
+
 def _break_it(fault: str) -> tuple[int, str]:
     done = subprocess.run(
         # torchrun stops every rank once one has died: let the survivors print their lines
