@@ -1,4 +1,4 @@
-"""The ``tpwire`` command line: gen, check, docs, schema, breaking."""
+"""The ``tpwire`` command line: gen, check, docs, schema, breaking, journal, replay."""
 
 from __future__ import annotations
 
@@ -507,6 +507,10 @@ def parser() -> argparse.ArgumentParser:
     )
     brk.add_argument("--list-rules", action="store_true", help="print the rule catalogue and exit")
     brk.set_defaults(func=cmd_breaking)
+
+    from tpwire import journal_cli
+
+    journal_cli.add_parsers(sub)
     return top
 
 

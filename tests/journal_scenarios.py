@@ -1,0 +1,133 @@
+"""Journaled streams on real gloo process groups (run by tests/test_journal.py).
+
+Every rank "runs" each envelope it is given: a ledger counts the planned generator calls,
+a stand-in model makes an output from the latents, and the channel journals what the rank
+saw (``observe``). OM-11: one worker's input is perturbed after the broadcast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from mp_scenarios import envelope, header
+
+from tpwire.generated import tp_control as tc
+from tpwire.runtime import journal as jr
+from tpwire.runtime import tripwire
+from tpwire.runtime.channel import BroadcastChannel, Received
+from tpwire.runtime.lockstep import Ledger
+
+#: a hard cut (cache_epoch 0 -> 1) at this envelope index
+CUT_AT = 15
+
+
+def plan(i: int) -> tuple[tc.InferV1GeneratorOnly, tc.Header]:
+    """Envelope i of the stream (call ids leave room for a heartbeat)."""
+    epoch = 0 if i < CUT_AT else 1
+    msg = envelope(i, recompute=i % 3 == 2)
+    if i == CUT_AT:  # the hard cut: the caches start over
+        msg = envelope(i, recompute=False, init_cache=True, tp_reset_kv_cache=True)
+    return msg, header(i + 2 if i >= 10 else i + 1, chunk=i, epoch=epoch)
+
+
+def run_model(ch: Any, msg: Any, h: Any) -> None:
+    """What a rank does with an envelope: the planned generator calls, an output."""
+    ledger = Ledger(channel=ch)
+    ledger.begin(msg.tp_expected_generator_calls, h)
+    out = msg.latents.float()
+    for _ in range(msg.tp_expected_generator_calls):
+        ledger.call()
+        out = out * 0.5 + msg.conditioning_embeds.float().mean()
+    ledger.end()
+    ch.observe(h, inputs=msg, outputs={"latents_out": out}, generator_calls=ledger.observed)
+
+
+def stream(
+    rank: int,
+    world: int,
+    journal: str,
+    mode: str = "digest",
+    n: int = 30,
+    perturb: tuple[int, int] | None = None,
+    kill_at: int | None = None,
+) -> Any:
+    """``n`` envelopes from rank 0 (a NOOP after the 10th, a hard cut at ``CUT_AT``), then
+    SHUTDOWN. ``perturb``: (rank, envelope index) whose latents that rank perturbs after
+    receiving it (OM-11). ``kill_at``: rank 1 SIGKILLs itself while writing the journal
+    record of that envelope index (half the record is on disk)."""
+    cfg = jr.JournalConfig(journal, mode)
+    ch = BroadcastChannel(tc, poison="raise", journal=cfg).open()
+    if kill_at is not None and rank == 1:
+        _tear_when_writing(kill_at)
+    received = 0
+    if rank == 0:
+        for i in range(n):
+            msg, h = plan(i)
+            ch.send(msg, h)
+            run_model(ch, msg, h)
+            if i == 9:
+                ch.noop()
+        ch.shutdown()
+        ch.close()
+        return {"sent": n}
+    while True:
+        got: Received[tc.Header, Any] = ch.recv()
+        if got.action is tc.TPAction.SHUTDOWN:
+            break
+        if got.msg is None:
+            continue
+        received += 1
+        msg = got.msg
+        if perturb is not None and perturb == (rank, got.header.chunk_index):
+            msg.latents.view(-1)[0] += 1  # OM-11: a Franken-model in the making
+        run_model(ch, msg, got.header)
+    ch.close()
+    return {"received": received}
+
+
+def _tear_when_writing(index: int) -> None:
+    """Make the journal writer SIGKILL this process halfway through writing the record of
+    the envelope with chunk index ``index``: a worker killed mid-write, deterministically."""
+    original = jr.JournalWriter._write
+
+    def tearing(fd: int, parts: list[bytes | memoryview]) -> int:
+        data = b"".join(bytes(p) for p in parts)
+        head = jr.HEAD.unpack_from(data, 0)
+        kind, chunk = head[2], head[6]
+        if kind == jr.ENVELOPE and chunk == index:
+            os.write(fd, data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(10)
+        return original(fd, parts)
+
+    jr.JournalWriter._write = staticmethod(tearing)  # type: ignore[method-assign]
+
+
+def replay_feed(
+    rank: int, world: int, files: list[str], journal: str, start_epoch: int | None
+) -> Any:
+    """Rank 0 is a replay source feeding a recorded full-mode journal; rank 1 a worker that
+    journals (digest mode) and runs what it is given."""
+    from tpwire.runtime.replay import ReplaySource
+
+    ch = BroadcastChannel(tc, poison="raise", journal=jr.JournalConfig(journal)).open()
+    if rank == 0:
+        source = ReplaySource(files, tc, start_epoch=start_epoch)
+        fed = source.feed(ch)
+        ch.close()
+        return {"fed": fed, "skipped": source.skipped}
+    seen = []
+    while True:
+        got = ch.recv()
+        if got.action is tc.TPAction.SHUTDOWN:
+            break
+        if got.msg is None:
+            continue
+        digest = tripwire.digest_envelope(tc, got.msg, got.header)
+        seen.append([got.header.call_id, jr.hex64(digest)])
+        run_model(ch, got.msg, got.header)
+    ch.close()
+    return {"seen": seen}
