@@ -651,7 +651,11 @@ class JournalWriter:
             self._file_epoch = epoch  # the file's first envelope names its epoch
         if self._fd is None:
             self._rotate(epoch if epoch is not None else self._epoch, "start")
-        elif item.kind == ENVELOPE and epoch is not None and epoch != self._file_epoch:
+        elif (
+            item.kind == ENVELOPE
+            and epoch is not None
+            and (self._file_epoch is None or epoch > self._file_epoch)
+        ):  # a new epoch (a late record of an older one stays in the current file)
             self._rotate(epoch, "epoch")
         elif self._size >= self.config.max_bytes:
             self._rotate(epoch if epoch is not None else self._epoch, "size")

@@ -268,23 +268,23 @@ def _compare(
     if any(o != outcome[0] for o in outcome[1:]):
         lines.append(f"outcome: {_shown(outcome, labels)}")
         odd = odd or _odd(outcome, labels)
+    # observations are compared among the journals that hold them: a rank that does not
+    # run an envelope (a pipeline's source) observes nothing; one that stopped mid-way misses
+    # the next record, or ends differently
     observed = [e.observed for e in entries]
-    keys = sorted({k for o in observed for k in o})
-    for k in keys:
-        values = [o.get(k) for o in observed]
+    for k in sorted({k for o in observed for k in o}):
+        held = [(lab, o[k]) for lab, o in zip(labels, observed, strict=True) if k in o]
+        labs = [lab for lab, _ in held]
+        values = [v for _, v in held]
         if all(v == values[0] for v in values[1:]):
             continue
-        if any(v is None for v in values):
-            have = [lab for lab, v in zip(labels, values, strict=True) if v is not None]
-            lack = [lab for lab, v in zip(labels, values, strict=True) if v is None]
-            lines.append(f"{k}: recorded by {', '.join(have)}, not by {', '.join(lack)}")
-        elif all(isinstance(v, dict) for v in values):
+        if all(isinstance(v, dict) for v in values):
             dicts = [v for v in values if isinstance(v, dict)]
             for sub in sorted({s for d in dicts for s in d}):
                 subs = [d.get(sub) for d in dicts]
                 if any(v != subs[0] for v in subs[1:]):
-                    lines.append(f"{k}.{sub}: {_shown(subs, labels)}")
+                    lines.append(f"{k}.{sub}: {_shown(subs, labs)}")
         else:
-            lines.append(f"{k}: {_shown(values, labels)}")
-        odd = odd or _odd(values, labels)
+            lines.append(f"{k}: {_shown(values, labs)}")
+        odd = odd or _odd(values, labs)
     return lines, odd

@@ -164,7 +164,7 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
     from .channel import Ordering  # the channel imports the journal; not the other way
 
     report = ReplayReport(journal)
-    ordering = Ordering(bindings)
+    orderings: dict[object, Ordering] = {}  # per direction: the rank the envelopes came from
     recorded_fp = journal.opening.get("fingerprint")
     if recorded_fp is not None and recorded_fp != jr.hex64(bindings.fingerprint):
         report.notes.append(
@@ -187,6 +187,10 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
             continue
         if rec.kind != jr.ENVELOPE:
             continue
+        src = rec.meta.get("src")
+        ordering = orderings.get(src)
+        if ordering is None:
+            ordering = orderings[src] = Ordering(bindings)
         outcome = _replay_one(rec, bindings, ordering)
         report.outcomes.append(outcome)
         if stop and outcome.refused is not None:
@@ -228,13 +232,13 @@ def _replay_one(rec: jr.Record, bindings: Bindings[Any, Any], ordering: Any) -> 
             try:
                 manifest.finish(())
             except (WireError, EnvelopeInvalid) as exc:
-                out.refused = f"refused: {_short(exc)}"
+                out.refused = _short(exc)
                 return out
         return out  # digest mode: frame 0 and ordering checked; the bytes are not there
     try:
         header, msg = manifest.finish(segment_tensors(rec.segments))
     except (WireError, EnvelopeInvalid) as exc:
-        out.refused = f"refused: {_short(exc)}"
+        out.refused = _short(exc)
         return out
     out.reproduced = _reproduces(bindings, msg, header, manifest.reason, raw, rec.segments)
     if not out.reproduced:

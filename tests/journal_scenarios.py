@@ -131,3 +131,54 @@ def replay_feed(
         run_model(ch, got.msg, got.header)
     ch.close()
     return {"seen": seen}
+
+
+def pp_stream(rank: int, world: int, journal: str, n: int = 6) -> Any:
+    """pp_contract over p2p, both ends journaling in full mode: rank 0 sends ``n`` envelopes
+    (a hard cut half way), stage 1 answers each with a RESULT carrying its ids."""
+    from mp_scenarios import pp_envelope, pp_header
+
+    from tpwire.generated import pp_contract as pp
+    from tpwire.runtime.channel import P2PChannel
+
+    cfg = jr.JournalConfig(journal, "full")
+    ch = P2PChannel(pp, peer=1 - rank, poison="raise", journal=cfg).open()
+    if rank == 0:
+        outs = []
+        for i in range(n):
+            epoch = int(i >= n // 2)
+            ch.send(pp_envelope(i, init=i in (0, n // 2)), pp_header(i + 1, i, epoch, "INFER"))
+            got = ch.recv()
+            outs.append(got.header.call_id)
+        ch.shutdown()
+        ch.close()
+        return {"results": outs}
+    while True:
+        got = ch.recv()
+        if got.action is pp.PPAction.SHUTDOWN:
+            ch.close()
+            return {"ok": True}
+        env = got.msg
+        ledger = Ledger(channel=ch)
+        ledger.begin(env.expected_generator_calls, got.header)
+        for _ in range(env.num_denoise_steps):
+            ledger.call()
+        ledger.end()
+        out = pp.PPResult(
+            pp_result_version=1, latents_out=env.latents_in * 2,
+            observed_generator_calls=ledger.observed, output_digest=None,
+        )  # fmt: skip
+        h = got.header
+        ch.observe(h, inputs=env, outputs={"latents_out": out.latents_out})
+        ch.send(out, pp_header(h.call_id, h.chunk_index, h.cache_epoch, "RESULT"))
+
+
+def parity_one_rank(rank: int, world: int) -> Any:
+    """Only rank 0 journals: the handshake refuses, naming the flag on every rank."""
+    from tpwire.runtime.parity import ParityMismatch
+
+    try:  # rank 0 by the launcher's variable (TPWIRE_JOURNAL), rank 1 not at all
+        BroadcastChannel(tc).open()
+    except ParityMismatch as exc:
+        return {"diff": list(exc.diff)}
+    return {"diff": None}

@@ -80,7 +80,9 @@ def test_three_rank_stream_diffs_clean(tmp_path: Path, capsys: pytest.CaptureFix
         assert first_of_cut.chunk == CUT_AT and first_of_cut.path == j.files[1]
         seqs = [r.seq for r in j.envelopes()]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-        ledgers = [r.meta["ledger"] for r in j.records if r.kind == jr.OBSERVE and "ledger" in r.meta]
+        ledgers = [
+            r.meta["ledger"] for r in j.records if r.kind == jr.OBSERVE and "ledger" in r.meta
+        ]
         assert len(ledgers) == N and all(x["expected"] == x["observed"] for x in ledgers)
         assert [r.meta["how"] for r in j.records if r.kind == jr.END] == ["SHUTDOWN"]
     report = diff(journals)
@@ -229,3 +231,294 @@ def test_replay_source_starts_at_an_epoch_and_dedupes(full_run: Path, tmp_path: 
     seqs = [item.header.call_id for item in twice]
     assert len(seqs) == len(set(seqs)) == CUT_AT + 1  # chunks 0..14 and the NOOP, once
     assert len(twice.skipped) == CUT_AT + 1
+
+
+# --- any protocol: pp_contract over p2p --------------------------------------------------
+
+
+def test_pp_contract_p2p_journals_diff_clean_and_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r0, r1 = run_ranks(
+        "pp_stream", tmp_path, timeout=150, module="journal_scenarios",
+        journal=str(tmp_path / "journal"),
+    )  # fmt: skip
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    journals = load([tmp_path / "journal"])
+    assert [j.name for j in journals] == ["pp_contract.rank0-peer1", "pp_contract.rank1-peer0"]
+    for j in journals:
+        assert not j.problems and len(j.files) == 2  # the hard cut rotated
+        # 6 envelopes and 6 results on both ends (and SHUTDOWN)
+        assert len(j.envelopes()) == 13
+        sent = [(r.meta["action"], r.seq) for r in j.envelopes() if r.sent]
+        assert sent and all(a == ("INFER" if "rank0" in j.name else "RESULT") for a, _ in sent[:6])
+    report = diff(journals)
+    assert report.divergence is None and report.compared == 13
+    for j in journals:
+        rep = replay(j, pp.BINDINGS)
+        assert rep.first_refused is None and all(o.reproduced for o in rep.outcomes)
+    code, out, _ = _cli("journal", "diff", str(tmp_path / "journal"), capsys=capsys)
+    assert code == 0 and "no divergence: 13 envelopes agree" in out
+
+
+def test_journaling_is_part_of_the_parity_record(tmp_path: Path) -> None:
+    env = {0: {jr.ENV_DIR: str(tmp_path / "j")}}
+    r0, r1 = run_ranks("parity_one_rank", tmp_path, module="journal_scenarios", env=env)
+    assert r0.result == r1.result
+    assert r0.result["diff"] == ["flags.tpwire.journal: rank0='digest', rank1='off'"]
+
+
+# --- in-process: the format, corruption, rotation, any protocol -----------------------------
+
+
+def _write(
+    folder: Path,
+    items: list[tuple[Any, Any]],
+    bindings: Any = tc.BINDINGS,
+    *,
+    mode: str = "full",
+    name: str = "rank0",
+    **config: Any,
+) -> jr.JournalWriter:
+    """A sender's journal of ``items`` (message, header), written without a process group."""
+    w = jr.JournalWriter(
+        jr.JournalConfig(str(folder), mode, **config), bindings, rank=0, world=1, name=name,
+        source=0,
+    )  # fmt: skip
+    for msg, h in items:
+        prep = bindings.prepare(msg, h)
+        segments = [jr.tensor_bytes(s.contiguous()) for s in prep.frames().segments]
+        w.envelope(h, seal_words(prep.words).tobytes(), sent=True, state="sent", segments=segments)
+    w.end("SHUTDOWN", None)
+    w.close()
+    return w
+
+
+def _five(folder: Path) -> Path:
+    _write(folder, [plan(i) for i in range(5)])
+    (path,) = folder.glob("*.tpj")
+    return path
+
+
+def _offsets(path: Path) -> list[int]:
+    return [r.offset for r in jr.scan(path).records]
+
+
+def _flip_body(data: bytearray, at: int) -> None:
+    data[at + jr.HEADER_NBYTES + 20] ^= 0x40
+
+
+def _length(delta: int) -> Any:
+    def change(data: bytearray, at: int) -> None:
+        (n,) = jr.struct.unpack_from("<I", data, at + 40)
+        jr.struct.pack_into("<I", data, at + 40, n + delta)
+
+    return change
+
+
+def _checksum(data: bytearray, at: int) -> None:
+    data[at + 50] ^= 0x01
+
+
+def _version(data: bytearray, at: int) -> None:
+    jr.struct.pack_into("<H", data, at + 4, 2)
+    head = bytes(data[at : at + jr.HEAD.size])
+    (n,) = jr.struct.unpack_from("<I", data, at + 40)
+    body = bytes(data[at + jr.HEADER_NBYTES : at + jr.HEADER_NBYTES + n])
+    jr.CHECKSUM.pack_into(data, at + jr.HEAD.size, jr._checksum(head, [body]))
+
+
+def _bad_json(data: bytearray, at: int) -> None:
+    """A well-checksummed record whose metadata is not JSON."""
+    (n,) = jr.struct.unpack_from("<I", data, at + 40)
+    data[at + jr.HEADER_NBYTES + 4] = ord("{") ^ 0xFF
+    head = bytes(data[at : at + jr.HEAD.size])
+    body = bytes(data[at + jr.HEADER_NBYTES : at + jr.HEADER_NBYTES + n])
+    jr.CHECKSUM.pack_into(data, at + jr.HEAD.size, jr._checksum(head, [body]))
+
+
+CORRUPTIONS = {
+    # name: (change record 3 of the file, what the reader says, how it goes on)
+    "flipped byte": (_flip_body, "checksum mismatch", "skipped"),
+    "wrong length (inside the file)": (_length(24), "checksum mismatch", "skipped"),
+    "wrong length (past the end)": (_length(1 << 24), "wrong length", "skipped to the next"),
+    "wrong checksum": (_checksum, "checksum mismatch", "skipped"),
+    "unsupported format version": (_version, "format version 2", "skipped"),
+    "malformed body": (_bad_json, "malformed body: the metadata is not JSON", "skipped"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corrupted_record_is_reported_with_its_offset_and_skipped(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _five(tmp_path)
+    offsets = _offsets(path)
+    change, says, then = CORRUPTIONS[name]
+    data = bytearray(path.read_bytes())
+    change(data, offsets[3])
+    path.write_bytes(bytes(data))
+    found = jr.scan(path)
+    assert [(p.offset, says in p.message, then in p.message) for p in found.problems] == [
+        (offsets[3], True, True)
+    ], found.problems
+    assert [r.offset for r in found.records] == offsets[:3] + offsets[4:]
+    for argv in (["journal", "show", str(path)], ["replay", str(path)]):
+        code, out, err = _cli(*argv, capsys=capsys)
+        assert code in (0, 1) and "Traceback" not in out + err
+    code, out, _ = _cli("journal", "show", str(path), capsys=capsys)
+    assert code == 1 and f"@{offsets[3]:<8} PROBLEM: " in out
+
+
+def test_garbage_torn_tails_and_foreign_records(tmp_path: Path) -> None:
+    path = _five(tmp_path)
+    offsets = _offsets(path)
+    data = path.read_bytes()
+    # garbage between records: resynchronized at the next record
+    spliced = data[: offsets[2]] + b"garbage!" * 5 + data[offsets[2] :]
+    found = jr.scan_bytes(spliced, "x")
+    assert [p.offset for p in found.problems] == [offsets[2]]
+    assert "bad magic" in found.problems[0].message and len(found.records) == len(offsets)
+    # torn inside a body and inside a header: the tail is reported, the rest intact
+    for cut in (offsets[-1] + 70, offsets[-1] + 10):
+        found = jr.scan_bytes(data[:cut], "x")
+        assert found.torn_tail is not None and found.torn_tail.offset == offsets[-1]
+        assert [r.offset for r in found.records] == offsets[:-1]
+    # a record of another protocol spliced in: refused, with its offset
+    other = tmp_path / "pp"
+    _write(other, [(_pp(0), _pp_header(0))], pp.BINDINGS)
+    pp_data = next(other.glob("*.tpj")).read_bytes()
+    pp_offsets = _offsets(next(other.glob("*.tpj")))
+    foreign = pp_data[pp_offsets[1] : pp_offsets[2]]
+    mixed = data[: offsets[3]] + foreign + data[offsets[3] :]
+    found = jr.scan_bytes(mixed, "x")
+    assert [p.offset for p in found.problems] == [offsets[3]]
+    assert "a record of another protocol" in found.problems[0].message
+    assert len(found.records) == len(offsets)
+    # not a journal at all, and an empty file
+    assert jr.scan_bytes(b"\x00" * 100, "x").problems[0].offset == 0
+    assert jr.scan_bytes(b"", "x").records == []
+
+
+def _pp(i: int) -> Any:
+    from mp_scenarios import pp_envelope
+
+    return pp_envelope(i, init=i == 0)
+
+
+def _pp_header(i: int) -> Any:
+    from mp_scenarios import pp_header
+
+    return pp_header(i + 1, i, 0, "INFER")
+
+
+def test_cli_errors_are_one_line_never_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _cli("journal", "show", str(tmp_path / "nope.tpj"), capsys=capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "no such file" in err
+    code, _, err = _cli("journal", "diff", str(tmp_path), capsys=capsys)
+    assert code == 2 and "at least two ranks" in err
+    junk = tmp_path / "junk.tpj"
+    junk.write_bytes(os.urandom(4096))
+    code, out, err = _cli("journal", "show", str(junk), capsys=capsys)
+    assert code == 1 and "Traceback" not in out + err
+    code, out, err = _cli("replay", str(junk), capsys=capsys)
+    assert code == 2 and "Traceback" not in out + err
+    # the command line itself, as a user runs it
+    proc = subprocess.run(
+        [sys.executable, "-m", "tpwire", "journal", "show", "--format", "json", str(junk)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (doc,) = json.loads(proc.stdout)
+    assert doc["records"] == [] and doc["problems"][0]["offset"] == 0
+
+
+def test_rotation_by_size_and_retention(tmp_path: Path) -> None:
+    w = _write(tmp_path, [plan(i) for i in range(12)], max_bytes=4000, keep=3)
+    files = sorted(tmp_path.glob("*.tpj"))
+    assert len(files) == 3 and w.written > 12
+    (journal,) = load([tmp_path])
+    assert not journal.problems
+    chunks = [r.chunk for r in journal.envelopes()]
+    assert chunks == list(range(chunks[0], 12)) and chunks[0] > 0  # the oldest were removed
+    openings = [r.meta["opened"] for r in journal.records if r.kind == jr.OPEN]
+    assert set(openings) <= {"size", "epoch"}
+    # a replay may not start in the middle of an epoch whose start was removed
+    with pytest.raises(ReplayError, match="does not hold the start of epoch 0"):
+        list(ReplaySource([str(tmp_path)], tc, start_epoch=0))
+
+
+def test_a_protocol_with_other_role_names(tmp_path: Path) -> None:
+    """golden/odd: its only role is ``seq``; nothing in the journal reads Scope's names."""
+    from fuzz import targets
+
+    t = targets.load("golden/odd")
+    b = t.module.BINDINGS
+    noop = b.noop
+    assert noop is not None and b.roles.sequence == "seq" and b.roles.epoch is None
+    headers = [b.control_header(None, noop)]
+    for _ in range(3):
+        headers.append(b.control_header(headers[-1], noop))
+    _write(tmp_path / "a", [(None, h) for h in headers], b)
+    _write(tmp_path / "b", [(None, h) for h in headers[:2]], b)
+    (a,) = load([tmp_path / "a"])
+    assert [r.seq for r in a.envelopes()] == [0, 1, 2, 3]
+    assert all(r.epoch is None and r.chunk is None for r in a.envelopes())
+    rep = replay(a, b)
+    assert rep.first_refused is None and all(o.reproduced for o in rep.outcomes)
+    report = diff(load([tmp_path / "a", tmp_path / "b"]), b)
+    assert report.divergence is not None and report.divergence.coordinate == "seq=2"
+    assert "missing record: b/" in report.divergence.lines[0]
+
+
+def test_replay_against_a_changed_spec_reports_the_first_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal recorded under the shipped spec, replayed against a spec that tightened a
+    bound: the first envelope the new build refuses is named (tpwire breaking agrees)."""
+    _write(tmp_path / "j", [plan(i) for i in range(5)])
+    spec = Path(__file__).resolve().parents[1] / "spec" / "tp_control.yaml"
+    text = spec.read_text()
+    assert "current_start_frame:" in text
+    changed = tmp_path / "tp_control.yaml"
+    changed.write_text(_tighten_start_frame(text))
+    code, out, _ = _cli("replay", str(tmp_path / "j"), "--spec", str(changed), capsys=capsys)
+    assert code == 1, out
+    assert "recorded under fingerprint" in out
+    assert (
+        "REFUSED at call_id=4 chunk_index=3 cache_epoch=0" in out and "current_start_frame" in out
+    )
+    code, out, _ = _cli("breaking", str(changed), "--against", str(spec), capsys=capsys)
+    assert code == 1 and "current_start_frame" in out + _
+
+
+def _tighten_start_frame(text: str) -> str:
+    """current_start_frame's range tightened to 0..2 (the stream's frames are 0..4)."""
+    old = "current_start_frame:\n        type: int\n        range: {min: 0}\n"
+    assert old in text
+    return text.replace(old, old.replace("{min: 0}", "{min: 0, max: 2}"))
+
+
+def test_digest_mode_replay_checks_frame0_and_refuses_to_feed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(tmp_path, [plan(i) for i in range(4)], mode="digest")
+    code, out, _ = _cli("replay", str(tmp_path), capsys=capsys)
+    assert code == 0 and "digest mode: frame 0 and ordering checked" in out
+    with pytest.raises(ReplayError, match="only a full-mode journal"):
+        list(ReplaySource([str(tmp_path)], tc))
+
+
+def test_journal_env_and_argument() -> None:
+    env = {jr.ENV_DIR: "/x", jr.ENV_MODE: "full"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert jr.resolve(None) == jr.JournalConfig("/x", "full")
+        assert jr.resolve("/y") == jr.JournalConfig("/y", "full")
+        mp.delenv(jr.ENV_DIR)
+        assert jr.resolve(None) is None
+    with pytest.raises(ValueError, match="journal mode"):
+        jr.JournalConfig("/x", "everything")
