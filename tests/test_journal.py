@@ -21,7 +21,6 @@ from tpwire.generated import pp_contract as pp
 from tpwire.generated import tp_control as tc
 from tpwire.runtime import journal as jr
 from tpwire.runtime import tripwire
-from tpwire.runtime.channel import BroadcastChannel
 from tpwire.runtime.journal_diff import diff
 from tpwire.runtime.replay import ReplayError, ReplaySource, load, replay
 from tpwire.runtime.wire import seal_words
@@ -76,7 +75,7 @@ def test_three_rank_stream_diffs_clean(tmp_path: Path, capsys: pytest.CaptureFix
         assert len(j.envelopes()) == N + 2
         assert len(j.files) == 2
         assert [r.epoch for r in j.records if r.kind == jr.OPEN] == [0, 1]
-        first_of_cut = [r for r in j.envelopes() if r.epoch == 1][0]
+        first_of_cut = next(r for r in j.envelopes() if r.epoch == 1)
         assert first_of_cut.chunk == CUT_AT and first_of_cut.path == j.files[1]
         seqs = [r.seq for r in j.envelopes()]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
@@ -99,7 +98,7 @@ def test_perturbed_worker_is_the_first_divergence(
     results = _stream(tmp_path, perturb=(2, 17))
     assert [r.exitcode for r in results] == [0, 0, 0], [r.log for r in results]
     folder = tmp_path / "journal"
-    msg17, h17 = plan(17)
+    _, h17 = plan(17)
     report = diff(load([folder]))
     div = report.divergence
     assert div is not None
