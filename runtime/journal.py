@@ -324,8 +324,10 @@ def scan_bytes(data: bytes, path: str = "<bytes>") -> Scan:
             body = data[at + HEADER_NBYTES : end]
             if _checksum(head, [body]) != stored:
                 problem = "checksum mismatch (the record's bytes were changed)"
-            elif reserved != 0 or kind not in KIND_NAMES:
+            elif kind not in KIND_NAMES:
                 problem = f"unknown record kind {kind}"
+            elif reserved != 0:
+                problem = f"reserved header bytes hold {reserved:#x}, not 0"
         if problem is None:
             try:
                 meta, words, segments = _parse_body(body)
