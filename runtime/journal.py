@@ -530,6 +530,8 @@ class JournalWriter:
         self._stopped = False
         self.failed: str | None = None
         self.written = 0
+        #: seconds the writer thread spent framing and writing records
+        self.busy_s = 0.0
         self.path: Path | None = None
         self._thread = threading.Thread(target=self._run, name="tpwire-journal", daemon=True)
         self._thread.start()
@@ -591,6 +593,13 @@ class JournalWriter:
         self.ended = True
         self._put(_Item(END, header, {"how": how, "reason": reason, "t": round(time.time(), 6)}))
 
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every record handed over is written (False: not within ``timeout``)."""
+        with self._room:
+            return self._room.wait_for(
+                lambda: not self._pending or not self._thread.is_alive(), timeout=timeout
+            )
+
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued and close the file (waits at most ``timeout`` seconds)."""
         if not self._stopped:
@@ -615,6 +624,7 @@ class JournalWriter:
             if item is _STOP:
                 break
             assert isinstance(item, _Item)
+            started = time.perf_counter()
             try:
                 self._write_item(item)
             except OSError as exc:
@@ -624,6 +634,7 @@ class JournalWriter:
                 sys.stderr.write(f"tpwire[rank {self.rank}]: {self.failed}; journaling stops\n")
                 break
             finally:
+                self.busy_s += time.perf_counter() - started
                 with self._room:
                     self._pending -= item.nbytes
                     self._room.notify_all()
