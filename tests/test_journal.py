@@ -521,3 +521,29 @@ def test_journal_env_and_argument() -> None:
         assert jr.resolve(None) is None
     with pytest.raises(ValueError, match="journal mode"):
         jr.JournalConfig("/x", "everything")
+
+
+# --- the worked incident of docs/journal.md ------------------------------------------------
+
+
+def test_docs_incident_is_what_the_example_prints(tmp_path: Path) -> None:
+    """docs/journal.md pastes `tpwire journal diff` of examples/journal_incident.py: rerun
+    the example under torchrun with the launcher's TPWIRE_JOURNAL and compare, line for line."""
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "docs" / "journal.md").read_text()
+    block = text.split("<!-- journal-incident: begin")[1].split("<!-- journal-incident: end")[0]
+    lines = block.split("```console\n")[1].split("```")[0].splitlines()
+    assert lines[0] == "$ tpwire journal diff /tmp/incident"
+    env = {**os.environ, jr.ENV_DIR: str(tmp_path / "incident")}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+         "examples/journal_incident.py", "--perturb", "2:17"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = subprocess.run(
+        [sys.executable, "-m", "tpwire", "journal", "diff", str(tmp_path / "incident")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert got.returncode == 1
+    assert got.stdout.splitlines() == lines[1:]

@@ -524,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (``| head``): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # a bug in tpwire: say so briefly, traceback on request
         if os.environ.get("TPWIRE_DEBUG"):
             traceback.print_exc()
