@@ -419,12 +419,17 @@ class JournalConfig:
     #: ``max_wait_s`` and then drops the record (counted in the next one written)
     max_pending_bytes: int = 256 << 20
     max_wait_s: float = 1.0
+    #: a tag in the file names, for a rank with several journaled channels of one protocol
+    #: (each writer needs files of its own)
+    tag: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"journal mode must be one of {MODES}, not {self.mode!r}")
         if self.max_bytes < 1 or self.keep < 1:
             raise ValueError("journal max_bytes and keep must be at least 1")
+        if self.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", self.tag):
+            raise ValueError(f"journal tag {self.tag!r}: letters, digits, '_' and '-' only")
 
 
 JournalArg = str | os.PathLike[str] | JournalConfig | None
@@ -515,7 +520,8 @@ class JournalWriter:
         self.source = source
         self.dir = Path(config.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.stem = f"{bindings.protocol}.{name}"
+        tag = f"{config.tag}." if config.tag else ""
+        self.stem = f"{bindings.protocol}.{tag}{name}"
         existing = self._files()
         self._index = existing[-1][0] + 1 if existing else 0
         self._fd: int | None = None

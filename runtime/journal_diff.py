@@ -226,6 +226,11 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
                     else "no end recorded"
                 )
                 after = f" after sequence {last[-1][1]}" if last else ""
+                dropped = sum(
+                    int(r.meta.get("dropped_before") or 0) for r in j.records if r.kind == jr.ENVELOPE
+                )
+                if dropped:
+                    why += f"; its writer dropped {dropped} record(s) (the queue was full)"
                 lines.append(f"missing record: {lab} holds no record of it{after}; {why}")
             report.divergence = Divergence(where, action, lines, missing)
             return report

@@ -547,3 +547,51 @@ def test_docs_incident_is_what_the_example_prints(tmp_path: Path) -> None:
     )  # fmt: skip
     assert got.returncode == 1
     assert got.stdout.splitlines() == lines[1:]
+
+
+def test_a_full_queue_drops_records_after_a_bounded_wait_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The writer never holds the collective path for long: with its queue full (a disk that
+    stalls), a hand-over waits at most max_wait_s, then the record is dropped and counted."""
+    import threading
+    import time
+
+    gate = threading.Event()
+    original = jr.JournalWriter._write
+
+    def stalled(fd: int, parts: list[bytes | memoryview]) -> int:
+        gate.wait(30)
+        return original(fd, parts)
+
+    monkeypatch.setattr(jr.JournalWriter, "_write", staticmethod(stalled))
+    w = jr.JournalWriter(
+        jr.JournalConfig(str(tmp_path), "full", max_pending_bytes=1, max_wait_s=0.05),
+        tc.BINDINGS, rank=0, world=1, name="rank0", source=0,
+    )  # fmt: skip
+    started = time.monotonic()
+    for i in range(4):
+        msg, h = plan(i)
+        prep = tc.BINDINGS.prepare(msg, h)
+        w.envelope(h, seal_words(prep.words).tobytes(), sent=True, state="sent", segments=[])
+    assert time.monotonic() - started < 5  # three bounded waits, not a stall
+    gate.set()
+    msg, h = plan(4)
+    w.drain()
+    prep = tc.BINDINGS.prepare(msg, h)
+    w.envelope(h, seal_words(prep.words).tobytes(), sent=True, state="sent", segments=[])
+    w.close()
+    (journal,) = load([tmp_path])
+    assert [r.chunk for r in journal.envelopes()] == [0, 4]
+    assert journal.envelopes()[1].meta["dropped_before"] == 3
+    code, out, _ = _cli("journal", "show", str(tmp_path), capsys=capsys)
+    assert code == 0 and "dropped_before=3" in out
+
+
+def test_a_tag_keeps_two_channels_of_one_rank_apart(tmp_path: Path) -> None:
+    for tag in ("tp", "relay"):
+        _write(tmp_path, [plan(i) for i in range(2)], tag=tag)
+    names = sorted(j.name for j in load([tmp_path]))
+    assert names == ["tp_control.relay.rank0", "tp_control.tp.rank0"]
+    with pytest.raises(ValueError, match="journal tag"):
+        jr.JournalConfig(str(tmp_path), tag="a/b")
