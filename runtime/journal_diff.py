@@ -227,7 +227,9 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
                 )
                 after = f" after sequence {last[-1][1]}" if last else ""
                 dropped = sum(
-                    int(r.meta.get("dropped_before") or 0) for r in j.records if r.kind == jr.ENVELOPE
+                    int(r.meta.get("dropped_before") or 0)
+                    for r in j.records
+                    if r.kind == jr.ENVELOPE
                 )
                 if dropped:
                     why += f"; its writer dropped {dropped} record(s) (the queue was full)"
