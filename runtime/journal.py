@@ -49,7 +49,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -758,8 +758,3 @@ class JournalWriter:
                 k = os.write(fd, rest)
                 rest = rest[k:]
         return total
-
-
-def iter_envelopes(records: Iterable[Record]) -> Iterator[Record]:
-    """The ENVELOPE records among ``records``."""
-    return (r for r in records if r.kind == ENVELOPE)

@@ -46,10 +46,6 @@ class Journal:
         torn = [p for p in self.problems if p.torn]
         return torn[-1] if torn else None
 
-    @property
-    def label(self) -> str:
-        return self.name
-
     def envelopes(self) -> list[jr.Record]:
         return [r for r in self.records if r.kind == jr.ENVELOPE]
 
@@ -196,16 +192,6 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
         if stop and outcome.refused is not None:
             break
     return report
-
-
-def _ids(rec: jr.Record, opening: dict[str, Any]) -> str:
-    roles = opening.get("roles") or {}
-    parts = []
-    for role, value in (("sequence", rec.seq), ("chunk", rec.chunk), ("epoch", rec.epoch)):
-        name = roles.get(role) if isinstance(roles, dict) else None
-        if name:
-            parts.append(f"{name}={value}")
-    return " ".join(parts) or f"sequence={rec.seq}"
 
 
 def _replay_one(rec: jr.Record, bindings: Bindings[Any, Any], ordering: Any) -> Outcome:
@@ -379,10 +365,11 @@ class ReplaySource(Generic[H, M]):
         Returns how many envelopes were sent."""
         n = 0
         for item in self:
-            if item.action is self.bindings.error:
-                reason = item.reason
-                channel.error(reason.text if reason else "replayed", *(
-                    (reason.code,) if reason else ()))  # fmt: skip
+            if item.action is self.bindings.error:  # the recorded reason, as it was sent
+                if item.reason is not None:
+                    channel.error(item.reason.text, item.reason.code)
+                else:
+                    channel.error("replayed")
             else:
                 channel.send(item.msg, item.header)
             n += 1

@@ -277,6 +277,7 @@ def _write(
     *,
     mode: str = "full",
     name: str = "rank0",
+    end: tuple[str, str | None] = ("SHUTDOWN", None),
     **config: Any,
 ) -> jr.JournalWriter:
     """A sender's journal of ``items`` (message, header), written without a process group."""
@@ -288,7 +289,7 @@ def _write(
         prep = bindings.prepare(msg, h)
         segments = [jr.tensor_bytes(s.contiguous()) for s in prep.frames().segments]
         w.envelope(h, seal_words(prep.words).tobytes(), sent=True, state="sent", segments=segments)
-    w.end("SHUTDOWN", None)
+    w.end(*end)
     w.close()
     return w
 
@@ -595,3 +596,40 @@ def test_a_tag_keeps_two_channels_of_one_rank_apart(tmp_path: Path) -> None:
     assert names == ["tp_control.relay.rank0", "tp_control.tp.rank0"]
     with pytest.raises(ValueError, match="journal tag"):
         jr.JournalConfig(str(tmp_path), tag="a/b")
+
+
+@pytest.mark.parametrize("mode", ["full", "digest"])
+def test_diff_names_the_fields_of_a_different_envelope(mode: str, tmp_path: Path) -> None:
+    """Two ranks' journals where the envelope of chunk 3 differs (another attention bias
+    and other latents): the difference, field by field, from the records alone."""
+    same = [plan(i) for i in range(6)]
+    other = list(same)
+    msg, h = same[3]
+    latents = msg.latents.clone()
+    latents.view(-1)[0] += 1
+    other[3] = (dataclasses_replace(msg, kv_cache_attention_bias=0.5, latents=latents), h)
+    _write(tmp_path / "a", same, mode=mode)
+    _write(tmp_path / "b", other, mode=mode)
+    div = diff(load([tmp_path / "a", tmp_path / "b"])).divergence
+    assert div is not None and div.coordinate == "call_id=4 chunk_index=3 cache_epoch=0"
+    text = "\n".join(div.lines)
+    assert "kv_cache_attention_bias: a/tp_control.rank0=0.25, b/tp_control.rank0=0.5" in text
+    assert "frame 1 digest:" in text
+    assert ("latents (bytes):" in text) == (mode == "full")
+    assert "conditioning_embeds (bytes)" not in text and "height" not in text
+
+
+def dataclasses_replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_diff_reports_a_different_end(tmp_path: Path) -> None:
+    items = [plan(i) for i in range(3)]
+    _write(tmp_path / "a", items)
+    _write(tmp_path / "b", items, end=("poisoned", "frame 1 refused: digest"))
+    div = diff(load([tmp_path / "a", tmp_path / "b"])).divergence
+    assert div is not None and div.coordinate == "the end of the stream"
+    assert div.odd == ["b/tp_control.rank0"]  # a tie: the first journal is the reference
+    assert "poisoned" in div.lines[0] and "frame 1 refused: digest" in div.lines[0]
