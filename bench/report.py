@@ -518,6 +518,14 @@ come from.
   channel has no carry limit (a device copy is nearly free next to a collective), so there
   a Scope envelope is one collective; no GPU was lent to this project, so that path is not
   measured.
+- **Journaling in digest mode is within the noise of a Scope INFER; its writer thread is
+  not free on two cores.** The collective path only hands a record over (frame 0's bytes:
+  about 6 us in one process, measured ad hoc), and the Scope rows of the journaling table sit
+  within a few percent of tpwire either way from run to run. The background writer spends
+  30-40 us per record alone and about 200 us here, where it competes with the ranks and
+  gloo for two cores: on the small conditioning-on-update envelopes (under 1 ms) that can
+  show as 10-25% at world size 2. Full mode copies frame 1 on both ends on the collective
+  path (4.4 MiB for a Scope envelope) and writes it: reported, with no target.
 - **Next steps:** `make bench` on a machine with a GPU per rank, where it adds the NCCL
   tables (device channel: no carry limit) and the CUDA materialization rows; no GPU was lent
   to this project. Generating the manifest reader per layout (no per-field branches once a
