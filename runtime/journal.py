@@ -40,6 +40,7 @@ replay start); at most ``keep`` files per rank and channel are kept.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import dataclasses
 import json
@@ -541,6 +542,9 @@ class JournalWriter:
         self.path: Path | None = None
         self._thread = threading.Thread(target=self._run, name="tpwire-journal", daemon=True)
         self._thread.start()
+        # a process that ends without closing its channel still writes what is queued
+        # (``os._exit`` skips this: the channel's poison and watchdog paths close first)
+        atexit.register(self.close, 2.0)
 
     # -- the collective path: hand over, never wait long ----------------------------------
 

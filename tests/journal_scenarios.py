@@ -182,3 +182,32 @@ def parity_one_rank(rank: int, world: int) -> Any:
     except ParityMismatch as exc:
         return {"diff": list(exc.diff)}
     return {"diff": None}
+
+
+def killed_from_outside(rank: int, world: int, journal: str, at: int = 12) -> Any:
+    """Rank 0 SIGKILLs rank 1 (its pid read from rank 1's journal, OPEN record) right after
+    sending envelope ``at``: a kill at whatever moment rank 1 is in, mid-write or not."""
+    cfg = jr.JournalConfig(journal, "full")
+    ch = BroadcastChannel(tc, poison="raise", journal=cfg).open()
+    if rank == 0:
+        for i in range(30):
+            msg, h = plan(i)
+            ch.send(msg, h)
+            if i == at:
+                (victim,) = [j for j in _journals(journal) if j.opening.get("rank") == 1]
+                os.kill(int(victim.opening["pid"]), signal.SIGKILL)
+                time.sleep(0.5)
+        ch.shutdown()
+        return {"sent": 30}
+    while True:
+        got = ch.recv()
+        if got.action is tc.TPAction.SHUTDOWN:
+            return {"ok": True}
+        if got.msg is not None:
+            run_model(ch, got.msg, got.header)
+
+
+def _journals(folder: str) -> Any:
+    from tpwire.runtime.replay import load
+
+    return load([folder])

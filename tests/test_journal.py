@@ -633,3 +633,19 @@ def test_diff_reports_a_different_end(tmp_path: Path) -> None:
     assert div is not None and div.coordinate == "the end of the stream"
     assert div.odd == ["b/tp_control.rank0"]  # a tie: the first journal is the reference
     assert "poisoned" in div.lines[0] and "frame 1 refused: digest" in div.lines[0]
+
+
+def test_a_worker_killed_from_outside_leaves_every_written_record_intact(tmp_path: Path) -> None:
+    """SIGKILL at an arbitrary moment (rank 0 kills rank 1 after envelope 12): the file ends
+    cleanly or in a torn record the reader reports; every record before reads back whole."""
+    results = run_ranks(
+        "killed_from_outside", tmp_path, world=3, timeout=150, module="journal_scenarios",
+        journal=str(tmp_path / "journal"),
+    )  # fmt: skip
+    assert results[1].exitcode == -9, [r.log for r in results]
+    (dead,) = [j for j in load([tmp_path / "journal"]) if j.name == "tp_control.rank1"]
+    assert all(p.torn for p in dead.problems) and len(dead.problems) <= 1
+    chunks = [r.chunk for r in dead.envelopes() if r.meta["action"] == "INFER"]
+    assert chunks == list(range(len(chunks))) and 1 <= len(chunks) <= 13
+    rep = replay(dead, tc.BINDINGS)
+    assert rep.first_refused is None and all(o.reproduced for o in rep.outcomes)
