@@ -86,7 +86,7 @@ def main() -> None:
     perturb = tuple(int(x) for x in args.perturb.split(":")) if args.perturb else None
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank = dist.get_rank()
-    with BroadcastChannel(tc, watchdog_s=30.0) as ch:
+    with BroadcastChannel(tc.BINDINGS, watchdog_s=30.0) as ch:
         if rank == 0:
             for i in range(args.chunks):
                 header, msg = chunk(i)

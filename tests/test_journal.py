@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -310,8 +311,8 @@ def _flip_body(data: bytearray, at: int) -> None:
 
 def _length(delta: int) -> Any:
     def change(data: bytearray, at: int) -> None:
-        (n,) = jr.struct.unpack_from("<I", data, at + 40)
-        jr.struct.pack_into("<I", data, at + 40, n + delta)
+        (n,) = struct.unpack_from("<I", data, at + 40)
+        struct.pack_into("<I", data, at + 40, n + delta)
 
     return change
 
@@ -321,16 +322,16 @@ def _checksum(data: bytearray, at: int) -> None:
 
 
 def _version(data: bytearray, at: int) -> None:
-    jr.struct.pack_into("<H", data, at + 4, 2)
+    struct.pack_into("<H", data, at + 4, 2)
     head = bytes(data[at : at + jr.HEAD.size])
-    (n,) = jr.struct.unpack_from("<I", data, at + 40)
+    (n,) = struct.unpack_from("<I", data, at + 40)
     body = bytes(data[at + jr.HEADER_NBYTES : at + jr.HEADER_NBYTES + n])
     jr.CHECKSUM.pack_into(data, at + jr.HEAD.size, jr._checksum(head, [body]))
 
 
 def _bad_json(data: bytearray, at: int) -> None:
     """A well-checksummed record whose metadata is not JSON."""
-    (n,) = jr.struct.unpack_from("<I", data, at + 40)
+    (n,) = struct.unpack_from("<I", data, at + 40)
     data[at + jr.HEADER_NBYTES + 4] = ord("{") ^ 0xFF
     head = bytes(data[at : at + jr.HEAD.size])
     body = bytes(data[at + jr.HEADER_NBYTES : at + jr.HEADER_NBYTES + n])
