@@ -650,3 +650,55 @@ def test_a_worker_killed_from_outside_leaves_every_written_record_intact(tmp_pat
     assert chunks == list(range(len(chunks))) and 1 <= len(chunks) <= 13
     rep = replay(dead, tc.BINDINGS)
     assert rep.first_refused is None and all(o.reproduced for o in rep.outcomes)
+
+
+def _observed_journal(folder: Path, observed: int, refuse_at: int | None = None) -> None:
+    """A worker's journal of 4 envelopes with a ledger count each (and one refusal)."""
+    w = jr.JournalWriter(
+        jr.JournalConfig(str(folder), "full"), tc.BINDINGS, rank=1, world=2, name="rank1",
+        source=0,
+    )  # fmt: skip
+    for i in range(4):
+        msg, h = plan(i)
+        prep = tc.BINDINGS.prepare(msg, h)
+        segments = [jr.tensor_bytes(s.contiguous()) for s in prep.frames().segments]
+        refused = i == refuse_at
+        w.envelope(
+            h, seal_words(prep.words).tobytes(), sent=False,
+            state="refused" if refused else "validated",
+            error="EnvelopeInvalid: 1 violation(s), first: range height" if refused else None,
+            segments=segments,
+        )  # fmt: skip
+        expected = msg.tp_expected_generator_calls
+        count = observed if i == 2 else expected
+        w.observe(h, {"what": "ledger", "ledger": {"expected": expected, "observed": count}})
+    w.end("SHUTDOWN", None)
+    w.close()
+
+
+def test_diff_reports_a_different_ledger_count_and_a_different_outcome(tmp_path: Path) -> None:
+    _observed_journal(tmp_path / "a", observed=5)  # chunk 2 recomputes: 5 calls planned
+    _observed_journal(tmp_path / "b", observed=3)
+    div = diff(load([tmp_path / "a", tmp_path / "b"])).divergence
+    assert div is not None and div.coordinate == "call_id=3 chunk_index=2 cache_epoch=0"
+    assert div.lines == ["ledger.observed: a/tp_control.rank1=5, b/tp_control.rank1=3"]
+    _observed_journal(tmp_path / "c", observed=5, refuse_at=1)
+    div = diff(load([tmp_path / "a", tmp_path / "c"])).divergence
+    assert div is not None and div.coordinate == "call_id=2 chunk_index=1 cache_epoch=0"
+    assert div.lines[0].startswith("outcome: a/tp_control.rank1=ok, c/tp_control.rank1=refused:")
+
+
+def test_replay_checks_the_ledger_plan_and_the_ordering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _observed_journal(tmp_path / "ledger", observed=3)
+    code, out, _ = _cli("replay", str(tmp_path / "ledger"), capsys=capsys)
+    assert code == 1
+    assert "REFUSED at call_id=3 chunk_index=2 cache_epoch=0" in out
+    assert "the ledger's plan: 3 generator calls observed, 5 planned" in out
+    # a stream that repeats a sequence id: the ordering rules refuse the repeat
+    _write(tmp_path / "order", [plan(0), plan(1), plan(1), plan(2)])
+    code, out, _ = _cli("replay", str(tmp_path / "order"), capsys=capsys)
+    assert code == 1
+    assert "REFUSED at call_id=2 chunk_index=1 cache_epoch=0" in out
+    assert "ordering: duplicate call_id 2 after 2" in out
