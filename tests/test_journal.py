@@ -702,3 +702,27 @@ def test_replay_checks_the_ledger_plan_and_the_ordering(
     assert code == 1
     assert "REFUSED at call_id=2 chunk_index=1 cache_epoch=0" in out
     assert "ordering: duplicate call_id 2 after 2" in out
+
+
+def test_show_lists_each_record_and_json_holds_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _five(tmp_path)
+    code, out, _ = _cli("journal", "show", str(path), capsys=capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: 7 records, 0 problem(s)"  # OPEN, 5 envelopes, END
+    assert lines[2].split()[1:5] == ["send", "INFER", "call_id=1", "chunk_index=0"]
+    assert "state=sent" in lines[2] and "+bytes" in lines[2] and "digest=0x" in lines[2]
+    code, out, _ = _cli("journal", "show", "--format", "json", str(path), capsys=capsys)
+    (doc,) = json.loads(out)
+    env = doc["records"][1]
+    assert env["kind"] == "ENVELOPE" and env["call_id"] == 1 and env["full"] is True
+    # chunk 0 carries no context frames: three tensors, by field, dtype and shape
+    assert {m[0] for m in env["manifest"]} == {
+        "denoising_step_list", "latents", "conditioning_embeds",
+    }  # fmt: skip
+    assert ["latents", "bfloat16", [1, 1, 4, 2, 3]] == next(
+        m[:3] for m in env["manifest"] if m[0] == "latents"
+    )
+    assert doc["records"][-1]["kind"] == "END" and doc["records"][-1]["how"] == "SHUTDOWN"

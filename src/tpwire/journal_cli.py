@@ -30,7 +30,9 @@ def _missing(paths: list[str]) -> list[str]:
     return [p for p in paths if not Path(p).exists()]
 
 
-def _record_row(rec: Any, opening: dict[str, Any]) -> dict[str, Any]:
+def _record_row(rec: Any, opening: dict[str, Any], *, everything: bool = False) -> dict[str, Any]:
+    """A record as a row: the ids by the spec's role names, then what the record holds
+    (``everything``: the manifest and each input field's digest too, for ``--format json``)."""
     from tpwire.runtime import journal as jr
 
     meta = rec.meta
@@ -55,9 +57,13 @@ def _record_row(rec: Any, opening: dict[str, Any]) -> dict[str, Any]:
             row["reason"] = meta["reason"]
         if meta.get("dropped_before"):
             row["dropped_before"] = meta["dropped_before"]
+        if everything:
+            row["manifest"] = meta.get("manifest")
+            row["segments"] = meta.get("segments")
+            row["t"] = meta.get("t")
     else:
-        row.update({k: v for k, v in meta.items() if k not in ("t", "fields")})
-        if isinstance(meta.get("fields"), dict):
+        row.update({k: v for k, v in meta.items() if everything or k not in ("t", "fields")})
+        if isinstance(meta.get("fields"), dict) and not everything:
             row["fields"] = len(meta["fields"])  # each field's digest: --format json
     return row
 
@@ -107,7 +113,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for path in jr.journal_files(args.files):
         found = jr.scan(path)
         opening = found.opening or {}
-        rows = [_record_row(r, opening) for r in found.records]
+        rows = [_record_row(r, opening, everything=args.format == "json") for r in found.records]
         problems = [
             {"offset": p.offset, "message": p.message, "torn": p.torn} for p in found.problems
         ]
