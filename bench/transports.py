@@ -20,6 +20,10 @@ is the slowest rank's time.
   envelope's own bytes on the source, a new buffer on every worker.
 - ``carry-all`` (Scope-sized envelopes only): tpwire with no carry limit, so every segment
   of the agreed layout is copied into the head: one collective fewer, a 4 MiB copy more.
+- ``journal-digest`` / ``journal-full`` (Scope-sized envelopes only): tpwire with the
+  envelope journal on (docs/journal.md), tensors by digest / by their bytes. The journal's
+  background writer is drained after each timed step, untimed (so it never runs inside
+  another transport's timing); its own time per record is the ``:writer`` series.
 
 The same code runs on gloo with CPU tensors and, on a machine with several GPUs, on NCCL
 with every envelope's tensors on the rank's GPU (``Plan.device == "cuda"``): then each
@@ -48,7 +52,11 @@ from tpwire.runtime.compat import CompatBroadcastChannel
 
 BROADCAST_TRANSPORTS = ("tpwire", "no-steady", "compat", "vllm", "floor", "floor-fresh")
 #: transports run for some kinds only: where they differ from tpwire
-EXTRA_TRANSPORTS = {"scope": ("carry-all",), "cond_on_update": ("carry-all",)}
+JOURNAL_TRANSPORTS = ("journal-digest", "journal-full")
+EXTRA_TRANSPORTS = {
+    "scope": ("carry-all", *JOURNAL_TRANSPORTS),
+    "cond_on_update": ("carry-all", *JOURNAL_TRANSPORTS),
+}
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
 
 
@@ -124,6 +132,41 @@ class CarryAll(Tpwire):
     """tpwire with every segment of the agreed layout copied into the head."""
 
     options: ClassVar[dict[str, Any]] = {"carry_limit": 1 << 62}
+
+
+class Journaled(Tpwire):
+    """tpwire with the envelope journal on, into a folder of its own (bounded: 2 files of
+    64 MiB); ``settle`` waits for the background writer, outside the timing."""
+
+    mode: ClassVar[str] = "digest"
+    folders: ClassVar[list[str]] = []
+    _seen: float = 0.0
+
+    def device_options(self, env: Env) -> dict[str, Any]:
+        import tempfile
+
+        from tpwire.runtime.journal import JournalConfig
+
+        folder = tempfile.mkdtemp(prefix=f"tpwire-bench-journal-{self.mode}-")
+        Journaled.folders.append(folder)
+        return {"journal": JournalConfig(folder, self.mode, max_bytes=64 << 20, keep=2)}
+
+    def settle(self) -> float:
+        """Wait until every record is written; the writer's busy seconds since the last call."""
+        journal = self.ch.journal
+        assert journal is not None
+        journal.drain()
+        busy = journal.busy_s - self._seen
+        self._seen = journal.busy_s
+        return busy
+
+
+class JournalDigest(Journaled):
+    mode: ClassVar[str] = "digest"
+
+
+class JournalFull(Journaled):
+    mode: ClassVar[str] = "full"
 
 
 class Compat(Tpwire):
@@ -223,6 +266,8 @@ BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "floor": Floor,
     "floor-fresh": FloorFresh,
     "carry-all": CarryAll,
+    "journal-digest": JournalDigest,
+    "journal-full": JournalFull,
 }
 
 
@@ -335,8 +380,12 @@ def _interleaved(
         k = j % len(names)
         for name in names[k:] + names[:k]:
             dt = _timed(barrier, functools.partial(step, transports[name], j), sync)
+            settle = getattr(transports[name], "settle", None)
+            busy = settle() if settle is not None else None  # untimed: a journal's writer
             if j >= plan.warmup:
                 series.setdefault(f"{prefix}/{name}", []).append(dt)
+                if busy is not None:
+                    series.setdefault(f"{prefix}/{name}:writer", []).append(busy)
 
 
 def _stream(msgs: list[Any]) -> Callable[[Any, int], None]:
@@ -413,8 +462,11 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
 
 def rank_entry(rank: int, world: int, port: int, plan: Plan, out: str) -> None:
     import json
+    import shutil
 
     series = run_rank(rank, world, port, plan)
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(series, f)
+    for folder in Journaled.folders:
+        shutil.rmtree(folder, ignore_errors=True)
     os._exit(0)

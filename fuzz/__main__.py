@@ -4,6 +4,7 @@
     python -m fuzz decoder  [--seconds N]     random mutational decoder campaign only
     python -m fuzz atheris  [--seconds N]     coverage-guided decoder campaign only
     python -m fuzz specs    [--seconds N]     spec-loader campaign only
+    python -m fuzz journal  [--seconds N]     journal reader campaign only (scan, replay, diff)
     python -m fuzz replay FILE...             re-run saved examples (exit 1 if one still fails)
 
 Exit status 1 when any campaign found something (an untyped exception, a hang, a manifest
@@ -192,7 +193,7 @@ def replay(paths: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("campaign", "decoder", "atheris", "specs"):
+    for name in ("campaign", "decoder", "atheris", "specs", "journal"):
         p = sub.add_parser(name)
         p.add_argument("--seconds", type=float, default=180.0, help="time budget (default 180)")
         p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
@@ -222,8 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n for n in args.targets.split(",") if n]
     start = time.monotonic()
     budget = args.seconds
-    shares = {"campaign": (0.5, 0.25, 0.25), "decoder": (1, 0, 0), "atheris": (0, 1, 0)}
+    shares = {
+        "campaign": (0.5, 0.25, 0.25),
+        "decoder": (1, 0, 0),
+        "atheris": (0, 1, 0),
+        "journal": (0, 0, 0),
+    }
     dec_share, ath_share, spec_share = shares.get(args.cmd, (0, 0, 1))
+    # the journal reader: a tenth of a whole campaign (taken from the spec share's end)
+    journal_share = {"campaign": 0.1, "journal": 1.0}.get(args.cmd, 0.0)
     print(
         f"tpwire fuzz {args.cmd}: budget {budget:g} s, seed {args.seed}, families "
         f"{','.join(families)}, targets {','.join(names)}",
@@ -250,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if ath is not None:
             decoders.append(ath)
+    journal_totals = None
+    if journal_share:
+        from .journal import run_journal_campaign
+
+        journal_totals = run_journal_campaign(
+            load_all(names), seconds=budget * journal_share, seed=args.seed
+        )
     spec = None
     if spec_share:
         spec = run_spec_campaign(
@@ -259,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=Progress("spec"),
         )
     lines, found = summary(decoders, spec, time.monotonic() - start, args.crash_dir)
+    if journal_totals is not None:
+        from .journal import summary as journal_summary
+
+        lines[-1:-1] = journal_summary(journal_totals)
+        found = found or bool(journal_totals.findings)
     print("\n".join(lines), flush=True)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "last-run.json").write_text(
@@ -267,6 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "decoder": [t.as_dict() for t in decoders],
                 "spec": spec.as_dict() if spec else None,
+                "journal": None
+                if journal_totals is None
+                else {
+                    "inputs": journal_totals.inputs,
+                    "labels": dict(journal_totals.labels),
+                    "findings": journal_totals.findings,
+                },
                 "found": found,
             },
             indent=1,

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from . import abort_guard, parity, tripwire
+from . import journal as _journal
 from .bindings import Bindings, H, M, bindings_of
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
 from .wire import (
@@ -41,6 +42,7 @@ from .wire import (
     TensorSlot,
     put_reason,
     read_word,
+    seal_words,
     trailer_word,
     write_word,
 )
@@ -333,6 +335,7 @@ class _Channel(Generic[H, M]):
         tripwires: bool,
         steady_state: bool,
         carry_limit: int | None,
+        journal: _journal.JournalArg = None,
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
@@ -345,6 +348,13 @@ class _Channel(Generic[H, M]):
         # the tripwire collectives run only if every rank agrees they do (FM-03)
         self.tripwires = tripwires
         self.parity_flags = {**dict(parity_flags or {}), "tpwire.tripwires": tripwires}
+        # journaling runs no collective, but every rank should agree whether it records
+        self.journal_config = _journal.resolve(journal)
+        self.parity_flags["tpwire.journal"] = (
+            self.journal_config.mode if self.journal_config is not None else "off"
+        )
+        #: this rank's journal writer (opened with the channel; None when not journaling)
+        self.journal: _journal.JournalWriter | None = None
         self.watchdog_s = watchdog_s
         self.heartbeat_s = heartbeat_s
         self.poison = poison
@@ -426,6 +436,15 @@ class _Channel(Generic[H, M]):
             agreed=(parity.ParityMismatch, ProtocolMismatch),
         )
         self.opened = True
+        if self.journal_config is not None:
+            self.journal = _journal.JournalWriter(
+                self.journal_config,
+                self.protocol,
+                rank=self.rank,
+                world=dist.get_world_size(self.group),
+                name=self._journal_name(),
+                source=self._journal_source(),
+            )
         if self.heartbeat_s and self._may_send():
             self._heartbeat = threading.Thread(
                 target=self._beat, name="tpwire-heartbeat", daemon=True
@@ -435,6 +454,48 @@ class _Channel(Generic[H, M]):
 
     def _may_send(self) -> bool:
         return True
+
+    def _journal_name(self) -> str:
+        return f"rank{self.rank}"
+
+    def _journal_source(self) -> int | None:
+        return None
+
+    def observe(
+        self,
+        header: H,
+        *,
+        inputs: M | None = None,
+        outputs: Mapping[str, torch.Tensor] | None = None,
+        state: str = "completed",
+        **counts: int,
+    ) -> None:
+        """Journal what this rank did with the envelope of ``header`` (no collective; a
+        no-op when the channel does not journal): the digest of the ``inputs`` it ran (and of
+        each of their fields), the digest of each of its ``outputs``, integer ``counts`` and
+        its commit ``state``. ``tpwire journal diff`` compares them across ranks."""
+        if self.journal is None:
+            return
+        meta: dict[str, Any] = {"what": "observed", "state": state}
+        if inputs is not None:
+            meta["inputs"] = _journal.hex64(tripwire.digest_envelope(self.protocol, inputs, header))
+            meta["fields"] = _journal.field_digests(inputs)
+        if outputs:
+            meta["outputs"] = {
+                k: _journal.hex64(tripwire.digest_tensors([t])) for k, t in sorted(outputs.items())
+            }
+        if counts:
+            meta["counts"] = {k: int(v) for k, v in sorted(counts.items())}
+        self.journal.observe(header, meta)
+
+    def _journal_end(self, how: str, reason: str | None, header: Any = None) -> None:
+        """The stream ended (a terminal action, poison, the watchdog, close): journal why
+        and write what is queued (briefly: the process may be about to exit)."""
+        journal = self.journal
+        if journal is None:
+            return
+        journal.end(how, reason, header)
+        journal.close(timeout=2.0)
 
     def _sends_on_exit(self) -> bool:
         return self._may_send()
@@ -446,6 +507,7 @@ class _Channel(Generic[H, M]):
         blocked in a collective of that group (refs/03, crash-only).
         """
         self.closed = True
+        self._journal_end("closed", None)
         if destroy_group and not self.poisoned:
             dist.destroy_process_group(self.group)
 
@@ -598,6 +660,8 @@ class _Channel(Generic[H, M]):
                     header, f"frame 1 send of {action.name} failed after frame 0: {describe(exc)}"
                 )
         self._in_flight = None
+        if self.journal is not None:
+            self._journal_sent(frames, head, header, action)
         framing.after(action in self.protocol.payload_actions, sizes)
         self._sent_order.commit(header)
         self.last_sent = header
@@ -606,6 +670,32 @@ class _Channel(Generic[H, M]):
             # however it was sent (send(), shutdown(), error()): the workers have left their
             # receive loops, so a further frame 0 would strand this rank
             self.closed = True
+
+    def _journal_sent(
+        self, frames: Frames | Prepared, head: torch.Tensor, header: H, action: enum.IntEnum
+    ) -> None:
+        journal = self.journal
+        assert journal is not None
+        if head.is_cpu:
+            frame0 = ctypes.string_at(head.data_ptr(), self._tx.frame0_nbytes)
+        elif isinstance(frames, Prepared):
+            frame0 = seal_words(frames.words).tobytes()
+        else:
+            frame0 = _journal.tensor_bytes(frames.frame0.cpu().contiguous().view(torch.uint8))
+        segments = None
+        if journal.full:
+            if isinstance(frames, Prepared):
+                n = len(frames.sizes)
+                packed = frames.frames().segments if n else ()
+                segments = [_journal.tensor_bytes(s.contiguous()) for s in packed]
+            else:
+                segments = [_journal.tensor_bytes(s.contiguous()) for s in frames.segments]
+        journal.envelope(header, frame0, sent=True, state="sent", segments=segments)
+        if action in self._terminal:
+            reason = None
+            if action is self.protocol.error:
+                reason = str(self.protocol.read_frame0_bytes(frame0).reason)
+            self._journal_end(action.name, reason, header)
 
     def _beat(self) -> None:
         try:
@@ -656,10 +746,13 @@ class _Channel(Generic[H, M]):
                 self._get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
                 self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
+        raw = b""
         try:
             raw = _frame0_bytes(head, framing.frame0_nbytes)
             manifest = self.protocol.read_frame0_bytes(raw)
         except BaseException as exc:  # frame 1 may follow: this rank can no longer keep step
+            if self.journal is not None and raw:
+                self.journal.envelope(None, raw, sent=False, state="refused", error=describe(exc))
             self._poison(self.last_header, f"frame 0 refused: {exc}")
         header = manifest.header
         try:
@@ -700,8 +793,19 @@ class _Channel(Generic[H, M]):
             framing.ahead = manifest
         if head_free:
             framing.keep_spare(head)
+        journal = self.journal
+        segments: list[bytes] | None = None
+        if journal is not None and journal.full:
+            segments = [
+                _journal.tensor_bytes(buffers[i], offsets[i], n) for i, n in enumerate(sizes)
+            ]
         if problem is not None:
             # frame 1 is drained, so the sender is not stranded; this rank stops here
+            if journal is not None:
+                journal.envelope(
+                    header, raw, sent=False, state="received", error=f"ordering: {problem}",
+                    segments=segments,
+                )  # fmt: skip
             self._poison(header, f"ordering: {problem}")
         self._recv_order.commit(header)
         self.last_header = header
@@ -711,13 +815,28 @@ class _Channel(Generic[H, M]):
                 buffers, offsets, ahead.views if ahead is not None else None
             )
         except WireError as exc:
+            if journal is not None:
+                journal.envelope(
+                    header, raw, sent=False, state="refused", error=describe(exc),
+                    segments=segments,
+                )  # fmt: skip
             self._poison(header, f"frame 1 refused: {exc}")
         except EnvelopeInvalid as exc:
+            if journal is not None:
+                journal.envelope(
+                    header, raw, sent=False, state="refused", error=describe(exc),
+                    segments=segments,
+                )  # fmt: skip
             _log(
                 f"tpwire[rank {self.rank}]: envelope refused after receive {self._ids(header)}: "
                 f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
             )
             raise
+        if journal is not None:
+            journal.envelope(header, raw, sent=False, state="validated", segments=segments)
+            if action in self._terminal:
+                reason = str(manifest.reason) if manifest.reason is not None else None
+                self._journal_end(action.name, reason, header)
         if action in self._terminal:
             self.closed = True  # terminal actions: no further frame will come
         if action is self.protocol.error:
@@ -736,12 +855,19 @@ class _Channel(Generic[H, M]):
         value, failure = tripwire.safely(
             lambda: tripwire.digest_envelope(self.protocol, msg, header)
         )
+        if self.journal is not None:
+            self.journal.observe(header, {"what": "tripwire", "inputs": _journal.hex64(value)})
         self._compare(value, f"the inputs of {self._ids(header)}", failure)
 
     def check_same(self, tensor: torch.Tensor, what: str) -> None:
         """Every rank compares a tensor that must be identical (an output, a replicated weight)."""
         self._tripwire_ready()
         value, failure = tripwire.safely(lambda: tripwire.digest_tensors([tensor]))
+        if self.journal is not None:
+            self.journal.observe(
+                self.last_sent if self.last_sent is not None else self.last_header,
+                {"what": "tripwire", "outputs": {what: _journal.hex64(value)}},
+            )
         self._compare(value, what, failure)
 
     def _tripwire_ready(self) -> None:
@@ -879,6 +1005,7 @@ class _Channel(Generic[H, M]):
             f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
             f"last ids {self._ids(header)}; exiting {EXIT_WATCHDOG}"
         )
+        self._journal_end("watchdog", f"{what} not done within {seconds:g} s", header)
         os._exit(EXIT_WATCHDOG)
 
     def _poison(self, header: Any, reason: str) -> NoReturn:
@@ -886,6 +1013,7 @@ class _Channel(Generic[H, M]):
         if header is None:  # the last envelope this rank took part in
             header = self.last_sent if self.last_sent is not None else self.last_header
         line = f"tpwire[rank {self.rank}]: POISONED {self._ids(header)}: {reason}"
+        self._journal_end("poisoned", reason, header)
         if self.poison == "raise":
             _log(line)
             raise ChannelPoisoned(line)
@@ -911,10 +1039,11 @@ class BroadcastChannel(_Channel[H, M]):
         tripwires: bool = False,
         steady_state: bool = True,
         carry_limit: int | None = None,
+        journal: _journal.JournalArg = None,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
-            heartbeat_s, poison, tripwires, steady_state, carry_limit,
+            heartbeat_s, poison, tripwires, steady_state, carry_limit, journal,
         )  # fmt: skip
         self.src = src
         self.is_sender = self.rank == src
@@ -922,6 +1051,9 @@ class BroadcastChannel(_Channel[H, M]):
 
     def _may_send(self) -> bool:
         return self.is_sender
+
+    def _journal_source(self) -> int | None:
+        return self.src
 
     def _check_role(self, sender: bool) -> None:
         if sender != self.is_sender:
@@ -961,10 +1093,11 @@ class P2PChannel(_Channel[H, M]):
         tripwires: bool = False,
         steady_state: bool = True,
         carry_limit: int | None = None,
+        journal: _journal.JournalArg = None,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
-            heartbeat_s, poison, tripwires, steady_state, carry_limit,
+            heartbeat_s, poison, tripwires, steady_state, carry_limit, journal,
         )  # fmt: skip
         if peer == self.rank:
             raise ValueError("a p2p channel needs another rank as its peer")
@@ -981,6 +1114,12 @@ class P2PChannel(_Channel[H, M]):
             # call them, so a larger group would hang
             raise ValueError("a p2p channel needs a group of exactly its two ends")
         self.peer = peer
+
+    def _journal_name(self) -> str:
+        return f"rank{self.rank}-peer{self.peer}"
+
+    def _journal_source(self) -> int | None:
+        return self.peer
 
     def _sends_on_exit(self) -> bool:
         # both ends send on a p2p link, and a send waits for the peer's receive: two ends

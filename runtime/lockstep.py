@@ -162,12 +162,14 @@ class Ledger:
         self.expected: int | None = None
         self.observed = 0
         self.ids = ""
+        self.header: Any = None
 
     def begin(self, expected_calls: int, header: Any = None) -> None:
         if self.expected is not None:
             raise LockstepError(f"ledger of {self.ids} not ended before the next chunk")
         self.expected = expected_calls
         self.observed = 0
+        self.header = header
         self.ids = (
             self.bindings.ids_text(header)
             if header is not None and self.bindings is not None
@@ -188,6 +190,12 @@ class Ledger:
     def end(self) -> None:
         expected, observed = self.expected, self.observed
         self.expected = None
+        journal = self.channel.journal if self.channel is not None else None
+        if journal is not None and self.header is not None:  # the channel's journal
+            journal.observe(
+                self.header,
+                {"what": "ledger", "ledger": {"expected": expected, "observed": observed}},
+            )
         if observed != expected:
             raise LockstepError(
                 f"{self.ids}: observed {observed} generator calls, expected {expected}"

@@ -22,6 +22,8 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     stats = run_world(2, Plan(kinds, rounds=1, iters=3, warmup=2, pp=True), timeout=90)
     expected = {f"{k}/{t}" for k in kinds for t in transports.BROADCAST_TRANSPORTS}
     expected |= {f"{k}/{t}" for k, extra in transports.EXTRA_TRANSPORTS.items() for t in extra}
+    expected |= {f"{k}/{t}:writer" for k in transports.EXTRA_TRANSPORTS
+                 for t in transports.JOURNAL_TRANSPORTS}  # fmt: skip
     expected |= {"pp/tpwire", "pp/vllm", "pp/floor"}
     assert set(stats) == expected
     assert all(s["n"] == 3 and s["median_us"] > 0 for s in stats.values())
@@ -38,9 +40,13 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     text = report.markdown(result)
     assert "## Targets" in text and "world 2: Scope INFER within 1.15x" in text
     assert "Skipped: no CUDA device" in text or "encode, device tensors" in text
-    # per world: Scope, small x2, NOOP x2; then encode, the frame 1 check, the input
-    # tripwire, jsonschema
-    assert len(report.targets(result)) == 5 + 4
+    # per world: Scope, journaling, small x2, NOOP x2; then encode, the frame 1 check, the
+    # input tripwire, jsonschema
+    assert len(report.targets(result)) == 6 + 4
+    journaling = report.targets(result)[1]
+    assert journaling.name.startswith("world 2: journaling (digest mode) adds at most 5%")
+    assert "full mode" in journaling.beside and "writer per record" in journaling.beside
+    assert "## Journaling overhead" in text
     assert any(t.name.startswith("input tripwire digest") for t in report.targets(result))
     assert "carry-all" in report.targets(result)[0].beside  # why, measured beside it
     assert "## Copy or collective" in text and "| 2 | Scope v1 INFER 320x576" in text

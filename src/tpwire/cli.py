@@ -1,4 +1,4 @@
-"""The ``tpwire`` command line: gen, check, docs, schema, breaking."""
+"""The ``tpwire`` command line: gen, check, docs, schema, breaking, journal, replay."""
 
 from __future__ import annotations
 
@@ -557,6 +557,10 @@ def parser() -> argparse.ArgumentParser:
     )
     brk.add_argument("--list-rules", action="store_true", help="print the rule catalogue and exit")
     brk.set_defaults(func=cmd_breaking)
+
+    from tpwire import journal_cli
+
+    journal_cli.add_parsers(sub)
     return top
 
 
@@ -576,6 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (``| head``): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # a bug in tpwire: say so briefly, traceback on request
         if os.environ.get("TPWIRE_DEBUG"):
             traceback.print_exc()

@@ -1,0 +1,379 @@
+"""Replay a journal: push a recorded stream through the receive path without a process
+group (``replay``), or feed it into a fresh channel group in place of rank 0
+(``ReplaySource``), so a worker's code runs on exactly the recorded inputs.
+
+A replay reapplies *inputs*. What a rank did with them (cache updates, frames emitted, files
+written) is never replayed: side effects belong to the caller (docs/journal.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import importlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Generic
+
+import torch
+
+from . import journal as jr
+from .bindings import Bindings, H, M, bindings_of
+from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
+from .wire import W_FINGERPRINT, Manifest, Reason, seal_words
+
+
+class ReplayError(RuntimeError):
+    """A journal cannot be replayed as asked (not full mode, no start of that epoch, ...)."""
+
+
+@dataclass
+class Journal:
+    """One rank's journal of one channel: its files' records in writing order."""
+
+    name: str
+    opening: dict[str, Any]
+    records: list[jr.Record] = field(default_factory=list)
+    problems: list[jr.Problem] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def torn_tail(self) -> jr.Problem | None:
+        torn = [p for p in self.problems if p.torn]
+        return torn[-1] if torn else None
+
+    def envelopes(self) -> list[jr.Record]:
+        return [r for r in self.records if r.kind == jr.ENVELOPE]
+
+
+def load(paths: Iterable[str | os.PathLike[str]]) -> list[Journal]:
+    """The journals in ``paths`` (files or folders), one per rank and channel (the files of
+    a rotated journal joined in writing order). Problems stay with their journal. A journal
+    is named by its stem (``tp_control.rank1``), and by its folder too where two folders
+    hold the same stem."""
+    by_key: dict[tuple[str, str], Journal] = {}
+    for path in jr.journal_files(paths):
+        found = jr.scan(path)
+        opening = found.opening
+        m = jr._NAME.match(path.name)
+        stem = m.group("stem") if m is not None else path.name
+        name = str(opening.get("stem", stem)) if opening is not None else stem
+        key = (str(path.parent), name)
+        journal = by_key.get(key)
+        if journal is None:
+            journal = by_key[key] = Journal(name, dict(opening or {}))
+        elif not journal.opening and opening is not None:
+            journal.opening = dict(opening)
+        journal.records.extend(found.records)
+        journal.problems.extend(found.problems)
+        journal.files.append(str(path))
+    stems = [name for _, name in by_key]
+    for (folder, name), journal in by_key.items():
+        if stems.count(name) > 1:
+            journal.name = f"{Path(folder).name}/{name}"
+    return sorted(by_key.values(), key=lambda j: _rank_order(j.name))
+
+
+_RANK = re.compile(r"\.rank(\d+)")
+
+
+def _rank_order(name: str) -> tuple[str, int, str]:
+    m = _RANK.search(name)
+    return (name[: m.start()], int(m.group(1)), name) if m else (name, -1, name)
+
+
+def bindings_for(
+    opening: dict[str, Any], protocol: Bindings[Any, Any] | ModuleType | None = None
+) -> Bindings[Any, Any] | None:
+    """The current build's bindings of a journal's protocol (``protocol`` when given, else
+    ``tpwire.generated.<name>``); None when there are none."""
+    if protocol is not None:
+        return bindings_of(protocol)
+    name = opening.get("protocol")
+    if not isinstance(name, str) or not name.isidentifier():
+        return None
+    try:
+        module = importlib.import_module(f"tpwire.generated.{name}")
+    except ImportError:
+        return None
+    found = getattr(module, "BINDINGS", None)
+    return found if isinstance(found, Bindings) else None
+
+
+def segment_tensors(segments: Sequence[bytes]) -> tuple[torch.Tensor, ...]:
+    """Recorded frame 1 segments as fresh, aligned uint8 tensors (writable copies)."""
+    out = []
+    for data in segments:
+        t = torch.empty(len(data), dtype=torch.uint8)
+        if data:
+            ctypes.memmove(t.data_ptr(), data, len(data))
+        out.append(t)
+    return tuple(out)
+
+
+def rekeyed(raw: bytes, fingerprint: int) -> bytes:
+    """Frame 0 with the fingerprint word replaced and the checksum resealed (replaying a
+    journal recorded under another spec against this one)."""
+    words = list(memoryview(raw).cast("q")) if len(raw) % 8 == 0 else []
+    if len(words) < 3:
+        return raw
+    words[W_FINGERPRINT] = fingerprint
+    return seal_words(words).tobytes()
+
+
+# --- tpwire replay: the receive path, no process group ------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One recorded envelope through the receive path."""
+
+    record: jr.Record
+    ids: str
+    action: str
+    #: None: accepted; else why the current build refuses it
+    refused: str | None = None
+    #: full mode: re-encoding gave the recorded frame 0 and frame 1 bit for bit
+    reproduced: bool | None = None
+
+
+@dataclass
+class ReplayReport:
+    journal: Journal
+    outcomes: list[Outcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def first_refused(self) -> Outcome | None:
+        return next((o for o in self.outcomes if o.refused is not None), None)
+
+
+def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True) -> ReplayReport:
+    """Push every recorded envelope of ``journal`` through this build's receive path: frame
+    0 checks, the ordering rules (the spec's roles), in full mode frame 1's digest, decode
+    and validation and a re-encode compared bit for bit; then each recorded ledger count
+    against its plan. ``stop``: stop at the first refused envelope."""
+    from .channel import Ordering  # the channel imports the journal; not the other way
+
+    report = ReplayReport(journal)
+    orderings: dict[object, Ordering] = {}  # per direction: the rank the envelopes came from
+    recorded_fp = journal.opening.get("fingerprint")
+    if recorded_fp is not None and recorded_fp != jr.hex64(bindings.fingerprint):
+        report.notes.append(
+            f"recorded under fingerprint {recorded_fp} (spec sha256 "
+            f"{str(journal.opening.get('spec_sha256', '?'))[:12]}), this build speaks "
+            f"{jr.hex64(bindings.fingerprint)}: replayed with this build's fingerprint "
+            "(`tpwire breaking` says which changes to expect to be refused)"
+        )
+    for rec in journal.records:
+        ledger = rec.meta.get("ledger") if rec.kind == jr.OBSERVE else None
+        if isinstance(ledger, dict):
+            expected, observed = ledger.get("expected"), ledger.get("observed")
+            if expected != observed and report.outcomes:
+                last = report.outcomes[-1]
+                if last.refused is None:
+                    last.refused = (
+                        f"the ledger's plan: {observed} generator calls observed, "
+                        f"{expected} planned"
+                    )
+            continue
+        if rec.kind != jr.ENVELOPE:
+            continue
+        src = rec.meta.get("src")
+        ordering = orderings.get(src)
+        if ordering is None:
+            ordering = orderings[src] = Ordering(bindings)
+        outcome = _replay_one(rec, bindings, ordering)
+        report.outcomes.append(outcome)
+        if stop and outcome.refused is not None:
+            break
+    return report
+
+
+def _replay_one(rec: jr.Record, bindings: Bindings[Any, Any], ordering: Any) -> Outcome:
+    action = str(rec.meta.get("action") or "?")
+    out = Outcome(rec, f"seq={rec.seq}", action)
+    raw = rec.frame0
+    if rec.fingerprint != bindings.fingerprint:
+        raw = rekeyed(raw, bindings.fingerprint)
+    try:
+        manifest: Manifest = bindings.read_frame0_bytes(raw)
+    except (WireError, ProtocolMismatch, EnvelopeInvalid) as exc:
+        out.refused = f"frame 0 refused: {exc}"
+        return out
+    header = manifest.header
+    out.ids = bindings.ids_text(header)
+    out.action = bindings.action_of(header).name
+    problem = ordering.problem(header)
+    if problem is not None:
+        out.refused = f"ordering: {problem}"
+        return out
+    ordering.commit(header)
+    if rec.segments is None:
+        if manifest.frame1_nbytes == 0:
+            try:
+                manifest.finish(())
+            except (WireError, EnvelopeInvalid) as exc:
+                out.refused = _short(exc)
+                return out
+        return out  # digest mode: frame 0 and ordering checked; the bytes are not there
+    try:
+        header, msg = manifest.finish(segment_tensors(rec.segments))
+    except (WireError, EnvelopeInvalid) as exc:
+        out.refused = _short(exc)
+        return out
+    out.reproduced = _reproduces(bindings, msg, header, manifest.reason, raw, rec.segments)
+    if not out.reproduced:
+        out.refused = "re-encoding does not reproduce the recorded bytes"
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, EnvelopeInvalid) and exc.violations:
+        first = exc.violations[0]
+        return f"{len(exc.violations)} violation(s), first: {first}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _reproduces(
+    bindings: Bindings[Any, Any],
+    msg: Any,
+    header: Any,
+    reason: Reason | None,
+    raw: bytes,
+    segments: Sequence[bytes],
+) -> bool:
+    """Re-encode the decoded envelope; True when frame 0 and frame 1 are the recorded bytes."""
+    from .wire import put_reason
+
+    prepared = bindings.prepare(msg, header)
+    if reason is not None:
+        put_reason(prepared.words, bindings.w_reason, reason.code, reason.text)
+    frames = prepared.frames()
+    if seal_words(prepared.words).tobytes() != raw:
+        return False
+    got = [jr.tensor_bytes(s.contiguous()) for s in frames.segments]
+    return got == list(segments)
+
+
+# --- a replay source in place of rank 0 ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replayed(Generic[H, M]):
+    """One recorded envelope, decoded with this build."""
+
+    action: enum.IntEnum
+    header: H
+    msg: M | None
+    reason: Reason | None
+
+
+class ReplaySource(Generic[H, M]):
+    """A recorded full-mode journal as a stream of envelopes, for a fresh channel group:
+    ``feed(channel)`` sends them in place of the source rank, so the workers run on exactly
+    the recorded inputs. Envelopes are deduplicated by sequence id (a record whose id is not
+    past the last one fed is skipped); ``start_epoch`` starts at that epoch's first envelope,
+    which the journal must hold (a hard cut empties the caches, so only there may a replay
+    start)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]] | Journal,
+        protocol: Bindings[H, M] | ModuleType,
+        *,
+        start_epoch: int | None = None,
+    ) -> None:
+        self.bindings: Bindings[H, M] = bindings_of(protocol)
+        if isinstance(paths, Journal):
+            journals = [paths]
+        else:
+            journals = load(paths)
+        if len(journals) != 1:
+            names = ", ".join(j.name for j in journals) or "none"
+            raise ReplayError(f"a replay source reads one rank's journal, found: {names}")
+        self.journal = journals[0]
+        self.start_epoch = start_epoch
+        #: sequence ids skipped as duplicates or before the start
+        self.skipped: list[int] = []
+
+    def __iter__(self) -> Iterator[Replayed[H, M]]:
+        envelopes = self.journal.envelopes()
+        start = 0
+        if self.start_epoch is not None:
+            start = self._epoch_start(envelopes, self.start_epoch)
+        self.skipped.extend(r.seq for r in envelopes[:start] if r.seq is not None)
+        last: int | None = None
+        for rec in envelopes[start:]:
+            if rec.seq is not None and last is not None and rec.seq <= last:
+                self.skipped.append(rec.seq)  # dedupe: this sequence id was fed already
+                continue
+            if rec.meta.get("state") not in ("sent", "validated"):
+                continue  # what the rank refused was never run
+            yield self._decode(rec)
+            last = rec.seq
+
+    def _epoch_start(self, envelopes: list[jr.Record], epoch: int) -> int:
+        for i, rec in enumerate(envelopes):
+            if rec.epoch is None or rec.epoch < epoch:
+                continue
+            if rec.epoch == epoch:
+                before = envelopes[i - 1].epoch if i else None
+                if before is not None and before < epoch:
+                    return i  # the journal holds the envelope before the cut too
+                if before is None and self._opens_epoch(rec):
+                    return i
+            break
+        raise ReplayError(
+            f"{self.journal.name}: the journal does not hold the start of epoch {epoch} "
+            "(a replay starts at an epoch's first envelope; retention may have removed it)"
+        )
+
+    def _opens_epoch(self, rec: jr.Record) -> bool:
+        """The journal's first envelope starts its epoch when its file was opened with the
+        channel or for a new epoch (not by size rotation in the middle of one)."""
+        opening = next(
+            (r for r in self.journal.records if r.kind == jr.OPEN and r.path == rec.path), None
+        )
+        return opening is not None and opening.meta.get("opened") in ("start", "epoch")
+
+    def _decode(self, rec: jr.Record) -> Replayed[H, M]:
+        where = f"{rec.path}: offset {rec.offset}"
+        try:
+            manifest = self.bindings.read_frame0_bytes(rec.frame0)
+        except (WireError, ProtocolMismatch) as exc:
+            raise ReplayError(f"{where}: frame 0 refused: {exc}") from None
+        action = self.bindings.action_of(manifest.header)
+        if manifest.frame1_nbytes and rec.segments is None:
+            raise ReplayError(
+                f"{where}: a digest-mode record (seq {rec.seq}): only a full-mode journal "
+                "(journal mode 'full') holds the tensors to replay"
+            )
+        try:
+            header, msg = manifest.finish(segment_tensors(rec.segments or ()))
+        except (WireError, EnvelopeInvalid) as exc:
+            raise ReplayError(f"{where}: refused: {_short(exc)}") from None
+        return Replayed(action, header, msg, manifest.reason)
+
+    def feed(self, channel: Any) -> int:
+        """Send every envelope on ``channel`` (an open channel whose source is this rank),
+        ending with the recorded terminal action (SHUTDOWN when the journal has none).
+        Returns how many envelopes were sent."""
+        n = 0
+        for item in self:
+            if item.action is self.bindings.error:  # the recorded reason, as it was sent
+                if item.reason is not None:
+                    channel.error(item.reason.text, item.reason.code)
+                else:
+                    channel.error("replayed")
+            else:
+                channel.send(item.msg, item.header)
+            n += 1
+            if item.action in self.bindings.terminal:
+                return n
+        channel.shutdown()
+        return n + 1

@@ -1,0 +1,278 @@
+"""``tpwire journal show|diff`` and ``tpwire replay``: read envelope journals
+(docs/journal.md). Bad input is one line per problem with its file offset, never a
+traceback; exit 1 on a divergence or a refused envelope, 2 when nothing usable was given."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _err(line: str) -> None:
+    print(f"tpwire: {line}", file=sys.stderr)
+
+
+def _protocol(spec: str | None) -> Any:
+    """The bindings named by ``--spec`` (compiled in-process), or None (look them up)."""
+    if spec is None:
+        return None
+    from tpwire.codegen import compile as compile_spec
+
+    return compile_spec(Path(spec))
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not Path(p).exists()]
+
+
+def _record_row(rec: Any, opening: dict[str, Any], *, everything: bool = False) -> dict[str, Any]:
+    """A record as a row: the ids by the spec's role names, then what the record holds
+    (``everything``: the manifest and each input field's digest too, for ``--format json``)."""
+    from tpwire.runtime import journal as jr
+
+    meta = rec.meta
+    row: dict[str, Any] = {"offset": rec.offset, "kind": rec.kind_name, "bytes": rec.nbytes}
+    roles = opening.get("roles") if isinstance(opening.get("roles"), dict) else {}
+    for role, value in (("sequence", rec.seq), ("chunk", rec.chunk), ("epoch", rec.epoch)):
+        name = (roles or {}).get(role) or role
+        if value is not None:
+            row[name] = value
+    if rec.kind == jr.ENVELOPE:
+        row.update(
+            action=meta.get("action"),
+            dir=meta.get("dir"),
+            state=meta.get("state"),
+            frame1=sum(meta.get("segments") or []),
+            frame1_digest=meta.get("frame1_digest"),
+            full=rec.full,
+        )
+        if meta.get("error"):
+            row["error"] = meta["error"]
+        if meta.get("reason"):
+            row["reason"] = meta["reason"]
+        if meta.get("dropped_before"):
+            row["dropped_before"] = meta["dropped_before"]
+        if everything:
+            row["manifest"] = meta.get("manifest")
+            row["segments"] = meta.get("segments")
+            row["t"] = meta.get("t")
+    else:
+        row.update({k: v for k, v in meta.items() if everything or k not in ("t", "fields")})
+        if isinstance(meta.get("fields"), dict) and not everything:
+            row["fields"] = len(meta["fields"])  # each field's digest: --format json
+    return row
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    kind = row["kind"]
+    fixed = {"offset", "kind", "bytes"}
+    if kind == "ENVELOPE":
+        ids = " ".join(
+            f"{k}={v}"
+            for k, v in row.items()
+            if k not in fixed
+            and k
+            not in ("action", "dir", "state", "frame1", "frame1_digest", "full", "error", "reason")
+            and k != "dropped_before"
+        )
+        text = (
+            f"@{row['offset']:<8} {row['dir']} {row['action'] or '?':<9} {ids} "
+            f"state={row['state']} frame1={row['frame1']}B digest={row['frame1_digest']}"
+            + (" +bytes" if row["full"] else "")
+        )
+        for extra in ("reason", "error", "dropped_before"):
+            if extra in row:
+                text += f" {extra}={row[extra]!r}" if extra != "dropped_before" else (
+                    f" dropped_before={row[extra]}")  # fmt: skip
+        return text
+    rest = " ".join(f"{k}={_compact(v)}" for k, v in row.items() if k not in fixed)
+    return f"@{row['offset']:<8} {kind.lower():<8} {rest}"
+
+
+def _compact(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_compact(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tpwire.runtime import journal as jr
+
+    missing = _missing(args.files)
+    if missing:
+        for p in missing:
+            _err(f"{p}: no such file")
+        return EXIT_USAGE
+    bad = False
+    docs = []
+    for path in jr.journal_files(args.files):
+        found = jr.scan(path)
+        opening = found.opening or {}
+        rows = [_record_row(r, opening, everything=args.format == "json") for r in found.records]
+        problems = [
+            {"offset": p.offset, "message": p.message, "torn": p.torn} for p in found.problems
+        ]
+        bad = bad or bool(problems)
+        if args.format == "json":
+            docs.append({"file": str(path), "records": rows, "problems": problems})
+            continue
+        print(f"{path}: {len(rows)} records, {len(problems)} problem(s)")
+        by_offset = sorted(
+            [(r["offset"], _row_text(r)) for r in rows]
+            + [(p.offset, f"@{p.offset:<8} PROBLEM: {p.message}") for p in found.problems]
+        )
+        for _, line in by_offset:
+            print(f"  {line}")
+    if args.format == "json":
+        print(json.dumps(docs, indent=1))
+    return EXIT_FAIL if bad else EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from tpwire.runtime.journal_diff import diff
+    from tpwire.runtime.replay import load
+
+    missing = _missing(args.paths)
+    if missing:
+        for p in missing:
+            _err(f"{p}: no such file or folder")
+        return EXIT_USAGE
+    journals = [j for j in load(args.paths) if j.records]
+    if len(journals) < 2:
+        _err(f"journal diff needs the journals of at least two ranks, found {len(journals)}")
+        return EXIT_USAGE
+    report = diff(journals, _protocol(args.spec))
+    div = report.divergence
+    if args.format == "json":
+        print(json.dumps({
+            "journals": [j.name for j in journals],
+            "compared": report.compared,
+            "divergence": None if div is None else {
+                "at": div.coordinate, "action": div.action, "differences": div.lines,
+                "odd": div.odd,
+            },
+            "notes": report.notes,
+        }, indent=1))  # fmt: skip
+        return EXIT_FAIL if div is not None else EXIT_OK
+    names = ", ".join(j.name for j in journals)
+    counts = ", ".join(str(len(j.envelopes())) for j in journals)
+    print(f"journals: {names} ({counts} envelope records)")
+    for note in report.notes:
+        print(f"note: {note}")
+    if div is None:
+        print(f"no divergence: {report.compared} envelopes agree on every rank")
+        return EXIT_OK
+    print(div.text())
+    if div.odd:
+        print(f"  differs: {', '.join(div.odd)}")
+    return EXIT_FAIL
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tpwire.runtime.replay import bindings_for, load, replay
+
+    missing = _missing(args.files)
+    if missing:
+        for p in missing:
+            _err(f"{p}: no such file")
+        return EXIT_USAGE
+    journals = [j for j in load(args.files) if j.records]
+    if not journals:
+        _err("no journal records in " + " ".join(args.files))
+        return EXIT_USAGE
+    status = EXIT_OK
+    for journal in journals:
+        bindings = bindings_for(journal.opening, _protocol(args.spec))
+        if bindings is None:
+            _err(
+                f"{journal.name}: protocol {journal.opening.get('protocol')!r} is not a "
+                "generated module of this build; pass --spec SPEC"
+            )
+            status = EXIT_USAGE
+            continue
+        for problem in journal.problems:
+            print(f"{journal.name}: note: {problem}")
+        report = replay(journal, bindings, stop=not args.all)
+        for note in report.notes:
+            print(f"{journal.name}: note: {note}")
+        if args.verbose:
+            for o in report.outcomes:
+                mark = "refused" if o.refused else "ok"
+                rep = "" if o.reproduced is None else (" reproduced" if o.reproduced else "")
+                print(
+                    f"  {o.ids} {o.action}: {mark}{rep}" + (f": {o.refused}" if o.refused else "")
+                )
+        full = [o for o in report.outcomes if o.reproduced is not None]
+        same = sum(1 for o in full if o.reproduced)
+        first = report.first_refused
+        if first is not None:
+            print(
+                f"{journal.name}: REFUSED at {first.ids} ({first.action}, offset "
+                f"{first.record.offset} of {first.record.path}): {first.refused}"
+            )
+            status = EXIT_FAIL
+        n = len(report.outcomes)
+        tail = (
+            f"; {same} of {len(full)} full-mode envelopes reproduced bit for bit"
+            if full
+            else "; digest mode: frame 0 and ordering checked (record with mode 'full' to "
+            "decode and reproduce frame 1)"
+        )
+        verdict = "accepted" if first is None else f"{n - 1} accepted before the refusal"
+        print(f"{journal.name}: {n} envelopes replayed, {verdict}{tail}")
+    return status
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``journal`` (show, diff) and ``replay`` to the ``tpwire`` command line."""
+    jp = sub.add_parser(
+        "journal",
+        help="read envelope journals: show the records, diff the ranks",
+        description="Envelope journals (channel journal=DIR or TPWIRE_JOURNAL=DIR) hold one "
+        "checksummed record per envelope a rank sent or received and what it observed. "
+        "See docs/journal.md.",
+    )
+    jsub = jp.add_subparsers(dest="journal_command", required=True, metavar="COMMAND")
+    show = jsub.add_parser(
+        "show",
+        help="one line per record (ids, action, sizes, state, digests)",
+        description="Print each record of each FILE (or folder of .tpj files): offset, ids, "
+        "action, direction, state, frame 1 size and digest; problems (corruption, a torn "
+        "tail) in place with their offset. Exit 1 when a file has a problem.",
+    )
+    show.add_argument("files", nargs="+", metavar="FILE")
+    show.add_argument("--format", choices=("text", "json"), default="text")
+    show.set_defaults(func=cmd_show)
+    df = jsub.add_parser(
+        "diff",
+        help="the first record where the ranks' journals differ (exit 1 on a divergence)",
+        description="Align the journals of several ranks (folders or files) by sequence id and "
+        "report the first envelope where they differ: a different envelope, a missing record, "
+        "a different outcome, input or output digest or ledger count, or a different end. "
+        "Exit 0: no divergence; 1: a divergence; 2: unusable input.",
+    )
+    df.add_argument("paths", nargs="+", metavar="DIR_OR_FILE")
+    df.add_argument("--spec", metavar="SPEC", help="decode with this spec (default: the "
+                    "generated module named by the journal)")  # fmt: skip
+    df.add_argument("--format", choices=("text", "json"), default="text")
+    df.set_defaults(func=cmd_diff)
+    rp = sub.add_parser(
+        "replay",
+        help="push a recorded stream through this build's receive path",
+        description="Replay each journal in FILE... (one rank's files) through the receive "
+        "path without a process group: frame 0 checks, ordering, and in full mode frame 1, "
+        "decode, validation and a bit-for-bit re-encode, then the ledger's recorded counts "
+        "against their plan. Reports the first envelope this build refuses (exit 1). A "
+        "journal recorded under another spec is replayed with this build's fingerprint.",
+    )
+    rp.add_argument("files", nargs="+", metavar="FILE")
+    rp.add_argument("--spec", metavar="SPEC", help="replay against this spec (compiled "
+                    "in-process) instead of the generated module")  # fmt: skip
+    rp.add_argument("--all", action="store_true", help="go on after a refusal")
+    rp.add_argument("-v", "--verbose", action="store_true", help="one line per envelope")
+    rp.set_defaults(func=cmd_replay)
