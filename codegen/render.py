@@ -13,6 +13,8 @@ from typing import Any
 
 import jinja2
 
+from tpwire.extras import FormatterError
+
 from .ir import ProtocolIR
 from .schema import json_schema
 from .stamp import GENERATOR_VERSION
@@ -67,10 +69,6 @@ def _render(template: str, **context: Any) -> str:
 
 #: Independent of whatever ruff configuration surrounds the caller; matches pyproject.toml.
 _RUFF_ARGS = ("--isolated", "--line-length", "100", "--target-version", "py311")
-
-
-class FormatterError(RuntimeError):
-    """The pinned formatter is missing or another version is installed."""
 
 
 @cache

@@ -196,3 +196,17 @@ def test_pre_commit_hooks_run_on_the_whole_project() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0 and "output up to date" in done.stdout, done.stdout + done.stderr
+
+
+def test_journal_commands_run_without_the_compiler_extra(tmp_path: Path) -> None:
+    """Journals are read where the workers run: a runtime-only install."""
+    bogus = tmp_path / "rank0.tpj"
+    bogus.write_bytes(b"not a journal")
+    code = _without("yaml", "jsonschema") + (
+        "from tpwire.cli import main\n"
+        f"raise SystemExit(main(['journal', 'show', {str(bogus)!r}]))\n"
+    )
+    done = _run(code)
+    assert "extra" not in done.stderr, done.stderr
+    assert "0 records, 1 problem(s)" in done.stdout, done.stdout + done.stderr
+    assert "@0        PROBLEM: 13 trailing bytes, not a record" in done.stdout

@@ -16,14 +16,13 @@ from typing import Any
 
 from tpwire import __version__
 from tpwire import config as project
-from tpwire.extras import MissingExtra
+from tpwire.extras import FormatterError, MissingExtra
 
 # Every command but --help and --version needs the compiler extra; a missing one is a
 # one-line message from main(), not an ImportError at startup.
 try:
     from tpwire.codegen import breaking, compiler, render
     from tpwire.codegen.errors import SpecError, SpecErrors
-    from tpwire.codegen.render import FormatterError
     from tpwire.codegen.splice import SpliceError, splice
 except MissingExtra as exc:
     _MISSING_COMPILER: MissingExtra | None = exc
@@ -31,6 +30,8 @@ else:
     _MISSING_COMPILER = None
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+#: commands a runtime-only install runs (journals are read on the workers' machines)
+RUNTIME_COMMANDS = frozenset({"journal", "replay"})
 
 
 def _print_errors(errors: Sequence[SpecError]) -> None:
@@ -566,7 +567,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if _MISSING_COMPILER is not None:
+    if _MISSING_COMPILER is not None and args.command not in RUNTIME_COMMANDS:
         print(f"tpwire: {_MISSING_COMPILER}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -575,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecErrors as exc:
         _print_errors(exc.errors)
         return EXIT_FAIL
+    except MissingExtra as exc:
+        print(f"tpwire: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (UsageError, project.ConfigError, FormatterError) as exc:
         print(f"tpwire {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,6 +20,10 @@ class MissingExtra(ModuleNotFoundError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+class FormatterError(RuntimeError):
+    """The compiler's pinned formatter is missing, or another version of it is installed."""
+
+
 def missing_extra_message(extra: str, module: str, what: str) -> str:
     return f"{what} needs {module!r} from the {extra!r} extra: pip install 'tpwire[{extra}]'"
 
