@@ -238,3 +238,19 @@ def test_each_epoch_rules_its_own_field(field: str) -> None:
     steps[2] = Step(hold.header, dataclasses.replace(hold.msg, **{field: value}), "bad")
     (v,) = run_stream(proto.BINDINGS, steps).sender[2]
     assert (v.code, v.field) == ("not_bumped", field)
+
+
+def test_docs_show_the_real_v1_to_v2_findings() -> None:
+    from tpwire.codegen import breaking
+
+    report = breaking.breaking(
+        breaking.load_side((ROOT / "spec" / "tp_control.yaml").read_text(), "spec/tp_control.yaml"),
+        breaking.load_side(
+            (ROOT / "spec" / "tp_control_v2.yaml").read_text(), "spec/tp_control_v2.yaml"
+        ),
+    )
+    doc = (ROOT / "docs" / "evolution.md").read_text()
+    lines = [str(f) for f in report.findings]
+    assert {f.rule for f in report.findings} >= {"FIELD_CACHED", "MESSAGE_VERSION_CHANGED"}
+    for line in lines:
+        assert line in doc, line
