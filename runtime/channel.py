@@ -741,20 +741,7 @@ class _Channel(Generic[H, M]):
                 f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
             )
             raise
-        kept: frozenset[str] = frozenset()
-        cache = self._recv_cache
-        if cache is not None:
-            # the rules across envelopes against this end's cache; the whole envelope has
-            # arrived, so refusing it keeps the channel in lockstep
-            across = cache.check(msg, header)
-            if across:
-                _log(
-                    f"tpwire[rank {self.rank}]: envelope refused after receive "
-                    f"{self._ids(header)}: {len(across)} violation(s), first: {across[0]}"
-                )
-                raise EnvelopeInvalid(across)
-            kept = cache.kept(msg)
-            msg = cache.commit(msg, header)
+        msg, kept = self._accept_cached(msg, header)
         if action in self._terminal:
             self.closed = True  # terminal actions: no further frame will come
         if action is self.protocol.error:
@@ -764,6 +751,23 @@ class _Channel(Generic[H, M]):
                 f"{why}; stopping for the source's reason"
             )
         return Received(action, header, msg, manifest.reason, kept)
+
+    def _accept_cached(self, msg: M | None, header: H) -> tuple[M | None, frozenset[str]]:
+        """The rules across envelopes (fields ``cached_by`` an epoch) against this end's
+        cache, after the whole envelope arrived (refusing it keeps the channel in lockstep):
+        ``EnvelopeInvalid``, or the message with the kept values filled in and their names."""
+        cache = self._recv_cache
+        if cache is None:
+            return msg, frozenset()
+        across = cache.check(msg, header)
+        if across:
+            _log(
+                f"tpwire[rank {self.rank}]: envelope refused after receive "
+                f"{self._ids(header)}: {len(across)} violation(s), first: {across[0]}"
+            )
+            raise EnvelopeInvalid(across)
+        kept = cache.kept(msg)
+        return cache.commit(msg, header), kept
 
     def forget_cached(self) -> None:
         """Empty this end's cache of fields cached by an epoch (both directions): what a

@@ -17,6 +17,7 @@ from tpwire.generated import tp_control as tc
 from tpwire.generated import tp_control_v2 as t2
 from tpwire.runtime import tripwire
 from tpwire.runtime.channel import BroadcastChannel
+from tpwire.runtime.compat import CompatBroadcastChannel
 from tpwire.runtime.errors import EnvelopeInvalid
 
 CHUNKS = 16
@@ -149,10 +150,15 @@ def stream(rank: int, world: int) -> Any:
                 msg = v2_envelope(i)
                 sent.append(msg.conditioning_embeds is not None)
                 ch2.send(msg, header(t2, i))
+        # the same optimize-mode stream over Scope's current (pickle) wire
+        with CompatBroadcastChannel(t2, poison="raise", watchdog_s=30) as ch3:
+            for i in range(CHUNKS):
+                ch3.send(v2_envelope(i), header(t2, i))
         return {"meant": meant, "sent_conditioning": sent}
     v1 = worker_loop(BroadcastChannel(tc, poison="raise", watchdog_s=30).open())
     v2 = worker_loop(BroadcastChannel(t2, poison="raise", watchdog_s=30).open())
-    return {"v1": v1, "v2": v2}
+    compat = worker_loop(CompatBroadcastChannel(t2, poison="raise", watchdog_s=30).open())
+    return {"v1": v1, "v2": v2, "compat": compat}
 
 
 def refusals(rank: int, world: int, case: str) -> Any:

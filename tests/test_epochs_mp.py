@@ -23,12 +23,13 @@ def test_updates_every_5_chunks_and_a_hard_cut_deliver_the_intended_conditioning
     # the conditioning travelled only on the first chunk, the updates and the hard cut
     assert [i for i, s in enumerate(r0.result["sent_conditioning"]) if s] == [0, 5, 8, 10, 15]
     for r in (r1, r2):
-        v1, v2 = r.result["v1"], r.result["v2"]
+        v1, v2, compat = r.result["v1"], r.result["v2"], r.result["compat"]
         assert v1["calls"] == meant  # the v1 stream: every chunk carries it
         assert v2["calls"] == meant  # the optimize mode: the same inputs per chunk
-        assert v2["kept"] == [1, 2, 3, 4, 6, 7, 9, 11, 12, 13, 14]
-        assert v1["refused"] == v2["refused"] == []
-        assert v2["end"] == "SHUTDOWN"
+        assert compat["calls"] == meant  # ... also over Scope's current (pickle) wire
+        assert v2["kept"] == compat["kept"] == [1, 2, 3, 4, 6, 7, 9, 11, 12, 13, 14]
+        assert v1["refused"] == v2["refused"] == compat["refused"] == []
+        assert v2["end"] == compat["end"] == "SHUTDOWN"
 
 
 def test_sender_bumping_the_epoch_without_the_tensor_is_refused_before_frame_0(
