@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from tpwire.codegen import compile as compile_spec
 from tpwire.generated import tp_control_v2 as t2
 from tpwire.generated import tp_control_v2_strategies as s2
+from tpwire.runtime.epochs import EpochCache
 from tpwire.runtime.streams import (
     STREAM_MUTANT_KINDS,
     Step,
@@ -101,13 +102,11 @@ def test_valid_streams_deliver_the_intended_values(name: str) -> None:
     prop()
 
 
-@pytest.mark.parametrize("name", ["tp_control_v2", "paint"])
-@pytest.mark.parametrize("kind", sorted(STREAM_MUTANT_KINDS))
-def test_stream_mutants_are_refused_with_their_codes(name: str, kind: str) -> None:
+def mutant_property(name: str, kind: str, max_examples: int = 10) -> Any:
     proto, envelopes = protocols()[name]
     b = proto.BINDINGS
 
-    @settings(SETTINGS, max_examples=10)
+    @settings(SETTINGS, max_examples=max_examples)
     @given(stream_mutants(b, envelopes, kinds=[kind]))
     def prop(m: StreamMutant) -> None:
         # the steps before the mutant through the codec; the mutant itself may break a rule
@@ -128,4 +127,26 @@ def test_stream_mutants_are_refused_with_their_codes(name: str, kind: str) -> No
         # nothing stale was handed over: the refused step delivers nothing
         assert played.delivered[m.at] is None
 
-    prop()
+    return prop
+
+
+@pytest.mark.parametrize("name", ["tp_control_v2", "paint"])
+@pytest.mark.parametrize("kind", sorted(STREAM_MUTANT_KINDS))
+def test_stream_mutants_are_refused_with_their_codes(name: str, kind: str) -> None:
+    mutant_property(name, kind)()
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_MUTANT_KINDS))
+def test_the_property_fails_on_a_receiver_that_trusts_its_cache(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seeded bug: a receiver whose cache never refuses (a silent reuse). Every mutant
+    kind must catch it, or its property could not fail."""
+    real = EpochCache.check
+
+    def trusting(self: EpochCache[Any, Any], msg: Any, header: Any) -> list[Any]:
+        return real(self, msg, header) if not self.keep_values else []
+
+    monkeypatch.setattr(EpochCache, "check", trusting)
+    with pytest.raises(AssertionError):
+        mutant_property("paint", kind, max_examples=5)()
