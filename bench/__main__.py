@@ -59,6 +59,7 @@ def run_world(world: int, plan: Plan, timeout: float) -> dict[str, dict[str, flo
         q = statistics.quantiles(latency, n=10)
         stats[key] = {
             "median_us": statistics.median(latency) * 1e6,
+            "mean_us": statistics.fmean(latency) * 1e6,
             "p10_us": q[0] * 1e6,
             "p90_us": q[-1] * 1e6,
             "n": len(latency),

@@ -48,7 +48,7 @@ def _meta(header: Any, msg: Any) -> dict[str, Any]:
 def _schema_validator(proto: Any) -> jsonschema.Draft202012Validator:
     from tpwire.codegen.compiler import protocol_ir
 
-    ir = protocol_ir(E.SPEC.parent / f"{proto.__name__.rsplit('.', 1)[-1]}.yaml")
+    ir = protocol_ir(E.SPEC_DIR / f"{proto.__name__.rsplit('.', 1)[-1]}.yaml")
     return jsonschema.Draft202012Validator(json_schema(ir))
 
 

@@ -1,10 +1,11 @@
 """The envelope streams the benchmark sends: one function per kind, the same on every rank.
 
 A stream is a function ``(i) -> (message or None)`` of the chunk number; payload-free kinds
-return None. ``cond_on_update`` uses a variant of tp_control (compiled here from the shipped
-spec, one rule changed) where ``conditioning_embeds`` travels only on update chunks: the
-shipped v1 spec sends it every chunk (FM-17, bringup-safe), so that variant shows what the
-wire would cost once Scope relaxes the rule.
+return None. ``cond_on_update`` is Scope's optimize mode, the shipped
+``spec/tp_control_v2.yaml``: ``conditioning_embeds`` is cached by ``conditioning_epoch`` and
+travels only on update chunks (every ``UPDATE_EVERY``th), where the shipped v1 spec sends it
+every chunk (FM-17, bringup-safe). Its other inputs are those of ``scope``, chunk by chunk,
+so the two rows compare v1 and the optimize mode on the same stream.
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
-import yaml
 
-from tpwire.generated import pp_contract, tp_control
+from tpwire.generated import pp_contract, tp_control, tp_control_v2
 
-SPEC = Path(__file__).resolve().parent.parent / "spec" / "tp_control.yaml"
+SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
 RECOMPUTE_EVERY = 3  # Scope recomputes the KV cache every few chunks (context frames attached)
 UPDATE_EVERY = 8  # a prompt update every few chunks
 
@@ -33,19 +32,9 @@ class Kind:
     title: str
     protocol: Callable[[], ModuleType]
     message: Callable[[ModuleType, int], Any]  # None: NOOP
-
-
-@cache
-def cond_on_update_protocol() -> ModuleType:
-    from tpwire.codegen.compiler import compile as compile_spec
-
-    spec = yaml.safe_load(SPEC.read_text("utf-8"))
-    field = spec["messages"]["Infer"]["fields"]["conditioning_embeds"]
-    field["type"] = "tensor | None"
-    rule = "tp_plan == TPPlan.v1_generator_only and conditioning_embeds_updated == True"
-    field["required_when"] = rule
-    field["none_unless"] = rule
-    return compile_spec(yaml.safe_dump(spec, sort_keys=False))
+    #: for a stream that cycles through a few messages: message ``msg`` as chunk ``i`` of the
+    #: stream (the optimize mode's epoch follows the stream, so it never goes back)
+    restamp: Callable[[Any, int], Any] | None = None
 
 
 def _v1(
@@ -57,12 +46,13 @@ def _v1(
     recompute: bool,
     cond: bool = True,
     updated: bool = False,
+    **extra: Any,
 ) -> Any:
     g = torch.Generator().manual_seed(i)
     lh, lw = size
     t, d = tokens
     return proto.InferV1GeneratorOnly(
-        tp_envelope_version=1,
+        **extra,
         height=lh * 8,
         width=lw * 8,
         current_start_frame=3 * i,
@@ -90,14 +80,22 @@ def _recompute(i: int) -> bool:
 
 
 def small(proto: ModuleType, i: int) -> Any:
-    return _v1(proto, i, size=(4, 4), tokens=(8, 64), recompute=False)
+    return _v1(proto, i, size=(4, 4), tokens=(8, 64), recompute=False, tp_envelope_version=1)
 
 
 def scope(proto: ModuleType, i: int) -> Any:
-    return _v1(proto, i, size=(40, 72), tokens=(512, 4096), recompute=_recompute(i))
+    return _v1(
+        proto,
+        i,
+        size=(40, 72),
+        tokens=(512, 4096),
+        recompute=_recompute(i),
+        tp_envelope_version=1,
+    )
 
 
 def cond_on_update(proto: ModuleType, i: int) -> Any:
+    """The optimize mode: new conditioning (and its epoch) every ``UPDATE_EVERY`` chunks."""
     update = i % UPDATE_EVERY == 0
     return _v1(
         proto,
@@ -107,7 +105,14 @@ def cond_on_update(proto: ModuleType, i: int) -> Any:
         recompute=_recompute(i),
         cond=update,
         updated=update,
+        tp_envelope_version=2,
+        conditioning_epoch=i // UPDATE_EVERY,
     )
+
+
+def cond_epoch(msg: Any, i: int) -> Any:
+    """``msg`` (one of a cycle of ``UPDATE_EVERY``-aligned messages) as chunk ``i``."""
+    return dataclasses.replace(msg, conditioning_epoch=i // UPDATE_EVERY)
 
 
 def pp_envelope(i: int) -> Any:
@@ -146,9 +151,10 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "cond_on_update",
-            "Scope v1 INFER, conditioning on update chunks only (every 8th)",
-            cond_on_update_protocol,
+            f"Scope optimize mode (v2), conditioning every {UPDATE_EVERY}th chunk",
+            lambda: tp_control_v2,
             cond_on_update,
+            cond_epoch,
         ),
     )
 }

@@ -57,8 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PKGTREE = ROOT / "build" / "pkgtree"
 NO_CUDA = "gpu-check: no CUDA device, nothing to check"
 DEFAULT_REPORT = ROOT / "docs" / "benchmarks-gpu.md"
-#: the kinds of bench/envelopes.py measured here (cond_on_update compiles a spec at run
-#: time, which needs jsonschema: not on every GPU machine)
+#: the kinds of bench/envelopes.py measured here (cond_on_update, the optimize mode, is
+#: measured by ``make bench``)
 KINDS = ("noop", "small", "scope")
 #: iterations of the channel section (after warmup), per kind
 CHANNEL_ITERS = {"small": 30, "scope": 15}

@@ -221,6 +221,50 @@ def _transport_table(result: dict[str, Any], world: str) -> list[str]:
     return lines
 
 
+def _bytes_per_chunk(kind: str) -> tuple[float, int]:
+    """Mean bytes tpwire moves per chunk over one cycle of the stream (frame 0 and every
+    tensor), and the cycle's length."""
+    k = E.KINDS[kind]
+    proto = k.protocol()
+    cycle = E.UPDATE_EVERY * E.RECOMPUTE_EVERY
+    total = sum(E.tensor_bytes(k.message(proto, i)) for i in range(cycle))
+    return total / cycle + proto.FRAME0_LEN * 8, cycle
+
+
+def _optimize_section(result: dict[str, Any]) -> list[str]:
+    """v1 (conditioning every chunk) next to the optimize mode (tp_control_v2, conditioning
+    cached by conditioning_epoch) on the same stream of Scope chunks."""
+    lines = [
+        "## Conditioning: v1 (every chunk) vs the optimize mode (cached by an epoch)",
+        "",
+        f"The same Scope stream (320x576, context frames every {E.RECOMPUTE_EVERY}rd chunk) "
+        "over `tp_control` v1, which sends the 4 MiB conditioning with every chunk, and over "
+        "`tp_control_v2`, whose `conditioning_embeds` is `cached_by: conditioning_epoch`: "
+        f"sent when the epoch increments (a prompt update every {E.UPDATE_EVERY} chunks "
+        "here), kept by each worker otherwise (the sender and every worker check the epoch "
+        "rule on every chunk). Bytes: frame 0 plus every tensor, the mean over a cycle of the "
+        "stream. Time: tpwire's channel, per chunk (median and mean: an update chunk costs "
+        "what a v1 chunk does, so the mean is what a stream pays).",
+        "",
+        "| world | mode | bytes per chunk | median us | mean us | 10th-90th us |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for world in _runs(result):
+        for kind, mode in (("scope", "v1"), ("cond_on_update", "optimize")):
+            try:
+                s = _stat(result, world, kind, "tpwire")
+            except KeyError:
+                continue
+            nbytes, _ = _bytes_per_chunk(kind)
+            mean = s.get("mean_us")
+            lines.append(
+                f"| {world} | {mode} | {nbytes:,.0f} | {_us(s['median_us'])} | "
+                f"{_us(mean) if mean is not None else 'n/a'} | "
+                f"{_us(s['p10_us'])}-{_us(s['p90_us'])} |"
+            )
+    return [*lines, ""]
+
+
 def _carry_table(result: dict[str, Any]) -> list[str]:
     """tpwire next to carry-all: a segment over the carry limit on its own, or copied in."""
     lines = [
@@ -305,6 +349,7 @@ def markdown(result: dict[str, Any]) -> str:
         out += [f"## Transports, world size {world}", ""]
         out += _transport_table(result, world)
         out.append("")
+    out += _optimize_section(result)
     for world in result.get("nccl") or {}:
         out += [
             f"## Transports over NCCL, world size {world} (a GPU per rank)",

@@ -114,6 +114,8 @@ class Tpwire:
     def step(self, i: int, msg: Any) -> None:
         self.call_id += 1
         if self.rank == 0:
+            if msg is not None and self.kind.restamp is not None:
+                msg = self.kind.restamp(msg, i)
             if msg is None:
                 self.ch.noop()
             else:

@@ -94,6 +94,9 @@ RULES: dict[str, Rule] = _rules(
     ("FIELD_RANGE_WIDENED", "loosening", "fields", "min lowered or max raised"),
     ("STR_MAX_LEN_NARROWED", "tightening", "fields", "a str field's max_len lowered"),
     ("STR_MAX_LEN_WIDENED", "loosening", "fields", "a str field's max_len raised"),
+    ("FIELD_CACHED", "loosening", "fields", "a field became cached_by an epoch"),
+    ("FIELD_UNCACHED", "tightening", "fields", "a field is no longer cached_by an epoch"),
+    ("FIELD_CACHE_EPOCH_CHANGED", "both", "fields", "a cached field follows another epoch"),
     # presence
     ("PRESENCE_REQUIRED_WIDENED", "tightening", "presence", "required for more envelopes"),
     ("PRESENCE_REQUIRED_NARROWED", "loosening", "presence", "required for fewer envelopes"),
@@ -559,6 +562,7 @@ class _Comparer:
         if retyped:
             emit("FIELD_RETYPED", f"{subject} type {ok} -> {nk}", ("type",))
         self.presence(of, nf, subject, old_scope, new_scope, rename, emit)
+        self.cached(of, nf, subject, rename, emit)
         if retyped:
             return
         version_field = nm is not None and nm.version_field == nf.name
@@ -570,6 +574,35 @@ class _Comparer:
         if nk.kind == "tensor" and om is not None and nm is not None:
             self.tensor(of, nf, subject, om, nm, emit)
         self.derived(of, nf, subject, old_scope, new_scope, rename, emit)
+
+    def cached(
+        self, of: CField, nf: CField, subject: str, rename: Mapping[str, str], emit: _Emit
+    ) -> None:
+        """``cached_by``: a rule across envelopes, so presence rules alone do not show it. A
+        new sender of a newly cached field leaves it out while its epoch holds (an old
+        receiver expects it every time); an old sender of a field no longer cached does."""
+        old = of.cached_by
+        new = nf.cached_by
+        if new is not None and rename.get(new, new) == old:
+            return
+        if old is None and new is not None:
+            emit(
+                "FIELD_CACHED",
+                f"{subject} is now cached_by {new}: a new sender leaves it out while {new} holds",
+                ("cached_by",),
+            )
+        elif old is not None and new is None:
+            emit(
+                "FIELD_UNCACHED",
+                f"{subject} is no longer cached_by {old}: an old sender leaves it out while "
+                f"{old} holds",
+            )
+        elif old is not None and new is not None:
+            emit(
+                "FIELD_CACHE_EPOCH_CHANGED",
+                f"{subject} cached_by {old} -> {new}: old and new peers send it on other chunks",
+                ("cached_by",),
+            )
 
     def ranges(self, of: CField, nf: CField, subject: str, emit: _Emit) -> None:
         is_int = nf.type.kind == "int"
@@ -604,6 +637,8 @@ class _Comparer:
         o_rules = [c for c in (of.required_when, of.forbidden_when, of.none_unless) if c]
         n_rules = [c for c in (nf.required_when, nf.forbidden_when, nf.none_unless) if c]
         if not o_rules and not n_rules:
+            if of.type.nullable == nf.type.nullable and of.cached_by != nf.cached_by:
+                return  # presence follows the epoch now (or no longer): FIELD_(UN)CACHED
             if of.always_required and not nf.always_required:
                 emit(
                     "FIELD_NULLABLE",

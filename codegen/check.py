@@ -430,7 +430,7 @@ class _Checker:
         if kind == "tensor":
             dtypes, shape, max_elements = self.check_tensor(name, body, path, dims)
         required_always = not t.nullable and not any(
-            k in body for k in ("required_when", "forbidden_when", "none_unless")
+            k in body for k in ("required_when", "forbidden_when", "none_unless", "cached_by")
         )
         return CField(
             name=name,
@@ -447,6 +447,7 @@ class _Checker:
             why=body.get("why", ""),
             check=body.get("check", ""),
             fm=body.get("fm"),
+            cached_by=body.get("cached_by"),
         )
 
     def check_tensor(
@@ -587,6 +588,77 @@ class _Checker:
             derived=rules.get("derived"),
         )
 
+    def check_cached(self, fields: dict[str, CField]) -> None:
+        """``cached_by``: the epoch is an int field of the same message that is neither cached
+        nor derived; the cached field has no rule that says when it is sent (its epoch does),
+        no ``| None`` (absent means "unchanged") and is no epoch itself. Lowered to a
+        single-envelope rule: absent whenever its epoch is (``none_unless``). The rules
+        across envelopes are the runtime's (``tpwire.runtime.epochs``)."""
+        for name, f in list(fields.items()):
+            epoch_name = f.cached_by
+            if epoch_name is None:
+                continue
+            at = (*f.path, "cached_by")
+            epoch = fields.get(epoch_name)
+            ok = True
+            if epoch_name == name:
+                self.fail(at, "bad-cached-by", f"{name!r} cannot be cached by itself")
+                continue
+            if epoch is None:
+                hint = _did_you_mean(epoch_name, fields)
+                self.fail(
+                    at,
+                    "unknown-field",
+                    f"cached_by of {name!r}: {epoch_name!r} is not a field of this message{hint}",
+                )
+                continue
+            if epoch.type.kind != "int" or epoch.type.nullable:
+                self.fail(
+                    at,
+                    "bad-cached-by",
+                    f"cached_by of {name!r}: epoch field {epoch_name!r} must be an int "
+                    f"(a non-decreasing counter), got {epoch.type}",
+                )
+                ok = False
+            elif epoch.cached_by is not None or epoch.derived is not None:
+                what = "cached" if epoch.cached_by is not None else "derived"
+                self.fail(
+                    at,
+                    "bad-cached-by",
+                    f"cached_by of {name!r}: epoch field {epoch_name!r} is {what} itself; "
+                    "the epoch must travel in every envelope that uses it",
+                )
+                ok = False
+            for key, present in (
+                ("required_when", f.required_when),
+                ("none_unless", f.none_unless),
+                ("derived", f.derived),
+            ):
+                if present is not None:
+                    self.fail(
+                        (*f.path, key),
+                        "bad-cached-by",
+                        f"{name!r} is cached_by {epoch_name!r}: it is sent exactly when that "
+                        f"epoch increments, so it cannot also declare {key}",
+                    )
+                    ok = False
+            if f.type.nullable:
+                self.fail(
+                    (*f.path, "type"),
+                    "bad-cached-by",
+                    f"{name!r} is cached_by {epoch_name!r}: absent means 'unchanged', so its "
+                    f"type cannot also admit None ({f.type})",
+                )
+                ok = False
+            if not ok:
+                continue
+            if not epoch.always_required:
+                # absent whenever the epoch is: the only rule one envelope can check
+                source = f"{epoch_name} is not None"
+                fields[name] = dataclasses.replace(
+                    f, none_unless=CExpr(source, expr.parse(source), at)
+                )
+
     def check_derived_cycles(self, fields: Mapping[str, CField]) -> None:
         """Derived fields that depend on each other in a cycle (one error per cycle, at the
         first field of it in spec order; a field derived from itself is reported already)."""
@@ -676,6 +748,14 @@ class _Checker:
         for name, fbody in fields_body.items():
             f = self.check_field(name, fbody, (*hpath, "fields", name), {})
             if f is None:
+                continue
+            if f.cached_by is not None:
+                self.fail(
+                    (*hpath, "fields", name, "cached_by"),
+                    "bad-cached-by",
+                    f"header field {name!r} cannot be cached_by an epoch: only message fields "
+                    "are (the header travels with every frame)",
+                )
                 continue
             if f.type.kind not in ("int", "bool", "enum"):
                 self.fail(
@@ -873,6 +953,7 @@ class _Checker:
         for fname, f in list(fields.items()):
             fields[fname] = self.attach_rules(f, fields_body[fname], symbols)
         self.check_derived_cycles(fields)
+        self.check_cached(fields)
         disc = body.get("discriminator")
         if disc is not None:
             f = fields.get(disc)

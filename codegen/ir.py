@@ -157,6 +157,8 @@ class FieldIR:
     #: for the rule constants: whose field it is ("header" or the message) and its path
     rule_owner: str = ""
     rule_label: str = ""
+    #: the epoch field this field is cached by (``cached_by``), None for most fields
+    cached_by: str | None = None
 
     @property
     def is_tensor(self) -> bool:
@@ -619,6 +621,23 @@ class ProtocolIR:
         return "{" + ", ".join(parts) + "}"
 
     @property
+    def cached_py(self) -> str:
+        """Each message class with fields cached by an epoch and those fields
+        (``runtime.bindings.Cached``); empty when the spec declares none."""
+        parts = []
+        for m in self.messages:
+            by_name = {f.name: f for f in m.fields}
+            cached = [
+                f"_b.Cached({m.name!r}, {f.name!r}, {f.cached_by!r}, "
+                f"{f.fm or by_name[f.cached_by].fm!r})"
+                for f in m.fields
+                if f.cached_by is not None
+            ]
+            if cached:
+                parts += [f"{v.class_name}: ({', '.join(cached)},)" for v in m.variants]
+        return "{" + ", ".join(parts) + "}" if parts else ""
+
+    @property
     def no_ids_py(self) -> str:
         """``header_ids_py`` when there is no header to read them from."""
         parts = [f"({f!r}, None)" for _, f in self.header.roles]
@@ -739,7 +758,15 @@ def _rules_text(f: CField) -> str:
         parts.append(f.required_when.text)
     if f.forbidden_when is not None:
         parts.append(f"must be absent when {f.forbidden_when.text}")
-    if f.none_unless is not None:
+    if f.cached_by is not None:
+        e = f.cached_by
+        parts.append(
+            f"cached by {e}: sent exactly when {e} increments (and on the first envelope, "
+            f"and after a hard cut), never otherwise; the receiver keeps the last one"
+        )
+        if f.none_unless is not None:
+            parts.append(f"absent while {e} is None")
+    elif f.none_unless is not None:
         parts.append(f"None unless {f.none_unless.text}")
     if not parts:
         parts.append("optional")
@@ -805,6 +832,7 @@ def _field_ir(
         doc=f.doc,
         rules_text=_rules_text(f),
         owner=ref,
+        cached_by=f.cached_by,
     )
 
 
@@ -874,7 +902,11 @@ def _canonical(spec: CheckedSpec) -> str:
     """Wire-relevant content only: docs may change without breaking peers."""
 
     def field(f: CField) -> dict[str, Any]:
+        # a cached field's epoch is wire-relevant; the key exists only where one is declared,
+        # so the fingerprints of specs without cached fields stay what they were
+        cached = {"cached_by": f.cached_by} if f.cached_by is not None else {}
         return {
+            **cached,
             "name": f.name,
             "type": str(f.type),
             "always": f.always_required,

@@ -62,6 +62,8 @@ class CField:
     forbidden_when: CExpr | None = None
     none_unless: CExpr | None = None
     derived: CExpr | None = None
+    #: the epoch field this field is cached by (``cached_by``): sent when it increments
+    cached_by: str | None = None
     doc: str = ""
     why: str = ""
     check: str = ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -87,6 +87,19 @@ class Roles:
         return tuple(f for f in (self.sequence, self.chunk, self.epoch) if f is not None)
 
 
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """A message field cached by an epoch field of the same message (``cached_by``): sent
+    exactly when the epoch increments (and on a stream's first envelope, and after a hard
+    cut of the header's epoch role), absent otherwise; the receiver keeps the last value
+    and hands it over as if sent (``runtime.epochs``)."""
+
+    message: str
+    field: str
+    epoch: str
+    fm: str | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class Bindings(Generic[H, M]):
     """Everything the runtime needs of one generated protocol (its module's ``BINDINGS``)."""
@@ -120,6 +133,8 @@ class Bindings(Generic[H, M]):
     read_frame0_bytes: ReadFrame0BytesFn
     #: frame 0's first word of an ERROR frame's reason (``wire.put_reason``)
     w_reason: int
+    #: message class -> its fields cached by an epoch (``cached_by``); empty for most specs
+    cached: Mapping[type, tuple[Cached, ...]] = field(default_factory=dict)
 
     @property
     def terminal(self) -> frozenset[enum.IntEnum]:

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from . import abort_guard, parity, tripwire
 from . import journal as _journal
 from .bindings import Bindings, H, M, bindings_of
+from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
 from .wire import (
     _U64,
@@ -76,6 +77,9 @@ class Received(Generic[H, M]):
     header: H
     msg: M | None
     reason: Reason | None = None
+    #: the fields cached by an epoch (``cached_by``) that this envelope did not carry:
+    #: ``msg`` holds the value the receiver kept for them
+    kept: frozenset[str] = frozenset()
 
 
 def error_code(exc: BaseException) -> ErrorCode:
@@ -375,6 +379,13 @@ class _Channel(Generic[H, M]):
                 bindings.control_header(None, action)
         self._sent_order = Ordering(bindings)
         self._recv_order = Ordering(bindings)
+        # fields cached by an epoch: the rules across envelopes, at each end (none for
+        # protocols without such fields: their hot path pays nothing)
+        self._sent_cache: EpochCache[H, M] | None = None
+        self._recv_cache: EpochCache[H, M] | None = None
+        if bindings.cached:
+            self._sent_cache = EpochCache(bindings, keep_values=False)
+            self._recv_cache = EpochCache(bindings, keep_values=True)
         self._lock = threading.Lock()
         self._last_send = time.monotonic()
         self._heartbeat: threading.Thread | None = None
@@ -542,25 +553,37 @@ class _Channel(Generic[H, M]):
     def send(self, msg: M | None, header: H) -> None:
         """Preflight everything, then commit: frame 0, frame 1."""
         self._ready(sender=True)
+        cache = self._sent_cache
         try:
+            # the rules across envelopes (cached fields) against what this end sent before
+            across = cache.check(msg, header) if cache is not None else []
             try:
                 prepared: Prepared = self.protocol.prepare(msg, header, device=self.device)
             except EnvelopeInvalid as exc:
-                first = exc.violations[0] if exc.violations else None
-                _log(
-                    f"tpwire[rank {self.rank}]: refused before frame 0 {self._ids(header)}: "
-                    f"{len(exc.violations)} violation(s), first: {first}"
-                )
+                self._refused(header, [*across, *exc.violations])
+                if across:  # every violation, those across envelopes first
+                    raise EnvelopeInvalid([*across, *exc.violations]) from None
                 raise
+            if across:
+                self._refused(header, across)
+                raise EnvelopeInvalid(across)
             with self._locked():  # check and commit atomically: a heartbeat may have taken an id
                 self._ready(sender=True)
                 self._check_order(header)
                 self._transmit(prepared, header)
+                if cache is not None:
+                    cache.commit(msg, header)
         except BaseException as exc:
             # its id, not the exception: a traceback would keep the refused tensors alive
             self._send_failure = (id(exc), header)
             raise
         self._send_failure = None
+
+    def _refused(self, header: H, violations: Sequence[Any]) -> None:
+        _log(
+            f"tpwire[rank {self.rank}]: refused before frame 0 {self._ids(header)}: "
+            f"{len(violations)} violation(s), first: {violations[0] if violations else None}"
+        )
 
     def next_sequence(self) -> int:
         """The smallest sequence id (the spec's sequence role) the next send may use
@@ -832,6 +855,15 @@ class _Channel(Generic[H, M]):
                 f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
             )
             raise
+        try:
+            msg, kept = self._accept_cached(msg, header)
+        except EnvelopeInvalid as exc:
+            if journal is not None:
+                journal.envelope(
+                    header, raw, sent=False, state="refused", error=describe(exc),
+                    segments=segments,
+                )  # fmt: skip
+            raise
         if journal is not None:
             journal.envelope(header, raw, sent=False, state="validated", segments=segments)
             if action in self._terminal:
@@ -845,7 +877,31 @@ class _Channel(Generic[H, M]):
                 f"tpwire[rank {self.rank}]: {action.name} from the source {self._ids(header)}: "
                 f"{why}; stopping for the source's reason"
             )
-        return Received(action, header, msg, manifest.reason)
+        return Received(action, header, msg, manifest.reason, kept)
+
+    def _accept_cached(self, msg: M | None, header: H) -> tuple[M | None, frozenset[str]]:
+        """The rules across envelopes (fields ``cached_by`` an epoch) against this end's
+        cache, after the whole envelope arrived (refusing it keeps the channel in lockstep):
+        ``EnvelopeInvalid``, or the message with the kept values filled in and their names."""
+        cache = self._recv_cache
+        if cache is None:
+            return msg, frozenset()
+        across = cache.check(msg, header)
+        if across:
+            _log(
+                f"tpwire[rank {self.rank}]: envelope refused after receive "
+                f"{self._ids(header)}: {len(across)} violation(s), first: {across[0]}"
+            )
+            raise EnvelopeInvalid(across)
+        kept = cache.kept(msg)
+        return cache.commit(msg, header), kept
+
+    def forget_cached(self) -> None:
+        """Empty this end's cache of fields cached by an epoch (both directions): what a
+        restarted process starts with. The next envelope must carry every cached field."""
+        for cache in (self._sent_cache, self._recv_cache):
+            if cache is not None:
+                cache.forget()
 
     # -- drift tripwires (bringup) ----------------------------------------------------
 

@@ -44,11 +44,23 @@ class CompatBroadcastChannel(BroadcastChannel[H, M]):
 
     def send(self, msg: M | None, header: H) -> None:
         self._ready(sender=True)
-        self.protocol.prepare(msg, header, device=self.device)  # the preflight
+        cache = self._sent_cache
+        across = cache.check(msg, header) if cache is not None else []  # cached_by rules
+        try:
+            self.protocol.prepare(msg, header, device=self.device)  # the preflight
+        except EnvelopeInvalid as exc:
+            if across:
+                raise EnvelopeInvalid([*across, *exc.violations]) from None
+            raise
+        if across:
+            self._refused(header, across)
+            raise EnvelopeInvalid(across)
         with self._lock:
             self._ready(sender=True)
             self._check_order(header)
             self._send_compat(msg, header)
+            if cache is not None:
+                cache.commit(msg, header)
 
     def _transmit(self, frames: Frames | Prepared, header: H, *, watched: bool = True) -> None:
         """NOOP / SHUTDOWN / ERROR (and heartbeats): the header alone."""
@@ -120,9 +132,10 @@ class CompatBroadcastChannel(BroadcastChannel[H, M]):
         if violations:
             _log(f"tpwire[rank {self.rank}]: envelope refused after receive {self._ids(header)}")
             raise EnvelopeInvalid(violations)
+        msg, kept = self._accept_cached(msg, header)
         if action in self._terminal:
             self.closed = True
-        return Received(action, header, msg)
+        return Received(action, header, msg, None, kept)
 
     def _header_from(self, raw_slots: list[int]) -> Any:
         header_fields = {f.name: f for f in dataclasses.fields(self.protocol.header)}  # type: ignore[arg-type]

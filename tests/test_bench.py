@@ -56,6 +56,12 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
         for condition in cpu_path.CONDITIONS:
             assert all(row[condition][part][0] > 0 for part in cpu_path.PARTS)
     assert "## tpwire's CPU path per envelope" in text
+    # v1 next to the optimize mode (tp_control_v2): bytes and time per chunk
+    assert "## Conditioning: v1 (every chunk) vs the optimize mode" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith(("| 2 | v1 |", "| 2 | optimize |"))]
+    assert len(rows) == 2
+    v1_bytes, opt_bytes = (int(r.split("|")[3].strip().replace(",", "")) for r in rows)
+    assert opt_bytes < v1_bytes - 3 * (1 << 20)  # 4 MiB of conditioning on 1 chunk of 8
     assert "## Transports over NCCL\n\nSkipped: this machine has 0 GPUs" in text
     # an NCCL run renders its own tables and verdicts (the gloo series stand in for it here)
     with_nccl = report.markdown({**result, "gpus": 2, "nccl": {"2": stats}})
