@@ -23,6 +23,7 @@ import torch
 
 from . import journal as jr
 from .bindings import Bindings, H, M, bindings_of
+from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
 from .wire import W_FINGERPRINT, Manifest, Reason, seal_words
 
@@ -161,6 +162,7 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
 
     report = ReplayReport(journal)
     orderings: dict[object, Ordering] = {}  # per direction: the rank the envelopes came from
+    caches: dict[object, EpochCache[Any, Any]] = {}  # fields cached by an epoch, per direction
     recorded_fp = journal.opening.get("fingerprint")
     if recorded_fp is not None and recorded_fp != jr.hex64(bindings.fingerprint):
         report.notes.append(
@@ -187,14 +189,22 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
         ordering = orderings.get(src)
         if ordering is None:
             ordering = orderings[src] = Ordering(bindings)
-        outcome = _replay_one(rec, bindings, ordering)
+        cache = caches.get(src)
+        if cache is None and bindings.cached:
+            cache = caches[src] = EpochCache(bindings, keep_values=False)
+        outcome = _replay_one(rec, bindings, ordering, cache)
         report.outcomes.append(outcome)
         if stop and outcome.refused is not None:
             break
     return report
 
 
-def _replay_one(rec: jr.Record, bindings: Bindings[Any, Any], ordering: Any) -> Outcome:
+def _replay_one(
+    rec: jr.Record,
+    bindings: Bindings[Any, Any],
+    ordering: Any,
+    cache: EpochCache[Any, Any] | None = None,
+) -> Outcome:
     action = str(rec.meta.get("action") or "?")
     out = Outcome(rec, f"seq={rec.seq}", action)
     raw = rec.frame0
@@ -229,6 +239,13 @@ def _replay_one(rec: jr.Record, bindings: Bindings[Any, Any], ordering: Any) -> 
     out.reproduced = _reproduces(bindings, msg, header, manifest.reason, raw, rec.segments)
     if not out.reproduced:
         out.refused = "re-encoding does not reproduce the recorded bytes"
+        return out
+    if cache is not None:  # the rules across envelopes, as the receiver's cache applies them
+        across = cache.check(msg, header)
+        if across:
+            out.refused = _short(EnvelopeInvalid(across))
+            return out
+        cache.commit(msg, header)
     return out
 
 

@@ -726,3 +726,26 @@ def test_show_lists_each_record_and_json_holds_everything(
         m[:3] for m in env["manifest"] if m[0] == "latents"
     )
     assert doc["records"][-1]["kind"] == "END" and doc["records"][-1]["how"] == "SHUTDOWN"
+
+
+def test_replay_applies_the_rules_across_envelopes(tmp_path: Path) -> None:
+    """A full-mode journal of the optimize mode (tp_control_v2) whose chunk 2 bumps the
+    conditioning epoch without the tensor (forged: written past the sender's cache check):
+    replay refuses it by the receiver's cache rule, and the stream before it replays clean."""
+    from test_epochs import cond, v2_envelope, v2_header
+
+    from tpwire.generated import tp_control_v2 as t2
+
+    items = [
+        (v2_envelope(0, 0, cond(0)), v2_header(0)),
+        (v2_envelope(1, 0, None), v2_header(1)),
+        (v2_envelope(2, 1, None), v2_header(2)),  # epoch 0 -> 1 without the tensor
+        (v2_envelope(3, 1, cond(1)), v2_header(3)),
+    ]
+    _write(tmp_path / "j", items, t2.BINDINGS)
+    (journal,) = load([tmp_path / "j"])
+    report = replay(journal, t2.BINDINGS)
+    first, second, third = report.outcomes
+    assert first.refused is None and second.refused is None and first.reproduced
+    assert third.ids.startswith("call_id=3 ") and third.refused is not None
+    assert "stale" in third.refused and "conditioning_embeds" in third.refused
