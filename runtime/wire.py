@@ -501,11 +501,13 @@ def copy_in(
 
     ``base`` is ``buf``'s address when it is a CPU buffer: bytes from a CPU tensor then move
     with one ``memmove`` instead of a few tensor operations. ``t`` is contiguous
-    (``materialize``) and ``nbytes`` is its size, so the copy stays inside both."""
+    (``materialize``) and ``nbytes`` is its size, so the copy stays inside both. Bytes
+    already in place (a tensor the caller built in the buffer: ``alloc``) are not moved."""
     if nbytes:
         if base is not None and t.is_cpu:
-            ctypes.memmove(base + start, t.data_ptr(), nbytes)
-        else:
+            if t.data_ptr() != base + start:
+                ctypes.memmove(base + start, t.data_ptr(), nbytes)
+        elif t.device != buf.device or t.data_ptr() != buf.data_ptr() + start:
             buf[start : start + nbytes].copy_(_as_bytes(t))
     if pad:
         if base is not None:
