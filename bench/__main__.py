@@ -100,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     cuda = codec.cuda_rows(kinds, n_codec // 4)
     print("bench: CUDA " + ("measured" if cuda else "skipped: no CUDA device"), flush=True)
     transports: dict[int, dict[str, dict[str, float]]] = {}
+    # floor+path: the floor plus tpwire's CPU path per side as measured alone (after memory
+    # traffic, as a stream runs it)
+    spin = {r["kind"]: (r["traffic"]["source"][0], r["traffic"]["after"][0]) for r in path_rows}
     for world in worlds:
-        plan = Plan(kinds, rounds, iters, warmup, pp=True)
+        plan = Plan(kinds, rounds, iters, warmup, pp=True, spin_us=spin)
         print(f"bench: world {world}: {rounds} rounds x {iters} iterations", flush=True)
         transports[world] = run_world(world, plan, timeout=600)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -7,6 +7,10 @@ side (send on the source, receive + decode + validate on a worker); the iteratio
 is the slowest rank's time.
 
 - ``tpwire``: ``BroadcastChannel`` (steady-state framing) / ``P2PChannel`` for PP.
+- ``tpwire-arena``: the same channel opened with ``arena=True``: the source builds the
+  envelope's tensors in the channel's send buffer (``alloc``; the producer's writes into
+  them happen before the timing starts, as the floor's bytes are ready before its
+  broadcast), so a steady-state envelope is one collective with no copy.
 - ``no-steady``: the same channel with ``steady_state=False`` (frame 0, then one collective
   per frame 1 segment): what steady-state framing buys.
 - ``compat``: ``CompatBroadcastChannel``, Scope's wire today (slot header, pickled meta via
@@ -18,6 +22,11 @@ is the slowest rank's time.
   warm buffer every time on both sides.
 - ``floor-fresh``: the same single broadcast with a stream's memory traffic: each
   envelope's own bytes on the source, a new buffer on every worker.
+- ``floor+path``: the floor with tpwire's CPU path per side, as measured alone in one
+  process (``bench.cpu_path``, after memory traffic), spun on the CPU: the source spins its
+  part before the broadcast, a worker its part after. It has tpwire's collectives and
+  tpwire's CPU time and nothing else of tpwire, so what it costs over the floor is what the
+  machine makes of that much CPU work between collectives.
 - ``carry-all`` (Scope-sized envelopes only): tpwire with no carry limit, so every segment
   of the agreed layout is copied into the head: one collective fewer, a 4 MiB copy more.
 
@@ -46,9 +55,22 @@ from tpwire.generated import pp_contract
 from tpwire.runtime.channel import BroadcastChannel, P2PChannel
 from tpwire.runtime.compat import CompatBroadcastChannel
 
-BROADCAST_TRANSPORTS = ("tpwire", "no-steady", "compat", "vllm", "floor", "floor-fresh")
+BROADCAST_TRANSPORTS = (
+    "tpwire",
+    "tpwire-arena",
+    "no-steady",
+    "compat",
+    "vllm",
+    "floor",
+    "floor-fresh",
+)
 #: transports run for some kinds only: where they differ from tpwire
-EXTRA_TRANSPORTS = {"scope": ("carry-all",), "cond_on_update": ("carry-all",)}
+EXTRA_TRANSPORTS = {
+    "noop": ("floor+path",),
+    "small": ("floor+path",),
+    "scope": ("carry-all", "floor+path"),
+    "cond_on_update": ("carry-all",),
+}
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
 
 
@@ -61,6 +83,8 @@ class Plan:
     pp: bool
     backend: str = "gloo"
     device: str = "cpu"  # "cuda": every rank on its own GPU (NCCL)
+    #: kind -> tpwire's CPU path alone (source, worker after its head), in us (``floor+path``)
+    spin_us: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -70,6 +94,7 @@ class Env:
     rank: int
     device: torch.device
     cpu_group: Any = None  # a gloo group of the same ranks, on a device backend
+    spin_us: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def on_device(self) -> bool:
@@ -112,6 +137,30 @@ class Tpwire:
                 self.ch.send(msg, E.header(self.proto, self.call_id, i))
         else:
             self.ch.recv()
+
+
+class Arena(Tpwire):
+    """tpwire with copy-free sends: every tensor built where ``alloc`` places it."""
+
+    options: ClassVar[dict[str, Any]] = {"arena": True}
+
+    def __init__(self, kind: E.Kind, env: Env) -> None:
+        super().__init__(kind, env)
+        self.built: Any = None
+
+    def before(self, i: int, msg: Any) -> None:
+        """The producer's part (untimed): write the envelope's tensors where ``alloc`` says."""
+        if self.rank != 0 or msg is None:
+            return
+        fields = {}
+        for name in type(msg).__dataclass_fields__:
+            t = getattr(msg, name)
+            if isinstance(t, torch.Tensor):
+                fields[name] = self.ch.alloc(name, t.shape, t.dtype).copy_(t)
+        self.built = dataclasses.replace(msg, **fields)
+
+    def step(self, i: int, msg: Any) -> None:
+        super().step(i, self.built if msg is not None and self.rank == 0 else msg)
 
 
 class NoSteady(Tpwire):
@@ -185,6 +234,31 @@ class Floor:
         dist.broadcast(buf, src=0)
 
 
+def _spin(us: float) -> None:
+    """Keep this core busy for ``us`` microseconds (what a CPU path does to the machine)."""
+    end = time.perf_counter_ns() + int(us * 1e3)
+    while time.perf_counter_ns() < end:
+        pass
+
+
+class FloorPath(Floor):
+    """The floor plus tpwire's CPU path per side, spun: the source before its broadcast, a
+    worker after it (``Plan.spin_us``, measured alone by ``bench.cpu_path``)."""
+
+    def __init__(self, kind: E.Kind, env: Env) -> None:
+        super().__init__(kind, env)
+        self.rank = env.rank
+        self.source_us, self.worker_us = env.spin_us.get(kind.name, (0.0, 0.0))
+
+    def step(self, i: int, msg: Any) -> None:
+        if self.rank == 0:
+            _spin(self.source_us)
+            super().step(i, msg)
+        else:
+            super().step(i, msg)
+            _spin(self.worker_us)
+
+
 class FloorFresh:
     """The floor with a stream's memory traffic: the source sends each envelope's own bytes
     (packed once, outside the timing) and a worker receives into a new buffer every time,
@@ -217,12 +291,14 @@ class FloorFresh:
 
 BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "tpwire": Tpwire,
+    "tpwire-arena": Arena,
     "no-steady": NoSteady,
     "compat": Compat,
     "vllm": Vllm,
     "floor": Floor,
     "floor-fresh": FloorFresh,
     "carry-all": CarryAll,
+    "floor+path": FloorPath,
 }
 
 
@@ -308,8 +384,13 @@ PP: dict[str, Callable[[Env, Any], Any]] = {"tpwire": PPTpwire, "vllm": PPVllm, 
 
 
 def _timed(
-    barrier: Callable[[], None], step: Callable[[], None], sync: Callable[[], None]
+    barrier: Callable[[], None],
+    step: Callable[[], None],
+    sync: Callable[[], None],
+    before: Callable[[], None] | None = None,
 ) -> float:
+    if before is not None:
+        before()  # untimed: what a transport's caller does before it sends (``Arena``)
     barrier()
     sync()
     t0 = time.perf_counter()
@@ -326,6 +407,7 @@ def _interleaved(
     series: dict[str, list[float]],
     prefix: str,
     sync: Callable[[], None],
+    before: Callable[[Any, int], None] | None = None,
 ) -> None:
     """Every transport moves envelope ``i`` in turn before any moves ``i + 1`` (the order
     rotates each iteration), so a drift of the machine hits them all alike and each
@@ -334,7 +416,9 @@ def _interleaved(
     for j in range(plan.warmup + plan.rounds * plan.iters):
         k = j % len(names)
         for name in names[k:] + names[:k]:
-            dt = _timed(barrier, functools.partial(step, transports[name], j), sync)
+            t = transports[name]
+            prep = functools.partial(before, t, j) if before and hasattr(t, "before") else None
+            dt = _timed(barrier, functools.partial(step, t, j), sync, prep)
             if j >= plan.warmup:
                 series.setdefault(f"{prefix}/{name}", []).append(dt)
 
@@ -348,6 +432,15 @@ def _stream(msgs: list[Any]) -> Callable[[Any, int], None]:
     return step
 
 
+def _before(msgs: list[Any]) -> Callable[[Any, int], None]:
+    """A transport's untimed part of envelope ``i`` of ``msgs`` (``Arena.before``)."""
+
+    def before(transport: Any, i: int) -> None:
+        transport.before(i, msgs[i % len(msgs)])
+
+    return before
+
+
 def _environment(rank: int, world: int, port: int, plan: Plan) -> Env:
     dist.init_process_group(
         plan.backend,
@@ -358,9 +451,14 @@ def _environment(rank: int, world: int, port: int, plan: Plan) -> Env:
     )
     torch.set_num_threads(1)
     if plan.device == "cpu":
-        return Env(rank, torch.device("cpu"))
+        return Env(rank, torch.device("cpu"), spin_us=plan.spin_us)
     torch.cuda.set_device(rank)
-    return Env(rank, torch.device(plan.device, rank), cpu_group=dist.new_group(backend="gloo"))
+    return Env(
+        rank,
+        torch.device(plan.device, rank),
+        cpu_group=dist.new_group(backend="gloo"),
+        spin_us=plan.spin_us,
+    )
 
 
 def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[float]]:
@@ -387,6 +485,7 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
             series,
             kind_name,
             env.sync,
+            _before(msgs),
         )
     if plan.pp:
         group = dist.new_group([0, 1])

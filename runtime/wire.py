@@ -206,6 +206,9 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
             "frame0", f"frame 0 must be a 1-D int64 tensor, got {frame0.dtype} {list(frame0.shape)}"
         )
     n = frame0.numel()
+    if n == length and frame0.is_cpu and frame0.is_contiguous():
+        # its raw bytes: one copy out of the tensor, read as words by the bytes path
+        return open_frame0_bytes(ctypes.string_at(frame0.data_ptr(), n * 8), length, fingerprint)
     words: list[int] = frame0.tolist() if n == length else frame0[:2].tolist()
     _check_identity(words, fingerprint)
     if n != length:
@@ -849,35 +852,72 @@ def shape_problem(
     dims: dict[str, int],
     max_elements: int,
 ) -> str | None:
-    """Why ``t``'s shape breaks ``pattern`` (binding symbols into ``dims`` when it fits)."""
-    shape = t.shape
+    """Why ``t``'s shape breaks ``pattern`` (binding symbols into ``dims`` when it fits).
+
+    What depends on the shape alone (rank, constants, ranges, a symbol repeated within the
+    pattern, the element bound) is worked out once per pattern and shape and kept
+    (``_static_shape``): a stream sends the same shapes envelope after envelope. Only the
+    bindings to other tensors' dimensions are checked each time."""
+    shape = tuple(t.shape)
+    key = (id(pattern), max_elements, shape)
+    hit = _SHAPES.get(key)
+    if hit is None or hit[0] is not pattern:
+        if len(_SHAPES) >= 4 * LAYOUT_CACHE_SIZE:
+            _SHAPES.clear()
+        hit = _SHAPES[key] = (pattern, *_static_shape(shape, pattern, max_elements))
+    _, at, problem, binds = hit
+    if dims:
+        for i, sym, d in binds:
+            if i >= at:
+                break
+            bound = dims.get(sym)
+            if bound is not None and bound != d:
+                return f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
+    if problem is not None:
+        return problem
+    for _, sym, d in binds:
+        dims[sym] = d
+    return None
+
+
+#: (id of a pattern, element bound, shape) -> (the pattern, ``_static_shape``)
+_SHAPES: dict[
+    tuple[int, int, tuple[int, ...]],
+    tuple[tuple[DimPattern, ...], int, str | None, tuple[tuple[int, str, int], ...]],
+] = {}
+
+
+def _static_shape(
+    shape: tuple[int, ...], pattern: tuple[DimPattern, ...], max_elements: int
+) -> tuple[int, str | None, tuple[tuple[int, str, int], ...]]:
+    """What ``shape_problem`` finds without the other tensors' bindings: the index of the
+    first problem (``len(pattern)`` for the element bound; past it when there is none), the
+    problem, and the symbols the shape binds as (dim index, symbol, value), first
+    occurrences only."""
     if len(shape) != len(pattern):
-        return f"rank {len(shape)} {list(shape)}"
-    new: dict[str, int] | None = None
+        return -1, f"rank {len(shape)} {list(shape)}", ()
+    binds: list[tuple[int, str, int]] = []
+    new: dict[str, int] = {}
     for i, p in enumerate(pattern):
         d = shape[i]
         if p.__class__ is int:
             if d != p:
-                return f"{list(shape)}: dim {i} is {d}, not {p}"
+                return i, f"{list(shape)}: dim {i} is {d}, not {p}", tuple(binds)
             continue
         sym, lo, hi = p  # type: ignore[misc]
         if not lo <= d <= hi:
-            return f"{list(shape)}: dim {i} ({sym}) = {d} outside {lo}..{hi}"
-        bound = dims.get(sym)
-        if bound is None and new is not None:
-            bound = new.get(sym)
+            return i, f"{list(shape)}: dim {i} ({sym}) = {d} outside {lo}..{hi}", tuple(binds)
+        bound = new.get(sym)
         if bound is None:
-            if new is None:
-                new = {}
             new[sym] = d
+            binds.append((i, sym, d))
         elif bound != d:
-            return f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
-    n = t.numel()
+            problem = f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
+            return i, problem, tuple(binds)
+    n = math.prod(shape)
     if n > max_elements:
-        return f"{list(shape)}: {n} elements exceed {max_elements}"
-    if new:
-        dims.update(new)
-    return None
+        return len(pattern), f"{list(shape)}: {n} elements exceed {max_elements}", tuple(binds)
+    return len(pattern) + 1, None, tuple(binds)
 
 
 #: A checked tensor layout: slots, segment sizes and the dimension bindings.

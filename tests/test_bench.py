@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import codec, cpu_path, report, transports
+from bench import codec, cpu_path, handwritten, report, transports
 from bench.__main__ import nccl_worlds, run_world
 from bench.transports import Plan
 
@@ -36,11 +37,18 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
         "seconds": 1.0,
     }
     text = report.markdown(result)
-    assert "## Targets" in text and "world 2: Scope INFER within 1.15x" in text
+    assert "## Targets" in text
+    assert "world 2: Scope INFER built in the arena (tpwire-arena) within 1.15x" in text
     assert "Skipped: no CUDA device" in text or "encode, device tensors" in text
-    # per world: Scope, small x2, NOOP x2; then encode, the frame 1 check, the input
-    # tripwire, jsonschema
-    assert len(report.targets(result)) == 5 + 4
+    # per world: Scope, small x2, NOOP x2; then the codec against the hand-written path and
+    # validate against pydantic (with the bench extra), encode, the frame 1 check, the
+    # input tripwire, jsonschema
+    baselines = handwritten.MISSING is None
+    assert len(report.targets(result)) == 5 + 4 + (2 if baselines else 0)
+    names = [t.name for t in report.targets(result)]
+    assert any(n.startswith("codec: tpwire encode + decode") for n in names) == baselines
+    assert ("| tpwire / hand-written |" in text) == baselines
+    assert "## Isolating the machine" in text and "| 2 | small v1 INFER |" in text
     assert any(t.name.startswith("input tripwire digest") for t in report.targets(result))
     assert "carry-all" in report.targets(result)[0].beside  # why, measured beside it
     assert "## Copy or collective" in text and "| 2 | Scope v1 INFER 320x576" in text
@@ -54,11 +62,50 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     # an NCCL run renders its own tables and verdicts (the gloo series stand in for it here)
     with_nccl = report.markdown({**result, "gpus": 2, "nccl": {"2": stats}})
     assert "## Transports over NCCL, world size 2 (a GPU per rank)" in with_nccl
-    assert "| NCCL world 2: Scope INFER within 1.15x of the floor |" in with_nccl
+    assert "| NCCL world 2: Scope INFER built in the arena (tpwire-arena) within 1.15x" in with_nccl
     assert "Skipped: this machine has" not in with_nccl
     pytest.importorskip("matplotlib")
     report.plot(result, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_the_hand_written_baseline_round_trips_and_refuses_what_it_checks() -> None:
+    """The baseline is a working codec (else its cost would mean nothing): what it sends
+    comes back bit for bit, and it refuses a broken invariant or a value out of range."""
+    pytest.importorskip("msgspec")
+    pytest.importorskip("pydantic")
+    import dataclasses
+
+    import msgspec
+    import pydantic
+
+    from bench import envelopes as E
+    from tpwire.generated import tp_control as tc
+
+    header = E.header(tc, 1, 0)
+    for i in range(3):  # chunk 2 recomputes: context frames travel too
+        msg = E.scope(tc, i)
+        raw, buf = handwritten.send(header, msg)
+        env, views = handwritten.receive(raw, buf)
+        assert env.msg.height == msg.height and env.header.call_id == 1
+        for name, attr, _, _ in handwritten.TENSORS:
+            sent = getattr(msg, attr)
+            assert (sent is None) == (name not in views)
+            assert sent is None or torch.equal(views[name], sent)
+    msg = E.small(tc, 0)
+    broken = dataclasses.replace(msg, tp_num_denoise_steps=3, tp_expected_generator_calls=3)
+    with pytest.raises(handwritten.Invalid, match="tp_num_denoise_steps"):
+        handwritten.send(header, broken)
+    with pytest.raises(msgspec.ValidationError, match=r">= 8 - at `\$\[2\]`"):  # height
+        handwritten.send(header, dataclasses.replace(msg, height=4))
+    raw, buf = handwritten.send(header, msg)
+    with pytest.raises(handwritten.Invalid, match="bytes"):
+        handwritten.receive(raw, buf[:-16])
+    handwritten.pydantic_validate(handwritten.scalars(msg))
+    with pytest.raises(pydantic.ValidationError):
+        handwritten.pydantic_validate({**handwritten.scalars(msg), "height": 4})
+    with pytest.raises(pydantic.ValidationError):  # strict: no bool for an int
+        handwritten.pydantic_validate({**handwritten.scalars(msg), "base_seed": True})
 
 
 def test_nccl_runs_where_there_is_a_gpu_per_rank() -> None:
