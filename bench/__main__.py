@@ -53,7 +53,8 @@ def run_world(world: int, plan: Plan, timeout: float) -> dict[str, dict[str, flo
             raise SystemExit(f"bench: world {world} failed (exit codes {codes})")
         ranks = [json.loads(Path(f"{out}/rank{r}.json").read_text()) for r in range(world)]
     stats: dict[str, dict[str, float]] = {}
-    for key in ranks[0]:
+    keys = dict.fromkeys(k for rk in ranks for k in rk)  # some series are a worker's only
+    for key in keys:
         per_rank = [rk[key] for rk in ranks if key in rk]
         latency = [max(xs) for xs in zip(*per_rank, strict=True)]
         q = statistics.quantiles(latency, n=10)

@@ -192,11 +192,18 @@ def handwritten(header: Any, msg: Any, n: int) -> dict[str, Any]:
         assert sent is None or wire.tensors_identical(views[name], sent), name
     values = H.scalars(msg)
     H.pydantic_validate(values)
-    return {
-        "hw_send": _median_us(functools.partial(H.send, header, msg), n),
-        "hw_receive": _median_us(functools.partial(H.receive, raw, buf), n),
-        "pydantic": _median_us(functools.partial(H.pydantic_validate, values), n),
-    }
+    # one intra-op thread, as every rank runs: torch.cat of a Scope envelope's 4 MiB on two
+    # threads of a shared two-core machine waits for the second one now and then
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {
+            "hw_send": _median_us(functools.partial(H.send, header, msg), n),
+            "hw_receive": _median_us(functools.partial(H.receive, raw, buf), n),
+            "pydantic": _median_us(functools.partial(H.pydantic_validate, values), n),
+        }
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cuda_rows(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]] | None:

@@ -119,8 +119,32 @@ class Tpwire:
         self.ch = self.channel_class()(self.proto, poison="raise", device=device, **options)
         self.ch.open()
         self.call_id = 0
+        #: this rank's CPU path of each envelope in the stream, in seconds (``split_cpu``)
+        self.cpu: list[float] = []
+        self._in_collectives = 0.0
+        self._head_done = 0.0
+        if self.split_cpu:
+            self.ch._put = self._timed_collective(self.ch._put)  # type: ignore[method-assign]
+            self.ch._get = self._timed_collective(self.ch._get)  # type: ignore[method-assign]
 
     options: ClassVar[dict[str, Any]] = {}
+    #: record the CPU path per envelope inside the stream: the source's send less its
+    #: collectives, a worker's receive after its head collective less the collectives after
+    split_cpu: ClassVar[bool] = True
+
+    def _timed_collective(self, run: Callable[..., None]) -> Callable[..., None]:
+        def timed(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+            t0 = time.perf_counter()
+            try:
+                run(tensor, tag, frame0=frame0)
+            finally:
+                t1 = time.perf_counter()
+                if frame0 and self.rank != 0:
+                    self._head_done = t1  # a worker's path is what follows its head
+                else:
+                    self._in_collectives += t1 - t0
+
+        return timed
 
     def device_options(self, env: Env) -> dict[str, Any]:
         return {}
@@ -130,6 +154,8 @@ class Tpwire:
 
     def step(self, i: int, msg: Any) -> None:
         self.call_id += 1
+        self._in_collectives = 0.0
+        t0 = time.perf_counter()
         if self.rank == 0:
             if msg is None:
                 self.ch.noop()
@@ -137,6 +163,9 @@ class Tpwire:
                 self.ch.send(msg, E.header(self.proto, self.call_id, i))
         else:
             self.ch.recv()
+        if self.split_cpu:
+            start = t0 if self.rank == 0 else self._head_done
+            self.cpu.append(time.perf_counter() - start - self._in_collectives)
 
 
 class Arena(Tpwire):
@@ -167,15 +196,19 @@ class NoSteady(Tpwire):
     """tpwire without steady-state framing: frame 0, then one collective per segment."""
 
     options: ClassVar[dict[str, Any]] = {"steady_state": False}
+    split_cpu: ClassVar[bool] = False
 
 
 class CarryAll(Tpwire):
     """tpwire with every segment of the agreed layout copied into the head."""
 
     options: ClassVar[dict[str, Any]] = {"carry_limit": 1 << 62}
+    split_cpu: ClassVar[bool] = False
 
 
 class Compat(Tpwire):
+    split_cpu: ClassVar[bool] = False
+
     def channel_class(self) -> type[BroadcastChannel[Any, Any]]:
         return CompatBroadcastChannel
 
@@ -421,6 +454,10 @@ def _interleaved(
             dt = _timed(barrier, functools.partial(step, t, j), sync, prep)
             if j >= plan.warmup:
                 series.setdefault(f"{prefix}/{name}", []).append(dt)
+    for name, t in transports.items():
+        if getattr(t, "cpu", None):  # the CPU path inside the stream, per side
+            side = "source" if t.rank == 0 else "worker"
+            series[f"{prefix}/{name}:cpu-{side}"] = t.cpu[plan.warmup :]
 
 
 def _stream(msgs: list[Any]) -> Callable[[Any, int], None]:

@@ -24,6 +24,9 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     expected = {f"{k}/{t}" for k in kinds for t in transports.BROADCAST_TRANSPORTS}
     expected |= {f"{k}/{t}" for k, extra in transports.EXTRA_TRANSPORTS.items() for t in extra}
     expected |= {"pp/tpwire", "pp/vllm", "pp/floor"}
+    # the CPU path inside the stream, per side, of the channels that record it
+    expected |= {f"{k}/{t}:cpu-{side}" for k in kinds for t in ("tpwire", "tpwire-arena")
+                 for side in ("source", "worker")}  # fmt: skip
     assert set(stats) == expected
     assert all(s["n"] == 3 and s["median_us"] > 0 for s in stats.values())
     result = {
