@@ -184,9 +184,25 @@ def seal_words(words: list[int]) -> array[int]:
     return buf
 
 
+def seal_bytes(words: list[int]) -> tuple[bytes, int]:
+    """``seal_words`` as bytes (native int64s), and the checksum: one ``struct`` pack of the
+    words instead of an array, a slice of it and its bytes."""
+    n = len(words) - 1
+    packer = _PACKERS.get(n)
+    if packer is None:
+        packer = _PACKERS[n] = struct.Struct(f"={n}q")
+    body = packer.pack(*words[:n])
+    checksum = _checksum(body)
+    return body + _NATIVE_I64.pack(checksum), checksum
+
+
+_PACKERS: dict[int, struct.Struct] = {}
+_NATIVE_I64 = struct.Struct("=q")
+
+
 def seal(words: list[int]) -> torch.Tensor:
     """Frame 0 from its words; the last word is set to the checksum of the others."""
-    return torch.frombuffer(seal_words(words), dtype=torch.int64)
+    return torch.frombuffer(bytearray(seal_bytes(words)[0]), dtype=torch.int64)
 
 
 def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
@@ -604,14 +620,14 @@ class Prepared(NamedTuple):
         ``memmove`` from the tensors' own storage (they are contiguous: ``materialize``).
         """
         base = buf.data_ptr() if buf.is_cpu else None
-        sealed = seal_words(self.words)
+        sealed, checksum = seal_bytes(self.words)
         if base is not None:
-            ctypes.memmove(base, sealed.buffer_info()[0], len(sealed) * 8)
+            ctypes.memmove(base, sealed, len(sealed))
         else:
-            frame0 = torch.frombuffer(sealed, dtype=torch.int64)
-            buf[: len(sealed) * 8].view(torch.int64).copy_(frame0)
+            frame0 = torch.frombuffer(bytearray(sealed), dtype=torch.int64)
+            buf[: len(sealed)].view(torch.int64).copy_(frame0)
         if trailer_at is not None:
-            write_word(buf, trailer_at, trailer_word(sealed[-1]))
+            write_word(buf, trailer_at, trailer_word(checksum))
         for t, slot in zip(self.tensors, self.slots, strict=True):
             seg = slot.segment
             if carried[seg]:
@@ -646,22 +662,27 @@ class Manifest:
     def views(
         self, buffers: Sequence[torch.Tensor], offsets: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """The message's tensors as views of ``buffers`` (see ``assemble``): one typed view
-        per buffer and dtype, then one strided view per tensor (zero copy). They read the
-        buffers' bytes only when used, so a channel can make them before the bytes arrive."""
+        """The message's tensors as views of ``buffers`` (see ``assemble``): each a tensor of
+        its dtype set on the buffer's storage at its place (zero copy, one torch call less per
+        tensor than a typed view and a strided view of it). They read the buffers' bytes only
+        when used, so a channel can make them before the bytes arrive."""
         out: dict[str, torch.Tensor] = {}
-        typed: dict[tuple[int, torch.dtype], tuple[torch.Tensor, int]] = {}
+        bases: dict[int, tuple[torch.Tensor, Any, int]] = {}
         for slot in self.slots:
             wd = slot.dtype
-            buf = buffers[slot.segment]
-            at = slot.offset if offsets is None else slot.offset + offsets[slot.segment]
-            key = (id(buf), wd.torch_dtype)
-            hit = typed.get(key)
+            seg = slot.segment
+            hit = bases.get(seg)
             if hit is None:
-                base = buf.view(wd.torch_dtype)
-                hit = typed[key] = (base, int(base.storage_offset()))
-            base, first = hit
-            out[slot.field] = base.as_strided(slot.shape, slot.strides, first + at // wd.itemsize)
+                buf = buffers[seg]
+                hit = bases[seg] = (buf, buf.untyped_storage(), int(buf.storage_offset()))
+            buf, storage, start = hit
+            at = start + slot.offset + (0 if offsets is None else offsets[seg])
+            if at % wd.itemsize:  # not where a tensor of this dtype can start: say so
+                buf.view(wd.torch_dtype)
+                raise WireError("frame1", f"{slot.field}: misaligned in its segment")
+            out[slot.field] = buf.new_empty(0, dtype=wd.torch_dtype).set_(
+                storage, at // wd.itemsize, slot.shape, slot.strides
+            )
         return out
 
     def finish(self, segments: Sequence[torch.Tensor]) -> tuple[Any, Any]:
