@@ -636,6 +636,10 @@ class Prepared(NamedTuple):
                 copy_in(buf, base, offsets[seg] + slot.offset, t, n, pad)
 
 
+#: an empty tensor per (device, dtype): ``new()`` of it is the cheapest tensor to ``set_``
+_PROTOS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """What frame 0 announced, checked against the spec; nothing allocated yet."""
@@ -667,22 +671,25 @@ class Manifest:
         tensor than a typed view and a strided view of it). They read the buffers' bytes only
         when used, so a channel can make them before the bytes arrive."""
         out: dict[str, torch.Tensor] = {}
-        bases: dict[int, tuple[torch.Tensor, Any, int]] = {}
+        bases: dict[int, tuple[torch.Tensor, Any, int, torch.device]] = {}
         for slot in self.slots:
             wd = slot.dtype
             seg = slot.segment
             hit = bases.get(seg)
             if hit is None:
                 buf = buffers[seg]
-                hit = bases[seg] = (buf, buf.untyped_storage(), int(buf.storage_offset()))
-            buf, storage, start = hit
+                storage = buf.untyped_storage()
+                hit = bases[seg] = (buf, storage, int(buf.storage_offset()), buf.device)
+            buf, storage, start, device = hit
             at = start + slot.offset + (0 if offsets is None else offsets[seg])
             if at % wd.itemsize:  # not where a tensor of this dtype can start: say so
-                buf.view(wd.torch_dtype)
                 raise WireError("frame1", f"{slot.field}: misaligned in its segment")
-            out[slot.field] = buf.new_empty(0, dtype=wd.torch_dtype).set_(
-                storage, at // wd.itemsize, slot.shape, slot.strides
-            )
+            proto = _PROTOS.get((device, wd.torch_dtype))
+            if proto is None:
+                proto = _PROTOS[device, wd.torch_dtype] = torch.empty(
+                    0, dtype=wd.torch_dtype, device=device
+                )
+            out[slot.field] = proto.new().set_(storage, at // wd.itemsize, slot.shape, slot.strides)
         return out
 
     def finish(self, segments: Sequence[torch.Tensor]) -> tuple[Any, Any]:
