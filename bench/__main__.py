@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from bench import codec, cpu_path, report
+from bench import envelopes as E
 from bench.transports import Plan, rank_entry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,14 +58,29 @@ def run_world(world: int, plan: Plan, timeout: float) -> dict[str, dict[str, flo
     for key in keys:
         per_rank = [rk[key] for rk in ranks if key in rk]
         latency = [max(xs) for xs in zip(*per_rank, strict=True)]
-        q = statistics.quantiles(latency, n=10)
-        stats[key] = {
-            "median_us": statistics.median(latency) * 1e6,
-            "p10_us": q[0] * 1e6,
-            "p90_us": q[-1] * 1e6,
-            "n": len(latency),
-        }
+        stats[key] = _stats(latency)
+        if key in SPLIT:
+            # iteration k moved envelope (warmup + k) % 24 of the stream (run_rank)
+            recompute = [E.recompute((plan.warmup + k) % 24) for k in range(len(latency))]
+            for name, which in (("steady", False), ("recompute", True)):
+                part = [x for x, r in zip(latency, recompute, strict=True) if r is which]
+                if len(part) >= 2:
+                    stats[f"{key}@{name}"] = _stats(part)
     return stats
+
+
+#: series also summarized apart for the Scope stream's steady and recompute chunks
+SPLIT = ("scope/tpwire-arena", "scope/tpwire", "scope/floor")
+
+
+def _stats(latency: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(latency, n=10)
+    return {
+        "median_us": statistics.median(latency) * 1e6,
+        "p10_us": q[0] * 1e6,
+        "p90_us": q[-1] * 1e6,
+        "n": len(latency),
+    }
 
 
 def nccl_worlds(gpus: int, quick: bool) -> list[int]:

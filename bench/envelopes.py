@@ -85,7 +85,8 @@ def _v1(
     )
 
 
-def _recompute(i: int) -> bool:
+def recompute(i: int) -> bool:
+    """Whether chunk ``i`` of the Scope streams recomputes its KV cache (context frames)."""
     return i % RECOMPUTE_EVERY == RECOMPUTE_EVERY - 1
 
 
@@ -94,7 +95,7 @@ def small(proto: ModuleType, i: int) -> Any:
 
 
 def scope(proto: ModuleType, i: int) -> Any:
-    return _v1(proto, i, size=(40, 72), tokens=(512, 4096), recompute=_recompute(i))
+    return _v1(proto, i, size=(40, 72), tokens=(512, 4096), recompute=recompute(i))
 
 
 def cond_on_update(proto: ModuleType, i: int) -> Any:
@@ -104,7 +105,7 @@ def cond_on_update(proto: ModuleType, i: int) -> Any:
         i,
         size=(40, 72),
         tokens=(512, 4096),
-        recompute=_recompute(i),
+        recompute=recompute(i),
         cond=update,
         updated=update,
     )

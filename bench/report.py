@@ -123,7 +123,15 @@ def targets(result: dict[str, Any]) -> list[Target]:
         scope_floor = med["scope/floor"]
         if "scope/tpwire-arena" in med:
             r = med["scope/tpwire-arena"] / scope_floor
-            beside = [f"tpwire (caller's tensors) {med['scope/tpwire'] / scope_floor:.2f}x"]
+            beside = []
+            if "scope/tpwire-arena@steady" in med and "scope/floor@steady" in med:
+                part = [
+                    f"{name} chunks {med[f'scope/tpwire-arena@{name}'] / med[f'scope/floor@{name}']:.2f}x"
+                    for name in ("steady", "recompute")
+                    if f"scope/tpwire-arena@{name}" in med and f"scope/floor@{name}" in med
+                ]
+                beside.append(", ".join(part))
+            beside.append(f"tpwire (caller's tensors) {med['scope/tpwire'] / scope_floor:.2f}x")
             if "scope/carry-all" in med:
                 beside.append(f"carry-all {med['scope/carry-all'] / scope_floor:.2f}x")
             if "scope/floor+path" in med:
@@ -588,11 +596,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _ratio(result: dict[str, Any], world: str, kind: str, transport: str) -> float | None:
+def _ratio(
+    result: dict[str, Any], world: str, kind: str, transport: str, floor: str = "floor"
+) -> float | None:
     stats = _runs(result).get(world, {})
-    if f"{kind}/{transport}" not in stats or f"{kind}/floor" not in stats:
+    if f"{kind}/{transport}" not in stats or f"{kind}/{floor}" not in stats:
         return None
-    return float(stats[f"{kind}/{transport}"]["median_us"] / stats[f"{kind}/floor"]["median_us"])
+    return float(stats[f"{kind}/{transport}"]["median_us"] / stats[f"{kind}/{floor}"]["median_us"])
 
 
 def notes(result: dict[str, Any]) -> list[str]:
@@ -634,11 +644,21 @@ def notes(result: dict[str, Any]) -> list[str]:
         spun = _ratio(result, world, "scope", "floor+path")
         scope = _codec(result, "scope")
         if arena is not None and plain is not None:
+            steady = _ratio(result, world, "scope", "tpwire-arena@steady", "floor@steady")
+            again = _ratio(result, world, "scope", "tpwire-arena@recompute", "floor@recompute")
+            split = (
+                f" Apart: {steady:.2f}x over the steady chunks, {again:.2f}x over the recompute "
+                "chunks."
+                if steady is not None and again is not None
+                else ""
+            )
             line = (
                 f"- **Scope, world {world}: {arena:.2f}x built in the arena, {plain:.2f}x from "
                 "the caller's tensors.** Built in the arena, a steady-state envelope is one "
                 "collective with no copy, as the floor is; a recompute chunk (every third) "
-                "has a layout of its own and costs a second collective. What remains on top "
+                "has a layout of its own (one segment more: the context frames), so its "
+                "latents follow in a second collective, copied out of the head first."
+                f"{split} What remains on top "
                 f"of the floor is CPU work: the frame 1 digest on the source ("
                 f"{scope['digest'][0]:.0f} us for 4.3 MiB in cache) and its check on every "
                 f"worker ({scope['check'][0]:.0f} us) run between the collectives, colder in a "

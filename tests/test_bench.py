@@ -27,8 +27,10 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     # the CPU path inside the stream, per side, of the channels that record it
     expected |= {f"{k}/{t}:cpu-{side}" for k in kinds for t in ("tpwire", "tpwire-arena")
                  for side in ("source", "worker")}  # fmt: skip
-    assert set(stats) == expected
-    assert all(s["n"] == 3 and s["median_us"] > 0 for s in stats.values())
+    # the Scope stream's steady chunks apart (its recompute chunks need two iterations)
+    assert {"scope/tpwire-arena@steady", "scope/floor@steady"} <= set(stats)
+    assert {k for k in stats if "@" not in k} == expected
+    assert all(s["n"] == 3 and s["median_us"] > 0 for k, s in stats.items() if "@" not in k)
     result = {
         "command": "test",
         "machine": report.machine(),
