@@ -162,12 +162,13 @@ def targets(result: dict[str, Any]) -> list[Target]:
     if "hw_send" in small:
         tp = small["encode"][0] + small["decode"][0]
         hw = small["hw_send"][0] + small["hw_receive"][0]
-        own = small["digest"][0] + small["check"][0]
+        st = small.get("stages")
+        own = (st["digest"] + st["check"] + st["segments"]) if st else 0.0
         rows.append(Target("codec: tpwire encode + decode of a small v1 INFER <= 1.0x of the "
                            "hand-written msgspec path", f"{tp / hw:.2f}x", tp <= hw,
-                           f"{tp:.1f} us against {hw:.1f} us; {tp / hw - 1:+.0%}; the frame 1 "
-                           f"digest and its check, which the hand-written path has not, "
-                           f"{own:.1f} us of it (stage table)"))  # fmt: skip
+                           f"{tp:.1f} us against {hw:.1f} us; {own:.1f} us of it are checks the "
+                           "hand-written path has not (frame 1 digest, its check, the frames' "
+                           "checks: the step table)"))  # fmt: skip
         pyd = small["pydantic"][0]
         val = small["validate"][0]
         rows.append(Target("validate (the whole envelope) <= 2x pydantic validating its "
@@ -631,8 +632,8 @@ def notes(result: dict[str, Any]) -> list[str]:
             f"{(tp - extra) / hw:.2f}x. The rest is Python doing what msgspec does in C: "
             f"sealing and reading frame 0 with its checksum, fingerprint, presence words and "
             f"manifest ({frame0:.1f} us, against one MessagePack encode and decode), the "
-            f"tensor views ({st['views']:.1f} us: a typed view per dtype and a strided view "
-            "per tensor, each a torch call of about half a microsecond) and the validation, "
+            f"tensor views ({st['views']:.1f} us: two torch calls per tensor, an empty tensor "
+            "and `set_` on the buffer's storage, of about a microsecond each) and the validation, "
             "which checks every rule and collects every violation. `validate` checks the whole "
             f"envelope (tensors, presence rules, invariants, derived fields) in "
             f"{small['validate'][0]:.1f} us; pydantic's compiled core checks its "
@@ -643,6 +644,7 @@ def notes(result: dict[str, Any]) -> list[str]:
         plain = _ratio(result, world, "scope", "tpwire")
         spun = _ratio(result, world, "scope", "floor+path")
         scope = _codec(result, "scope")
+        med_floor = _stat(result, world, "scope", "floor")["median_us"]
         if arena is not None and plain is not None:
             steady = _ratio(result, world, "scope", "tpwire-arena@steady", "floor@steady")
             again = _ratio(result, world, "scope", "tpwire-arena@recompute", "floor@recompute")
@@ -664,10 +666,17 @@ def notes(result: dict[str, Any]) -> list[str]:
                 f"worker ({scope['check'][0]:.0f} us) run between the collectives, colder in a "
                 "stream, and the rest of tpwire's CPU path."
             )
+            live = _stream_path(result, world, "scope", "tpwire-arena")
+            if live is not None:
+                line += (
+                    f" Timed inside the stream, that path takes {live[0]:.0f} us on the source "
+                    f"and {live[1]:.0f} us on a worker after its head: "
+                    f"{(live[0] + live[1]) / med_floor:.2f}x of the floor's median between them."
+                )
             if spun is not None:
                 line += (
-                    f" The floor plus tpwire's CPU path alone (`floor+path`, which still copies "
-                    f"and digests as the caller's-tensors path does) is {spun:.2f}x."
+                    f" The floor plus the caller's-tensors path measured alone (`floor+path`, "
+                    f"which copies as that path does) is {spun:.2f}x."
                 )
             out.append(line)
         for kind in ("small", "noop"):

@@ -155,6 +155,13 @@ def misuse(rank: int, world: int) -> Any:
     )  # fmt: skip
     refused("other_field", lambda: send(recompute, 3))
     refused("after_other_field", lambda: send(built_in_arena(ch, message(3, "A")), 3))
+    # a NOOP (a heartbeat) between alloc and send writes only frame 0 and the trailer: the
+    # views stay valid and are sent from their place
+    before = ch.arena_stats.in_place
+    m4 = built_in_arena(ch, message(4, "A"))
+    ch.noop()
+    refused("after_noop", lambda: send(m4, 4))
+    out["in_place_after_noop"] = ch.arena_stats.in_place - before
     plain = BroadcastChannel(tc, poison="raise")  # not opened: no collective
     refused("no_arena", lambda: plain.alloc("latents", (1,), torch.bfloat16))
     ch.shutdown()

@@ -91,14 +91,18 @@ def test_views_stay_valid_across_refusals_and_expire_with_the_next_send(
     # a spent view still reads the bytes it held: the stale-view refusal is what protects a
     # caller, not garbage
     assert out["stale_bytes_kept"] is True
-    assert out["stats"]["in_place"] == 4  # chunks 2 and 3, latents and conditioning each
-    # the worker got exactly the envelopes sent: chunks 0..3, each bit for bit, then SHUTDOWN
+    assert out["after_noop"] == {"error": None, "sent": 1}
+    assert out["in_place_after_noop"] == 2
+    assert out["stats"]["in_place"] == 6  # chunks 2, 3 and 4, latents and conditioning each
+    # the worker got exactly what was sent: chunks 0..4 bit for bit, the NOOP, SHUTDOWN
     assert worker["seen"] == [
         {"call_id": 0, "action": "INFER", "equal": True},
         {"call_id": 1, "action": "INFER", "equal": True},
         {"call_id": 2, "action": "INFER", "equal": True},
         {"call_id": 3, "action": "INFER", "equal": True},
-        {"call_id": 4, "action": "SHUTDOWN"},
+        {"call_id": 4, "action": "NOOP"},
+        {"call_id": 5, "action": "INFER", "equal": True},
+        {"call_id": 6, "action": "SHUTDOWN"},
     ]
     assert worker["collectives"] == out["collectives"]
 
