@@ -132,6 +132,10 @@ def targets(result: dict[str, Any]) -> list[Target]:
                 ]
                 beside.append(", ".join(part))
             beside.append(f"tpwire (caller's tensors) {med['scope/tpwire'] / scope_floor:.2f}x")
+            if "scope/arena-nocheck" in med:
+                beside.append(
+                    f"arena without the frame 1 check {med['scope/arena-nocheck'] / scope_floor:.2f}x"
+                )
             if "scope/carry-all" in med:
                 beside.append(f"carry-all {med['scope/carry-all'] / scope_floor:.2f}x")
             if "scope/floor+path" in med:
@@ -541,7 +545,7 @@ def summary(result: dict[str, Any]) -> str:
 
 #: transports in the plot (the floor is the unit), and the targets drawn over it
 PLOTTED = ("tpwire", "tpwire-arena", "no-steady", "compat", "vllm", "floor-fresh",
-           "carry-all", "floor+path")  # fmt: skip
+           "carry-all", "floor+path", "arena-nocheck")  # fmt: skip
 PLOT_KINDS = ("noop", "small", "scope", "cond_on_update", "pp")
 PLOT_TARGETS = {"noop": 1.3, "small": 1.3, "scope": 1.15}
 
@@ -666,6 +670,14 @@ def notes(result: dict[str, Any]) -> list[str]:
                 f"worker ({scope['check'][0]:.0f} us) run between the collectives, colder in a "
                 "stream, and the rest of tpwire's CPU path."
             )
+            nocheck = _ratio(result, world, "scope", "arena-nocheck")
+            if nocheck is not None:
+                line += (
+                    f" With the frame 1 digest and its check patched out (`arena-nocheck`, a "
+                    f"diagnostic: the runtime has no such mode) it is {nocheck:.2f}x: the two "
+                    f"passes over 4.3 MiB are {(arena - nocheck) / max(arena - 1, 1e-9):.0%} of "
+                    "the arena's gap to the floor."
+                )
             live = _stream_path(result, world, "scope", "tpwire-arena")
             if live is not None:
                 line += (

@@ -27,6 +27,10 @@ is the slowest rank's time.
   part before the broadcast, a worker its part after. It has tpwire's collectives and
   tpwire's CPU time and nothing else of tpwire, so what it costs over the floor is what the
   machine makes of that much CPU work between collectives.
+- ``arena-nocheck`` (Scope only, a diagnostic): ``tpwire-arena`` with the frame 1 digest
+  patched out of this process for its own steps (the source writes 0, workers skip the
+  check). The runtime has no such mode; the column measures what the check costs in a
+  stream.
 - ``carry-all`` (Scope-sized envelopes only): tpwire with no carry limit, so every segment
   of the agreed layout is copied into the head: one collective fewer, a 4 MiB copy more.
 
@@ -52,6 +56,7 @@ import torch.distributed as dist
 
 from bench import envelopes as E
 from tpwire.generated import pp_contract
+from tpwire.runtime import wire
 from tpwire.runtime.channel import BroadcastChannel, P2PChannel
 from tpwire.runtime.compat import CompatBroadcastChannel
 
@@ -68,7 +73,7 @@ BROADCAST_TRANSPORTS = (
 EXTRA_TRANSPORTS = {
     "noop": ("floor+path",),
     "small": ("floor+path",),
-    "scope": ("carry-all", "floor+path"),
+    "scope": ("carry-all", "floor+path", "arena-nocheck"),
     "cond_on_update": ("carry-all",),
 }
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
@@ -190,6 +195,30 @@ class Arena(Tpwire):
 
     def step(self, i: int, msg: Any) -> None:
         super().step(i, self.built if msg is not None and self.rank == 0 else msg)
+
+
+class ArenaNoCheck(Arena):
+    """``Arena`` with the frame 1 digest and its check patched out for its own steps (a
+    diagnostic of the bench: what the check costs in a stream)."""
+
+    split_cpu: ClassVar[bool] = False
+
+    def step(self, i: int, msg: Any) -> None:
+        saved = wire.frame1_digest, wire.verify_frame1
+        wire.frame1_digest = _no_digest  # type: ignore[assignment]
+        wire.verify_frame1 = _no_check  # type: ignore[assignment]
+        try:
+            super().step(i, msg)
+        finally:
+            wire.frame1_digest, wire.verify_frame1 = saved
+
+
+def _no_digest(*args: Any) -> int:
+    return 0
+
+
+def _no_check(*args: Any) -> None:
+    return None
 
 
 class NoSteady(Tpwire):
@@ -332,6 +361,7 @@ BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "floor-fresh": FloorFresh,
     "carry-all": CarryAll,
     "floor+path": FloorPath,
+    "arena-nocheck": ArenaNoCheck,
 }
 
 
