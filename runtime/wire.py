@@ -494,8 +494,14 @@ def _pack(small: Sequence[tuple[torch.Tensor, TensorSlot]], nbytes: int) -> torc
     if all(t.is_cpu for t, _ in small):
         buf = torch.empty(nbytes, dtype=torch.uint8)
         base = buf.data_ptr()
-        for t, slot in small:
-            copy_in(buf, base, slot.offset, t, slot.nbytes, -slot.nbytes % ALIGN)
+        memmove, memset = ctypes.memmove, ctypes.memset
+        for t, slot in small:  # ``copy_in``, inlined: a new buffer holds no tensor in place
+            n, at = slot.nbytes, base + slot.offset
+            if n:
+                memmove(at, t.data_ptr(), n)
+            pad = -n % ALIGN
+            if pad:
+                memset(at + n, 0, pad)
         return buf
     on = small[0][0].device
     parts: list[torch.Tensor] = []  # tensor bytes and zero padding
