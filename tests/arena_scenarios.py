@@ -43,15 +43,18 @@ def message(i: int, kind: str) -> tc.InferV1GeneratorOnly:
     )
 
 
-def _counted(ch: BroadcastChannel[Any, Any], counts: list[int]) -> None:
-    put = ch._put
+def _counted(ch: Any, counts: list[int]) -> None:
+    """Count every collective the channel runs (sends and receives alike)."""
 
-    def counted(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
-        counts[-1] += 1
-        put(tensor, tag, frame0=frame0)
+    def counting(run: Any) -> Any:
+        def counted(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+            counts[-1] += 1
+            run(tensor, tag, frame0=frame0)
 
-    ch._put = counted  # type: ignore[method-assign]
-    ch._get = counted  # type: ignore[method-assign]
+        return counted
+
+    ch._put = counting(ch._put)
+    ch._get = counting(ch._get)
 
 
 def built_in_arena(ch: BroadcastChannel[Any, Any], msg: Any) -> Any:
@@ -187,3 +190,30 @@ def worker_alloc(rank: int, world: int) -> Any:
 
 def _head(ch: BroadcastChannel[Any, Any]) -> int:
     return ch._tx.send_buffer(torch.device("cpu")).untyped_storage().data_ptr()
+
+
+def p2p(rank: int, world: int, n: int = 5) -> Any:
+    """A pipeline stage builds its envelopes in the arena of a p2p channel; the next stage
+    gets them bit for bit; from the third on, each is one send and no copy."""
+    from mp_scenarios import pp_envelope, pp_header
+
+    from tpwire.generated import pp_contract as pp
+    from tpwire.runtime.channel import P2PChannel
+
+    ch = P2PChannel(pp, peer=1 - rank, poison="raise", arena=True).open()
+    counts: list[int] = []
+    _counted(ch, counts)
+    equal = []
+    for i in range(n):
+        counts.append(0)
+        msg = pp_envelope(i, init=i == 0)
+        if rank == 0:
+            fields = {
+                name: ch.alloc(name, t.shape, t.dtype).copy_(t)
+                for name in ("latents_in", "conditioning_embeds", "denoising_step_list")
+                if (t := getattr(msg, name)) is not None
+            }
+            ch.send(dataclasses.replace(msg, **fields), pp_header(i + 1, i, 0, "INFER"))
+        else:
+            equal.append(ch.recv().msg == msg)
+    return {"counts": counts, "equal": equal, "stats": ch.arena_stats.as_dict()}

@@ -112,3 +112,14 @@ def test_alloc_on_a_worker_is_a_clear_error(tmp_path: Path) -> None:
     assert (r0.exitcode, r1.exitcode) == (0, 0), (r0.log, r1.log)
     assert "only the source rank may call this" in r1.result["error"]
     assert r1.result["actions"] == ["INFER", "SHUTDOWN"]
+
+
+def test_a_p2p_stage_builds_its_envelopes_in_the_arena(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("p2p", tmp_path, module="arena_scenarios")
+    assert (r0.exitcode, r1.exitcode) == (0, 0), (r0.log, r1.log)
+    # every tensor of this small envelope is packed into one segment: head + that segment
+    # until the layout is agreed, then the head alone
+    assert r0.result["counts"] == r1.result["counts"] == [2, 2, 1, 1, 1]
+    assert r1.result["equal"] == [True] * 5
+    # three tensors per envelope; placed from the third envelope on, all sent in place
+    assert r0.result["stats"] == {"views": 9, "fresh": 6, "in_place": 9, "moved": 0}
