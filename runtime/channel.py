@@ -531,9 +531,7 @@ class _Channel(Generic[H, M]):
     #: ``next_sequence`` under the name of Scope's sequence field
     next_call_id = next_sequence
 
-    def alloc(
-        self, field: str, shape: Sequence[int], dtype: torch.dtype = torch.bfloat16
-    ) -> torch.Tensor:
+    def alloc(self, field: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """A tensor for ``field`` of the next envelope, to fill and send (``arena=True``).
 
         While a layout is agreed (two payload envelopes in a row alike) and it places
