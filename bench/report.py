@@ -560,7 +560,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     runs = _runs(result)
     worlds = list(runs)
-    fig, axes = plt.subplots(len(worlds), 1, figsize=(11, 3.6 * len(worlds)), squeeze=False)
+    fig, axes = plt.subplots(len(worlds), 1, figsize=(12, 4.0 * len(worlds)), squeeze=False)
     width = 0.8 / len(PLOTTED)
     colors = [plt.get_cmap("tab10")(i) for i in range(10)]
     for ax, world in zip(axes[:, 0], worlds, strict=True):
@@ -595,7 +595,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         backend = "NCCL, a GPU per rank" if world.startswith("nccl") else "gloo, CPU"
         ax.set_title(f"world size {world.removeprefix('nccl ')} ({backend})", fontsize=10)
         ax.grid(axis="y", alpha=0.3, which="both")
-        ax.legend(fontsize=7, ncol=4, loc="upper left")
+        ax.legend(fontsize=7, ncol=len(PLOTTED), loc="upper center",
+                  bbox_to_anchor=(0.5, -0.16), frameon=False)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
