@@ -145,6 +145,7 @@ def misuse(rank: int, world: int) -> Any:
     # a tensor made from a view (not the view itself) is refused
     made = dataclasses.replace(m2, latents=m2.latents.reshape(m2.latents.shape))
     refused("made_from_view", lambda: send(made, 2))
+    refused("ordering", lambda: ch.send(m2, header(0, chunk=2)))  # call id 0 again
     refused("valid_after_refusals", lambda: send(m2, 2))
     # the views of the envelope just sent are spent
     stale = dataclasses.replace(message(3, "A"), latents=m2.latents)

@@ -70,6 +70,7 @@ def test_misuse_raises_before_frame0_and_sends_nothing(misuse: tuple[dict, dict]
         ("stale", "ArenaError", "latents: an arena view handed out before the last send"),
         ("other_field", "ArenaError", "context_frames_override: an arena view handed out"),
         ("invalid", "EnvelopeInvalid", "tp_num_denoise_steps"),
+        ("ordering", "OrderingError", "call_id 0 after 1"),
         ("no_arena", "ArenaError", "alloc needs a channel opened with arena=True"),
     ]:
         assert out[case]["error"] == error, (case, out[case])
@@ -84,8 +85,8 @@ def test_views_stay_valid_across_refusals_and_expire_with_the_next_send(
     assert out["first_is_view"] is False  # no agreed layout yet: an ordinary tensor
     assert out["view_in_head"] is True
     assert out["same_view_twice"] is True
-    # the envelope refused as invalid and as made from a view went out once fixed, from the
-    # very views alloc gave before the refusals, in place
+    # the envelope refused as invalid, out of order and as made from a view went out once fixed,
+    # from the very views alloc gave before the refusals, in place
     assert out["valid_after_refusals"] == {"error": None, "sent": 1}
     assert out["after_other_field"] == {"error": None, "sent": 1}
     # a spent view still reads the bytes it held: the stale-view refusal is what protects a
