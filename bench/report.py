@@ -611,6 +611,12 @@ def _ratio(
     return float(stats[f"{kind}/{transport}"]["median_us"] / stats[f"{kind}/{floor}"]["median_us"])
 
 
+def _per_world(result: dict[str, Any], text: Any) -> str:
+    """``text(world)`` for each gloo world of the run, joined: "a (world 2), b (world 4)"."""
+    parts = [text(w) for w in result["transports"]]
+    return ", ".join(f"{p} (world {w})" for p, w in zip(parts, result["transports"], strict=True))
+
+
 def notes(result: dict[str, Any]) -> list[str]:
     """Why each missed target is missed, with this run's own measurements."""
     out = [
@@ -631,100 +637,78 @@ def notes(result: dict[str, Any]) -> list[str]:
         frame0 = st["layout"] + st["frame0"]
         out.append(
             f"- **Codec against the hand-written path: {tp / hw:.2f}x ({tp:.1f} us against "
-            f"{hw:.1f} us).** {extra:.1f} us of tpwire's side is work the hand-written path does "
-            "not do (the frame 1 digest, its check and the checks of the frames `decode` is "
-            f"handed: the steps marked * in the step table); without them it would be "
-            f"{(tp - extra) / hw:.2f}x. The rest is Python doing what msgspec does in C: "
-            f"sealing and reading frame 0 with its checksum, fingerprint, presence words and "
-            f"manifest ({frame0:.1f} us, against one MessagePack encode and decode), the "
-            f"tensor views ({st['views']:.1f} us: two torch calls per tensor, an empty tensor "
-            "and `set_` on the buffer's storage, of about a microsecond each) and the validation, "
-            "which checks every rule and collects every violation. `validate` checks the whole "
-            f"envelope (tensors, presence rules, invariants, derived fields) in "
-            f"{small['validate'][0]:.1f} us; pydantic's compiled core checks its "
-            f"{len(_HW_SCALARS) + 1} scalars in {small['pydantic'][0]:.1f} us."
+            f"{hw:.1f} us).** {extra:.1f} us of it are checks the hand-written path has not "
+            f"(the steps marked * in the step table); without them {(tp - extra) / hw:.2f}x. "
+            "The rest is Python doing what msgspec does in C: frame 0 sealed and read with its "
+            f"checksum, fingerprint, presence words and manifest ({frame0:.1f} us, against one "
+            f"MessagePack encode and decode), the tensor views ({st['views']:.1f} us, two torch "
+            "calls per tensor) and a validation that checks every rule and collects every "
+            f"violation. `validate` checks the whole envelope in {small['validate'][0]:.1f} us; "
+            f"pydantic's compiled core checks its {len(_HW_SCALARS) + 1} scalars in "
+            f"{small['pydantic'][0]:.1f} us."
         )
-    for world in result["transports"]:
-        arena = _ratio(result, world, "scope", "tpwire-arena")
-        plain = _ratio(result, world, "scope", "tpwire")
-        spun = _ratio(result, world, "scope", "floor+path")
+    if all(_ratio(result, w, "scope", "tpwire-arena") for w in result["transports"]):
         scope = _codec(result, "scope")
-        med_floor = _stat(result, world, "scope", "floor")["median_us"]
-        if arena is not None and plain is not None:
-            steady = _ratio(result, world, "scope", "tpwire-arena@steady", "floor@steady")
-            again = _ratio(result, world, "scope", "tpwire-arena@recompute", "floor@recompute")
-            split = (
-                f" Apart: {steady:.2f}x over the steady chunks, {again:.2f}x over the recompute "
-                "chunks."
-                if steady is not None and again is not None
-                else ""
+
+        def ratio(transport: str, floor: str = "floor") -> Any:
+            return lambda at: f"{_ratio(result, at, 'scope', transport, floor) or 0:.2f}x"
+
+        line = (
+            f"- **Scope built in the arena: {_per_world(result, ratio('tpwire-arena'))}; from "
+            f"the caller's tensors {_per_world(result, ratio('tpwire'))}.** A steady chunk is "
+            "one collective with no copy, as the floor's; every third chunk recomputes and has "
+            "one segment more (the context frames), so its latents follow in a second "
+            "collective: steady chunks "
+            f"{_per_world(result, ratio('tpwire-arena@steady', 'floor@steady'))}, recompute "
+            f"chunks {_per_world(result, ratio('tpwire-arena@recompute', 'floor@recompute'))}. "
+            "The rest is CPU work between the collectives: the frame 1 digest on the source "
+            f"and its check on every worker ({scope['digest'][0]:.0f} + "
+            f"{scope['check'][0]:.0f} us for 4.3 MiB in cache, more in a stream); with both "
+            "patched out of the bench process (`arena-nocheck`, a diagnostic: the runtime has "
+            f"no such mode) it is {_per_world(result, ratio('arena-nocheck'))}."
+        )
+        first = next(iter(result["transports"]))
+        live = _stream_path(result, first, "scope", "tpwire-arena")
+        if live is not None:
+            line += (
+                f" Timed inside the stream at world {first}, the arena path takes "
+                f"{live[0]:.0f} us on the source and {live[1]:.0f} us on a worker after its head."
             )
-            line = (
-                f"- **Scope, world {world}: {arena:.2f}x built in the arena, {plain:.2f}x from "
-                "the caller's tensors.** Built in the arena, a steady-state envelope is one "
-                "collective with no copy, as the floor is; a recompute chunk (every third) "
-                "has a layout of its own (one segment more: the context frames), so its "
-                "latents follow in a second collective, copied out of the head first."
-                f"{split} What remains on top "
-                f"of the floor is CPU work: the frame 1 digest on the source ("
-                f"{scope['digest'][0]:.0f} us for 4.3 MiB in cache) and its check on every "
-                f"worker ({scope['check'][0]:.0f} us) run between the collectives, colder in a "
-                "stream, and the rest of tpwire's CPU path."
+        out.append(line)
+    for kind in ("small", "noop"):
+        path = _path_us(result, kind)
+        worlds = [
+            w
+            for w in result["transports"]
+            if (_ratio(result, w, kind, "tpwire") or 0) > 1.3
+            and _ratio(result, w, kind, "floor+path") is not None
+        ]
+        if path is None or not worlds:
+            continue
+        first = worlds[0]
+        live = _stream_path(result, first, kind)
+        floor = _stat(result, first, kind, "floor")["median_us"]
+
+        def kind_ratio(transport: str, k: str = kind) -> Any:
+            return lambda at: f"{_ratio(result, at, k, transport) or 0:.2f}x"
+
+        line = (
+            f"- **{TITLES[kind]}: {_per_world(result, kind_ratio('tpwire'))}.** One collective, "
+            f"as the floor's; the gap is tpwire's CPU path, {path[0]:.0f} us on the source "
+            f"before its collective and {path[1]:.0f} us on a worker after it when measured "
+            "alone (after memory traffic). The floor with exactly that CPU time spun on each "
+            f"side (`floor+path`) is {_per_world(result, kind_ratio('floor+path'))}."
+        )
+        if live is not None:
+            line += (
+                f" Timed inside the stream at world {first}, the same path takes "
+                f"{live[0]:.0f} + {live[1]:.0f} us, {(live[0] + live[1]) / sum(path):.1f}x what "
+                f"it takes alone, and the floor plus that is "
+                f"{(floor + sum(live)) / floor:.2f}x: the same code, run right after a "
+                "blocking wait on a core shared with the other rank and gloo's threads, with "
+                "cold caches (a spin loop touching no memory does not reproduce that)."
             )
-            nocheck = _ratio(result, world, "scope", "arena-nocheck")
-            if nocheck is not None:
-                line += (
-                    f" With the frame 1 digest and its check patched out (`arena-nocheck`, a "
-                    f"diagnostic: the runtime has no such mode) it is {nocheck:.2f}x: the two "
-                    f"passes over 4.3 MiB are {(arena - nocheck) / max(arena - 1, 1e-9):.0%} of "
-                    "the arena's gap to the floor."
-                )
-            live = _stream_path(result, world, "scope", "tpwire-arena")
-            if live is not None:
-                line += (
-                    f" Timed inside the stream, that path takes {live[0]:.0f} us on the source "
-                    f"and {live[1]:.0f} us on a worker after its head: "
-                    f"{(live[0] + live[1]) / med_floor:.2f}x of the floor's median between them."
-                )
-            if spun is not None:
-                line += (
-                    f" The floor plus the caller's-tensors path measured alone (`floor+path`, "
-                    f"which copies as that path does) is {spun:.2f}x."
-                )
-            out.append(line)
-        for kind in ("small", "noop"):
-            tp = _ratio(result, world, kind, "tpwire")
-            sp = _ratio(result, world, kind, "floor+path")
-            path = _path_us(result, kind)
-            if tp is None or tp <= 1.3 or sp is None or path is None:
-                continue
-            floor = _stat(result, world, kind, "floor")["median_us"]
-            budget = (
-                f"the target leaves {0.3 * floor:.0f} us for both sides over this floor, so "
-                "on this machine that much CPU time alone between collectives misses it"
-                if sp > 1.3
-                else "that much CPU time alone between collectives stays within the target"
-            )
-            live = _stream_path(result, world, kind)
-            inside = (
-                f" Timed inside the stream (the source's send less its collective, a "
-                f"worker's receive after its head), the same path takes {live[0]:.0f} us + "
-                f"{live[1]:.0f} us, {(live[0] + live[1]) / (path[0] + path[1]):.1f}x what it "
-                f"takes alone, and the floor plus that is "
-                f"{(floor + live[0] + live[1]) / floor:.2f}x. The same code, so the difference "
-                "is where it runs: each rank right after waking from a blocking wait, on a "
-                "core it shares with the other rank and gloo's threads, with cold caches (a "
-                "spin loop touching no memory does not reproduce that)."
-                if live
-                else ""
-            )
-            out.append(
-                f"- **{TITLES[kind]}, world {world}: {tp:.2f}x.** One collective, as the "
-                f"floor; the gap is the CPU path per side, {path[0]:.0f} us on the source "
-                f"before its collective and {path[1]:.0f} us on a worker after it, measured "
-                f"alone (after memory traffic). The floor with exactly that CPU time spun on "
-                f"each side (`floor+path`) is {sp:.2f}x: {budget}.{inside}"
-            )
+        out.append(line)
     out.append(
         "- **NOOP at least 2.5x faster than compat cannot hold:** compat's NOOP is its slot "
         "header alone, one collective, exactly what tpwire's NOOP is (the compat / tpwire "
