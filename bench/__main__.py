@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from bench import codec, cpu_path, report
+from bench import envelopes as E
 from bench.transports import Plan, rank_entry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,18 +54,34 @@ def run_world(world: int, plan: Plan, timeout: float) -> dict[str, dict[str, flo
             raise SystemExit(f"bench: world {world} failed (exit codes {codes})")
         ranks = [json.loads(Path(f"{out}/rank{r}.json").read_text()) for r in range(world)]
     stats: dict[str, dict[str, float]] = {}
-    for key in ranks[0]:
+    keys = dict.fromkeys(k for rk in ranks for k in rk)  # some series are a worker's only
+    for key in keys:
         per_rank = [rk[key] for rk in ranks if key in rk]
         latency = [max(xs) for xs in zip(*per_rank, strict=True)]
-        q = statistics.quantiles(latency, n=10)
-        stats[key] = {
-            "median_us": statistics.median(latency) * 1e6,
-            "mean_us": statistics.fmean(latency) * 1e6,
-            "p10_us": q[0] * 1e6,
-            "p90_us": q[-1] * 1e6,
-            "n": len(latency),
-        }
+        stats[key] = _stats(latency)
+        if key in SPLIT:
+            # iteration k moved envelope (warmup + k) % 24 of the stream (run_rank)
+            recompute = [E.recompute((plan.warmup + k) % 24) for k in range(len(latency))]
+            for name, which in (("steady", False), ("recompute", True)):
+                part = [x for x, r in zip(latency, recompute, strict=True) if r is which]
+                if len(part) >= 2:
+                    stats[f"{key}@{name}"] = _stats(part)
     return stats
+
+
+#: series also summarized apart for the Scope stream's steady and recompute chunks
+SPLIT = ("scope/tpwire-arena", "scope/tpwire", "scope/floor")
+
+
+def _stats(latency: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(latency, n=10)
+    return {
+        "median_us": statistics.median(latency) * 1e6,
+        "mean_us": statistics.fmean(latency) * 1e6,
+        "p10_us": q[0] * 1e6,
+        "p90_us": q[-1] * 1e6,
+        "n": len(latency),
+    }
 
 
 def nccl_worlds(gpus: int, quick: bool) -> list[int]:
@@ -101,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     cuda = codec.cuda_rows(kinds, n_codec // 4)
     print("bench: CUDA " + ("measured" if cuda else "skipped: no CUDA device"), flush=True)
     transports: dict[int, dict[str, dict[str, float]]] = {}
+    # floor+path: the floor plus tpwire's CPU path per side as measured alone (after memory
+    # traffic, as a stream runs it)
+    spin = {r["kind"]: (r["traffic"]["source"][0], r["traffic"]["after"][0]) for r in path_rows}
     for world in worlds:
-        plan = Plan(kinds, rounds, iters, warmup, pp=True)
+        plan = Plan(kinds, rounds, iters, warmup, pp=True, spin_us=spin)
         print(f"bench: world {world}: {rounds} rounds x {iters} iterations", flush=True)
         transports[world] = run_world(world, plan, timeout=600)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

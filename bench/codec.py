@@ -18,6 +18,7 @@ import jsonschema
 import torch
 
 from bench import envelopes as E
+from bench import handwritten as H
 from tpwire.codegen.schema import json_schema
 from tpwire.runtime import tripwire, wire
 from tpwire.runtime.plain import to_plain
@@ -115,8 +116,94 @@ def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
             functools.partial(_every_error, validator, instance), max(n // 10, 50)
         )
         row["pickle"] = _median_us(functools.partial(_pickle_round_trip, meta), n)
+        if name in HANDWRITTEN_KINDS and H.MISSING is None:
+            row.update(handwritten(header, msg, n))
+        if name in HANDWRITTEN_KINDS:
+            row["stages"] = stages(proto, header, msg, n)
         rows.append(row)
     return rows
+
+
+#: The steps of tpwire's ``encode`` and ``decode``, each timed alone (``stages``).
+STAGES = (
+    ("send", "validate", "validate: types, ranges, dtypes, shapes, presence, invariants"),
+    ("send", "words", "frame 0 words, tensors materialized, segments planned"),
+    ("send", "digest", "xxh3-64 of frame 1 (into frame 0)"),
+    ("send", "layout", "frame 0 sealed (blake2b), frame 1 packed"),
+    ("receive", "frame0", "frame 0: checksum, fingerprint, header, manifest"),
+    ("receive", "segments", "frame 1 segments checked (dtype, size, alignment)"),
+    ("receive", "check", "frame 1 digest, padding and bool bytes checked"),
+    ("receive", "views", "tensor views of frame 1"),
+    ("receive", "message", "the message built (dataclass, derived fields)"),
+    ("receive", "validation", "receive-side validation (ranges, presence, invariants)"),
+)
+
+
+def stages(proto: Any, header: Any, msg: Any, n: int) -> dict[str, Any]:
+    """Each step of ``encode`` and ``decode`` timed alone (medians): where the codec's time
+    goes. ``words`` is ``prepare`` less ``validate`` and the digest; ``segments`` is
+    ``finish`` less ``assemble``."""
+    frames = proto.encode(msg, header)
+    prepared = proto.prepare(msg, header)
+    manifest = proto.read_frame0(frames.frame0)
+    values = dict(manifest.scalars)
+    values.update(manifest.views(frames.segments))
+    built = manifest.message(**values)
+    t = {
+        "validate": functools.partial(proto.validate, msg, header),
+        "prepare": functools.partial(proto.prepare, msg, header),
+        "digest": functools.partial(
+            wire.frame1_digest, prepared.tensors, prepared.slots, prepared.sizes
+        ),
+        "layout": prepared.frames,
+        "frame0": functools.partial(proto.read_frame0, frames.frame0),
+        "finish": functools.partial(manifest.finish, frames.segments),
+        "assemble": functools.partial(manifest.assemble, frames.segments),
+        "check": functools.partial(
+            wire.verify_frame1,
+            manifest.slots,
+            manifest.segment_nbytes,
+            frames.segments,
+            None,
+            manifest.digest,
+        ),
+        "views": functools.partial(manifest.views, frames.segments),
+        "message": functools.partial(lambda: manifest.message(**values)),
+        "validation": functools.partial(manifest.validate, built, manifest.header),
+    }
+    m = {k: _median_us(f, n)[0] for k, f in t.items()}
+    m["words"] = max(m["prepare"] - m["validate"] - m["digest"], 0.0)
+    m["segments"] = max(m["finish"] - m["assemble"], 0.0)
+    return {k: m[k] for _, k, _ in STAGES}
+
+
+#: The envelopes the hand-written baselines model: tp_control's v1 INFER as shipped.
+HANDWRITTEN_KINDS = ("small", "scope")
+
+
+def handwritten(header: Any, msg: Any, n: int) -> dict[str, Any]:
+    """The hand-written msgspec path's send and receive, and pydantic validating the same
+    scalars (``bench/handwritten.py``); its receive is checked against the tensors sent."""
+    raw, buf = H.send(header, msg)
+    _, views = H.receive(raw, buf)
+    for name, attr, _, _ in H.TENSORS:
+        sent = getattr(msg, attr)
+        assert (sent is None) == (name not in views), name
+        assert sent is None or wire.tensors_identical(views[name], sent), name
+    values = H.scalars(msg)
+    H.pydantic_validate(values)
+    # one intra-op thread, as every rank runs: torch.cat of a Scope envelope's 4 MiB on two
+    # threads of a shared two-core machine waits for the second one now and then
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {
+            "hw_send": _median_us(functools.partial(H.send, header, msg), n),
+            "hw_receive": _median_us(functools.partial(H.receive, raw, buf), n),
+            "pydantic": _median_us(functools.partial(H.pydantic_validate, values), n),
+        }
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cuda_rows(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]] | None:

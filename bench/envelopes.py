@@ -75,7 +75,8 @@ def _v1(
     )
 
 
-def _recompute(i: int) -> bool:
+def recompute(i: int) -> bool:
+    """Whether chunk ``i`` of the Scope streams recomputes its KV cache (context frames)."""
     return i % RECOMPUTE_EVERY == RECOMPUTE_EVERY - 1
 
 
@@ -89,7 +90,7 @@ def scope(proto: ModuleType, i: int) -> Any:
         i,
         size=(40, 72),
         tokens=(512, 4096),
-        recompute=_recompute(i),
+        recompute=recompute(i),
         tp_envelope_version=1,
     )
 
@@ -102,7 +103,7 @@ def cond_on_update(proto: ModuleType, i: int) -> Any:
         i,
         size=(40, 72),
         tokens=(512, 4096),
-        recompute=_recompute(i),
+        recompute=recompute(i),
         cond=update,
         updated=update,
         tp_envelope_version=2,

@@ -7,6 +7,10 @@ side (send on the source, receive + decode + validate on a worker); the iteratio
 is the slowest rank's time.
 
 - ``tpwire``: ``BroadcastChannel`` (steady-state framing) / ``P2PChannel`` for PP.
+- ``tpwire-arena``: the same channel opened with ``arena=True``: the source builds the
+  envelope's tensors in the channel's send buffer (``alloc``; the producer's writes into
+  them happen before the timing starts, as the floor's bytes are ready before its
+  broadcast), so a steady-state envelope is one collective with no copy.
 - ``no-steady``: the same channel with ``steady_state=False`` (frame 0, then one collective
   per frame 1 segment): what steady-state framing buys.
 - ``compat``: ``CompatBroadcastChannel``, Scope's wire today (slot header, pickled meta via
@@ -18,6 +22,15 @@ is the slowest rank's time.
   warm buffer every time on both sides.
 - ``floor-fresh``: the same single broadcast with a stream's memory traffic: each
   envelope's own bytes on the source, a new buffer on every worker.
+- ``floor+path``: the floor with tpwire's CPU path per side, as measured alone in one
+  process (``bench.cpu_path``, after memory traffic), spun on the CPU: the source spins its
+  part before the broadcast, a worker its part after. It has tpwire's collectives and
+  tpwire's CPU time and nothing else of tpwire, so what it costs over the floor is what the
+  machine makes of that much CPU work between collectives.
+- ``arena-nocheck`` (Scope only, a diagnostic): ``tpwire-arena`` with the frame 1 digest
+  patched out of this process for its own steps (the source writes 0, workers skip the
+  check). The runtime has no such mode; the column measures what the check costs in a
+  stream.
 - ``carry-all`` (Scope-sized envelopes only): tpwire with no carry limit, so every segment
   of the agreed layout is copied into the head: one collective fewer, a 4 MiB copy more.
 - ``journal-digest`` / ``journal-full`` (Scope-sized envelopes only): tpwire with the
@@ -47,14 +60,25 @@ import torch.distributed as dist
 
 from bench import envelopes as E
 from tpwire.generated import pp_contract
+from tpwire.runtime import wire
 from tpwire.runtime.channel import BroadcastChannel, P2PChannel
 from tpwire.runtime.compat import CompatBroadcastChannel
 
-BROADCAST_TRANSPORTS = ("tpwire", "no-steady", "compat", "vllm", "floor", "floor-fresh")
+BROADCAST_TRANSPORTS = (
+    "tpwire",
+    "tpwire-arena",
+    "no-steady",
+    "compat",
+    "vllm",
+    "floor",
+    "floor-fresh",
+)
 #: transports run for some kinds only: where they differ from tpwire
 JOURNAL_TRANSPORTS = ("journal-digest", "journal-full")
 EXTRA_TRANSPORTS = {
-    "scope": ("carry-all", *JOURNAL_TRANSPORTS),
+    "noop": ("floor+path",),
+    "small": ("floor+path",),
+    "scope": ("carry-all", "floor+path", "arena-nocheck", *JOURNAL_TRANSPORTS),
     "cond_on_update": ("carry-all", *JOURNAL_TRANSPORTS),
 }
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
@@ -69,6 +93,8 @@ class Plan:
     pp: bool
     backend: str = "gloo"
     device: str = "cpu"  # "cuda": every rank on its own GPU (NCCL)
+    #: kind -> tpwire's CPU path alone (source, worker after its head), in us (``floor+path``)
+    spin_us: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -78,6 +104,7 @@ class Env:
     rank: int
     device: torch.device
     cpu_group: Any = None  # a gloo group of the same ranks, on a device backend
+    spin_us: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def on_device(self) -> bool:
@@ -102,8 +129,32 @@ class Tpwire:
         self.ch = self.channel_class()(self.proto, poison="raise", device=device, **options)
         self.ch.open()
         self.call_id = 0
+        #: this rank's CPU path of each envelope in the stream, in seconds (``split_cpu``)
+        self.cpu: list[float] = []
+        self._in_collectives = 0.0
+        self._head_done = 0.0
+        if self.split_cpu:
+            self.ch._put = self._timed_collective(self.ch._put)  # type: ignore[method-assign]
+            self.ch._get = self._timed_collective(self.ch._get)  # type: ignore[method-assign]
 
     options: ClassVar[dict[str, Any]] = {}
+    #: record the CPU path per envelope inside the stream: the source's send less its
+    #: collectives, a worker's receive after its head collective less the collectives after
+    split_cpu: ClassVar[bool] = True
+
+    def _timed_collective(self, run: Callable[..., None]) -> Callable[..., None]:
+        def timed(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+            t0 = time.perf_counter()
+            try:
+                run(tensor, tag, frame0=frame0)
+            finally:
+                t1 = time.perf_counter()
+                if frame0 and self.rank != 0:
+                    self._head_done = t1  # a worker's path is what follows its head
+                else:
+                    self._in_collectives += t1 - t0
+
+        return timed
 
     def device_options(self, env: Env) -> dict[str, Any]:
         return {}
@@ -113,6 +164,8 @@ class Tpwire:
 
     def step(self, i: int, msg: Any) -> None:
         self.call_id += 1
+        self._in_collectives = 0.0
+        t0 = time.perf_counter()
         if self.rank == 0:
             if msg is not None and self.kind.restamp is not None:
                 msg = self.kind.restamp(msg, i)
@@ -122,18 +175,71 @@ class Tpwire:
                 self.ch.send(msg, E.header(self.proto, self.call_id, i))
         else:
             self.ch.recv()
+        if self.split_cpu:
+            start = t0 if self.rank == 0 else self._head_done
+            self.cpu.append(time.perf_counter() - start - self._in_collectives)
+
+
+class Arena(Tpwire):
+    """tpwire with copy-free sends: every tensor built where ``alloc`` places it."""
+
+    options: ClassVar[dict[str, Any]] = {"arena": True}
+
+    def __init__(self, kind: E.Kind, env: Env) -> None:
+        super().__init__(kind, env)
+        self.built: Any = None
+
+    def before(self, i: int, msg: Any) -> None:
+        """The producer's part (untimed): write the envelope's tensors where ``alloc`` says."""
+        if self.rank != 0 or msg is None:
+            return
+        fields = {}
+        for name in type(msg).__dataclass_fields__:
+            t = getattr(msg, name)
+            if isinstance(t, torch.Tensor):
+                fields[name] = self.ch.alloc(name, t.shape, t.dtype).copy_(t)
+        self.built = dataclasses.replace(msg, **fields)
+
+    def step(self, i: int, msg: Any) -> None:
+        super().step(i, self.built if msg is not None and self.rank == 0 else msg)
+
+
+class ArenaNoCheck(Arena):
+    """``Arena`` with the frame 1 digest and its check patched out for its own steps (a
+    diagnostic of the bench: what the check costs in a stream)."""
+
+    split_cpu: ClassVar[bool] = False
+
+    def step(self, i: int, msg: Any) -> None:
+        saved = wire.frame1_digest, wire.verify_frame1
+        wire.frame1_digest = _no_digest  # type: ignore[assignment]
+        wire.verify_frame1 = _no_check  # type: ignore[assignment]
+        try:
+            super().step(i, msg)
+        finally:
+            wire.frame1_digest, wire.verify_frame1 = saved
+
+
+def _no_digest(*args: Any) -> int:
+    return 0
+
+
+def _no_check(*args: Any) -> None:
+    return None
 
 
 class NoSteady(Tpwire):
     """tpwire without steady-state framing: frame 0, then one collective per segment."""
 
     options: ClassVar[dict[str, Any]] = {"steady_state": False}
+    split_cpu: ClassVar[bool] = False
 
 
 class CarryAll(Tpwire):
     """tpwire with every segment of the agreed layout copied into the head."""
 
     options: ClassVar[dict[str, Any]] = {"carry_limit": 1 << 62}
+    split_cpu: ClassVar[bool] = False
 
 
 class Journaled(Tpwire):
@@ -172,6 +278,8 @@ class JournalFull(Journaled):
 
 
 class Compat(Tpwire):
+    split_cpu: ClassVar[bool] = False
+
     def channel_class(self) -> type[BroadcastChannel[Any, Any]]:
         return CompatBroadcastChannel
 
@@ -230,6 +338,31 @@ class Floor:
         dist.broadcast(buf, src=0)
 
 
+def _spin(us: float) -> None:
+    """Keep this core busy for ``us`` microseconds (what a CPU path does to the machine)."""
+    end = time.perf_counter_ns() + int(us * 1e3)
+    while time.perf_counter_ns() < end:
+        pass
+
+
+class FloorPath(Floor):
+    """The floor plus tpwire's CPU path per side, spun: the source before its broadcast, a
+    worker after it (``Plan.spin_us``, measured alone by ``bench.cpu_path``)."""
+
+    def __init__(self, kind: E.Kind, env: Env) -> None:
+        super().__init__(kind, env)
+        self.rank = env.rank
+        self.source_us, self.worker_us = env.spin_us.get(kind.name, (0.0, 0.0))
+
+    def step(self, i: int, msg: Any) -> None:
+        if self.rank == 0:
+            _spin(self.source_us)
+            super().step(i, msg)
+        else:
+            super().step(i, msg)
+            _spin(self.worker_us)
+
+
 class FloorFresh:
     """The floor with a stream's memory traffic: the source sends each envelope's own bytes
     (packed once, outside the timing) and a worker receives into a new buffer every time,
@@ -262,6 +395,7 @@ class FloorFresh:
 
 BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "tpwire": Tpwire,
+    "tpwire-arena": Arena,
     "no-steady": NoSteady,
     "compat": Compat,
     "vllm": Vllm,
@@ -270,6 +404,8 @@ BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "carry-all": CarryAll,
     "journal-digest": JournalDigest,
     "journal-full": JournalFull,
+    "floor+path": FloorPath,
+    "arena-nocheck": ArenaNoCheck,
 }
 
 
@@ -355,8 +491,13 @@ PP: dict[str, Callable[[Env, Any], Any]] = {"tpwire": PPTpwire, "vllm": PPVllm, 
 
 
 def _timed(
-    barrier: Callable[[], None], step: Callable[[], None], sync: Callable[[], None]
+    barrier: Callable[[], None],
+    step: Callable[[], None],
+    sync: Callable[[], None],
+    before: Callable[[], None] | None = None,
 ) -> float:
+    if before is not None:
+        before()  # untimed: what a transport's caller does before it sends (``Arena``)
     barrier()
     sync()
     t0 = time.perf_counter()
@@ -373,6 +514,7 @@ def _interleaved(
     series: dict[str, list[float]],
     prefix: str,
     sync: Callable[[], None],
+    before: Callable[[Any, int], None] | None = None,
 ) -> None:
     """Every transport moves envelope ``i`` in turn before any moves ``i + 1`` (the order
     rotates each iteration), so a drift of the machine hits them all alike and each
@@ -381,13 +523,19 @@ def _interleaved(
     for j in range(plan.warmup + plan.rounds * plan.iters):
         k = j % len(names)
         for name in names[k:] + names[:k]:
-            dt = _timed(barrier, functools.partial(step, transports[name], j), sync)
-            settle = getattr(transports[name], "settle", None)
+            t = transports[name]
+            prep = functools.partial(before, t, j) if before and hasattr(t, "before") else None
+            dt = _timed(barrier, functools.partial(step, t, j), sync, prep)
+            settle = getattr(t, "settle", None)
             busy = settle() if settle is not None else None  # untimed: a journal's writer
             if j >= plan.warmup:
                 series.setdefault(f"{prefix}/{name}", []).append(dt)
                 if busy is not None:
                     series.setdefault(f"{prefix}/{name}:writer", []).append(busy)
+    for name, t in transports.items():
+        if getattr(t, "cpu", None):  # the CPU path inside the stream, per side
+            side = "source" if t.rank == 0 else "worker"
+            series[f"{prefix}/{name}:cpu-{side}"] = t.cpu[plan.warmup :]
 
 
 def _stream(msgs: list[Any]) -> Callable[[Any, int], None]:
@@ -397,6 +545,15 @@ def _stream(msgs: list[Any]) -> Callable[[Any, int], None]:
         transport.step(i, msgs[i % len(msgs)])
 
     return step
+
+
+def _before(msgs: list[Any]) -> Callable[[Any, int], None]:
+    """A transport's untimed part of envelope ``i`` of ``msgs`` (``Arena.before``)."""
+
+    def before(transport: Any, i: int) -> None:
+        transport.before(i, msgs[i % len(msgs)])
+
+    return before
 
 
 def _environment(rank: int, world: int, port: int, plan: Plan) -> Env:
@@ -409,9 +566,14 @@ def _environment(rank: int, world: int, port: int, plan: Plan) -> Env:
     )
     torch.set_num_threads(1)
     if plan.device == "cpu":
-        return Env(rank, torch.device("cpu"))
+        return Env(rank, torch.device("cpu"), spin_us=plan.spin_us)
     torch.cuda.set_device(rank)
-    return Env(rank, torch.device(plan.device, rank), cpu_group=dist.new_group(backend="gloo"))
+    return Env(
+        rank,
+        torch.device(plan.device, rank),
+        cpu_group=dist.new_group(backend="gloo"),
+        spin_us=plan.spin_us,
+    )
 
 
 def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[float]]:
@@ -438,6 +600,7 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
             series,
             kind_name,
             env.sync,
+            _before(msgs),
         )
     if plan.pp:
         group = dist.new_group([0, 1])

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from . import abort_guard, parity, tripwire
 from . import journal as _journal
+from .arena import Arena, ArenaError, ArenaStats
 from .bindings import Bindings, H, M, bindings_of
 from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
@@ -246,6 +247,10 @@ class Framing:
             self.ahead = None
         self._last = sizes
 
+    def send_buffer(self, device: torch.device) -> torch.Tensor:
+        """The buffer the next head is laid into (the arena hands out views of it)."""
+        return self._head_buffer(device)
+
     def _head_buffer(self, device: torch.device) -> torch.Tensor:
         # kept while the layout holds, so nothing is allocated in steady state; bytes of a
         # slot the envelope leaves unused are stale and never read
@@ -318,6 +323,17 @@ class Framing:
         self._spare = head
 
 
+def _tensor_fields(bindings: Bindings[Any, Any]) -> frozenset[str]:
+    """The names of the protocol's tensor fields (what ``alloc`` may place)."""
+    return frozenset(
+        name
+        for cls in bindings.messages.values()
+        for variant in bindings.variants.get(cls, (cls,))
+        for name, f in getattr(variant, "__dataclass_fields__", {}).items()
+        if "Tensor" in str(f.type)
+    )
+
+
 def _sizes(segments: Sequence[torch.Tensor]) -> tuple[int, ...]:
     return tuple(int(s.numel()) for s in segments)
 
@@ -340,6 +356,7 @@ class _Channel(Generic[H, M]):
         steady_state: bool,
         carry_limit: int | None,
         journal: _journal.JournalArg = None,
+        arena: bool = False,
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
@@ -397,6 +414,8 @@ class _Channel(Generic[H, M]):
             torch.device("cpu") if cpu_group is not None or self.device is None else self.device
         )
         steady = steady_state and cpu_group is None
+        if carry_limit is None and arena:
+            carry_limit = 1 << 62  # the head carries every segment: alloc places them there
         if carry_limit is None:
             # a device copy is nearly free next to a collective; a host copy is not
             on_device = self.device is not None and self.device.type != "cpu"
@@ -406,6 +425,8 @@ class _Channel(Generic[H, M]):
         abort_guard.set_exit_code(EXIT_POISONED)
         self._tx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
         self._rx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
+        #: copy-free sends (``alloc``); None unless the channel was opened with ``arena=True``
+        self._arena = Arena(_tensor_fields(bindings)) if arena else None
 
     # transport: what each channel kind does with one tensor of one frame
     def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
@@ -595,6 +616,43 @@ class _Channel(Generic[H, M]):
     #: ``next_sequence`` under the name of Scope's sequence field
     next_call_id = next_sequence
 
+    def alloc(self, field: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor for ``field`` of the next envelope, to fill and send (``arena=True``).
+
+        While a layout is agreed (two payload envelopes in a row alike) and it places
+        ``field`` with this shape and dtype, this is a view of that place in the channel's
+        next head buffer: sent from there, with no copy. Otherwise it is an ordinary new
+        tensor, sent the usual way. Either way its bytes are unspecified until written. A
+        view is valid until the next payload ``send``; ``arena_stats`` counts what happened.
+        Raises ``ArenaError`` for a field that is not a tensor field of the protocol."""
+        arena = self._arena
+        if arena is None:
+            raise ArenaError("alloc needs a channel opened with arena=True")
+        self._ready(sender=True)
+        dims = tuple(int(d) for d in shape)
+        with self._locked():  # a heartbeat's NOOP may be laying out the same buffer
+            framing = self._tx
+            if framing.agreed and arena.layout is not None:
+                carried = framing.carried(framing.agreed)
+                slot = arena.place(field, dims, dtype, carried)
+            else:
+                slot = arena.place(field, dims, dtype, ())
+            if slot is None:
+                arena.stats.fresh += 1
+                return torch.empty(dims, dtype=dtype, device=self.device)
+            live = arena.live.get(field)
+            if live is not None:
+                return live  # asked twice before a send: the same view
+            buf = framing.send_buffer(self._frame0_device)
+            return arena.view(field, buf, framing.offsets[slot.segment] + slot.offset, slot)
+
+    @property
+    def arena_stats(self) -> ArenaStats:
+        """What ``alloc`` and the sends did with the arena (``arena=True`` channels)."""
+        if self._arena is None:
+            raise ArenaError("the channel was opened without arena=True")
+        return self._arena.stats
+
     def _check_order(self, header: Any) -> None:
         problem = self._sent_order.problem(header)
         if problem is not None:
@@ -656,9 +714,13 @@ class _Channel(Generic[H, M]):
     def _transmit(self, frames: Frames | Prepared, header: H, *, watched: bool = True) -> None:
         """The commitment: after the first byte of frame 0, any failure poisons."""
         framing = self._tx
+        arena = self._arena
         if isinstance(frames, Prepared):
             sizes = frames.sizes
             carried = framing.carried(sizes)
+            if arena is not None and frames.tensors:  # before any byte moves (ArenaError)
+                buf = framing.send_buffer(self._frame0_device)
+                frames = arena.settle(frames, buf, framing.offsets, carried)
             rest = [(i, frames.segment(i)) for i, here in enumerate(carried) if not here]
         else:  # frames built elsewhere (tests send hostile ones)
             sizes = _sizes(frames.segments)
@@ -685,7 +747,10 @@ class _Channel(Generic[H, M]):
         self._in_flight = None
         if self.journal is not None:
             self._journal_sent(frames, head, header, action)
-        framing.after(action in self.protocol.payload_actions, sizes)
+        payload = action in self.protocol.payload_actions
+        framing.after(payload, sizes)
+        if arena is not None and payload and isinstance(frames, Prepared):
+            arena.sent(frames, framing.agreed)
         self._sent_order.commit(header)
         self.last_sent = header
         self._last_send = time.monotonic()
@@ -1096,10 +1161,12 @@ class BroadcastChannel(_Channel[H, M]):
         steady_state: bool = True,
         carry_limit: int | None = None,
         journal: _journal.JournalArg = None,
+        arena: bool = False,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
             heartbeat_s, poison, tripwires, steady_state, carry_limit, journal,
+            arena=arena,
         )  # fmt: skip
         self.src = src
         self.is_sender = self.rank == src
@@ -1150,10 +1217,12 @@ class P2PChannel(_Channel[H, M]):
         steady_state: bool = True,
         carry_limit: int | None = None,
         journal: _journal.JournalArg = None,
+        arena: bool = False,
     ) -> None:
         super().__init__(
             protocol, group, device, cpu_group, parity_env, parity_flags, watchdog_s,
             heartbeat_s, poison, tripwires, steady_state, carry_limit, journal,
+            arena=arena,
         )  # fmt: skip
         if peer == self.rank:
             raise ValueError("a p2p channel needs another rank as its peer")

@@ -184,9 +184,25 @@ def seal_words(words: list[int]) -> array[int]:
     return buf
 
 
+def seal_bytes(words: list[int]) -> tuple[bytes, int]:
+    """``seal_words`` as bytes (native int64s), and the checksum: one ``struct`` pack of the
+    words instead of an array, a slice of it and its bytes."""
+    n = len(words) - 1
+    packer = _PACKERS.get(n)
+    if packer is None:
+        packer = _PACKERS[n] = struct.Struct(f"={n}q")
+    body = packer.pack(*words[:n])
+    checksum = _checksum(body)
+    return body + _NATIVE_I64.pack(checksum), checksum
+
+
+_PACKERS: dict[int, struct.Struct] = {}
+_NATIVE_I64 = struct.Struct("=q")
+
+
 def seal(words: list[int]) -> torch.Tensor:
     """Frame 0 from its words; the last word is set to the checksum of the others."""
-    return torch.frombuffer(seal_words(words), dtype=torch.int64)
+    return torch.frombuffer(bytearray(seal_bytes(words)[0]), dtype=torch.int64)
 
 
 def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
@@ -206,6 +222,9 @@ def open_frame0(frame0: object, length: int, fingerprint: int) -> list[int]:
             "frame0", f"frame 0 must be a 1-D int64 tensor, got {frame0.dtype} {list(frame0.shape)}"
         )
     n = frame0.numel()
+    if n == length and frame0.is_cpu and frame0.is_contiguous():
+        # its raw bytes: one copy out of the tensor, read as words by the bytes path
+        return open_frame0_bytes(ctypes.string_at(frame0.data_ptr(), n * 8), length, fingerprint)
     words: list[int] = frame0.tolist() if n == length else frame0[:2].tolist()
     _check_identity(words, fingerprint)
     if n != length:
@@ -475,8 +494,14 @@ def _pack(small: Sequence[tuple[torch.Tensor, TensorSlot]], nbytes: int) -> torc
     if all(t.is_cpu for t, _ in small):
         buf = torch.empty(nbytes, dtype=torch.uint8)
         base = buf.data_ptr()
-        for t, slot in small:
-            copy_in(buf, base, slot.offset, t, slot.nbytes, -slot.nbytes % ALIGN)
+        memmove, memset = ctypes.memmove, ctypes.memset
+        for t, slot in small:  # ``copy_in``, inlined: a new buffer holds no tensor in place
+            n, at = slot.nbytes, base + slot.offset
+            if n:
+                memmove(at, t.data_ptr(), n)
+            pad = -n % ALIGN
+            if pad:
+                memset(at + n, 0, pad)
         return buf
     on = small[0][0].device
     parts: list[torch.Tensor] = []  # tensor bytes and zero padding
@@ -501,11 +526,13 @@ def copy_in(
 
     ``base`` is ``buf``'s address when it is a CPU buffer: bytes from a CPU tensor then move
     with one ``memmove`` instead of a few tensor operations. ``t`` is contiguous
-    (``materialize``) and ``nbytes`` is its size, so the copy stays inside both."""
+    (``materialize``) and ``nbytes`` is its size, so the copy stays inside both. Bytes
+    already in place (a tensor the caller built in the buffer: ``alloc``) are not moved."""
     if nbytes:
         if base is not None and t.is_cpu:
-            ctypes.memmove(base + start, t.data_ptr(), nbytes)
-        else:
+            if t.data_ptr() != base + start:
+                ctypes.memmove(base + start, t.data_ptr(), nbytes)
+        elif t.device != buf.device or t.data_ptr() != buf.data_ptr() + start:
             buf[start : start + nbytes].copy_(_as_bytes(t))
     if pad:
         if base is not None:
@@ -599,20 +626,24 @@ class Prepared(NamedTuple):
         ``memmove`` from the tensors' own storage (they are contiguous: ``materialize``).
         """
         base = buf.data_ptr() if buf.is_cpu else None
-        sealed = seal_words(self.words)
+        sealed, checksum = seal_bytes(self.words)
         if base is not None:
-            ctypes.memmove(base, sealed.buffer_info()[0], len(sealed) * 8)
+            ctypes.memmove(base, sealed, len(sealed))
         else:
-            frame0 = torch.frombuffer(sealed, dtype=torch.int64)
-            buf[: len(sealed) * 8].view(torch.int64).copy_(frame0)
+            frame0 = torch.frombuffer(bytearray(sealed), dtype=torch.int64)
+            buf[: len(sealed)].view(torch.int64).copy_(frame0)
         if trailer_at is not None:
-            write_word(buf, trailer_at, trailer_word(sealed[-1]))
+            write_word(buf, trailer_at, trailer_word(checksum))
         for t, slot in zip(self.tensors, self.slots, strict=True):
             seg = slot.segment
             if carried[seg]:
                 n = slot.nbytes
                 pad = -n % ALIGN if n < COALESCE_LIMIT else 0
                 copy_in(buf, base, offsets[seg] + slot.offset, t, n, pad)
+
+
+#: an empty tensor per (device, dtype): ``new()`` of it is the cheapest tensor to ``set_``
+_PROTOS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,22 +672,30 @@ class Manifest:
     def views(
         self, buffers: Sequence[torch.Tensor], offsets: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """The message's tensors as views of ``buffers`` (see ``assemble``): one typed view
-        per buffer and dtype, then one strided view per tensor (zero copy). They read the
-        buffers' bytes only when used, so a channel can make them before the bytes arrive."""
+        """The message's tensors as views of ``buffers`` (see ``assemble``): each a tensor of
+        its dtype set on the buffer's storage at its place (zero copy, one torch call less per
+        tensor than a typed view and a strided view of it). They read the buffers' bytes only
+        when used, so a channel can make them before the bytes arrive."""
         out: dict[str, torch.Tensor] = {}
-        typed: dict[tuple[int, torch.dtype], tuple[torch.Tensor, int]] = {}
+        bases: dict[int, tuple[torch.Tensor, Any, int, torch.device]] = {}
         for slot in self.slots:
             wd = slot.dtype
-            buf = buffers[slot.segment]
-            at = slot.offset if offsets is None else slot.offset + offsets[slot.segment]
-            key = (id(buf), wd.torch_dtype)
-            hit = typed.get(key)
+            seg = slot.segment
+            hit = bases.get(seg)
             if hit is None:
-                base = buf.view(wd.torch_dtype)
-                hit = typed[key] = (base, int(base.storage_offset()))
-            base, first = hit
-            out[slot.field] = base.as_strided(slot.shape, slot.strides, first + at // wd.itemsize)
+                buf = buffers[seg]
+                storage = buf.untyped_storage()
+                hit = bases[seg] = (buf, storage, int(buf.storage_offset()), buf.device)
+            buf, storage, start, device = hit
+            at = start + slot.offset + (0 if offsets is None else offsets[seg])
+            if at % wd.itemsize:  # not where a tensor of this dtype can start: say so
+                raise WireError("frame1", f"{slot.field}: misaligned in its segment")
+            proto = _PROTOS.get((device, wd.torch_dtype))
+            if proto is None:
+                proto = _PROTOS[device, wd.torch_dtype] = torch.empty(
+                    0, dtype=wd.torch_dtype, device=device
+                )
+            out[slot.field] = proto.new().set_(storage, at // wd.itemsize, slot.shape, slot.strides)
         return out
 
     def finish(self, segments: Sequence[torch.Tensor]) -> tuple[Any, Any]:
@@ -847,35 +886,72 @@ def shape_problem(
     dims: dict[str, int],
     max_elements: int,
 ) -> str | None:
-    """Why ``t``'s shape breaks ``pattern`` (binding symbols into ``dims`` when it fits)."""
-    shape = t.shape
+    """Why ``t``'s shape breaks ``pattern`` (binding symbols into ``dims`` when it fits).
+
+    What depends on the shape alone (rank, constants, ranges, a symbol repeated within the
+    pattern, the element bound) is worked out once per pattern and shape and kept
+    (``_static_shape``): a stream sends the same shapes envelope after envelope. Only the
+    bindings to other tensors' dimensions are checked each time."""
+    shape = tuple(t.shape)
+    key = (id(pattern), max_elements, shape)
+    hit = _SHAPES.get(key)
+    if hit is None or hit[0] is not pattern:
+        if len(_SHAPES) >= 4 * LAYOUT_CACHE_SIZE:
+            _SHAPES.clear()
+        hit = _SHAPES[key] = (pattern, *_static_shape(shape, pattern, max_elements))
+    _, at, problem, binds = hit
+    if dims:
+        for i, sym, d in binds:
+            if i >= at:
+                break
+            bound = dims.get(sym)
+            if bound is not None and bound != d:
+                return f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
+    if problem is not None:
+        return problem
+    for _, sym, d in binds:
+        dims[sym] = d
+    return None
+
+
+#: (id of a pattern, element bound, shape) -> (the pattern, ``_static_shape``)
+_SHAPES: dict[
+    tuple[int, int, tuple[int, ...]],
+    tuple[tuple[DimPattern, ...], int, str | None, tuple[tuple[int, str, int], ...]],
+] = {}
+
+
+def _static_shape(
+    shape: tuple[int, ...], pattern: tuple[DimPattern, ...], max_elements: int
+) -> tuple[int, str | None, tuple[tuple[int, str, int], ...]]:
+    """What ``shape_problem`` finds without the other tensors' bindings: the index of the
+    first problem (``len(pattern)`` for the element bound; past it when there is none), the
+    problem, and the symbols the shape binds as (dim index, symbol, value), first
+    occurrences only."""
     if len(shape) != len(pattern):
-        return f"rank {len(shape)} {list(shape)}"
-    new: dict[str, int] | None = None
+        return -1, f"rank {len(shape)} {list(shape)}", ()
+    binds: list[tuple[int, str, int]] = []
+    new: dict[str, int] = {}
     for i, p in enumerate(pattern):
         d = shape[i]
         if p.__class__ is int:
             if d != p:
-                return f"{list(shape)}: dim {i} is {d}, not {p}"
+                return i, f"{list(shape)}: dim {i} is {d}, not {p}", tuple(binds)
             continue
         sym, lo, hi = p  # type: ignore[misc]
         if not lo <= d <= hi:
-            return f"{list(shape)}: dim {i} ({sym}) = {d} outside {lo}..{hi}"
-        bound = dims.get(sym)
-        if bound is None and new is not None:
-            bound = new.get(sym)
+            return i, f"{list(shape)}: dim {i} ({sym}) = {d} outside {lo}..{hi}", tuple(binds)
+        bound = new.get(sym)
         if bound is None:
-            if new is None:
-                new = {}
             new[sym] = d
+            binds.append((i, sym, d))
         elif bound != d:
-            return f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
-    n = t.numel()
+            problem = f"{list(shape)}: dim {i} ({sym}) = {d}, but {sym} = {bound} elsewhere"
+            return i, problem, tuple(binds)
+    n = math.prod(shape)
     if n > max_elements:
-        return f"{list(shape)}: {n} elements exceed {max_elements}"
-    if new:
-        dims.update(new)
-    return None
+        return len(pattern), f"{list(shape)}: {n} elements exceed {max_elements}", tuple(binds)
+    return len(pattern) + 1, None, tuple(binds)
 
 
 #: A checked tensor layout: slots, segment sizes and the dimension bindings.

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import codec, cpu_path, report, transports
+from bench import codec, cpu_path, handwritten, report, transports
 from bench.__main__ import nccl_worlds, run_world
 from bench.transports import Plan
 
@@ -22,11 +23,19 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     stats = run_world(2, Plan(kinds, rounds=1, iters=3, warmup=2, pp=True), timeout=90)
     expected = {f"{k}/{t}" for k in kinds for t in transports.BROADCAST_TRANSPORTS}
     expected |= {f"{k}/{t}" for k, extra in transports.EXTRA_TRANSPORTS.items() for t in extra}
-    expected |= {f"{k}/{t}:writer" for k in transports.EXTRA_TRANSPORTS
-                 for t in transports.JOURNAL_TRANSPORTS}  # fmt: skip
+    journaled = {(k, t) for k, extra in transports.EXTRA_TRANSPORTS.items() for t in extra
+                 if t in transports.JOURNAL_TRANSPORTS}  # fmt: skip
+    assert {k for k, _ in journaled} == {"scope", "cond_on_update"}
+    expected |= {f"{k}/{t}:writer" for k, t in journaled}
     expected |= {"pp/tpwire", "pp/vllm", "pp/floor"}
-    assert set(stats) == expected
-    assert all(s["n"] == 3 and s["median_us"] > 0 for s in stats.values())
+    # the CPU path inside the stream, per side, of the channels that record it (the
+    # journaled channels are tpwire's, journaling)
+    recorded = {(k, t) for k in kinds for t in ("tpwire", "tpwire-arena")} | journaled
+    expected |= {f"{k}/{t}:cpu-{side}" for k, t in recorded for side in ("source", "worker")}
+    # the Scope stream's steady chunks apart (its recompute chunks need two iterations)
+    assert {"scope/tpwire-arena@steady", "scope/floor@steady"} <= set(stats)
+    assert {k for k in stats if "@" not in k} == expected
+    assert all(s["n"] == 3 and s["median_us"] > 0 for k, s in stats.items() if "@" not in k)
     result = {
         "command": "test",
         "machine": report.machine(),
@@ -38,11 +47,18 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
         "seconds": 1.0,
     }
     text = report.markdown(result)
-    assert "## Targets" in text and "world 2: Scope INFER within 1.15x" in text
+    assert "## Targets" in text
+    assert "world 2: Scope INFER built in the arena (tpwire-arena) within 1.15x" in text
     assert "Skipped: no CUDA device" in text or "encode, device tensors" in text
-    # per world: Scope, journaling, small x2, NOOP x2; then encode, the frame 1 check, the
-    # input tripwire, jsonschema
-    assert len(report.targets(result)) == 6 + 4
+    # per world: Scope, journaling, small x2, NOOP x2; then the codec against the hand-written
+    # path and validate against pydantic (with the bench extra), encode, the frame 1 check,
+    # the input tripwire, jsonschema
+    baselines = handwritten.MISSING is None
+    assert len(report.targets(result)) == 6 + 4 + (2 if baselines else 0)
+    names = [t.name for t in report.targets(result)]
+    assert any(n.startswith("codec: tpwire encode + decode") for n in names) == baselines
+    assert ("| tpwire / hand-written |" in text) == baselines
+    assert "## Isolating the machine" in text and "| 2 | small v1 INFER |" in text
     journaling = report.targets(result)[1]
     assert journaling.name.startswith("world 2: journaling (digest mode) adds at most 5%")
     assert "full mode" in journaling.beside and "writer per record" in journaling.beside
@@ -66,11 +82,50 @@ def test_tiny_run_reports_every_series_and_target(tmp_path: Path) -> None:
     # an NCCL run renders its own tables and verdicts (the gloo series stand in for it here)
     with_nccl = report.markdown({**result, "gpus": 2, "nccl": {"2": stats}})
     assert "## Transports over NCCL, world size 2 (a GPU per rank)" in with_nccl
-    assert "| NCCL world 2: Scope INFER within 1.15x of the floor |" in with_nccl
+    assert "| NCCL world 2: Scope INFER built in the arena (tpwire-arena) within 1.15x" in with_nccl
     assert "Skipped: this machine has" not in with_nccl
     pytest.importorskip("matplotlib")
     report.plot(result, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_the_hand_written_baseline_round_trips_and_refuses_what_it_checks() -> None:
+    """The baseline is a working codec (else its cost would mean nothing): what it sends
+    comes back bit for bit, and it refuses a broken invariant or a value out of range."""
+    pytest.importorskip("msgspec")
+    pytest.importorskip("pydantic")
+    import dataclasses
+
+    import msgspec
+    import pydantic
+
+    from bench import envelopes as E
+    from tpwire.generated import tp_control as tc
+
+    header = E.header(tc, 1, 0)
+    for i in range(3):  # chunk 2 recomputes: context frames travel too
+        msg = E.scope(tc, i)
+        raw, buf = handwritten.send(header, msg)
+        env, views = handwritten.receive(raw, buf)
+        assert env.msg.height == msg.height and env.header.call_id == 1
+        for name, attr, _, _ in handwritten.TENSORS:
+            sent = getattr(msg, attr)
+            assert (sent is None) == (name not in views)
+            assert sent is None or torch.equal(views[name], sent)
+    msg = E.small(tc, 0)
+    broken = dataclasses.replace(msg, tp_num_denoise_steps=3, tp_expected_generator_calls=3)
+    with pytest.raises(handwritten.Invalid, match="tp_num_denoise_steps"):
+        handwritten.send(header, broken)
+    with pytest.raises(msgspec.ValidationError, match=r">= 8 - at `\$\[2\]`"):  # height
+        handwritten.send(header, dataclasses.replace(msg, height=4))
+    raw, buf = handwritten.send(header, msg)
+    with pytest.raises(handwritten.Invalid, match="bytes"):
+        handwritten.receive(raw, buf[:-16])
+    handwritten.pydantic_validate(handwritten.scalars(msg))
+    with pytest.raises(pydantic.ValidationError):
+        handwritten.pydantic_validate({**handwritten.scalars(msg), "height": 4})
+    with pytest.raises(pydantic.ValidationError):  # strict: no bool for an int
+        handwritten.pydantic_validate({**handwritten.scalars(msg), "base_seed": True})
 
 
 def test_nccl_runs_where_there_is_a_gpu_per_rank() -> None:

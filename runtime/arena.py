@@ -1,0 +1,140 @@
+"""Copy-free sends: the source builds an envelope's tensors in the channel's send buffer.
+
+A channel opened with ``arena=True`` carries every segment of its agreed layout in the head
+collective (no carry limit, on a CPU channel too). ``alloc(field, shape, dtype)`` then hands
+out a view of the place that field's tensor takes in the next head, when the agreed layout
+has one for that field, dtype and shape; the caller writes the tensor there and sends a
+message holding that very view. The source then copies nothing for it: a steady-state
+envelope whose tensors were all made by ``alloc`` is one collective and no host copy.
+
+Everything else falls back, never wrong: a field the agreed layout does not place (no agreed
+layout yet, another shape or dtype) gets an ordinary new tensor, sent the usual way; a view
+that is not at its place in the envelope actually sent (the envelope took another layout:
+a recompute chunk's context frames move the latents) is copied out of the head before
+anything is written into it.
+
+A view is valid until the next payload ``send`` (whether it used the view or not): the
+buffer is reused for the next envelope, so a message holding a view from before the last
+send is refused with ``ArenaError`` before any collective, as is a tensor made from a view
+(a slice, a reshape) rather than the view itself. A refused envelope (``EnvelopeInvalid``,
+an ordering error, ``ArenaError``) sends nothing and leaves the views valid.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import torch
+
+from .wire import DTYPE_BY_TORCH, Prepared, TensorSlot
+
+
+class ArenaError(RuntimeError):
+    """The send arena was misused (a stale view, an unknown field): raised before frame 0."""
+
+
+class ArenaStats:
+    """What the arena did, counted since the channel opened."""
+
+    __slots__ = ("fresh", "in_place", "moved", "views")
+
+    def __init__(self) -> None:
+        #: ``alloc`` calls answered with a view of the next head
+        self.views = 0
+        #: ``alloc`` calls answered with an ordinary tensor (nowhere to place it yet)
+        self.fresh = 0
+        #: views sent from their place, no byte copied
+        self.in_place = 0
+        #: views copied out first: the envelope sent had another layout
+        self.moved = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"ArenaStats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())})"
+
+
+class Arena:
+    """The source's views into its next head buffer (one per channel direction)."""
+
+    def __init__(self, fields: frozenset[str]) -> None:
+        self.fields = fields  # the protocol's tensor fields
+        #: the views handed out since the last payload send, by field
+        self.live: dict[str, torch.Tensor] = {}
+        #: every view still alive that was ever handed out (stale ones too), by id
+        self.handed: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+        #: the slots of the agreed layout (an envelope that has it), None before one
+        self.layout: tuple[TensorSlot, ...] | None = None
+        self.stats = ArenaStats()
+
+    def place(
+        self, field: str, shape: tuple[int, ...], dtype: torch.dtype, carried: Sequence[bool]
+    ) -> TensorSlot | None:
+        """The slot of the agreed layout this tensor would take, if the head carries it."""
+        wd = DTYPE_BY_TORCH.get(dtype)
+        if wd is None:
+            raise ArenaError(f"alloc of {field!r}: the wire carries no {dtype}")
+        if field not in self.fields:
+            raise ArenaError(f"alloc of {field!r}: not a tensor field of this protocol")
+        if any(d < 0 for d in shape):
+            raise ArenaError(f"alloc of {field!r}: negative dimension in {list(shape)}")
+        for slot in self.layout or ():
+            if slot.field == field:
+                if slot.dtype is wd and slot.shape == shape and carried[slot.segment]:
+                    return slot
+                return None
+        return None
+
+    def view(self, field: str, buf: torch.Tensor, at: int, slot: TensorSlot) -> torch.Tensor:
+        """A new view of ``slot`` at byte ``at`` of ``buf``, valid until the next send."""
+        raw = buf[at : at + slot.nbytes]
+        view = raw.view(slot.dtype.torch_dtype).view(slot.shape)
+        self.live[field] = view
+        self.handed[id(view)] = view
+        self.stats.views += 1
+        return view
+
+    def settle(
+        self, prepared: Prepared, buf: torch.Tensor, offsets: Sequence[int], carried: Sequence[bool]
+    ) -> Prepared:
+        """``prepared`` ready to be laid into ``buf``: its views checked (``ArenaError`` for a
+        stale one or a tensor made from one), those not at their place in this envelope
+        copied out of the head first (bytes may be written over them). Runs before frame 0."""
+        if not self.handed:
+            return prepared  # the usual path: nothing was ever handed out
+        base = buf.untyped_storage().data_ptr()
+        start = buf.data_ptr()
+        moved: dict[int, torch.Tensor] = {}
+        in_place = 0
+        for i, (t, slot) in enumerate(zip(prepared.tensors, prepared.slots, strict=True)):
+            if self.handed.get(id(t)) is t:
+                if self.live.get(slot.field) is not t:
+                    raise ArenaError(
+                        f"{slot.field}: an arena view handed out before the last send (a view "
+                        "is valid until the next send: alloc it again) or for another field"
+                    )
+                seg = slot.segment
+                if carried[seg] and t.data_ptr() == start + offsets[seg] + slot.offset:
+                    in_place += 1
+                    continue
+                moved[i] = t
+            elif t.numel() and t.untyped_storage().data_ptr() == base:
+                raise ArenaError(
+                    f"{slot.field}: a tensor made from an arena view (slice, reshape, cast); "
+                    "send the view alloc returned, or a tensor of its own"
+                )
+        self.stats.in_place += in_place
+        if not moved:
+            return prepared
+        self.stats.moved += len(moved)
+        tensors = [moved[i].clone() if i in moved else t for i, t in enumerate(prepared.tensors)]
+        return prepared._replace(tensors=tensors)
+
+    def sent(self, prepared: Prepared, agreed: tuple[int, ...]) -> None:
+        """After a payload envelope went out: its views are spent; the layout it had is the
+        one ``alloc`` places tensors in while it stays agreed."""
+        self.live.clear()
+        if prepared.sizes == agreed:  # it only ever changes to the sizes just sent
+            self.layout = prepared.slots
