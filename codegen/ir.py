@@ -370,6 +370,12 @@ class MessageIR:
         return sum(f.bit for f in self.fields if f.always_required)
 
     @property
+    def tensor_group(self) -> str:
+        """The generated ``_v.TensorGroup`` constant's name (its tensors in field order: the
+        order in which they bind dimensions)."""
+        return f"_TS_{self.name}"
+
+    @property
     def plan_rule(self) -> RuleIR | None:
         return plan_rule(self)
 

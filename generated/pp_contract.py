@@ -475,6 +475,14 @@ _T_PPEnvelope_latents_in = _v.TensorField(
     16777216,
     (_R_PPEnvelope_latents_in_type, _R_PPEnvelope_latents_in_dtype, _R_PPEnvelope_latents_in_shape),
 )
+_TS_PPEnvelope = _v.TensorGroup(
+    (
+        _T_PPEnvelope_denoising_step_list,
+        _T_PPEnvelope_latents_in,
+        _T_PPEnvelope_conditioning_embeds,
+        _T_PPEnvelope_context_frames,
+    )
+)
 _T_PPResult_latents_out = _v.TensorField(
     "latents_out",
     22,
@@ -483,6 +491,7 @@ _T_PPResult_latents_out = _v.TensorField(
     16777216,
     (_R_PPResult_latents_out_type, _R_PPResult_latents_out_dtype, _R_PPResult_latents_out_shape),
 )
+_TS_PPResult = _v.TensorGroup((_T_PPResult_latents_out,))
 
 
 def _validate_header(h: Header, r: _v.Report) -> None:
@@ -598,25 +607,26 @@ def _validate_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
         r.refuse(_R_PPEnvelope_expected_generator_calls_type, x)
     elif not (1 <= x <= 65):
         r.refuse(_R_PPEnvelope_expected_generator_calls_range, x)
-    if (x := m.denoising_step_list) is None:
+    if m.denoising_step_list is None:
         r.bad.add("denoising_step_list")  # reported as missing: rules must not read it
-    else:
-        r.tensor(x, _T_PPEnvelope_denoising_step_list)
-    if (x := m.latents_in) is None:
+    if m.latents_in is None:
         r.bad.add("latents_in")  # reported as missing: rules must not read it
-    else:
-        r.tensor(x, _T_PPEnvelope_latents_in)
-    if (x := m.conditioning_embeds) is None:
+    if m.conditioning_embeds is None:
         r.bad.add("conditioning_embeds")  # reported as missing: rules must not read it
-    else:
-        r.tensor(x, _T_PPEnvelope_conditioning_embeds)
-    if (x := m.context_frames) is not None:
-        r.tensor(x, _T_PPEnvelope_context_frames)
     if (x := m.input_digest) is not None:
         if type(x) is not int:
             r.refuse(_R_PPEnvelope_input_digest_type, x)
         elif not (-9223372036854775808 <= x <= 9223372036854775807):
             r.refuse(_R_PPEnvelope_input_digest_range, x)
+    r.tensors(
+        (
+            m.denoising_step_list,
+            m.latents_in,
+            m.conditioning_embeds,
+            m.context_frames,
+        ),
+        _TS_PPEnvelope,
+    )
     _rules_PPEnvelope(m, r)
 
 
@@ -734,10 +744,8 @@ def _validate_PPResult(m: PPResult, r: _v.Report) -> None:
         r.refuse(_R_PPResult_pp_result_version_type, x)
     elif not (-9223372036854775808 <= x <= 9223372036854775807):
         r.refuse(_R_PPResult_pp_result_version_range, x)
-    if (x := m.latents_out) is None:
+    if m.latents_out is None:
         r.bad.add("latents_out")  # reported as missing: rules must not read it
-    else:
-        r.tensor(x, _T_PPResult_latents_out)
     if (x := m.observed_generator_calls) is None:
         r.bad.add("observed_generator_calls")  # reported as missing: rules must not read it
     elif type(x) is not int:
@@ -749,6 +757,7 @@ def _validate_PPResult(m: PPResult, r: _v.Report) -> None:
             r.refuse(_R_PPResult_output_digest_type, x)
         elif not (-9223372036854775808 <= x <= 9223372036854775807):
             r.refuse(_R_PPResult_output_digest_range, x)
+    r.tensors((m.latents_out,), _TS_PPResult)
     _rules_PPResult(m, r)
 
 

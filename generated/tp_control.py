@@ -591,6 +591,15 @@ _T_Infer_video = _v.TensorField(
     268435456,
     (_R_Infer_video_type, _R_Infer_video_dtype, _R_Infer_video_shape),
 )
+_TS_Infer = _v.TensorGroup(
+    (
+        _T_Infer_denoising_step_list,
+        _T_Infer_latents,
+        _T_Infer_conditioning_embeds,
+        _T_Infer_context_frames_override,
+        _T_Infer_video,
+    )
+)
 
 
 def _validate_header(h: Header, r: _v.Report) -> None:
@@ -717,21 +726,21 @@ def _validate_Infer(m: Infer, r: _v.Report) -> None:
             r.refuse(_R_Infer_tp_expected_generator_calls_type, x)
         elif not (1 <= x <= 65):
             r.refuse(_R_Infer_tp_expected_generator_calls_range, x)
-    if (x := m.denoising_step_list) is not None:
-        r.tensor(x, _T_Infer_denoising_step_list)
-    if (x := m.latents) is not None:
-        r.tensor(x, _T_Infer_latents)
-    if (x := m.conditioning_embeds) is not None:
-        r.tensor(x, _T_Infer_conditioning_embeds)
-    if (x := m.context_frames_override) is not None:
-        r.tensor(x, _T_Infer_context_frames_override)
     if (x := m.base_seed) is not None:
         if type(x) is not int:
             r.refuse(_R_Infer_base_seed_type, x)
         elif not (0 <= x <= 9223372036854775807):
             r.refuse(_R_Infer_base_seed_range, x)
-    if (x := m.video) is not None:
-        r.tensor(x, _T_Infer_video)
+    r.tensors(
+        (
+            m.denoising_step_list,
+            m.latents,
+            m.conditioning_embeds,
+            m.context_frames_override,
+            m.video,
+        ),
+        _TS_Infer,
+    )
     if "tp_plan" not in r.bad and m.tp_plan != (plan := _VARIANTS_Infer[type(m)]):
         r.bad.add("tp_plan")  # rules must not read a plan the class denies
         r.differs(_R_Infer_tp_plan_plan, m.tp_plan, plan)

@@ -31,6 +31,13 @@ from .wire import (
     sides,
 )
 
+_TENSOR = torch.Tensor
+_PARAMETER = torch.nn.Parameter
+_STRIDED = torch.strided
+_BOOL = torch.bool
+#: tensor signatures a message's ``TensorGroup`` keeps as checked
+SEEN_LIMIT = 64
+
 
 class Stop(Exception):
     """Ends a fail-fast validation at its first violation."""
@@ -109,6 +116,48 @@ class Report:
         """An invariant does not hold; ``values`` are its sides as (text, value)."""
         self.add(rule, sides(*values))
 
+    def tensors(self, ts: tuple[object, ...], g: TensorGroup) -> None:
+        """``tensor`` for each present tensor of a message (``ts`` in ``g``'s order, None
+        where absent).
+
+        A stream sends the same dtypes and shapes envelope after envelope: when every tensor
+        is dense and their dtypes and shapes together passed every check before, only the
+        dimensions they bind are bound again. (The conjugate bit needs no check on that
+        path: only complex tensors carry it, and the wire carries no complex dtype.)"""
+        key: list[object] = []
+        for t in ts:
+            if t is None:
+                key.append(None)
+            elif (
+                (t.__class__ is _TENSOR or t.__class__ is _PARAMETER)
+                and t.layout is _STRIDED
+                and not t.is_nested
+                and not t.is_meta
+                and not t.is_neg()
+            ):
+                key.append(t.dtype)
+                key.append(t.shape)
+            else:
+                break
+        else:
+            signature = tuple(key)
+            binds = g.seen.get(signature)
+            if binds is not None and not self.dims:
+                self.dims.update(binds)
+                return
+            if not self.dims and _BOOL not in key:  # bool bytes are checked every time
+                found = len(self.out)
+                self._each(ts, g)
+                if len(self.out) == found:
+                    g.remember(signature, self.dims)
+                return
+        self._each(ts, g)
+
+    def _each(self, ts: tuple[object, ...], g: TensorGroup) -> None:
+        for t, f in zip(ts, g.fields, strict=True):
+            if t is not None:
+                self.tensor(t, f)
+
     def tensor(self, t: object, f: TensorField) -> None:
         """Type, dtype, shape (binding dimensions) and bool bytes of a present tensor."""
         if not is_dense(t):
@@ -185,3 +234,22 @@ class TensorField:
     def read(self, w: list[int], dims: dict[str, int]) -> Entry:
         """The manifest entry a peer announced, checked before anything is allocated."""
         return read_tensor(w, self.word, self.name, self.codes, self.shape, dims, self.limit)
+
+
+class TensorGroup:
+    """A message's tensor fields in field order (the first to hold a dimension binds it),
+    and the tensor signatures (each field's dtype and shape, None for an absent one) that
+    passed every check, with the dimensions they bind."""
+
+    __slots__ = ("fields", "seen")
+
+    def __init__(self, fields: tuple[TensorField, ...]) -> None:
+        self.fields = fields
+        self.seen: dict[tuple[object, ...], dict[str, int]] = {}
+
+    def remember(self, signature: tuple[object, ...], dims: dict[str, int]) -> None:
+        """Keep a signature that passed (bounded: a sender of ever new shapes costs the full
+        checks, never unbounded memory)."""
+        if len(self.seen) >= SEEN_LIMIT:
+            self.seen.clear()
+        self.seen[signature] = dict(dims)

@@ -380,6 +380,9 @@ def _staged(src: torch.Tensor) -> torch.Tensor:
     return host
 
 
+_CHAR = ctypes.c_char
+
+
 def signed64(u: int) -> int:
     """An unsigned 64-bit digest as the int64 a frame 0 word holds."""
     return u - (1 << 64) if u >= 1 << 63 else u
@@ -398,16 +401,21 @@ def frame1_digest(
     if not any(sizes):
         return 0
     h = xxhash.xxh3_64()
+    update = h.update
     large: list[tuple[torch.Tensor, TensorSlot]] = []
     for t, slot in zip(tensors, slots, strict=True):
         n = slot.nbytes
         if n >= COALESCE_LIMIT:
             large.append((t, slot))  # segments 1.. follow the packed segment, in order
             continue
-        _hash_bytes(h, t, 0, n)
+        if n:
+            if t.is_cpu:  # ``_hash_bytes``, inlined for the small tensors of every envelope
+                update((_CHAR * n).from_address(t.data_ptr()))
+            else:
+                _hash_bytes(h, t, 0, n)
         pad = -n % ALIGN
         if pad:
-            h.update(_ZERO_BYTES[pad])
+            update(_ZERO_BYTES[pad])
     for t, slot in large:
         _hash_bytes(h, t, 0, slot.nbytes)
     return signed64(h.intdigest())

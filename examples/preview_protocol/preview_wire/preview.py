@@ -184,6 +184,7 @@ _T_Preview_frames = _v.TensorField(
     99532800,
     (_R_Preview_frames_type, _R_Preview_frames_dtype, _R_Preview_frames_shape),
 )
+_TS_Preview = _v.TensorGroup((_T_Preview_frames,))
 
 
 def _validate_header(h: Header, r: _v.Report) -> None:
@@ -248,10 +249,9 @@ def _validate_Preview(m: Preview, r: _v.Report) -> None:
         r.refuse(_R_Preview_num_frames_type, x)
     elif not (1 <= x <= 16):
         r.refuse(_R_Preview_num_frames_range, x)
-    if (x := m.frames) is None:
+    if m.frames is None:
         r.bad.add("frames")  # reported as missing: rules must not read it
-    else:
-        r.tensor(x, _T_Preview_frames)
+    r.tensors((m.frames,), _TS_Preview)
     _rules_Preview(m, r)
 
 
