@@ -920,12 +920,16 @@ def _read_header(w: list[int]) -> Header:
         raise WireError(
             "presence", f"unknown header presence bits {presence:#x}", W_HEADER_PRESENCE
         )
-    return Header(
-        call_id=w[2],
-        chunk_index=w[3] if presence & 2 else _w.absent(w, 3),
-        cache_epoch=w[4],
-        action=_w.enum_member(PPAction, w[5], 5, "action"),
+    h: Header = _w.build(
+        Header,
+        {
+            "call_id": w[2],
+            "chunk_index": w[3] if presence & 2 else _w.absent(w, 3),
+            "cache_epoch": w[4],
+            "action": _w.enum_member(PPAction, w[5], 5, "action"),
+        },
     )
+    return h
 
 
 _LAYOUTS_PPEnvelope: Final[dict[tuple[int, ...], _w.Layout]] = {}

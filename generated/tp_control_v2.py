@@ -1085,13 +1085,17 @@ def _read_header(w: list[int]) -> Header:
         raise WireError(
             "presence", f"unknown header presence bits {presence:#x}", W_HEADER_PRESENCE
         )
-    return Header(
-        call_id=w[2],
-        chunk_index=w[3] if presence & 2 else _w.absent(w, 3),
-        control_epoch=w[4],
-        cache_epoch=w[5],
-        action=_w.enum_member(TPAction, w[6], 6, "action"),
+    h: Header = _w.build(
+        Header,
+        {
+            "call_id": w[2],
+            "chunk_index": w[3] if presence & 2 else _w.absent(w, 3),
+            "control_epoch": w[4],
+            "cache_epoch": w[5],
+            "action": _w.enum_member(TPAction, w[6], 6, "action"),
+        },
     )
+    return h
 
 
 _CLASS_Infer: Final[dict[int, type[Infer]]] = {

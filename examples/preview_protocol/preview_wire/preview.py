@@ -382,11 +382,15 @@ def _read_header(w: list[int]) -> Header:
         raise WireError(
             "presence", f"unknown header presence bits {presence:#x}", W_HEADER_PRESENCE
         )
-    return Header(
-        seq=w[2],
-        op=_w.enum_member(Op, w[3], 3, "action"),
-        stream_epoch=w[4],
+    h: Header = _w.build(
+        Header,
+        {
+            "seq": w[2],
+            "op": _w.enum_member(Op, w[3], 3, "action"),
+            "stream_epoch": w[4],
+        },
     )
+    return h
 
 
 _LAYOUTS_Preview: Final[dict[tuple[int, ...], _w.Layout]] = {}
