@@ -33,6 +33,7 @@ from .arena import Arena, ArenaError, ArenaStats
 from .bindings import Bindings, H, M, bindings_of
 from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
+from .watchdog import Watchdog
 from .wire import (
     _U64,
     ALIGN,
@@ -377,6 +378,7 @@ class _Channel(Generic[H, M]):
         #: this rank's journal writer (opened with the channel; None when not journaling)
         self.journal: _journal.JournalWriter | None = None
         self.watchdog_s = watchdog_s
+        self._watchdog = Watchdog("tpwire-watchdog")
         self.heartbeat_s = heartbeat_s
         self.poison = poison
         self.rank = dist.get_rank()
@@ -1094,14 +1096,12 @@ class _Channel(Generic[H, M]):
         def fire() -> None:
             self._watchdog_exit(what() if callable(what) else what, seconds)
 
-        timer = threading.Timer(seconds, fire)
-        timer.daemon = True
-        timer.start()
+        token = self._watchdog.arm(seconds, fire)
         try:
             with guard:
                 yield
         finally:
-            timer.cancel()
+            self._watchdog.disarm(token)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
