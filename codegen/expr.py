@@ -970,14 +970,19 @@ def _is_bool_const(node: Node) -> bool:
 
 
 def to_python(
-    node: Node, name: Callable[[str], str], enum_member: Callable[[str, str], str]
+    node: Node,
+    name: Callable[[str], str],
+    enum_member: Callable[[str, str], str],
+    tensors: frozenset[str] = frozenset(),
 ) -> str:
     """Python source for generated code.
 
     Every compound sub-expression is parenthesised so the result is correct wherever a
     template pastes it. ``name`` and ``enum_member`` spell field and enum references (e.g.
     ``m.height`` and ``TPPlan.v1_generator_only``) and must return primary expressions.
-    The AST is expected to have passed ``typecheck``.
+    ``len()`` of a name in ``tensors`` reads its first dimension (``.shape[0]``: a
+    tensor's ``len()`` is a Python method of torch's, four times slower). The AST is
+    expected to have passed ``typecheck``.
     """
 
     def emit(n: Node) -> str:
@@ -1017,6 +1022,8 @@ def to_python(
             case Call():
                 if n.func not in ("len", "int"):
                     raise ExprError("unknown-function", f"unknown function '{n.func}'", n.offset)
+                if n.func == "len" and isinstance(n.arg, Name) and n.arg.id in tensors:
+                    return f"{emit(n.arg)}.shape[0]"
                 return f"{n.func}({emit(n.arg)})"
             case _:
                 assert_never(n)

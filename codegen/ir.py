@@ -659,6 +659,7 @@ def _python_expr(
     nullable: frozenset[str],
     fields: frozenset[str],
     scalars: frozenset[str] = frozenset(),
+    tensors: frozenset[str] = frozenset(),
 ) -> ExprIR:
     def name(n: str) -> str:
         return f"{ref}.{n}" if n in fields else f"dim_{n}"
@@ -666,7 +667,7 @@ def _python_expr(
     def enum_member(e: str, m: str) -> str:
         return f"{e}.{m}"
 
-    py = expr.to_python(ce.node, name, enum_member)
+    py = expr.to_python(ce.node, name, enum_member, tensors)
     guard = " and ".join(
         f"{name(n)} is not None" for n in sorted(expr.value_names(ce.node) & nullable)
     )
@@ -674,7 +675,7 @@ def _python_expr(
     node = ce.node
     if isinstance(node, expr.Compare):
         sides = tuple(
-            (expr.to_text(side), expr.to_python(side, name, enum_member))
+            (expr.to_text(side), expr.to_python(side, name, enum_member, tensors))
             for side in (node.left, node.right)
         )
     else:
@@ -700,7 +701,7 @@ def _python_expr(
             ):
                 solves.append((target.id, expr.to_python(other, data_name, enum_member)))
                 break
-    negated = expr.to_python(expr.Not(node), name, enum_member)
+    negated = expr.to_python(expr.Not(node), name, enum_member, tensors)
     return ExprIR(
         expr.to_text(node),
         py,
@@ -1078,9 +1079,14 @@ def build(spec: CheckedSpec, source: str | None = None) -> ProtocolIR:
         scalar_names = frozenset(
             f.name for f in m.fields if f.type.kind in ("int", "float", "bool")
         )
+        # (a 0-d tensor keeps len(), which refuses it as it always did)
+        tensor_names = frozenset(f.name for f in m.fields if f.type.kind == "tensor" and f.shape)
         invariants = tuple(
             InvariantIR(
-                i.id, _python_expr(i.expr, "m", nullable, names, scalar_names), i.message, i.fm
+                i.id,
+                _python_expr(i.expr, "m", nullable, names, scalar_names, tensor_names),
+                i.message,
+                i.fm,
             )
             for i in m.invariants
         )

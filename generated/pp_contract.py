@@ -706,12 +706,12 @@ def _rules_PPEnvelope(m: PPEnvelope, r: _v.Report) -> None:
         if x != want:
             r.differs(_R_PPEnvelope_expected_generator_calls_derived, x, want)
     if (not bad or bad.isdisjoint(("denoising_step_list", "num_denoise_steps"))) and (
-        m.num_denoise_steps != len(m.denoising_step_list)
+        m.num_denoise_steps != m.denoising_step_list.shape[0]
     ):
         r.broken(
             _I_PPEnvelope_denoise_steps_match_list,
             ("num_denoise_steps", m.num_denoise_steps),
-            ("len(denoising_step_list)", len(m.denoising_step_list)),
+            ("len(denoising_step_list)", m.denoising_step_list.shape[0]),
         )
     if (not bad or bad.isdisjoint(("init_cache", "reset_kv_cache"))) and (
         not ((not m.init_cache) or m.reset_kv_cache)

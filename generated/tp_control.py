@@ -845,12 +845,12 @@ def _rules_Infer(m: Infer, r: _v.Report) -> None:
         (not bad or bad.isdisjoint(("denoising_step_list", "tp_num_denoise_steps")))
         and m.denoising_step_list is not None
         and m.tp_num_denoise_steps is not None
-        and (m.tp_num_denoise_steps != len(m.denoising_step_list))
+        and (m.tp_num_denoise_steps != m.denoising_step_list.shape[0])
     ):
         r.broken(
             _I_Infer_denoise_steps_match_list,
             ("tp_num_denoise_steps", m.tp_num_denoise_steps),
-            ("len(denoising_step_list)", len(m.denoising_step_list)),
+            ("len(denoising_step_list)", m.denoising_step_list.shape[0]),
         )
     if (
         (not bad or bad.isdisjoint(("context_frames_override", "tp_do_kv_recompute")))

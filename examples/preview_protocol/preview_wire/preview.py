@@ -278,9 +278,11 @@ def _rules_Preview(m: Preview, r: _v.Report) -> None:
         r.fail(_R_Preview_frames_missing, None)
     if m.quality is None and "codec" not in bad and (m.codec == Codec.jpeg):
         r.fail(_R_Preview_quality_missing, None)
-    if (not bad or bad.isdisjoint(("frames", "num_frames"))) and (m.num_frames != len(m.frames)):
+    if (not bad or bad.isdisjoint(("frames", "num_frames"))) and (
+        m.num_frames != m.frames.shape[0]
+    ):
         r.broken(
-            _I_Preview_frame_count, ("num_frames", m.num_frames), ("len(frames)", len(m.frames))
+            _I_Preview_frame_count, ("num_frames", m.num_frames), ("len(frames)", m.frames.shape[0])
         )
 
 
