@@ -177,7 +177,7 @@ PAYLOAD_ACTIONS: Final = frozenset(
 )
 _Ids: TypeAlias = Ids
 _Device: TypeAlias = torch.device | str | None
-_Encoded: TypeAlias = tuple[list[torch.Tensor], list[_w.Entry]]
+_Encoded: TypeAlias = tuple[list[torch.Tensor], tuple[_w.TensorSlot, ...], tuple[int, ...]]
 _NO_IDS: Final[_Ids] = (("call_id", None), ("chunk_index", None), ("cache_epoch", None))
 
 
@@ -831,7 +831,9 @@ def _write_header(h: Header, words: list[int]) -> None:
     words[W_HEADER_PRESENCE] = presence
 
 
-def _encode_PPEnvelope(m: PPEnvelope, words: list[int], device: _Device) -> _Encoded:
+def _encode_PPEnvelope(
+    m: PPEnvelope, words: list[int], device: _Device, signature: tuple[object, ...] | None
+) -> _Encoded:
     x: Any
     words[W_MESSAGE_ID] = 1
     words[W_MESSAGE_VERSION] = 1
@@ -850,19 +852,25 @@ def _encode_PPEnvelope(m: PPEnvelope, words: list[int], device: _Device) -> _Enc
     if (x := m.input_digest) is not None:
         presence |= 32768
         words[21] = x
-    tensors: list[torch.Tensor] = []
-    entries: list[_w.Entry] = []
-    _T_PPEnvelope_conditioning_embeds.put(m.conditioning_embeds, device, words, tensors, entries)
-    if (x := m.context_frames) is not None:
+    if m.context_frames is not None:
         presence |= 16384
-        _T_PPEnvelope_context_frames.put(x, device, words, tensors, entries)
-    _T_PPEnvelope_denoising_step_list.put(m.denoising_step_list, device, words, tensors, entries)
-    _T_PPEnvelope_latents_in.put(m.latents_in, device, words, tensors, entries)
     words[W_PRESENCE] = presence
-    return tensors, entries
+    return _TS_PPEnvelope.put(
+        (
+            m.denoising_step_list,
+            m.latents_in,
+            m.conditioning_embeds,
+            m.context_frames,
+        ),
+        signature,
+        device,
+        words,
+    )
 
 
-def _encode_PPResult(m: PPResult, words: list[int], device: _Device) -> _Encoded:
+def _encode_PPResult(
+    m: PPResult, words: list[int], device: _Device, signature: tuple[object, ...] | None
+) -> _Encoded:
     x: Any
     words[W_MESSAGE_ID] = 2
     words[W_MESSAGE_VERSION] = 1
@@ -872,14 +880,11 @@ def _encode_PPResult(m: PPResult, words: list[int], device: _Device) -> _Encoded
     if (x := m.output_digest) is not None:
         presence |= 8
         words[12] = x
-    tensors: list[torch.Tensor] = []
-    entries: list[_w.Entry] = []
-    _T_PPResult_latents_out.put(m.latents_out, device, words, tensors, entries)
     words[W_PRESENCE] = presence
-    return tensors, entries
+    return _TS_PPResult.put((m.latents_out,), signature, device, words)
 
 
-_ENCODERS: Final[dict[type, Callable[[Any, list[int], _Device], _Encoded]]] = {
+_ENCODERS: Final[dict[type, Callable[[Any, list[int], _Device, Any], _Encoded]]] = {
     PPEnvelope: _encode_PPEnvelope,
     PPResult: _encode_PPResult,
 }

@@ -218,7 +218,7 @@ PAYLOAD_ACTIONS: Final = frozenset(
 )
 _Ids: TypeAlias = Ids
 _Device: TypeAlias = torch.device | str | None
-_Encoded: TypeAlias = tuple[list[torch.Tensor], list[_w.Entry]]
+_Encoded: TypeAlias = tuple[list[torch.Tensor], tuple[_w.TensorSlot, ...], tuple[int, ...]]
 _NO_IDS: Final[_Ids] = (("call_id", None), ("chunk_index", None), ("cache_epoch", None))
 
 
@@ -926,7 +926,9 @@ def _write_header(h: Header, words: list[int]) -> None:
     words[W_HEADER_PRESENCE] = presence
 
 
-def _encode_Infer(m: Infer, words: list[int], device: _Device) -> _Encoded:
+def _encode_Infer(
+    m: Infer, words: list[int], device: _Device, signature: tuple[object, ...] | None
+) -> _Encoded:
     x: Any
     words[W_MESSAGE_ID] = 1
     words[W_MESSAGE_VERSION] = 1
@@ -974,28 +976,32 @@ def _encode_Infer(m: Infer, words: list[int], device: _Device) -> _Encoded:
     if (x := m.base_seed) is not None:
         presence |= 262144
         words[25] = x
-    tensors: list[torch.Tensor] = []
-    entries: list[_w.Entry] = []
-    if (x := m.conditioning_embeds) is not None:
+    if m.conditioning_embeds is not None:
         presence |= 65536
-        _T_Infer_conditioning_embeds.put(x, device, words, tensors, entries)
-    if (x := m.context_frames_override) is not None:
+    if m.context_frames_override is not None:
         presence |= 131072
-        _T_Infer_context_frames_override.put(x, device, words, tensors, entries)
-    if (x := m.denoising_step_list) is not None:
+    if m.denoising_step_list is not None:
         presence |= 16384
-        _T_Infer_denoising_step_list.put(x, device, words, tensors, entries)
-    if (x := m.latents) is not None:
+    if m.latents is not None:
         presence |= 32768
-        _T_Infer_latents.put(x, device, words, tensors, entries)
-    if (x := m.video) is not None:
+    if m.video is not None:
         presence |= 524288
-        _T_Infer_video.put(x, device, words, tensors, entries)
     words[W_PRESENCE] = presence
-    return tensors, entries
+    return _TS_Infer.put(
+        (
+            m.denoising_step_list,
+            m.latents,
+            m.conditioning_embeds,
+            m.context_frames_override,
+            m.video,
+        ),
+        signature,
+        device,
+        words,
+    )
 
 
-_ENCODERS: Final[dict[type, Callable[[Any, list[int], _Device], _Encoded]]] = {
+_ENCODERS: Final[dict[type, Callable[[Any, list[int], _Device, Any], _Encoded]]] = {
     InferV0FullPipeline: _encode_Infer,
     InferV1GeneratorOnly: _encode_Infer,
 }

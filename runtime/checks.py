@@ -20,10 +20,12 @@ from .wire import (
     DTYPE_BY_TORCH,
     DimPattern,
     Entry,
+    TensorSlot,
     bool_bytes_problem,
     dtype_name,
     is_dense,
     materialize,
+    plan_segments,
     put_tensor,
     read_tensor,
     shape_problem,
@@ -66,7 +68,7 @@ class Report:
     violation carries are read from the header when one is reported (valid envelopes never
     pay for them)."""
 
-    __slots__ = ("bad", "dims", "fail_fast", "header", "ids_of", "out")
+    __slots__ = ("bad", "dims", "fail_fast", "header", "ids_of", "out", "signature")
 
     def __init__(
         self,
@@ -81,6 +83,8 @@ class Report:
         self.fail_fast = fail_fast
         self.bad: set[str] = set()
         self.dims: dict[str, int] = {} if dims is None else dims
+        #: the message's tensor signature (``tensors``), None when a tensor is not dense
+        self.signature: tuple[object, ...] | None = None
 
     def add(self, rule: Rule, actual: str, expected: str | None = None) -> None:
         """Report a broken ``rule`` (``expected`` when it is computed, as a derived value is)."""
@@ -129,7 +133,7 @@ class Report:
             if t is None:
                 key.append(None)
             elif (
-                (t.__class__ is _TENSOR or t.__class__ is _PARAMETER)
+                (type(t) is _TENSOR or type(t) is _PARAMETER)
                 and t.layout is _STRIDED
                 and not t.is_nested
                 and not t.is_meta
@@ -140,7 +144,7 @@ class Report:
             else:
                 break
         else:
-            signature = tuple(key)
+            self.signature = signature = tuple(key)
             binds = g.seen.get(signature)
             if binds is not None and not self.dims:
                 self.dims.update(binds)
@@ -238,14 +242,60 @@ class TensorField:
 
 class TensorGroup:
     """A message's tensor fields in field order (the first to hold a dimension binds it),
-    and the tensor signatures (each field's dtype and shape, None for an absent one) that
-    passed every check, with the dimensions they bind."""
+    and what a tensor signature (each field's dtype and shape, None for an absent one)
+    decides once it has been seen: the dimensions it binds (``seen``: it passed every
+    check) and its manifest words and segment plan (``plans``)."""
 
-    __slots__ = ("fields", "seen")
+    __slots__ = ("fields", "plans", "seen", "span", "wire")
 
     def __init__(self, fields: tuple[TensorField, ...]) -> None:
         self.fields = fields
         self.seen: dict[tuple[object, ...], dict[str, int]] = {}
+        #: the fields' indices in wire order (their manifest words ascend in it)
+        self.wire = tuple(sorted(range(len(fields)), key=lambda i: fields[i].word))
+        lo = min(f.word for f in fields)
+        hi = max(f.word + f.width for f in fields)
+        #: the frame 0 words the manifests fill, when they are one run of words
+        self.span = (lo, hi) if hi - lo == sum(f.width for f in fields) else None
+        self.plans: dict[
+            tuple[object, ...], tuple[list[int], tuple[TensorSlot, ...], tuple[int, ...]]
+        ] = {}
+
+    def put(
+        self,
+        ts: tuple[torch.Tensor | None, ...],
+        signature: tuple[object, ...] | None,
+        device: torch.device | str | None,
+        words: list[int],
+    ) -> tuple[list[torch.Tensor], tuple[TensorSlot, ...], tuple[int, ...]]:
+        """Materialize the present tensors (``ts`` in field order) on ``device``, in wire
+        order, and write their manifest words; with the segment plan. ``signature`` is the
+        one ``Report.tensors`` found for these very tensors: a signature seen before has its
+        manifest words and plan kept, so only the tensors are materialized."""
+        plan = self.plans.get(signature) if signature is not None else None
+        if plan is not None and self.span is not None:
+            manifest, slots, sizes = plan
+            tensors = [materialize(t, device) for i in self.wire if (t := ts[i]) is not None]
+            for t, slot in zip(tensors, slots, strict=True):
+                if t.nbytes != slot.nbytes:  # changed in place since validate: do it all again
+                    break
+            else:
+                lo, hi = self.span
+                words[lo:hi] = manifest
+                return tensors, slots, sizes
+        tensors = []
+        entries: list[Entry] = []
+        for i in self.wire:
+            t = ts[i]
+            if t is not None:
+                self.fields[i].put(t, device, words, tensors, entries)
+        slots, sizes = plan_segments(entries)
+        if signature is not None and self.span is not None:
+            if len(self.plans) >= SEEN_LIMIT:
+                self.plans.clear()
+            lo, hi = self.span
+            self.plans[signature] = (words[lo:hi], slots, sizes)
+        return tensors, slots, sizes
 
     def remember(self, signature: tuple[object, ...], dims: dict[str, int]) -> None:
         """Keep a signature that passed (bounded: a sender of ever new shapes costs the full

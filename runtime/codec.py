@@ -33,8 +33,11 @@ class Reader(NamedTuple):
     read: Callable[[list[int]], Read]
 
 
+#: A message's encoder: its frame 0 words, its tensors materialized, the segment plan. The
+#: last argument is the tensor signature ``validate`` found (``Report.signature``).
 Encoder = Callable[
-    [Any, list[int], "torch.device | str | None"], tuple[list[torch.Tensor], list[_w.Entry]]
+    [Any, list[int], "torch.device | str | None", "tuple[object, ...] | None"],
+    tuple[list[torch.Tensor], tuple[_w.TensorSlot, ...], tuple[int, ...]],
 ]
 
 _HEADER_TYPE = Rule(
@@ -111,6 +114,10 @@ class Codec:
         )
 
     def validate(self, msg: Any, header: Any, fail_fast: bool) -> list[Violation]:
+        return self.check(msg, header, fail_fast).out
+
+    def check(self, msg: Any, header: Any, fail_fast: bool) -> Report:
+        """``validate``'s pass, its report kept: the violations and the tensor signature."""
         r = Report(self.ids, header, fail_fast)
         try:
             if header is not None:
@@ -136,7 +143,7 @@ class Codec:
                     r.add(self._action_rule, _w.show(msg), _w.class_names(carried))
         except Stop:
             pass
-        return r.out
+        return r
 
     def validate_header(self, header: Any, fail_fast: bool) -> list[Violation]:
         r = Report(self.ids, header, fail_fast)
@@ -150,21 +157,18 @@ class Codec:
         return r.out
 
     def prepare(self, msg: Any, header: Any, device: torch.device | str | None) -> Prepared:
-        violations = (
-            self.validate(msg, header, False)
-            if header is not None
-            else self.validate_header(header, False)
-        )
-        if violations:
-            raise EnvelopeInvalid(violations)
+        if header is None:
+            raise EnvelopeInvalid(self.validate_header(header, False))
+        report = self.check(msg, header, False)
+        if report.out:
+            raise EnvelopeInvalid(report.out)
         words = [0] * self.frame0_len
         words[0] = _w.MAGIC_WORD
         words[1] = self.fingerprint
         self.write_header(header, words)
         if msg is None:
             return Prepared(words, (), (), ())
-        tensors, entries = self.encoders[type(msg)](msg, words, device)
-        slots, sizes = _w.plan_segments(entries)
+        tensors, slots, sizes = self.encoders[type(msg)](msg, words, device, report.signature)
         words[self.w_frame1] = sum(sizes)
         words[self.w_frame1_digest] = _w.frame1_digest(tensors, slots, sizes)
         return Prepared(words, tensors, slots, sizes)

@@ -499,17 +499,16 @@ def pack_segments(
 
 def _pack(small: Sequence[tuple[torch.Tensor, TensorSlot]], nbytes: int) -> torch.Tensor:
     """The packed segment, on the device of its first tensor."""
-    if all(t.is_cpu for t, _ in small):
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+    for t, _ in small:
+        if not t.is_cpu:
+            break
+    else:
+        buf = torch.zeros(nbytes, dtype=torch.uint8)  # the padding: zero from the start
         base = buf.data_ptr()
-        memmove, memset = ctypes.memmove, ctypes.memset
+        memmove = ctypes.memmove
         for t, slot in small:  # ``copy_in``, inlined: a new buffer holds no tensor in place
-            n, at = slot.nbytes, base + slot.offset
-            if n:
-                memmove(at, t.data_ptr(), n)
-            pad = -n % ALIGN
-            if pad:
-                memset(at + n, 0, pad)
+            if slot.nbytes:
+                memmove(base + slot.offset, t.data_ptr(), slot.nbytes)
         return buf
     on = small[0][0].device
     parts: list[torch.Tensor] = []  # tensor bytes and zero padding
@@ -718,13 +717,13 @@ class Manifest(NamedTuple):
                 f"expected {len(self.segment_nbytes)} frame 1 segments, got {len(segments)}",
             )
         for i, (seg, n) in enumerate(zip(segments, self.segment_nbytes, strict=True)):
-            if not is_dense(seg) or seg.dtype != torch.uint8 or seg.dim() != 1:
+            if not is_dense(seg) or seg.dtype is not torch.uint8 or seg.dim() != 1:
                 raise WireError("frame1", f"segment {i} must be a 1-D uint8 tensor")
             if seg.numel() != n:
                 raise WireError(
                     "frame1", f"segment {i} holds {seg.numel()} bytes, manifest announced {n}"
                 )
-            if not seg.is_contiguous() or seg.storage_offset() % 8 or seg.device.type == "meta":
+            if not seg.is_contiguous() or seg.storage_offset() % 8:  # (dense: never meta)
                 raise WireError(
                     "frame1",
                     f"segment {i} must be a contiguous, 8-byte aligned buffer with storage",
@@ -1099,13 +1098,18 @@ def utf8_len(s: str) -> int:
 def is_dense(t: object) -> bool:
     """A plain strided tensor with real storage: what the wire can carry byte for byte."""
     return (
-        type(t) in (torch.Tensor, torch.nn.Parameter)
-        and t.layout is torch.strided  # type: ignore[attr-defined]
-        and not t.is_nested  # type: ignore[attr-defined]
-        and not t.is_meta  # type: ignore[attr-defined]
-        and not t.is_neg()  # type: ignore[attr-defined]
-        and not t.is_conj()  # type: ignore[attr-defined]
+        (type(t) is _TENSOR or type(t) is _PARAMETER)
+        and t.layout is _STRIDED
+        and not t.is_nested
+        and not t.is_meta
+        and not t.is_neg()
+        and not t.is_conj()
     )
+
+
+_TENSOR = torch.Tensor
+_PARAMETER = torch.nn.Parameter
+_STRIDED = torch.strided
 
 
 def same_fields(a: object, b: object, fields: Mapping[str, object]) -> bool:

@@ -125,7 +125,7 @@ PAYLOAD_ACTIONS: Final = frozenset(
 )
 _Ids: TypeAlias = Ids
 _Device: TypeAlias = torch.device | str | None
-_Encoded: TypeAlias = tuple[list[torch.Tensor], list[_w.Entry]]
+_Encoded: TypeAlias = tuple[list[torch.Tensor], tuple[_w.TensorSlot, ...], tuple[int, ...]]
 _NO_IDS: Final[_Ids] = (("seq", None), ("stream_epoch", None))
 
 
@@ -327,7 +327,9 @@ def _write_header(h: Header, words: list[int]) -> None:
     words[W_HEADER_PRESENCE] = presence
 
 
-def _encode_Preview(m: Preview, words: list[int], device: _Device) -> _Encoded:
+def _encode_Preview(
+    m: Preview, words: list[int], device: _Device, signature: tuple[object, ...] | None
+) -> _Encoded:
     x: Any
     words[W_MESSAGE_ID] = 1
     words[W_MESSAGE_VERSION] = 1
@@ -338,14 +340,11 @@ def _encode_Preview(m: Preview, words: list[int], device: _Device) -> _Encoded:
         presence |= 4
         words[19] = x
     words[20] = m.num_frames
-    tensors: list[torch.Tensor] = []
-    entries: list[_w.Entry] = []
-    _T_Preview_frames.put(m.frames, device, words, tensors, entries)
     words[W_PRESENCE] = presence
-    return tensors, entries
+    return _TS_Preview.put((m.frames,), signature, device, words)
 
 
-_ENCODERS: Final[dict[type, Callable[[Any, list[int], _Device], _Encoded]]] = {
+_ENCODERS: Final[dict[type, Callable[[Any, list[int], _Device, Any], _Encoded]]] = {
     Preview: _encode_Preview,
 }
 
