@@ -74,8 +74,7 @@ def raw_encode(t: Target, msg: Any, header: Any) -> wire.Frames | None:
         write_header(header, words)
         if msg is None:
             return wire.Frames(wire.seal(words), ())
-        tensors, entries = encoders[type(msg)](msg, words, None)
-        slots, sizes = wire.plan_segments(entries)
+        tensors, slots, sizes = encoders[type(msg)](msg, words, None, None)
         words[mod.W_FRAME1] = sum(sizes)
         words[mod.W_FRAME1_DIGEST] = wire.frame1_digest(tensors, slots, sizes)
         return wire.Frames(wire.seal(words), wire.pack_segments(tensors, slots, sizes))

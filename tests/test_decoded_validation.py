@@ -31,8 +31,7 @@ def encode_unchecked(proto: ModuleType, msg: Any, header: Any) -> Frames:
     words[0] = _w.MAGIC_WORD
     words[1] = proto.FINGERPRINT
     proto._write_header(header, words)
-    tensors, entries = proto._ENCODERS[type(msg)](msg, words, None)
-    slots, sizes = _w.plan_segments(entries)
+    tensors, slots, sizes = proto._ENCODERS[type(msg)](msg, words, None, None)
     words[proto.W_FRAME1] = sum(sizes)
     words[proto.W_FRAME1_DIGEST] = _w.frame1_digest(tensors, slots, sizes)
     return Frames(_w.seal(words), _w.pack_segments(tensors, slots, sizes))

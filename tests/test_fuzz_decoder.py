@@ -72,6 +72,21 @@ def test_mutants_are_refused_by_sender_and_receiver(target: targets.Target) -> N
     properties.mutant_property(target)()
 
 
+def test_raw_encode_lays_out_what_encode_does(target: targets.Target) -> None:
+    """``raw_encode`` (a peer that skips the preflight) drives the generated encoder tables
+    itself: for valid envelopes its frames must be ``encode``'s, byte for byte. (It answers
+    None for values no frame can carry, and the mutant property skips those: an encoder
+    interface it no longer fits would make that property pass without testing anything.)"""
+    envelopes = campaign.draw(target.strategies.valid_envelopes(), 12, seed=3)
+    assert envelopes
+    for header, msg in envelopes:
+        frames = campaign.raw_encode(target, msg, header)
+        assert frames is not None, (header, msg)
+        want = target.module.encode(msg, header)
+        assert torch.equal(frames.frame0, want.frame0)
+        assert [s.tolist() for s in frames.segments] == [s.tolist() for s in want.segments]
+
+
 def test_short_campaign_reaches_every_check(tmp_path: Path) -> None:
     totals = campaign.run_decoder_campaign(
         targets.load_all(),
