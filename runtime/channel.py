@@ -858,24 +858,29 @@ class _Channel(Generic[H, M]):
         buffers: list[torch.Tensor] = []
         offsets: list[int] = []
         head_free = True
-        with self._deadline(lambda: f"frame 1 of {self._ids(header)}", header=header):
-            try:
-                for i, n in enumerate(sizes):
-                    if carried[i]:
-                        buffers.append(head)
-                        offsets.append(framing.offsets[i])
-                        head_free = head_free and not n
-                        continue
-                    if ahead is not None:
-                        segment = ahead.buffers[i]  # sized for these very slots
-                    else:
-                        # sized from the checked manifest, bounded by the spec
-                        segment = torch.empty(n, dtype=torch.uint8, device=self.device)
-                    self._get(segment, self._segment_tag(header, i), frame0=False)
-                    buffers.append(segment)
-                    offsets.append(0)
-            except BaseException as exc:
-                self._poison(header, f"frame 1 receive failed: {exc}")
+        rest: list[int] = []  # the segments that follow the head, one collective each
+        for i, n in enumerate(sizes):
+            if carried[i]:
+                buffers.append(head)
+                offsets.append(framing.offsets[i])
+                head_free = head_free and not n
+                continue
+            buffers.append(head)  # its own buffer, below
+            offsets.append(0)
+            rest.append(i)
+        if rest:  # (a head that carried everything: no collective to watch)
+            with self._deadline(lambda: f"frame 1 of {self._ids(header)}", header=header):
+                try:
+                    for i in rest:
+                        if ahead is not None:
+                            segment = ahead.buffers[i]  # sized for these very slots
+                        else:
+                            # sized from the checked manifest, bounded by the spec
+                            segment = torch.empty(sizes[i], dtype=torch.uint8, device=self.device)
+                        buffers[i] = segment
+                        self._get(segment, self._segment_tag(header, i), frame0=False)
+                except BaseException as exc:
+                    self._poison(header, f"frame 1 receive failed: {exc}")
         action = self.protocol.action_of(header)
         payload = action in self.protocol.payload_actions
         framing.after(payload, sizes)
