@@ -406,6 +406,7 @@ class _Channel(Generic[H, M]):
             self._sent_cache = EpochCache(bindings, keep_values=False)
             self._recv_cache = EpochCache(bindings, keep_values=True)
         self._lock = threading.Lock()
+        self._send_lock = _SendLock(self)
         self._last_send = time.monotonic()
         self._heartbeat: threading.Thread | None = None
         if cpu_group is not None and _members(cpu_group) != _members(group):
@@ -1108,21 +1109,19 @@ class _Channel(Generic[H, M]):
         finally:
             self._watchdog.disarm(token)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> _SendLock:
         """The send lock, for the caller's thread. A heartbeat holds it while its NOOP is in
         flight, and a NOOP to a wedged worker never completes: waiting for the lock is a
         step like any other, bounded by ``watchdog_s``."""
+        return self._send_lock
+
+    def _acquire_send_lock(self) -> None:
         if not self._lock.acquire(timeout=self.watchdog_s or -1):
             self._watchdog_exit(
                 "waiting for the send lock (a heartbeat's or another thread's send holds it)",
                 self.watchdog_s,
                 self._in_flight,
             )
-        try:
-            yield
-        finally:
-            self._lock.release()
 
     def _watchdog_exit(self, what: str, seconds: float | None, header: Any = None) -> NoReturn:
         if header is None:
@@ -1267,6 +1266,21 @@ class P2PChannel(_Channel[H, M]):
 
 
 FRAME0_TAG = 0
+
+
+class _SendLock:
+    """``with channel._locked():`` (a class rather than a generator: every send takes it)."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: _Channel[Any, Any]) -> None:
+        self._channel = channel
+
+    def __enter__(self) -> None:
+        self._channel._acquire_send_lock()
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel._lock.release()
 
 
 def _members(group: dist.ProcessGroup | None) -> list[int]:
