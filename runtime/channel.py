@@ -1124,14 +1124,16 @@ class _Channel(Generic[H, M]):
             )
 
     def _watchdog_exit(self, what: str, seconds: float | None, header: Any = None) -> NoReturn:
-        if header is None:
-            header = self.last_sent or self.last_header
-        _log(
-            f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
-            f"last ids {self._ids(header)}; exiting {EXIT_WATCHDOG}"
-        )
-        self._journal_end("watchdog", f"{what} not done within {seconds:g} s", header)
-        os._exit(EXIT_WATCHDOG)
+        try:  # the exit comes whatever the line or the journal run into
+            if header is None:
+                header = self.last_sent or self.last_header
+            _log(
+                f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
+                f"last ids {self._ids(header)}; exiting {EXIT_WATCHDOG}"
+            )
+            self._journal_end("watchdog", f"{what} not done within {seconds:g} s", header)
+        finally:
+            os._exit(EXIT_WATCHDOG)
 
     def _poison(self, header: Any, reason: str) -> NoReturn:
         self.poisoned = True

@@ -270,14 +270,16 @@ class TensorGroup:
     ) -> tuple[list[torch.Tensor], tuple[TensorSlot, ...], tuple[int, ...]]:
         """Materialize the present tensors (``ts`` in field order) on ``device``, in wire
         order, and write their manifest words; with the segment plan. ``signature`` is the
-        one ``Report.tensors`` found for these very tensors: a signature seen before has its
-        manifest words and plan kept, so only the tensors are materialized."""
+        one ``Report.tensors`` found for these tensors: a signature seen before has its
+        manifest words and plan kept, so only the tensors are materialized (and each is
+        held to its slot's dtype and shape: a tensor changed in place since ``validate``
+        is laid out from what it is now, and the plan it gets is not kept)."""
         plan = self.plans.get(signature) if signature is not None else None
         if plan is not None and self.span is not None:
             manifest, slots, sizes = plan
             tensors = [materialize(t, device) for i in self.wire if (t := ts[i]) is not None]
             for t, slot in zip(tensors, slots, strict=True):
-                if t.nbytes != slot.nbytes:  # changed in place since validate: do it all again
+                if t.dtype is not slot.dtype.torch_dtype or t.shape != slot.shape:
                     break
             else:
                 lo, hi = self.span
@@ -290,12 +292,22 @@ class TensorGroup:
             if t is not None:
                 self.fields[i].put(t, device, words, tensors, entries)
         slots, sizes = plan_segments(entries)
-        if signature is not None and self.span is not None:
+        if signature is not None and self.span is not None and self._laid_out(signature, entries):
             if len(self.plans) >= SEEN_LIMIT:
                 self.plans.clear()
             lo, hi = self.span
             self.plans[signature] = (words[lo:hi], slots, sizes)
         return tensors, slots, sizes
+
+    def _laid_out(self, signature: tuple[object, ...], entries: list[Entry]) -> bool:
+        """Whether ``entries`` (what was written, in wire order) are the tensors
+        ``signature`` describes (in field order): only then is their plan kept for it."""
+        laid = {name: (wd.torch_dtype, shape) for name, wd, shape in entries}
+        key: list[object] = []
+        for f in self.fields:
+            hit = laid.get(f.name)
+            key.extend((None,) if hit is None else hit)
+        return tuple(key) == signature
 
     def remember(self, signature: tuple[object, ...], dims: dict[str, int]) -> None:
         """Keep a signature that passed (bounded: a sender of ever new shapes costs the full

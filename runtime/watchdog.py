@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 
@@ -31,6 +33,16 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         #: the deadline the thread sleeps until (infinite while it is not asleep)
+        self._until = math.inf
+        _ALL.add(self)
+
+    def _forked(self) -> None:
+        """In a child after ``fork``: the parent's thread is not there; the next arm starts
+        one (the deadlines the parent had armed are the parent's)."""
+        self._armed.clear()
+        self._lock = threading.Lock()
+        self._thread = None
+        self._wake = threading.Event()
         self._until = math.inf
 
     def arm(self, seconds: float, fire: Callable[[], None]) -> int:
@@ -65,9 +77,24 @@ class Watchdog:
             delay = deadline - time.monotonic()
             if delay <= 0:
                 if self._armed.pop(token, None) is not None:
-                    fire()
+                    try:
+                        fire()
+                    except BaseException:  # the other deadlines stay watched
+                        pass
                 continue
             self._until = deadline
             self._wake.wait(delay)
             self._until = math.inf
             self._wake.clear()
+
+
+_ALL: weakref.WeakSet[Watchdog] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for watchdog in list(_ALL):
+        watchdog._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

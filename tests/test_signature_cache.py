@@ -95,6 +95,29 @@ def test_a_kept_plan_gives_the_frames_a_fresh_one_gives() -> None:
     assert got == msg
 
 
+def test_a_kept_plan_is_never_taken_from_tensors_changed_since_validation() -> None:
+    """A tensor reshaped in place between ``validate`` and the encoder (same byte count) is
+    laid out as it is now, and its plan is not kept under the signature ``validate`` saw:
+    the next envelope with that signature still gets its own shapes."""
+    msg, header = _infer()
+    report = tc._CODEC.check(msg, header, False)
+    assert report.out == [] and report.signature is not None
+    msg.conditioning_embeds.resize_(1, 16, 32)  # 512 elements, as (1, 8, 64) had
+    words = [0] * tc.FRAME0_LEN
+    _, slots, _ = tc._encode_Infer(msg, words, None, report.signature)
+    cond = next(s for s in slots if s.field == "conditioning_embeds")
+    assert cond.shape == (1, 16, 32)
+    fresh, _ = _infer()
+    _, got = tc.decode(tc.encode(fresh, header))
+    assert got.conditioning_embeds.shape == (1, 8, 64)
+    # and with the plan kept first, the same change is caught on the kept path
+    tc.encode(fresh, header)
+    report = tc._CODEC.check(fresh, header, False)
+    fresh.conditioning_embeds.resize_(1, 16, 32)
+    _, slots, _ = tc._encode_Infer(fresh, [0] * tc.FRAME0_LEN, None, report.signature)
+    assert next(s for s in slots if s.field == "conditioning_embeds").shape == (1, 16, 32)
+
+
 @pytest.mark.parametrize("grow", [True, False])
 def test_a_tensor_resized_after_validation_is_planned_again(grow: bool) -> None:
     """The plan kept for a signature is used only while the tensors still have its sizes:

@@ -3,9 +3,13 @@ fires once it passes while armed, never after a disarm, and the thread ends when
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+
+import pytest
 
 from tpwire.runtime.watchdog import Watchdog
 
@@ -59,3 +63,36 @@ def test_many_collectives_share_one_thread_and_it_ends_when_idle() -> None:
     fired = threading.Event()
     w.arm(0.05, fired.set)  # and the next arm starts it again
     assert fired.wait(5.0)
+
+
+def test_a_fire_that_raises_leaves_the_other_deadlines_watched() -> None:
+    w = Watchdog("test-watchdog")
+
+    def broken() -> None:
+        raise OSError("the journal's disk is gone")
+
+    w.arm(0.05, broken)
+    fired = threading.Event()
+    w.arm(0.1, fired.set)
+    assert fired.wait(5.0)
+    fired.clear()
+    w.arm(0.05, fired.set)  # and later ones too
+    assert fired.wait(5.0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_watches_its_own_deadlines() -> None:
+    w = Watchdog("test-watchdog")
+    parent = w.arm(30.0, lambda: None)  # the parent's thread sleeps in it
+    assert _wait_for(lambda: w._thread is not None)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread is not here
+        try:
+            w.arm(0.05, lambda: os._exit(0))
+            time.sleep(5.0)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    w.disarm(parent)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's deadline never fired"
+    sys.stdout.flush()
