@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tpwire.runtime.dtypes import DTYPE_CODES, REASON_WORDS, WIRE_VERSION
+from tpwire.runtime.dtypes import CODEC_CONTRACT, DTYPE_CODES, REASON_WORDS, WIRE_VERSION
 
 from . import expr
 from .model import CExpr, CField, CheckedSpec, CMessage, TypeRef, variant_class_name
@@ -533,6 +533,11 @@ class ProtocolIR:
     @property
     def fingerprint_hex(self) -> str:
         return f"{self.fingerprint:#018x}"
+
+    @property
+    def codec_contract(self) -> int:
+        """The runtime contract the generated module is made for (not part of the wire)."""
+        return CODEC_CONTRACT
 
     @property
     def rules(self) -> tuple[RuleIR, ...]:

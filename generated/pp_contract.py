@@ -1039,6 +1039,7 @@ _ACTION_IDS: Final[dict[int, int]] = {
 
 
 _CODEC: Final = _c.Codec(
+    contract=2,
     header=Header,
     action_field=ACTION_FIELD,
     action_enum=PPAction,

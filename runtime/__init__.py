@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import EnvelopeInvalid, ProtocolMismatch, Violation, WireError
+from .errors import ContractMismatch, EnvelopeInvalid, ProtocolMismatch, Violation, WireError
 
 if TYPE_CHECKING:
     from .bindings import Bindings, Roles
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Bindings",
+    "ContractMismatch",
     "EnvelopeInvalid",
     "Frames",
     "Manifest",

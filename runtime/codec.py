@@ -15,8 +15,8 @@ import torch
 
 from . import wire as _w
 from .checks import Report, Rule, Stop
-from .dtypes import REASON_WORDS
-from .errors import EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
+from .dtypes import CODEC_CONTRACT, REASON_WORDS
+from .errors import ContractMismatch, EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
 from .wire import Manifest, Prepared
 
 #: One pass over a header or a message, reporting into the ``Report``.
@@ -25,6 +25,15 @@ Validator = Callable[[Any, Report], None]
 #: the checked layout of frame 1
 Read = tuple[type, dict[str, object], _w.Layout]
 NO_TENSORS: _w.Layout = ((), (), {})
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tpwire")
+    except Exception:  # not installed (a source tree on sys.path)
+        return "from source"
 
 
 class Reader(NamedTuple):
@@ -80,7 +89,20 @@ class Codec:
         w_frame1: int,
         w_frame1_digest: int,
         error_action: enum.IntEnum,
+        contract: int | None = None,
     ) -> None:
+        if contract != CODEC_CONTRACT:
+            protocol = getattr(header, "__module__", "a generated module")
+            made = (
+                "a tpwire from before runtime contracts were numbered"
+                if contract is None
+                else f"runtime contract {contract}"
+            )
+            raise ContractMismatch(
+                f"{protocol} was generated for {made}; this tpwire "
+                f"({_version()}) runs contract {CODEC_CONTRACT}: generate it again "
+                "(`tpwire gen`), or install the tpwire that generated it"
+            )
         self.header = header
         self.action_field = action_field
         self.action_enum = action_enum

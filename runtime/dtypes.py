@@ -6,6 +6,12 @@ from __future__ import annotations
 #: 3: an ERROR frame carries a reason (a code and a bounded text) in frame 0
 WIRE_VERSION = 3
 
+#: The interface between generated modules and the runtime (``codec.Codec`` and what the
+#: generated functions hand it). A module states the contract it was generated for, and a
+#: runtime that speaks another refuses it at import, naming both (``ContractMismatch``).
+#: 2: encoders take the tensor signature ``validate`` found and return the segment plan.
+CODEC_CONTRACT = 2
+
 #: (spec name, stable wire code, item size in bytes); code 0 means "tensor absent".
 DTYPE_TABLE: tuple[tuple[str, int, int], ...] = (
     ("float32", 1, 4),

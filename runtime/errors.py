@@ -99,6 +99,11 @@ class EnvelopeInvalid(Exception):
         return frozenset(v.code for v in self.violations)
 
 
+class ContractMismatch(ImportError):
+    """A generated module was generated for another runtime contract (another tpwire): it
+    must be generated again (``tpwire gen``) before this runtime can run it."""
+
+
 class WireError(Exception):
     """Frames from a peer that do not decode under this protocol.
 
