@@ -91,23 +91,9 @@ def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
         row["decode"] = _median_us(functools.partial(proto.decode, frames), n)
         # the frame 1 check alone: the sender's digest (inside prepare) and the receiver's
         # digest + padding + bool-byte check (inside decode)
-        prepared = proto.prepare(msg, header)
-        row["digest"] = _median_us(
-            functools.partial(wire.frame1_digest, prepared.tensors, prepared.slots, prepared.sizes),
-            n,
-        )
-        manifest = proto.read_frame0(frames.frame0)
-        row["check"] = _median_us(
-            functools.partial(
-                wire.verify_frame1,
-                manifest.slots,
-                manifest.segment_nbytes,
-                frames.segments,
-                None,
-                manifest.digest,
-            ),
-            n,
-        )
+        digest, check = _frame1_halves(proto, msg, header)
+        row["digest"] = _median_us(digest, n)
+        row["check"] = _median_us(check, n)
         # the input tripwire (bringup mode: every chunk on every rank)
         row["tripwire"] = _median_us(
             functools.partial(tripwire.digest_envelope, proto, msg, header), n
@@ -139,6 +125,26 @@ STAGES = (
 )
 
 
+def _frame1_halves(
+    proto: Any, msg: Any, header: Any
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The frame 1 check's two halves as calls: the sender's digest (inside ``prepare``) and
+    the receiver's digest, padding and bool-byte check (inside ``decode``)."""
+    prepared = proto.prepare(msg, header)
+    frames = prepared.frames()
+    manifest = proto.read_frame0(frames.frame0)
+    digest = functools.partial(wire.frame1_digest, prepared.tensors, prepared.slots, prepared.sizes)
+    check = functools.partial(
+        wire.verify_frame1,
+        manifest.slots,
+        manifest.segment_nbytes,
+        frames.segments,
+        None,
+        manifest.digest,
+    )
+    return digest, check
+
+
 def stages(proto: Any, header: Any, msg: Any, n: int) -> dict[str, Any]:
     """Each step of ``encode`` and ``decode`` timed alone (medians): where the codec's time
     goes. ``words`` is ``prepare`` less ``validate`` and the digest; ``segments`` is
@@ -149,24 +155,16 @@ def stages(proto: Any, header: Any, msg: Any, n: int) -> dict[str, Any]:
     values = dict(manifest.scalars)
     values.update(manifest.views(frames.segments))
     built = wire.build(manifest.message, values)
+    digest, check = _frame1_halves(proto, msg, header)
     t = {
         "validate": functools.partial(proto.validate, msg, header),
         "prepare": functools.partial(proto.prepare, msg, header),
-        "digest": functools.partial(
-            wire.frame1_digest, prepared.tensors, prepared.slots, prepared.sizes
-        ),
+        "digest": digest,
         "layout": prepared.frames,
         "frame0": functools.partial(proto.read_frame0, frames.frame0),
         "finish": functools.partial(manifest.finish, frames.segments),
         "assemble": functools.partial(manifest.assemble, frames.segments),
-        "check": functools.partial(
-            wire.verify_frame1,
-            manifest.slots,
-            manifest.segment_nbytes,
-            frames.segments,
-            None,
-            manifest.digest,
-        ),
+        "check": check,
         "views": functools.partial(manifest.views, frames.segments),
         "message": functools.partial(wire.build, manifest.message, values),
         "validation": functools.partial(manifest.validate, built, manifest.header),

@@ -370,6 +370,12 @@ class MessageIR:
         return sum(f.bit for f in self.fields if f.always_required)
 
     @property
+    def field_tensors(self) -> tuple[FieldIR, ...]:
+        """The tensor fields in field order (``tensors`` is wire order): the order of the
+        ``_v.TensorGroup``, in which the first to hold a dimension binds it."""
+        return tuple(f for f in self.fields if f.is_tensor)
+
+    @property
     def tensor_group(self) -> str:
         """The generated ``_v.TensorGroup`` constant's name (its tensors in field order: the
         order in which they bind dimensions)."""

@@ -911,18 +911,10 @@ class _Channel(Generic[H, M]):
                 buffers, offsets, ahead.views if ahead is not None else None
             )
         except WireError as exc:
-            if journal is not None:
-                journal.envelope(
-                    header, raw, sent=False, state="refused", error=describe(exc),
-                    segments=segments,
-                )  # fmt: skip
+            self._journal_refused(header, raw, exc, segments)
             self._poison(header, f"frame 1 refused: {exc}")
         except EnvelopeInvalid as exc:
-            if journal is not None:
-                journal.envelope(
-                    header, raw, sent=False, state="refused", error=describe(exc),
-                    segments=segments,
-                )  # fmt: skip
+            self._journal_refused(header, raw, exc, segments)
             _log(
                 f"tpwire[rank {self.rank}]: envelope refused after receive {self._ids(header)}: "
                 f"{len(exc.violations)} violation(s), first: {exc.violations[0]}"
@@ -931,11 +923,7 @@ class _Channel(Generic[H, M]):
         try:
             msg, kept = self._accept_cached(msg, header)
         except EnvelopeInvalid as exc:
-            if journal is not None:
-                journal.envelope(
-                    header, raw, sent=False, state="refused", error=describe(exc),
-                    segments=segments,
-                )  # fmt: skip
+            self._journal_refused(header, raw, exc, segments)
             raise
         if journal is not None:
             journal.envelope(header, raw, sent=False, state="validated", segments=segments)
@@ -951,6 +939,15 @@ class _Channel(Generic[H, M]):
                 f"{why}; stopping for the source's reason"
             )
         return Received(action, header, msg, manifest.reason, kept)
+
+    def _journal_refused(
+        self, header: H, raw: bytes, exc: BaseException, segments: list[bytes] | None
+    ) -> None:
+        """Journal an envelope received whole and refused (when a journal is on)."""
+        if self.journal is not None:
+            self.journal.envelope(
+                header, raw, sent=False, state="refused", error=describe(exc), segments=segments
+            )
 
     def _accept_cached(self, msg: M | None, header: H) -> tuple[M | None, frozenset[str]]:
         """The rules across envelopes (fields ``cached_by`` an epoch) against this end's
@@ -1110,18 +1107,8 @@ class _Channel(Generic[H, M]):
             self._watchdog.disarm(token)
 
     def _locked(self) -> _SendLock:
-        """The send lock, for the caller's thread. A heartbeat holds it while its NOOP is in
-        flight, and a NOOP to a wedged worker never completes: waiting for the lock is a
-        step like any other, bounded by ``watchdog_s``."""
+        """The send lock, for the caller's thread (``_SendLock``)."""
         return self._send_lock
-
-    def _acquire_send_lock(self) -> None:
-        if not self._lock.acquire(timeout=self.watchdog_s or -1):
-            self._watchdog_exit(
-                "waiting for the send lock (a heartbeat's or another thread's send holds it)",
-                self.watchdog_s,
-                self._in_flight,
-            )
 
     def _watchdog_exit(self, what: str, seconds: float | None, header: Any = None) -> NoReturn:
         try:  # the exit comes whatever the line or the journal run into
@@ -1271,7 +1258,11 @@ FRAME0_TAG = 0
 
 
 class _SendLock:
-    """``with channel._locked():`` (a class rather than a generator: every send takes it)."""
+    """``with channel._locked():`` (a class rather than a generator: every send takes it).
+
+    A heartbeat holds the lock while its NOOP is in flight, and a NOOP to a wedged worker
+    never completes: waiting for the lock is a step like any other, bounded by
+    ``watchdog_s``."""
 
     __slots__ = ("_channel",)
 
@@ -1279,7 +1270,13 @@ class _SendLock:
         self._channel = channel
 
     def __enter__(self) -> None:
-        self._channel._acquire_send_lock()
+        ch = self._channel
+        if not ch._lock.acquire(timeout=ch.watchdog_s or -1):
+            ch._watchdog_exit(
+                "waiting for the send lock (a heartbeat's or another thread's send holds it)",
+                ch.watchdog_s,
+                ch._in_flight,
+            )
 
     def __exit__(self, *exc: object) -> None:
         self._channel._lock.release()

@@ -255,8 +255,10 @@ class TensorGroup:
         self.wire = tuple(sorted(range(len(fields)), key=lambda i: fields[i].word))
         lo = min(f.word for f in fields)
         hi = max(f.word + f.width for f in fields)
-        #: the frame 0 words the manifests fill, when they are one run of words
-        self.span = (lo, hi) if hi - lo == sum(f.width for f in fields) else None
+        if hi - lo != sum(f.width for f in fields):  # the compiler lays them out in a run
+            raise ValueError(f"tensor manifests in words {lo}..{hi} are not one run of words")
+        #: the frame 0 words the manifests fill
+        self.span = (lo, hi)
         self.plans: dict[
             tuple[object, ...], tuple[list[int], tuple[TensorSlot, ...], tuple[int, ...]]
         ] = {}
@@ -275,7 +277,7 @@ class TensorGroup:
         held to its slot's dtype and shape: a tensor changed in place since ``validate``
         is laid out from what it is now, and the plan it gets is not kept)."""
         plan = self.plans.get(signature) if signature is not None else None
-        if plan is not None and self.span is not None:
+        if plan is not None:
             manifest, slots, sizes = plan
             tensors = [materialize(t, device) for i in self.wire if (t := ts[i]) is not None]
             for t, slot in zip(tensors, slots, strict=True):
@@ -292,7 +294,7 @@ class TensorGroup:
             if t is not None:
                 self.fields[i].put(t, device, words, tensors, entries)
         slots, sizes = plan_segments(entries)
-        if signature is not None and self.span is not None and self._laid_out(signature, entries):
+        if signature is not None and self._laid_out(signature, entries):
             if len(self.plans) >= SEEN_LIMIT:
                 self.plans.clear()
             lo, hi = self.span

@@ -190,13 +190,10 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
     opening = next((j.opening for j in journals if j.opening), {})
     bindings = bindings_for(opening, protocol)
     fingerprints = [j.opening.get("fingerprint") for j in journals]
-    if any(f != fingerprints[0] for f in fingerprints[1:]):
-        report.divergence = Divergence(
-            "the journals' start",
-            "",
-            [f"protocol fingerprint: {_shown(fingerprints, labels)}"],
-            _odd(fingerprints, labels),
-        )
+    report.divergence = _disagree(
+        fingerprints, labels, "the journals' start", "protocol fingerprint"
+    )
+    if report.divergence is not None:
         return report
     for j in journals:
         for p in j.problems:
@@ -243,14 +240,17 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
             report.divergence = Divergence(where, action, lines, odd)
             return report
     ends = [_end(j) for j in journals]
-    if any(e != ends[0] for e in ends[1:]):
-        report.divergence = Divergence(
-            "the end of the stream",
-            "",
-            [f"how the stream ended: {_shown(ends, labels)}"],
-            _odd(ends, labels),
-        )
+    report.divergence = _disagree(ends, labels, "the end of the stream", "how the stream ended")
     return report
+
+
+def _disagree(
+    values: Sequence[object], labels: Sequence[str], where: str, what: str
+) -> Divergence | None:
+    """The divergence when the journals do not all hold the same ``what``."""
+    if all(v == values[0] for v in values[1:]):
+        return None
+    return Divergence(where, "", [f"{what}: {_shown(values, labels)}"], _odd(values, labels))
 
 
 def _compare(

@@ -26,23 +26,20 @@ class Watchdog:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._tokens = itertools.count()
+        self._reset()
+        _ALL.add(self)
+
+    def _reset(self) -> None:
+        """No deadline armed and no thread; also in a child after ``fork``, where the
+        parent's thread is not there (the next arm starts one) and the deadlines the parent
+        had armed are the parent's."""
         #: token -> (deadline on the monotonic clock, what to run when it passes)
         self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
-        self._tokens = itertools.count()
         self._lock = threading.Lock()  # the thread's start and end against an arm
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         #: the deadline the thread sleeps until (infinite while it is not asleep)
-        self._until = math.inf
-        _ALL.add(self)
-
-    def _forked(self) -> None:
-        """In a child after ``fork``: the parent's thread is not there; the next arm starts
-        one (the deadlines the parent had armed are the parent's)."""
-        self._armed.clear()
-        self._lock = threading.Lock()
-        self._thread = None
-        self._wake = threading.Event()
         self._until = math.inf
 
     def arm(self, seconds: float, fire: Callable[[], None]) -> int:
@@ -93,7 +90,7 @@ _ALL: weakref.WeakSet[Watchdog] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for watchdog in list(_ALL):
-        watchdog._forked()
+        watchdog._reset()
 
 
 if hasattr(os, "register_at_fork"):
