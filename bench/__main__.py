@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bench import codec, cpu_path, report
+from bench import codec, compare, cpu_path, report
 from bench import envelopes as E
 from bench.transports import Plan, rank_entry
 
@@ -100,13 +100,34 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only rewrite benchmarks.md and .png from the benchmarks.json of the last run",
     )
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="the benchmarks.json to compare with (default: the one in --out, from the last run)",
+    )
+    ap.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a figure of tpwire's is slower than in the run compared with",
+    )
     args = ap.parse_args(argv)
     if args.render:
         last = json.loads((args.out / "benchmarks.json").read_text())
         (args.out / "benchmarks.md").write_text(report.markdown(last))
         report.plot(last, args.out / "benchmarks.png")
         print(report.summary(last))
-        return 0
+        print(compare.summary(last))
+        return 1 if args.strict and compare.regressed(last) else 0
+    previous_path = args.against or args.out / "benchmarks.json"
+    previous = None
+    if args.against is not None or previous_path.is_file():
+        try:
+            previous = compare.load(previous_path)
+        except compare.Unreadable as exc:
+            if args.against is not None:
+                print(f"bench: --against {exc}", file=sys.stderr)
+                return 2
+            print(f"bench: not comparing with the last run: {exc}", file=sys.stderr)
     kinds = ("noop", "small", "scope", "cond_on_update")
     worlds = args.worlds or ([2] if args.quick else [2, 4])
     rounds, iters, warmup, n_codec = (3, 20, 3, 300) if args.quick else (6, 50, 5, 2000)
@@ -135,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: NCCL skipped: {gpus} GPU(s), it needs two", flush=True)
     result: dict[str, Any] = {
         "command": "make bench" + (" ARGS=--quick" if args.quick else ""),
+        "revision": compare.revision(ROOT),
         "machine": report.machine(),
         "codec": codec_rows,
         "cpu_path": path_rows,
@@ -145,15 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         "plan": {"rounds": rounds, "iters": iters, "warmup": warmup},
         "seconds": time.monotonic() - started,
     }
+    if previous is not None:
+        result["against"] = compare.against(previous, str(previous_path))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(result, indent=1) + "\n")
     text = report.markdown(result)
     (args.out / "benchmarks.md").write_text(text)
     report.plot(result, args.out / "benchmarks.png")
     print(report.summary(result))
+    print(compare.summary(result))
     print(f"bench: wrote {args.out / 'benchmarks.md'} and benchmarks.png "
           f"in {result['seconds']:.0f} s")  # fmt: skip
-    return 0
+    return 1 if args.strict and compare.regressed(result) else 0
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def measure(kinds: tuple[str, ...], n: int) -> list[dict[str, Any]]:
         assert validator.is_valid(instance), name
         frames = proto.encode(msg, header)
         meta = _meta(header, msg)
-        row: dict[str, Any] = {"kind": name}
+        row: dict[str, Any] = {"kind": name, "tensor_bytes": E.tensor_bytes(msg)}
         row["validate"] = _median_us(functools.partial(proto.validate, msg, header), n)
         row["prepare"] = _median_us(functools.partial(proto.prepare, msg, header), n)
         row["encode"] = _median_us(functools.partial(proto.encode, msg, header), n)

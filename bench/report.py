@@ -1,5 +1,6 @@
-"""docs/benchmarks.md and docs/benchmarks.png from one run's numbers (nothing is copied from
-an earlier run: every figure in the report comes from ``result``)."""
+"""docs/benchmarks.md and docs/benchmarks.png from one run's numbers: every figure in the
+report comes from ``result`` (the run before it only as the figures it keeps to compare
+with, ``result["against"]``: bench/compare.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from bench import compare
 from bench import envelopes as E
 from bench.codec import STAGES
 from bench.cpu_path import CONDITIONS
@@ -489,6 +491,7 @@ def markdown(result: dict[str, Any]) -> str:
     for t in targets(result):
         out.append(f"| {t.name} | {t.measured} | {'yes' if t.met else '**no**'} | {t.beside} |")
     out += ["", *notes(result), ""]
+    out += compare.markdown(result)
     for world in result["transports"]:
         out += [f"## Transports, world size {world}", ""]
         out += _transport_table(result, world)
