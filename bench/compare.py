@@ -167,11 +167,12 @@ def markdown(result: dict[str, Any]) -> list[str]:
     out = [
         "## Against the previous run",
         "",
-        f"This run against {_what(prev)}, figure by figure: the codec's medians in "
-        "microseconds, each channel as its median over the same run's floor. A figure moved "
-        f"when it changed by more than runs of the same code do on this machine ({noise}); "
-        "one that moved in one run is a reason to run again. Baselines are not compared, nor "
-        "is the CPU path per envelope, which moves by up to 2x between runs of one commit.",
+        f"This run (`{result.get('command', 'make bench')}`) against {_what(prev)}, figure by "
+        "figure: the codec's medians in microseconds, each channel as its median over the "
+        "same run's floor. A figure moved when it changed by more than runs of the same code "
+        f"do on this machine ({noise}); one that moved in one run is a reason to run again. "
+        "Baselines are not compared, nor is the CPU path per envelope, which moves by up to "
+        "2x between runs of one commit.",
         "",
         f"{_counts(changes)}.",
         "",

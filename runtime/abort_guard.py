@@ -67,6 +67,11 @@ _SIGACTION = _sigaction()
 _OURS = ctypes.create_string_buffer(_SIGACTION_BYTES)
 ctypes.c_void_p.from_buffer(_OURS).value = ctypes.cast(_CALLBACK, ctypes.c_void_p).value
 _SAVED = ctypes.create_string_buffer(_SIGACTION_BYTES)
+# plain ints for the two calls every collective makes: ctypes converts them fastest
+_SIGABRT = int(signal.SIGABRT)
+_OURS_AT = ctypes.addressof(_OURS)
+_SAVED_AT = ctypes.addressof(_SAVED)
+_get_ident = threading.get_ident
 
 
 def set_exit_code(code: int) -> None:
@@ -88,11 +93,11 @@ class armed:
         self._before: Callable[[], str] | None = None
 
     def __enter__(self) -> None:
-        self._key = key = threading.get_ident()
+        self._key = key = _get_ident()
         with _lock:
             self._before = _in_flight.get(key)
             if not _in_flight and _SIGACTION is not None:
-                _SIGACTION(signal.SIGABRT, _OURS, _SAVED)
+                _SIGACTION(_SIGABRT, _OURS_AT, _SAVED_AT)
             _in_flight[key] = self._line
 
     def __exit__(self, *exc: object) -> None:
@@ -102,4 +107,4 @@ class armed:
             else:
                 _in_flight[self._key] = self._before
             if not _in_flight and _SIGACTION is not None:
-                _SIGACTION(signal.SIGABRT, _SAVED, None)
+                _SIGACTION(_SIGABRT, _SAVED_AT, None)
