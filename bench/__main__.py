@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.monotonic() - started,
     }
     if previous is not None:
-        result["against"] = compare.against(previous, str(previous_path))
+        shown = previous_path.resolve()
+        shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+        result["against"] = compare.against(previous, str(shown))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(result, indent=1) + "\n")
     text = report.markdown(result)

@@ -163,7 +163,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if changes is None or prev is None:
         return []
     moved = [c for c in changes if c.verdict != "within noise"]
-    noise = ", ".join(f"{fam} {tol:.0%}" for fam, tol in NOISE.items())
+    noise = "; ".join(f"{fam} {tol:.0%}" for fam, tol in NOISE.items())
     out = [
         "## Against the previous run",
         "",
