@@ -90,6 +90,12 @@ def nccl_worlds(gpus: int, quick: bool) -> list[int]:
     return worlds[:1] if quick else worlds
 
 
+def _shown(path: Path) -> str:
+    """``path`` as a report names it: relative to the checkout when it lies inside it."""
+    full = path.resolve()
+    return str(full.relative_to(ROOT) if full.is_relative_to(ROOT) else full)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="world 2 only, fewer iterations")
@@ -98,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--render",
         action="store_true",
-        help="only rewrite benchmarks.md and .png from the benchmarks.json of the last run",
+        help="only rewrite benchmarks.md and .png from the benchmarks.json of the last run "
+        "(with --against: compared with that run instead)",
     )
     ap.add_argument(
         "--against",
@@ -111,16 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 when a figure of tpwire's is slower than in the run compared with",
     )
     args = ap.parse_args(argv)
-    if args.render:
-        last = json.loads((args.out / "benchmarks.json").read_text())
-        (args.out / "benchmarks.md").write_text(report.markdown(last))
-        report.plot(last, args.out / "benchmarks.png")
-        print(report.summary(last))
-        print(compare.summary(last))
-        return 1 if args.strict and compare.regressed(last) else 0
+    # the run before this one, read before anything is measured or written
     previous_path = args.against or args.out / "benchmarks.json"
     previous = None
-    if args.against is not None or previous_path.is_file():
+    if args.against is not None or (previous_path.is_file() and not args.render):
         try:
             previous = compare.load(previous_path)
         except compare.Unreadable as exc:
@@ -128,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: --against {exc}", file=sys.stderr)
                 return 2
             print(f"bench: not comparing with the last run: {exc}", file=sys.stderr)
+    if args.render:
+        last = json.loads((args.out / "benchmarks.json").read_text())
+        if previous is not None:  # --against: the last run compared with that one instead
+            last["against"] = compare.against(previous, _shown(previous_path))
+            (args.out / "benchmarks.json").write_text(json.dumps(last, indent=1) + "\n")
+        (args.out / "benchmarks.md").write_text(report.markdown(last))
+        report.plot(last, args.out / "benchmarks.png")
+        print(report.summary(last))
+        print(compare.summary(last))
+        return 1 if args.strict and compare.regressed(last) else 0
     kinds = ("noop", "small", "scope", "cond_on_update")
     worlds = args.worlds or ([2] if args.quick else [2, 4])
     rounds, iters, warmup, n_codec = (3, 20, 3, 300) if args.quick else (6, 50, 5, 2000)
@@ -168,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.monotonic() - started,
     }
     if previous is not None:
-        shown = previous_path.resolve()
-        shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
-        result["against"] = compare.against(previous, str(shown))
+        result["against"] = compare.against(previous, _shown(previous_path))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(result, indent=1) + "\n")
     text = report.markdown(result)

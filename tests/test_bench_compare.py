@@ -113,19 +113,22 @@ def test_render_reports_and_strict_fails_on_a_slower_figure(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = _full_run(tmp_path)
-    result = json.loads((out / "benchmarks.json").read_text())
-    before = copy.deepcopy(result)
+    before = json.loads((out / "benchmarks.json").read_text())
     for row in before["codec"]:
         row["encode"][0] /= 2  # the run before encoded faster: this one is slower
-    result["against"] = compare.against(before, "before.json")
-    (out / "benchmarks.json").write_text(json.dumps(result))
-    assert main(["--render", "--out", str(out)]) == 0
+    before_path = tmp_path / "before.json"
+    before_path.write_text(json.dumps(before))
+    assert main(["--render", "--out", str(out), "--against", str(before_path)]) == 0
+    # the comparison is kept with the run: rendering again shows it without --against
+    assert json.loads((out / "benchmarks.json").read_text())["against"]["source"] == str(
+        before_path
+    )
     assert main(["--render", "--out", str(out), "--strict"]) == 1
     printed = capsys.readouterr().out
     assert "SLOWER codec: encode, small v1 INFER" in printed
     text = (out / "benchmarks.md").read_text()
     assert "## Against the previous run" in text
-    n = len(result["codec"])
+    n = len(before["codec"])
     assert f"{n} slower beyond noise, 0 faster beyond noise" in text
     assert "| codec: encode, small v1 INFER |" in text and "| +100% | slower |" in text
 
