@@ -108,3 +108,18 @@ class armed:
                 _in_flight[self._key] = self._before
             if not _in_flight and _SIGACTION is not None:
                 _SIGACTION(_SIGABRT, _SAVED_AT, None)
+
+
+def _after_fork_in_child() -> None:
+    """A child forked inside a guarded collective has none in flight: the handler the
+    parent installed for it goes, and the parent's lock (maybe held by another thread at the
+    fork) is replaced."""
+    global _lock
+    _lock = threading.Lock()
+    if _in_flight and _SIGACTION is not None:
+        _SIGACTION(_SIGABRT, _SAVED_AT, None)
+    _in_flight.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

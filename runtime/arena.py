@@ -102,14 +102,16 @@ class Arena:
         """``prepared`` ready to be laid into ``buf``: its views checked (``ArenaError`` for a
         stale one or a tensor made from one), those not at their place in this envelope
         copied out of the head first (bytes may be written over them). Runs before frame 0."""
-        if not self.handed:
-            return prepared  # the usual path: nothing was ever handed out
-        base = buf.untyped_storage().data_ptr()
+        # a tensor's bytes inside the buffer that are not a live view at its place would be
+        # written over: found by address, whatever object or storage holds them (a view
+        # spent and collected, a dlpack alias); device and host addresses never overlap
         start = buf.data_ptr()
+        end = start + buf.numel()
+        handed = self.handed
         moved: dict[int, torch.Tensor] = {}
         in_place = 0
         for i, (t, slot) in enumerate(zip(prepared.tensors, prepared.slots, strict=True)):
-            if self.handed.get(id(t)) is t:
+            if handed and handed.get(id(t)) is t:
                 if self.live.get(slot.field) is not t:
                     raise ArenaError(
                         f"{slot.field}: an arena view handed out before the last send (a view "
@@ -120,10 +122,11 @@ class Arena:
                     in_place += 1
                     continue
                 moved[i] = t
-            elif t.numel() and t.untyped_storage().data_ptr() == base:
+            elif slot.nbytes and start < (at := t.data_ptr()) + slot.nbytes and at < end:
                 raise ArenaError(
-                    f"{slot.field}: a tensor made from an arena view (slice, reshape, cast); "
-                    "send the view alloc returned, or a tensor of its own"
+                    f"{slot.field}: a tensor made from an arena view (a slice, reshape, cast "
+                    "or alias of one, or of a view spent by an earlier send); send the view "
+                    "alloc returned, or a tensor of its own"
                 )
         self.stats.in_place += in_place
         if not moved:

@@ -377,6 +377,11 @@ class _Channel(Generic[H, M]):
         )
         #: this rank's journal writer (opened with the channel; None when not journaling)
         self.journal: _journal.JournalWriter | None = None
+        if watchdog_s is not None and not 0 < watchdog_s <= threading.TIMEOUT_MAX:
+            raise ValueError(
+                f"watchdog_s must be a number of seconds in (0, {threading.TIMEOUT_MAX:g}], "
+                f"or None for no watchdog; got {watchdog_s!r}"
+            )
         self.watchdog_s = watchdog_s
         self._watchdog = Watchdog("tpwire-watchdog")
         self.heartbeat_s = heartbeat_s
@@ -633,6 +638,13 @@ class _Channel(Generic[H, M]):
             raise ArenaError("alloc needs a channel opened with arena=True")
         self._ready(sender=True)
         dims = tuple(int(d) for d in shape)
+        if not self._tx.steady:
+            # no layout is ever agreed (steady_state=False, or a cpu_group: heartbeats), so
+            # no view: nothing to wait for the send lock for (a heartbeat's NOOP holds it
+            # while the workers compute)
+            arena.place(field, dims, dtype, ())  # the errors of an unknown field or dtype
+            arena.stats.fresh += 1
+            return torch.empty(dims, dtype=dtype, device=self.device)
         with self._locked():  # a heartbeat's NOOP may be laying out the same buffer
             framing = self._tx
             if framing.agreed and arena.layout is not None:
@@ -1097,7 +1109,11 @@ class _Channel(Generic[H, M]):
         self, what: str | Callable[[], str], seconds: float, guard: abort_guard.armed
     ) -> Iterator[None]:
         def fire() -> None:
-            self._watchdog_exit(what() if callable(what) else what, seconds)
+            try:
+                text = what() if callable(what) else what
+            except BaseException as exc:  # the exit comes whatever describing it runs into
+                text = f"a collective ({exc!r} describing it)"
+            self._watchdog_exit(text, seconds)
 
         token = self._watchdog.arm(seconds, fire)
         try:

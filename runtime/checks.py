@@ -138,6 +138,7 @@ class Report:
                 and not t.is_nested
                 and not t.is_meta
                 and not t.is_neg()
+                and not t._is_zerotensor()
             ):
                 key.append(t.dtype)
                 key.append(t.shape)
@@ -240,6 +241,39 @@ class TensorField:
         return read_tensor(w, self.word, self.name, self.codes, self.shape, dims, self.limit)
 
 
+def _described(t: tuple[object, ...] | None) -> str:
+    if t is None:
+        return "absent"
+    dtype, shape = t
+    assert isinstance(shape, tuple)
+    return f"{dtype_name(dtype)}{list(shape)}"
+
+
+class TensorsChanged(Exception):
+    """A tensor's dtype or shape at encode is not what ``validate`` checked a moment before
+    (changed in place meanwhile: by another thread, or through a view of it). Frame 0 is
+    written from the tensors as they are, so sending them would announce a layout nobody
+    checked; ``prepare`` turns this into ``EnvelopeInvalid`` and nothing is sent."""
+
+    def __init__(self, changed: list[tuple[str, str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: checked {a}, now {b}" for f, a, b in changed))
+        self.changed = changed
+
+    def violations(self, ids: Ids) -> list[Violation]:
+        return [
+            Violation(
+                "shape",
+                field,
+                f"{checked}, as validate checked it",
+                now,
+                rule="a tensor stays as validated until it is laid out",
+                message="the tensor changed in place between validate and encode",
+                ids=ids,
+            )
+            for field, checked, now in self.changed
+        ]
+
+
 class TensorGroup:
     """A message's tensor fields in field order (the first to hold a dimension binds it),
     and what a tensor signature (each field's dtype and shape, None for an absent one)
@@ -273,9 +307,9 @@ class TensorGroup:
         """Materialize the present tensors (``ts`` in field order) on ``device``, in wire
         order, and write their manifest words; with the segment plan. ``signature`` is the
         one ``Report.tensors`` found for these tensors: a signature seen before has its
-        manifest words and plan kept, so only the tensors are materialized (and each is
-        held to its slot's dtype and shape: a tensor changed in place since ``validate``
-        is laid out from what it is now, and the plan it gets is not kept)."""
+        manifest words and plan kept, so only the tensors are materialized. A tensor whose
+        dtype or shape is not what ``validate`` checked (changed in place since) raises
+        ``TensorsChanged``: nothing is laid out from it."""
         plan = self.plans.get(signature) if signature is not None else None
         if plan is not None:
             manifest, slots, sizes = plan
@@ -294,22 +328,36 @@ class TensorGroup:
             if t is not None:
                 self.fields[i].put(t, device, words, tensors, entries)
         slots, sizes = plan_segments(entries)
-        if signature is not None and self._laid_out(signature, entries):
+        if signature is not None:
+            changed = self._changed(signature, entries)
+            if changed:  # frame 0 would describe tensors nobody checked: send nothing
+                raise TensorsChanged(changed)
             if len(self.plans) >= SEEN_LIMIT:
                 self.plans.clear()
             lo, hi = self.span
             self.plans[signature] = (words[lo:hi], slots, sizes)
         return tensors, slots, sizes
 
-    def _laid_out(self, signature: tuple[object, ...], entries: list[Entry]) -> bool:
-        """Whether ``entries`` (what was written, in wire order) are the tensors
-        ``signature`` describes (in field order): only then is their plan kept for it."""
+    def _changed(
+        self, signature: tuple[object, ...], entries: list[Entry]
+    ) -> list[tuple[str, str, str]]:
+        """The fields whose tensor in ``entries`` (what was laid out, in wire order) is not
+        the one ``signature`` describes (in field order: what ``validate`` checked), as
+        (field, checked, laid out)."""
         laid = {name: (wd.torch_dtype, shape) for name, wd, shape in entries}
-        key: list[object] = []
+        out = []
+        at = 0
         for f in self.fields:
+            if signature[at] is None:
+                checked: tuple[object, ...] | None = None
+                at += 1
+            else:
+                checked = signature[at : at + 2]
+                at += 2
             hit = laid.get(f.name)
-            key.extend((None,) if hit is None else hit)
-        return tuple(key) == signature
+            if hit != checked:
+                out.append((f.name, _described(checked), _described(hit)))
+        return out
 
     def remember(self, signature: tuple[object, ...], dims: dict[str, int]) -> None:
         """Keep a signature that passed (bounded: a sender of ever new shapes costs the full

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import wire as _w
-from .checks import Report, Rule, Stop
+from .checks import Report, Rule, Stop, TensorsChanged
 from .dtypes import CODEC_CONTRACT, REASON_WORDS
 from .errors import ContractMismatch, EnvelopeInvalid, Ids, ProtocolMismatch, Violation, WireError
 from .wire import Manifest, Prepared
@@ -190,7 +190,10 @@ class Codec:
         self.write_header(header, words)
         if msg is None:
             return Prepared(words, (), (), ())
-        tensors, slots, sizes = self.encoders[type(msg)](msg, words, device, report.signature)
+        try:
+            tensors, slots, sizes = self.encoders[type(msg)](msg, words, device, report.signature)
+        except TensorsChanged as exc:
+            raise EnvelopeInvalid(exc.violations(self.ids(header))) from None
         words[self.w_frame1] = sum(sizes)
         words[self.w_frame1_digest] = _w.frame1_digest(tensors, slots, sizes)
         return Prepared(words, tensors, slots, sizes)

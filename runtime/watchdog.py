@@ -59,6 +59,14 @@ class Watchdog:
         self._armed.pop(token, None)
 
     def _run(self) -> None:
+        try:
+            self._watch()
+        finally:  # however the loop ends, the next arm starts a thread again
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _watch(self) -> None:
         while True:
             earliest: tuple[int, float, Callable[[], None]] | None = None
             for token, (deadline, fire) in list(self._armed.items()):
@@ -80,7 +88,7 @@ class Watchdog:
                         pass
                 continue
             self._until = deadline
-            self._wake.wait(delay)
+            self._wake.wait(min(delay, threading.TIMEOUT_MAX))
             self._until = math.inf
             self._wake.clear()
 

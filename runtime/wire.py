@@ -1096,7 +1096,8 @@ def utf8_len(s: str) -> int:
 
 
 def is_dense(t: object) -> bool:
-    """A plain strided tensor with real storage: what the wire can carry byte for byte."""
+    """A plain strided tensor with real storage: what the wire can carry byte for byte (a
+    zero tensor, ``torch._efficientzerotensor``, is strided but has no bytes to read)."""
     return (
         (type(t) is _TENSOR or type(t) is _PARAMETER)
         and t.layout is _STRIDED
@@ -1104,6 +1105,7 @@ def is_dense(t: object) -> bool:
         and not t.is_meta
         and not t.is_neg()
         and not t.is_conj()
+        and not t._is_zerotensor()
     )
 
 

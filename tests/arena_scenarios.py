@@ -9,6 +9,9 @@ keep its bytes whatever the channel received after it).
 from __future__ import annotations
 
 import dataclasses
+import gc
+import threading
+import time
 from typing import Any
 
 import torch
@@ -166,6 +169,19 @@ def misuse(rank: int, world: int) -> Any:
     ch.noop()
     refused("after_noop", lambda: send(m4, 4))
     out["in_place_after_noop"] = ch.arena_stats.in_place - before
+    # bytes in the head that are no live view: a view spent by a send and collected (no
+    # view alive at all), and an alias of a live view with a storage of its own (dlpack)
+    spent = m4.latents[0]
+    m2 = m4 = made = bad = stale = view = recompute = None
+    gc.collect()
+    out["views_alive"] = len(ch._arena.handed)  # type: ignore[union-attr]
+    want = message(5, "A")
+    spent.copy_(want.latents[0])
+    refused("spent_slice", lambda: send(dataclasses.replace(want, latents=spent.unsqueeze(0)), 5))
+    live = ch.alloc("latents", tuple(want.latents.shape), want.latents.dtype)
+    alias = torch.from_dlpack(live)
+    alias.copy_(want.latents)
+    refused("dlpack_alias", lambda: send(dataclasses.replace(want, latents=alias), 5))
     plain = BroadcastChannel(tc, poison="raise")  # not opened: no collective
     refused("no_arena", lambda: plain.alloc("latents", (1,), torch.bfloat16))
     ch.shutdown()
@@ -187,6 +203,44 @@ def worker_alloc(rank: int, world: int) -> Any:
         error = str(exc)
     actions = [ch.recv().action.name, ch.recv().action.name]
     return {"error": error, "actions": actions}
+
+
+def alloc_beside_heartbeat(rank: int, world: int) -> Any:
+    """With a cpu_group (heartbeats) no layout is ever agreed, so ``alloc`` has no view to
+    hand out and does not wait for the send lock a heartbeat's NOOP holds while the workers
+    compute: it never trips the watchdog's wait for that lock."""
+    cpu = torch.distributed.new_group(backend="gloo")
+    ch = BroadcastChannel(tc, poison="raise", arena=True, cpu_group=cpu, watchdog_s=1.0).open()
+    if rank != 0:
+        actions = []
+        while (got := ch.recv()).action is not tc.TPAction.SHUTDOWN:
+            actions.append(got.action.name)
+        return {"actions": actions}
+    held = threading.Event()
+    release = threading.Event()
+
+    def heartbeat_in_flight() -> None:  # the lock held, as a NOOP to busy workers holds it
+        with ch._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=heartbeat_in_flight)
+    holder.start()
+    held.wait(10)
+    started = time.monotonic()
+    tensor = ch.alloc("latents", (1, 1, 16, 64, 64), torch.bfloat16)
+    waited = time.monotonic() - started
+    try:
+        ch.alloc("nope", (1,), torch.float16)
+    except ArenaError as exc:
+        error = str(exc)
+    release.set()
+    holder.join()
+    want = message(0, "A")
+    tensor.copy_(want.latents)
+    ch.send(dataclasses.replace(want, latents=tensor), header(ch.next_sequence(), chunk=0))
+    ch.shutdown()
+    return {"waited": waited, "error": error, "stats": ch.arena_stats.as_dict()}
 
 
 def _head(ch: BroadcastChannel[Any, Any]) -> int:

@@ -72,10 +72,30 @@ def test_misuse_raises_before_frame0_and_sends_nothing(misuse: tuple[dict, dict]
         ("invalid", "EnvelopeInvalid", "tp_num_denoise_steps"),
         ("ordering", "OrderingError", "call_id 0 after 1"),
         ("no_arena", "ArenaError", "alloc needs a channel opened with arena=True"),
+        # no view alive, and a view's alias through a storage of its own: found by address
+        ("spent_slice", "ArenaError", "latents: a tensor made from an arena view"),
+        ("dlpack_alias", "ArenaError", "latents: a tensor made from an arena view"),
     ]:
         assert out[case]["error"] == error, (case, out[case])
         assert text in out[case]["text"], (case, out[case])
         assert out[case]["sent"] == 0, (case, out[case])
+
+
+def test_bytes_in_the_head_are_refused_even_with_no_view_alive(
+    misuse: tuple[dict, dict],  # type: ignore[type-arg]
+) -> None:
+    out, _ = misuse
+    assert out["views_alive"] == 0  # the spent slice is no view the arena knows of
+    assert out["spent_slice"]["sent"] == out["dlpack_alias"]["sent"] == 0
+
+
+def test_alloc_does_not_wait_for_a_heartbeat_when_no_view_can_be_placed(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("alloc_beside_heartbeat", tmp_path, module="arena_scenarios")
+    assert (r0.exitcode, r1.exitcode) == (0, 0), (r0.log, r1.log)
+    assert r0.result["waited"] < 0.5, r0.result  # the lock is held the whole time
+    assert "'nope': not a tensor field" in r0.result["error"]
+    assert r0.result["stats"]["fresh"] == 1 and r0.result["stats"]["views"] == 0
+    assert r1.result["actions"] == ["INFER"]
 
 
 def test_views_stay_valid_across_refusals_and_expire_with_the_next_send(

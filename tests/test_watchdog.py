@@ -3,11 +3,14 @@ fires once it passes while armed, never after a disarm, and the thread ends when
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -96,3 +99,60 @@ def test_a_forked_child_watches_its_own_deadlines() -> None:
     w.disarm(parent)
     assert os.waitstatus_to_exitcode(status) == 0, "the child's deadline never fired"
     sys.stdout.flush()
+
+
+def test_a_deadline_past_the_platform_s_longest_wait_keeps_the_thread_watching() -> None:
+    """``threading.Event.wait`` refuses a timeout past ``threading.TIMEOUT_MAX``: the thread
+    sleeps at most that long, and a deadline armed after it still fires."""
+    w = Watchdog("test-watchdog")
+    far = w.arm(math.inf, lambda: None)
+    time.sleep(0.1)
+    fired = threading.Event()
+    w.arm(0.05, fired.set)
+    assert fired.wait(5.0)
+    w.disarm(far)
+
+
+def test_a_channel_refuses_a_watchdog_it_cannot_keep() -> None:
+    from tpwire.generated import tp_control as tc
+    from tpwire.runtime.channel import BroadcastChannel
+
+    for bad in (math.inf, math.nan, -1.0, 0.0):
+        with pytest.raises(ValueError, match="watchdog_s must be a number of seconds"):
+            BroadcastChannel(tc, watchdog_s=bad)
+
+
+def test_a_child_forked_inside_a_guarded_collective_aborts_as_it_would_without_tpwire() -> None:
+    """The SIGABRT handler is the parent's, for the parent's collective: a forked child has
+    none in flight, so its abort is an abort (not the parent's poison line and exit 86)."""
+    from tpwire.runtime import abort_guard
+
+    with abort_guard.armed(lambda: "tpwire: the parent's collective"):
+        pid = os.fork()
+        if pid == 0:
+            # quiet: faulthandler's dump (pytest's goes to a copy of stderr), or a poison line
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            os.closerange(3, 4096)
+            os.abort()
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGABRT
+
+
+def test_the_watchdog_exits_even_when_describing_the_step_raises() -> None:
+    """What a channel's deadline fires makes its line first: a line that cannot be made
+    (the ids of a header that raises, say) still ends in the exit, never in a dropped
+    deadline and a hang."""
+    from tpwire.runtime import abort_guard
+    from tpwire.runtime.channel import BroadcastChannel
+
+    ch: Any = object.__new__(BroadcastChannel)  # the watch alone: no process group needed
+    ch._watchdog = Watchdog("test-watchdog")
+    exits: list[str] = []
+    ch._watchdog_exit = lambda what, seconds, header=None: exits.append(what)
+
+    def what() -> str:
+        raise RuntimeError("no ids")
+
+    with ch._watch(what, 0.05, abort_guard.armed(lambda: "tpwire: a collective")):
+        assert _wait_for(lambda: bool(exits))
+    assert "RuntimeError('no ids')" in exits[0]
