@@ -35,18 +35,23 @@ _SIGACTION_BYTES = 512
 _in_flight: dict[int, Callable[[], str]] = {}
 _exit_code = 86
 _lock = threading.Lock()
+#: bumped in a child after ``fork``: a block entered before it is the parent's, not the child's
+_generation = 0
 
 
 def _on_abort(signum: int) -> None:
-    out = []
-    for line in list(_in_flight.values()):
-        try:
-            out.append(line())
-        except BaseException as exc:  # the line must come out whatever the state
-            out.append(f"tpwire: POISONED: SIGABRT during a collective ({exc!r} describing it)")
-    text = "".join(f"{x}; exiting {_exit_code}\n" for x in out)
-    os.write(2, text.encode(errors="replace"))
-    os._exit(_exit_code)
+    try:
+        out = []
+        for line in list(_in_flight.values()):
+            try:
+                out.append(line())
+            except BaseException as exc:  # the line must come out whatever the state
+                why = type(exc).__name__
+                out.append(f"tpwire: POISONED: SIGABRT during a collective ({why} describing it)")
+        text = "".join(f"{x}; exiting {_exit_code}\n" for x in out)
+        os.write(2, text.encode(errors="replace"))
+    finally:
+        os._exit(_exit_code)
 
 
 _CALLBACK = _HANDLER(_on_abort)  # kept alive for the life of the process
@@ -85,16 +90,18 @@ class armed:
     The first collective in flight installs the handler, the last one to end restores what
     was there before (threads may overlap: a p2p stage sends and receives at once)."""
 
-    __slots__ = ("_before", "_key", "_line")
+    __slots__ = ("_before", "_generation", "_key", "_line")
 
     def __init__(self, line: Callable[[], str]) -> None:
         self._line = line
         self._key = 0
+        self._generation = 0
         self._before: Callable[[], str] | None = None
 
     def __enter__(self) -> None:
         self._key = key = _get_ident()
         with _lock:
+            self._generation = _generation
             self._before = _in_flight.get(key)
             if not _in_flight and _SIGACTION is not None:
                 _SIGACTION(_SIGABRT, _OURS_AT, _SAVED_AT)
@@ -102,6 +109,8 @@ class armed:
 
     def __exit__(self, *exc: object) -> None:
         with _lock:
+            if self._generation != _generation:
+                return  # entered in the parent before a fork: nothing of it is this child's
             if self._before is None:
                 _in_flight.pop(self._key, None)
             else:
@@ -110,16 +119,29 @@ class armed:
                 _SIGACTION(_SIGABRT, _SAVED_AT, None)
 
 
+def _before_fork() -> None:
+    _lock.acquire()  # no thread is halfway between installing the handler and recording it
+
+
+def _after_fork_in_parent() -> None:
+    _lock.release()
+
+
 def _after_fork_in_child() -> None:
     """A child forked inside a guarded collective has none in flight: the handler the
-    parent installed for it goes, and the parent's lock (maybe held by another thread at the
-    fork) is replaced."""
-    global _lock
-    _lock = threading.Lock()
+    parent installed for it goes, and the blocks the parent's threads were in end without
+    touching the child's state."""
+    global _lock, _generation
+    _generation += 1
     if _in_flight and _SIGACTION is not None:
         _SIGACTION(_SIGABRT, _SAVED_AT, None)
     _in_flight.clear()
+    _lock = threading.Lock()  # the parent's is held (``_before_fork``)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

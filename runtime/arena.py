@@ -104,7 +104,7 @@ class Arena:
         copied out of the head first (bytes may be written over them). Runs before frame 0."""
         # a tensor's bytes inside the buffer that are not a live view at its place would be
         # written over: found by address, whatever object or storage holds them (a view
-        # spent and collected, a dlpack alias); device and host addresses never overlap
+        # spent and collected, a dlpack alias), on the buffer's device
         start = buf.data_ptr()
         end = start + buf.numel()
         handed = self.handed
@@ -122,7 +122,12 @@ class Arena:
                     in_place += 1
                     continue
                 moved[i] = t
-            elif slot.nbytes and start < (at := t.data_ptr()) + slot.nbytes and at < end:
+            elif (
+                slot.nbytes
+                and start < (at := t.data_ptr()) + slot.nbytes
+                and at < end
+                and t.device == buf.device
+            ):
                 raise ArenaError(
                     f"{slot.field}: a tensor made from an arena view (a slice, reshape, cast "
                     "or alias of one, or of a view spent by an earlier send); send the view "

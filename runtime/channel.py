@@ -207,8 +207,10 @@ class Framing:
         self._last: tuple[int, ...] | None = None
         self._send_buffer: torch.Tensor | None = None
         self._send_device: torch.device | None = None
-        # a receive buffer no envelope's tensors view (a NOOP's, say) serves the next one
-        self._spare: torch.Tensor | None = None
+        # a receive buffer no envelope's tensors view (a NOOP's, say) serves the next one,
+        # with the device it was made for
+        self._spare: tuple[torch.Tensor, torch.device] | None = None
+        self._head_device = torch.device("cpu")
         #: the last payload envelope's manifest: the next is likely laid out alike
         self.ahead: Manifest | None = None
         self._carried: tuple[tuple[int, ...], tuple[bool, ...]] | None = None
@@ -281,10 +283,14 @@ class Framing:
     def head_to_receive(self, device: torch.device) -> torch.Tensor:
         """A receive buffer for the head, its trailer's place zeroed."""
         spare, self._spare = self._spare, None
-        if spare is None or spare.numel() != self.head_nbytes or spare.device != device:
-            spare = torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
-        write_word(spare, self.trailer_at, 0)
-        return spare
+        # the device asked for, not the buffer's: "cuda" and "cuda:0" never compare equal
+        if spare is None or spare[1] != device or spare[0].numel() != self.head_nbytes:
+            head = torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
+        else:
+            head = spare[0]
+        self._head_device = device
+        write_word(head, self.trailer_at, 0)
+        return head
 
     def check_trailer(self, head: torch.Tensor, frame0: bytes) -> None:
         """Raise ``WireError`` unless the head arrived whole: its trailer belongs to the frame 0
@@ -320,8 +326,8 @@ class Framing:
         return Ahead(ahead.slots, buffers, offsets, ahead.views(buffers, offsets))
 
     def keep_spare(self, head: torch.Tensor) -> None:
-        """``head`` is free again: nothing handed out views it."""
-        self._spare = head
+        """``head`` (the last ``head_to_receive``) is free again: nothing handed out views it."""
+        self._spare = (head, self._head_device)
 
 
 def _tensor_fields(bindings: Bindings[Any, Any]) -> frozenset[str]:
@@ -377,7 +383,11 @@ class _Channel(Generic[H, M]):
         )
         #: this rank's journal writer (opened with the channel; None when not journaling)
         self.journal: _journal.JournalWriter | None = None
-        if watchdog_s is not None and not 0 < watchdog_s <= threading.TIMEOUT_MAX:
+        if watchdog_s is not None and not (
+            isinstance(watchdog_s, int | float)
+            and not isinstance(watchdog_s, bool)
+            and 0 < watchdog_s <= threading.TIMEOUT_MAX
+        ):
             raise ValueError(
                 f"watchdog_s must be a number of seconds in (0, {threading.TIMEOUT_MAX:g}], "
                 f"or None for no watchdog; got {watchdog_s!r}"
@@ -843,7 +853,10 @@ class _Channel(Generic[H, M]):
         head = framing.head_to_receive(self._frame0_device)
         # while the source is still preparing its envelope: the buffers and tensor views of
         # the layout the last envelope had, used if this one has it too (same checked slots)
-        ahead = framing.views_ahead(head, self.device)
+        try:
+            ahead = framing.views_ahead(head, self.device)
+        except Exception:  # a guess (out of memory, say): the manifest's buffers follow it
+            ahead = None
         with self._deadline(lambda: f"a header after {self._ids(self.last_header)}"):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
@@ -1112,7 +1125,7 @@ class _Channel(Generic[H, M]):
             try:
                 text = what() if callable(what) else what
             except BaseException as exc:  # the exit comes whatever describing it runs into
-                text = f"a collective ({exc!r} describing it)"
+                text = f"a collective ({type(exc).__name__} describing it)"
             self._watchdog_exit(text, seconds)
 
         token = self._watchdog.arm(seconds, fire)

@@ -10,7 +10,7 @@ later rules must not read, fail-fast) lives here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -233,6 +233,8 @@ class TensorField:
     ) -> None:
         """Materialize ``t`` on ``device`` and write its manifest words."""
         t = materialize(t, device)
+        if t.dtype not in DTYPE_BY_TORCH:  # changed since it was checked (``TensorGroup.put``)
+            raise TensorsChanged([Change("dtype", self.name, "a wire dtype", dtype_name(t.dtype))])
         entries.append(put_tensor(words, self.word, self.name, t))
         tensors.append(t)
 
@@ -249,28 +251,37 @@ def _described(t: tuple[object, ...] | None) -> str:
     return f"{dtype_name(dtype)}{list(shape)}"
 
 
+class Change(NamedTuple):
+    """A tensor field whose tensor is not what ``validate`` checked."""
+
+    code: str  # "dtype" or "shape" (a rank or a size, or present where it was absent)
+    field: str
+    checked: str
+    now: str
+
+
 class TensorsChanged(Exception):
     """A tensor's dtype or shape at encode is not what ``validate`` checked a moment before
     (changed in place meanwhile: by another thread, or through a view of it). Frame 0 is
     written from the tensors as they are, so sending them would announce a layout nobody
     checked; ``prepare`` turns this into ``EnvelopeInvalid`` and nothing is sent."""
 
-    def __init__(self, changed: list[tuple[str, str, str]]) -> None:
-        super().__init__("; ".join(f"{f}: checked {a}, now {b}" for f, a, b in changed))
+    def __init__(self, changed: list[Change]) -> None:
+        super().__init__("; ".join(f"{c.field}: checked {c.checked}, now {c.now}" for c in changed))
         self.changed = changed
 
     def violations(self, ids: Ids) -> list[Violation]:
         return [
             Violation(
-                "shape",
-                field,
-                f"{checked}, as validate checked it",
-                now,
+                c.code,
+                c.field,
+                f"{c.checked}, as validate checked it",
+                c.now,
                 rule="a tensor stays as validated until it is laid out",
                 message="the tensor changed in place between validate and encode",
                 ids=ids,
             )
-            for field, checked, now in self.changed
+            for c in self.changed
         ]
 
 
@@ -321,6 +332,15 @@ class TensorGroup:
                 lo, hi = self.span
                 words[lo:hi] = manifest
                 return tensors, slots, sizes
+        if signature is not None:  # before a word is written (a dtype the wire lacks, too)
+            now = {
+                f.name: (t.dtype, t.shape)
+                for f, t in zip(self.fields, ts, strict=True)
+                if t is not None
+            }
+            changed = self._changed(signature, now)
+            if changed:
+                raise TensorsChanged(changed)
         tensors = []
         entries: list[Entry] = []
         for i in self.wire:
@@ -329,8 +349,10 @@ class TensorGroup:
                 self.fields[i].put(t, device, words, tensors, entries)
         slots, sizes = plan_segments(entries)
         if signature is not None:
-            changed = self._changed(signature, entries)
-            if changed:  # frame 0 would describe tensors nobody checked: send nothing
+            # changed while being laid out: frame 0 would describe tensors nobody checked
+            laid = {name: (wd.torch_dtype, shape) for name, wd, shape in entries}
+            changed = self._changed(signature, laid)
+            if changed:
                 raise TensorsChanged(changed)
             if len(self.plans) >= SEEN_LIMIT:
                 self.plans.clear()
@@ -339,12 +361,10 @@ class TensorGroup:
         return tensors, slots, sizes
 
     def _changed(
-        self, signature: tuple[object, ...], entries: list[Entry]
-    ) -> list[tuple[str, str, str]]:
-        """The fields whose tensor in ``entries`` (what was laid out, in wire order) is not
-        the one ``signature`` describes (in field order: what ``validate`` checked), as
-        (field, checked, laid out)."""
-        laid = {name: (wd.torch_dtype, shape) for name, wd, shape in entries}
+        self, signature: tuple[object, ...], now: Mapping[str, tuple[object, tuple[int, ...]]]
+    ) -> list[Change]:
+        """The fields whose tensor ``now`` (by name: dtype and shape) is not the one
+        ``signature`` describes (in field order: what ``validate`` checked)."""
         out = []
         at = 0
         for f in self.fields:
@@ -354,9 +374,10 @@ class TensorGroup:
             else:
                 checked = signature[at : at + 2]
                 at += 2
-            hit = laid.get(f.name)
+            hit = now.get(f.name)
             if hit != checked:
-                out.append((f.name, _described(checked), _described(hit)))
+                code = "dtype" if hit and checked and hit[0] is not checked[0] else "shape"
+                out.append(Change(code, f.name, _described(checked), _described(hit)))
         return out
 
     def remember(self, signature: tuple[object, ...], dims: dict[str, int]) -> None:

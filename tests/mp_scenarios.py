@@ -418,11 +418,30 @@ def with_block(rank: int, world: int) -> Any:
     return {"actions": actions, "closed": ch.closed}
 
 
-def steady(rank: int, world: int, steady_state: bool = True, carry_limit: int | None = None) -> Any:
-    """Layouts A A A B A A, a NOOP, A, SHUTDOWN; every rank counts its collectives."""
+def steady(
+    rank: int,
+    world: int,
+    steady_state: bool = True,
+    carry_limit: int | None = None,
+    guess_fails: bool = False,
+) -> Any:
+    """Layouts A A A B A A, a NOOP, A, SHUTDOWN; every rank counts its collectives.
+    ``guess_fails``: a worker's buffers made ahead of a head (for the last layout) cannot
+    be allocated (out of memory)."""
     ch = BroadcastChannel(
         tc, poison="raise", steady_state=steady_state, carry_limit=carry_limit
     ).open()
+    failed = [0]
+    if guess_fails and rank != 0:
+        views_ahead = ch._rx.views_ahead
+
+        def out_of_memory(head: torch.Tensor, device: torch.device | None) -> Any:
+            if ch._rx.ahead is not None:
+                failed[0] += 1
+                raise MemoryError("no room for the buffers of the last layout")
+            return views_ahead(head, device)
+
+        ch._rx.views_ahead = out_of_memory  # type: ignore[method-assign]
     counts: list[int] = []
     put = ch._put
 
@@ -458,7 +477,7 @@ def steady(rank: int, world: int, steady_state: bool = True, carry_limit: int | 
     # compared only now: every envelope a worker still holds keeps its bytes, whatever the
     # channel received after it (receive buffers are reused only when nothing views them)
     equal = [msg == make(i, kind) for i, kind, msg in kept]
-    return {"counts": counts, "equal": equal}
+    return {"counts": counts, "equal": equal, "guesses_failed": failed[0]}
 
 
 def steady_on_one_rank(rank: int, world: int) -> Any:

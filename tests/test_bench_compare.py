@@ -93,12 +93,42 @@ def test_a_change_beyond_its_family_s_noise_has_a_verdict() -> None:
     assert {c.verdict for c in compare.compare(before, inside)} == {"within noise"}
 
 
-def test_figures_only_one_run_has_are_not_compared() -> None:
-    before = compare.figures(_run())
+def test_figures_only_one_run_has_are_not_compared_and_the_report_says_so() -> None:
+    quick = _run()
+    quick["command"] = "make bench ARGS=--quick"
     newer = _run()
     newer["transports"]["4"] = copy.deepcopy(newer["transports"]["2"])
-    changes = compare.compare(before, compare.figures(newer))
-    assert {c.figure.name for c in changes} == set(before)
+    newer["against"] = compare.against(quick, "quick.json")
+    changes = compare.changes_of(newer)
+    assert changes is not None
+    assert {c.figure.name for c in changes} == set(compare.figures(quick))
+    text = "\n".join(compare.markdown(newer))
+    assert "different commands (`make bench ARGS=--quick` before, `make bench` now)" in text
+    assert "1 figures of this run and 0 of the previous one have no counterpart" in text
+    assert "different commands" in compare.summary(newer)
+
+
+def test_validate_and_older_runs_get_the_noise_of_what_they_time() -> None:
+    """``validate`` reads no tensor bytes: held to the small envelopes' noise whatever the
+    envelope; a run recorded before tensor sizes were (every envelope counted as small) is
+    held to the larger noise of either run."""
+    figs = compare.figures(_run())
+    assert figs["validate, small v1 INFER"].family == "codec"
+    scope = {"kind": "scope", "tensor_bytes": 4 << 20, "validate": [4.0, 3.9, 4.1],
+             "decode": [100.0, 99, 140]}  # fmt: skip
+    big = compare.figures({"codec": [scope]})
+    assert big["validate, Scope v1 INFER 320x576, context frames every 3rd chunk"].family == (
+        "codec"
+    )
+    older = copy.deepcopy(scope)
+    del older["tensor_bytes"]
+    older["decode"][0] = 130.0  # +30%: beyond small noise, within the MiB envelopes'
+    (change,) = [
+        c
+        for c in compare.compare(big, compare.figures({"codec": [older]}))
+        if c.figure.name.startswith("decode")
+    ]
+    assert change.figure.family == "codec" and change.verdict == "within noise"
 
 
 def _full_run(tmp_path: Path) -> Path:
@@ -120,9 +150,8 @@ def test_render_reports_and_strict_fails_on_a_slower_figure(
     before_path.write_text(json.dumps(before))
     assert main(["--render", "--out", str(out), "--against", str(before_path)]) == 0
     # the comparison is kept with the run: rendering again shows it without --against
-    assert json.loads((out / "benchmarks.json").read_text())["against"]["source"] == str(
-        before_path
-    )
+    kept = json.loads((out / "benchmarks.json").read_text())["against"]
+    assert kept["source"] == str(before_path.resolve())
     assert main(["--render", "--out", str(out), "--strict"]) == 1
     printed = capsys.readouterr().out
     assert "SLOWER codec: encode, small v1 INFER" in printed
@@ -146,9 +175,18 @@ def test_an_unreadable_against_file_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text('{"codec": [{"kind": "small", "encode": "fast"}]}')
-    with pytest.raises(compare.Unreadable, match="not a make bench result"):
-        compare.load(bad)
+    for text in (
+        '{"codec": [{"kind": "small", "encode": "fast"}]}',
+        '{"codec": [{"kind": "small", "encode": ["20"]}]}',  # a number as a string
+        '{"codec": [{"kind": "small", "encode": [true]}]}',
+        '{"codec": [{"kind": "small", "encode": [NaN]}]}',
+        "{}",  # another tool's json: nothing to compare with
+        "[1, 2]",
+        "[" * 100_000,  # deeper than the parser goes
+    ):
+        bad.write_text(text)
+        with pytest.raises(compare.Unreadable, match="not a make bench result"):
+            compare.load(bad)
     assert main(["--against", str(bad), "--out", str(tmp_path)]) == 2
     assert "bench: --against" in capsys.readouterr().err
     assert main(["--against", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2

@@ -213,6 +213,17 @@ def test_segments_over_the_carry_limit_keep_their_own_collective(tmp_path: Path)
     assert r1.result["equal"] == [True] * 7
 
 
+def test_buffers_made_ahead_that_cannot_be_allocated_are_only_a_guess(tmp_path: Path) -> None:
+    """A worker makes the buffers of the last layout before the next head arrives; when
+    that fails (out of memory) it joins the head all the same and sizes its buffers from
+    the manifest, as without the guess: nothing is left waiting in a collective."""
+    r0, r1 = run_ranks("steady", tmp_path, carry_limit=16, guess_fails=True)
+    assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log
+    assert r1.result["guesses_failed"] >= 4
+    assert r0.result["counts"] == r1.result["counts"] == [2, 2, 2, 3, 2, 2, 1, 2, 1]
+    assert r1.result["equal"] == [True] * 7
+
+
 def test_without_steady_state_frame1_always_follows(tmp_path: Path) -> None:
     r0, r1 = run_ranks("steady", tmp_path, steady_state=False)
     assert (r0.exitcode, r1.exitcode) == (0, 0), r1.log

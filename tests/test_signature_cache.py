@@ -115,18 +115,29 @@ def _encode_after(msg: Any, header: Any, change: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize("planned", [False, True], ids=["fresh plan", "kept plan"])
+def _retyped(t: torch.Tensor, dtype: torch.dtype) -> None:
+    t.data = t.data.to(dtype)  # the same tensor object, another dtype
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["fresh plan", "kept plan"])
 @pytest.mark.parametrize(
-    "change, now",
+    "change, field, code, now",
     [
-        (lambda m: m.conditioning_embeds.resize_(1, 16, 32), "bfloat16[1, 16, 32]"),  # bytes alike
-        (lambda m: m.conditioning_embeds.unsqueeze_(0), "bfloat16[1, 1, 8, 64]"),  # another rank
-        (lambda m: m.denoising_step_list.resize_(3), "int64[3]"),
-        (lambda m: m.denoising_step_list.resize_(1), "int64[1]"),
+        (lambda m: m.conditioning_embeds.resize_(1, 16, 32), "conditioning_embeds", "shape",
+         "bfloat16[1, 16, 32]"),  # as many bytes as before
+        (lambda m: m.conditioning_embeds.unsqueeze_(0), "conditioning_embeds", "shape",
+         "bfloat16[1, 1, 8, 64]"),  # another rank
+        (lambda m: m.denoising_step_list.resize_(3), "denoising_step_list", "shape", "int64[3]"),
+        (lambda m: m.denoising_step_list.resize_(1), "denoising_step_list", "shape", "int64[1]"),
+        (lambda m: _retyped(m.latents, torch.float32), "latents", "dtype",
+         "float32[1, 3, 16, 4, 4]"),
+        (lambda m: _retyped(m.latents, torch.complex64), "latents", "dtype",
+         "complex64[1, 3, 16, 4, 4]"),  # a dtype the wire does not carry
     ],
-    ids=["reshaped", "rank", "grown", "shrunk"],
-)
+    ids=["reshaped", "rank", "grown", "shrunk", "retyped", "off the wire"],
+)  # fmt: skip
 def test_a_tensor_changed_in_place_after_validation_is_refused_before_frame0(
-    planned: bool, change: Any, now: str
+    planned: bool, change: Any, field: str, code: str, now: str
 ) -> None:
     """Frame 0 is written from the tensors as the encoder finds them: one changed in place
     since ``validate`` checked it (another thread, a hook) would be announced with a dtype,
@@ -139,8 +150,7 @@ def test_a_tensor_changed_in_place_after_validation_is_refused_before_frame0(
     violations = _encode_after(msg, header, change)
     assert len(violations) == 1
     (v,) = violations
-    field = "conditioning_embeds" if "bfloat16" in now else "denoising_step_list"
-    assert (v.code, v.field, v.actual) == ("shape", field, now)
+    assert (v.code, v.field, v.actual) == (code, field, now)
     assert v.expected.endswith("as validate checked it") and v.id("call_id") == 1
     fresh, _ = _infer()
     _, got = tc.decode(tc.encode(fresh, header))

@@ -3,6 +3,7 @@ fires once it passes while armed, never after a disarm, and the thread ends when
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import signal
@@ -117,7 +118,7 @@ def test_a_channel_refuses_a_watchdog_it_cannot_keep() -> None:
     from tpwire.generated import tp_control as tc
     from tpwire.runtime.channel import BroadcastChannel
 
-    for bad in (math.inf, math.nan, -1.0, 0.0):
+    for bad in (math.inf, math.nan, -1.0, 0.0, "30", True):
         with pytest.raises(ValueError, match="watchdog_s must be a number of seconds"):
             BroadcastChannel(tc, watchdog_s=bad)
 
@@ -150,9 +151,72 @@ def test_the_watchdog_exits_even_when_describing_the_step_raises() -> None:
     exits: list[str] = []
     ch._watchdog_exit = lambda what, seconds, header=None: exits.append(what)
 
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise ValueError("no repr either")
+
     def what() -> str:
-        raise RuntimeError("no ids")
+        raise RuntimeError(Unprintable())
 
     with ch._watch(what, 0.05, abort_guard.armed(lambda: "tpwire: a collective")):
         assert _wait_for(lambda: bool(exits))
-    assert "RuntimeError('no ids')" in exits[0]
+    assert exits[0] == "a collective (RuntimeError describing it)"
+
+
+def _sigabrt_handler() -> int:
+    """The address of the SIGABRT handler installed now (sigaction with no new action)."""
+    from tpwire.runtime import abort_guard
+
+    assert abort_guard._SIGACTION is not None
+    now = ctypes.create_string_buffer(abort_guard._SIGACTION_BYTES)
+    abort_guard._SIGACTION(abort_guard._SIGABRT, None, ctypes.addressof(now))
+    return ctypes.c_void_p.from_buffer(now).value or 0
+
+
+def test_a_child_forked_beside_guarded_collectives_starts_with_none_and_guards_its_own() -> None:
+    """Another thread entering and leaving guarded collectives while this one forks: no child
+    keeps the parent's handler (a fork between installing it and recording the collective
+    once left it there), and a block the child inherited from the parent leaves the child's
+    guard working."""
+    from tpwire.runtime import abort_guard
+
+    ours = ctypes.cast(abort_guard._CALLBACK, ctypes.c_void_p).value
+    stop = threading.Event()
+
+    def collectives() -> None:
+        while not stop.is_set():
+            with abort_guard.armed(lambda: "tpwire: the other thread's collective"):
+                pass
+
+    other = threading.Thread(target=collectives)
+    other.start()
+    bad = 0
+    try:
+        for _ in range(150):
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    if _sigabrt_handler() == ours:
+                        code = 1  # the parent's handler, nothing in flight here
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            bad += os.waitstatus_to_exitcode(status) != 0
+    finally:
+        stop.set()
+        other.join()
+    assert bad == 0
+    # a child forked inside a block: the block ends in the child, its own guard then works
+    with abort_guard.armed(lambda: "tpwire: the parent's collective"):
+        pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            with abort_guard.armed(lambda: "tpwire: the child's collective"):
+                inside = _sigabrt_handler() == ours
+            code = 0 if inside and _sigabrt_handler() != ours else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
