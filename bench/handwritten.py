@@ -166,12 +166,14 @@ def receive(raw: bytes, buf: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]
     if buf.numel() != m.nbytes:
         raise Invalid(f"tensor buffer holds {buf.numel()} bytes, meta says {m.nbytes}")
     views = make_views(m, buf)
+    for name, attr, dtypes, rank in TENSORS:  # each tensor's dtype and rank, as send does
+        v = views.get(name)
+        if v is not None and (v.dtype not in dtypes or v.dim() != rank):
+            raise Invalid(f"{attr}: a tensor of {dtypes} and rank {rank}")
     lat = views.get("latents")
     steps = views.get("denoising_step_list")
     if lat is None or steps is None or "conditioning_embeds" not in views:
         raise Invalid("a required tensor is missing")
-    if lat.dim() != 5 or lat.dtype is torch.int64 or steps.dtype is not torch.int64:
-        raise Invalid("latents or step list of the wrong kind")
     ctx = views.get("context")
     if ctx is not None and ctx.shape[3:] != lat.shape[3:]:
         raise Invalid("context frames geometry differs from the latents")

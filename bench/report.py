@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,7 +18,12 @@ from bench.codec import STAGES
 from bench.cpu_path import CONDITIONS
 from bench.cpu_path import TITLES as CONDITION_TITLES
 from bench.handwritten import SCALARS as _HW_SCALARS
-from bench.transports import BROADCAST_TRANSPORTS, EXTRA_TRANSPORTS, PP_TRANSPORTS
+from bench.transports import (
+    BROADCAST_TRANSPORTS,
+    EXTRA_TRANSPORTS,
+    PP_TRANSPORTS,
+    STREAM_MESSAGES,
+)
 
 TITLES = {**{k: v.title for k, v in E.KINDS.items()}, "pp": "PP envelope + result over p2p"}
 
@@ -255,13 +261,17 @@ def _us(x: float) -> str:
 
 def _transport_table(result: dict[str, Any], world: str) -> list[str]:
     lines = [
-        "| envelope | tensor bytes | " + " | ".join(BROADCAST_TRANSPORTS) + " | tpwire / floor "
+        "| envelope | tensor bytes per chunk (mean) | "
+        + " | ".join(BROADCAST_TRANSPORTS)
+        + " | tpwire / floor "
         "| tpwire-arena / floor | tpwire / floor-fresh | compat / tpwire |",
         "|---|---:|" + "---:|" * len(BROADCAST_TRANSPORTS) + "---:|---:|---:|---:|",
     ]
     for kind in ("noop", "small", "scope", "cond_on_update"):
         proto = E.KINDS[kind].protocol()
-        nbytes = E.tensor_bytes(E.KINDS[kind].message(proto, 0))
+        # the stream cycles through its messages: a recompute or update chunk carries more
+        nbytes = round(statistics.fmean(E.tensor_bytes(E.KINDS[kind].message(proto, i))
+                                        for i in range(STREAM_MESSAGES)))  # fmt: skip
         cells = []
         for t in BROADCAST_TRANSPORTS:
             s = _stat(result, world, kind, t)
@@ -285,7 +295,8 @@ def _transport_table(result: dict[str, Any], world: str) -> list[str]:
                 cells.append("n/a")
         tp = _stat(result, world, "pp", "tpwire")["median_us"]
         fl = _stat(result, world, "pp", "floor")["median_us"]
-        nbytes = E.tensor_bytes(E.pp_envelope(0)) + E.tensor_bytes(E.pp_result(0))
+        nbytes = round(statistics.fmean(E.tensor_bytes(E.pp_envelope(i))
+                                        + E.tensor_bytes(E.pp_result(i)) for i in range(8)))  # fmt: skip
         lines.append(
             f"| {TITLES['pp']} | {nbytes:,} | " + " | ".join(cells) + f" | {tp / fl:.2f}x "
             "| n/a | n/a | n/a |"
@@ -413,7 +424,8 @@ def _codec_tables(result: dict[str, Any]) -> list[str]:
         out += [
             "",
             "Where tpwire's time goes: each step of `encode` and `decode` timed alone "
-            "(median us; `words` is `prepare` less `validate` and the digest, `segments` is "
+            "(median us; `words` is `prepare` less `validate` and the digest, `pack` is "
+            "`frames()` less sealing frame 0, `segments` is "
             "the checks `decode` runs on the frames it is handed, which a channel skips for "
             "buffers it sized itself). The steps marked * have no counterpart in the "
             "hand-written path.",
@@ -424,9 +436,13 @@ def _codec_tables(result: dict[str, Any]) -> list[str]:
         extra = {"digest", "check", "segments"}
         for side, key, text in STAGES:
             mark = " *" if key in extra else ""
-            row = " | ".join(f"{r['stages'][key]:.1f}" for r in staged)
+            row = " | ".join(_us1(r["stages"].get(key)) for r in staged)
             out.append(f"| {side} | {text}{mark} | {row} |")
     return out
+
+
+def _us1(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"  # a step a run recorded before it was timed
 
 
 def _cpu_path_table(result: dict[str, Any]) -> list[str]:
@@ -464,13 +480,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['cuda']}.",
         "",
         "Every transport moves the same envelopes over the same process group in one run, "
-        "interleaved: each transport moves envelope i (in an order that rotates every "
-        "iteration) before any moves envelope i + 1, so a drift of the machine hits them all "
-        "alike and each transport's CPU path runs after the others' work, as cold as in a "
+        "interleaved: each transport moves envelope i (in an order shuffled every iteration, "
+        "so no transport always follows the same one) before any moves envelope i + 1, so a "
+        "drift of the machine hits them all alike and each transport's CPU path runs after "
+        "the others' work, as cold as in a "
         f"stream ({plan['rounds'] * plan['iters']} timed iterations per transport after "
         f"{plan['warmup']} untimed ones). An iteration is timed on every rank from an untimed barrier to the end of its side "
         "(send on rank 0; receive, decode and validate on a worker) and counts as the slowest "
-        "rank's time. Cells are the median latency in microseconds with the 10th-90th "
+        "rank's time; what a caller does before it sends (the envelope's header) is not "
+        "timed, as in the CPU path table. Cells are the median latency in microseconds with "
+        "the 10th-90th "
         "percentile in brackets. The floor is one broadcast of a buffer holding exactly the "
         "envelope's tensor bytes, no header (8 bytes for NOOP: the smallest collective). "
         "`vllm` is pickled metadata (`broadcast_object_list`) plus one broadcast per tensor, "
@@ -744,13 +763,15 @@ def notes(result: dict[str, Any]) -> list[str]:
         hw = small["hw_send"][0] + small["hw_receive"][0]
         st = small["stages"]
         extra = st["digest"] + st["check"] + st["segments"]
-        frame0 = st["layout"] + st["frame0"]
+        # frame 0 alone: sealed and read (packing frame 1 has its counterpart: torch.cat)
+        frame0 = (st["seal"] if "seal" in st else st["layout"]) + st["frame0"]
         views = ""
         if "hw_views" in small:
             views = (
                 f" The tensor views are not where it goes: tpwire makes them in "
                 f"{st['views']:.1f} us (two torch calls per tensor), the hand-written receive in "
-                f"{small['hw_views'][0]:.1f} us (three), so without the views the gap is "
+                f"{small['hw_views'][0]:.1f} us (three), so without the views (and those "
+                f"checks) the gap is "
                 f"{(tp - extra - st['views']) / (hw - small['hw_views'][0]):.2f}x."
             )
         out.append(

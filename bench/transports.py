@@ -1,10 +1,13 @@
 """The transports, run side by side on one gloo group (one process per rank).
 
 Every transport moves the same envelopes over the same group, interleaved: each transport
-moves envelope ``i`` (the order rotates) before any moves ``i + 1``, so drift of the machine
-hits them all alike. Each iteration is timed on every rank from the end of an untimed barrier to the end of its
-side (send on the source, receive + decode + validate on a worker); the iteration's latency
-is the slowest rank's time.
+moves envelope ``i`` (in an order shuffled every iteration) before any moves ``i + 1``, so
+drift of the machine hits them all alike and no transport always follows the same one. Each
+iteration is timed on every rank from the end of an untimed barrier to the end of its side
+(send on the source, receive + decode + validate on a worker); the iteration's latency is
+the slowest rank's time. What a caller does before it sends (the envelope's header, the
+producer's writes) and what both sides of the floor know in advance (its size, the source's
+bytes) happen before the barrier, untimed.
 
 - ``tpwire``: ``BroadcastChannel`` (steady-state framing) / ``P2PChannel`` for PP.
 - ``tpwire-arena``: the same channel opened with ``arena=True``: the source builds the
@@ -50,6 +53,7 @@ import dataclasses
 import functools
 import os
 import pickle
+import random
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -82,6 +86,8 @@ EXTRA_TRANSPORTS = {
     "cond_on_update": ("carry-all", *JOURNAL_TRANSPORTS),
 }
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
+#: the messages a stream of each kind cycles through
+STREAM_MESSAGES = 24
 
 
 @dataclasses.dataclass
@@ -124,6 +130,8 @@ class Tpwire:
         self.proto = kind.protocol()
         self.kind = kind
         self.rank = env.rank
+        self._msg: Any = None  # the next envelope and its header (``before``)
+        self._header: Any = None
         device = env.device if env.on_device else None
         options = {**self.options, **self.device_options(env)}
         self.ch = self.channel_class()(self.proto, poison="raise", device=device, **options)
@@ -162,17 +170,24 @@ class Tpwire:
     def channel_class(self) -> type[BroadcastChannel[Any, Any]]:
         return BroadcastChannel
 
-    def step(self, i: int, msg: Any) -> None:
+    def before(self, i: int, msg: Any) -> None:
+        """The caller's part (untimed, as in ``bench.cpu_path``): the envelope as chunk ``i``
+        of the stream, and its header."""
         self.call_id += 1
+        if self.rank == 0 and msg is not None:
+            if self.kind.restamp is not None:
+                msg = self.kind.restamp(msg, i)
+            self._header = E.header(self.proto, self.call_id, i)
+        self._msg = msg
+
+    def step(self, i: int, msg: Any) -> None:
         self._in_collectives = 0.0
         t0 = time.perf_counter()
         if self.rank == 0:
-            if msg is not None and self.kind.restamp is not None:
-                msg = self.kind.restamp(msg, i)
-            if msg is None:
+            if self._msg is None:
                 self.ch.noop()
             else:
-                self.ch.send(msg, E.header(self.proto, self.call_id, i))
+                self.ch.send(self._msg, self._header)
         else:
             self.ch.recv()
         if self.split_cpu:
@@ -185,12 +200,11 @@ class Arena(Tpwire):
 
     options: ClassVar[dict[str, Any]] = {"arena": True}
 
-    def __init__(self, kind: E.Kind, env: Env) -> None:
-        super().__init__(kind, env)
-        self.built: Any = None
-
     def before(self, i: int, msg: Any) -> None:
-        """The producer's part (untimed): write the envelope's tensors where ``alloc`` says."""
+        """The caller's and the producer's part (untimed): the envelope's tensors written
+        where ``alloc`` says."""
+        super().before(i, msg)
+        msg = self._msg
         if self.rank != 0 or msg is None:
             return
         fields = {}
@@ -198,10 +212,7 @@ class Arena(Tpwire):
             t = getattr(msg, name)
             if isinstance(t, torch.Tensor):
                 fields[name] = self.ch.alloc(name, t.shape, t.dtype).copy_(t)
-        self.built = dataclasses.replace(msg, **fields)
-
-    def step(self, i: int, msg: Any) -> None:
-        super().step(i, self.built if msg is not None and self.rank == 0 else msg)
+        self._msg = dataclasses.replace(msg, **fields)
 
 
 class ArenaNoCheck(Arena):
@@ -329,13 +340,18 @@ class Floor:
     def __init__(self, kind: E.Kind, env: Env) -> None:
         self.device = env.device
         self.buffers: dict[int, torch.Tensor] = {}
+        self.buf = torch.zeros(8, dtype=torch.uint8)
 
-    def step(self, i: int, msg: Any) -> None:
+    def before(self, i: int, msg: Any) -> None:
+        """Untimed: the buffer of this envelope's size (both sides know it in advance)."""
         n = max(E.tensor_bytes(msg), 8)
         buf = self.buffers.get(n)
         if buf is None:
             buf = self.buffers[n] = torch.zeros(n, dtype=torch.uint8, device=self.device)
-        dist.broadcast(buf, src=0)
+        self.buf = buf
+
+    def step(self, i: int, msg: Any) -> None:
+        dist.broadcast(self.buf, src=0)
 
 
 def _spin(us: float) -> None:
@@ -372,11 +388,13 @@ class FloorFresh:
         self.rank = env.rank
         self.device = env.device
         self.packed: dict[int, torch.Tensor] = {}
+        self.nbytes = 8
+        self.buf = torch.zeros(8, dtype=torch.uint8)
 
-    def step(self, i: int, msg: Any) -> None:
-        n = max(E.tensor_bytes(msg), 8)
+    def before(self, i: int, msg: Any) -> None:
+        """Untimed: the envelope's size, and on the source its bytes packed (once each)."""
+        self.nbytes = max(E.tensor_bytes(msg), 8)
         if self.rank != 0:
-            dist.broadcast(torch.empty(n, dtype=torch.uint8, device=self.device), src=0)
             return
         key = id(msg)
         buf = self.packed.get(key)
@@ -390,7 +408,13 @@ class FloorFresh:
                 torch.cat(parts) if parts else torch.zeros(8, dtype=torch.uint8, device=self.device)
             )
             self.packed[key] = buf
-        dist.broadcast(buf, src=0)
+        self.buf = buf
+
+    def step(self, i: int, msg: Any) -> None:
+        if self.rank != 0:  # a new buffer every time, as a stream's worker needs
+            dist.broadcast(torch.empty(self.nbytes, dtype=torch.uint8, device=self.device), src=0)
+            return
+        dist.broadcast(self.buf, src=0)
 
 
 BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
@@ -516,13 +540,16 @@ def _interleaved(
     sync: Callable[[], None],
     before: Callable[[Any, int], None] | None = None,
 ) -> None:
-    """Every transport moves envelope ``i`` in turn before any moves ``i + 1`` (the order
-    rotates each iteration), so a drift of the machine hits them all alike and each
-    transport's CPU path runs as cold as in a stream, after the others' work."""
+    """Every transport moves envelope ``i`` in turn before any moves ``i + 1``, in an order
+    shuffled each iteration (the same on every rank: seeded by the iteration), so a drift
+    of the machine hits them all alike and each transport runs after the others' work, as
+    cold as in a stream, behind a different transport each time (a fixed neighbour would
+    leave one transport's code warm for the next)."""
     names = list(transports)
     for j in range(plan.warmup + plan.rounds * plan.iters):
-        k = j % len(names)
-        for name in names[k:] + names[:k]:
+        order = names[:]
+        random.Random(j).shuffle(order)
+        for name in order:
             t = transports[name]
             prep = functools.partial(before, t, j) if before and hasattr(t, "before") else None
             dt = _timed(barrier, functools.partial(step, t, j), sync, prep)
@@ -582,7 +609,7 @@ def run_rank(rank: int, world: int, port: int, plan: Plan) -> dict[str, list[flo
     series: dict[str, list[float]] = {}
     messages = {
         k: [E.to_device(E.KINDS[k].message(E.KINDS[k].protocol(), i), env.device)
-            for i in range(24)]
+            for i in range(STREAM_MESSAGES)]
         for k in plan.kinds
     }  # fmt: skip
     for kind_name in plan.kinds:
