@@ -21,6 +21,7 @@ from bench import envelopes as E
 from bench import handwritten as H
 from tpwire.codegen.schema import json_schema
 from tpwire.runtime import tripwire, wire
+from tpwire.runtime.checks import Report, TensorGroup
 from tpwire.runtime.plain import to_plain
 
 
@@ -186,7 +187,25 @@ def stages(proto: Any, header: Any, msg: Any, n: int) -> dict[str, Any]:
     m["words"] = max(m["prepare"] - m["validate"] - m["digest"], 0.0)
     m["segments"] = max(m["finish"] - m["assemble"], 0.0)
     m["pack"] = max(m["layout"] - m["seal"], 0.0)
-    return {k: m[k] for _, k, _ in STAGES}
+    group = _tensor_group(proto, msg)
+    if group is not None:  # beside the steps: the part of ``validate`` its tensors take
+        ts = tuple(getattr(msg, f.name) for f in group.fields)
+        m["tensors"] = _median_us(functools.partial(_tensor_checks, proto, header, ts, group), n)[0]
+    return {k: m[k] for k in (*(k for _, k, _ in STAGES), "tensors") if k in m}
+
+
+def _tensor_group(proto: Any, msg: Any) -> TensorGroup | None:
+    """The message's tensor fields as its generated module declares them."""
+    for value in vars(proto).values():
+        if isinstance(value, TensorGroup) and all(hasattr(msg, f.name) for f in value.fields):
+            return value
+    return None
+
+
+def _tensor_checks(proto: Any, header: Any, ts: tuple[Any, ...], group: TensorGroup) -> None:
+    """What ``validate`` does for a message's tensors: a report and its tensor checks (the
+    signature kept: a stream's repeated layout)."""
+    Report(proto._CODEC.ids, header, False).tensors(ts, group)
 
 
 #: The envelopes the hand-written baselines model: tp_control's v1 INFER as shipped.

@@ -136,9 +136,9 @@ class Report:
                 (type(t) is _TENSOR or type(t) is _PARAMETER)
                 and t.layout is _STRIDED
                 and not t.is_nested
-                and not t.is_meta
                 and not t.is_neg()
-                and not t._is_zerotensor()
+                # bytes at an address: neither meta nor a zero tensor (one call for two)
+                and (t.data_ptr() or (not t.is_meta and not t._is_zerotensor()))
             ):
                 key.append(t.dtype)
                 key.append(t.shape)
