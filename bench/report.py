@@ -880,9 +880,10 @@ def notes(result: dict[str, Any]) -> list[str]:
             f"- **Journaling in digest mode: {_per_world(result, added)}.** The channel's "
             "thread hands each record over (frame 0's bytes, the ids, the state) and a "
             f"background thread frames, checksums and appends it: {writer:.0f} us per record "
-            f"at world {first}, starting inside the very step it journals (the wait for it "
-            "after each step is untimed). On two cores shared by both ranks and gloo's "
-            "threads, and with the GIL, that work slows the step"
+            f"at world {first}, starting as the step it journals hands the record over, "
+            "before that step ends (the wait for the writer after each step is untimed). On "
+            "two cores shared by both ranks and gloo's threads, and with the GIL, that work "
+            "slows the step's end"
         )
         if plain is not None and digest is not None:
             line += (
