@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import compare
+from bench import compare, report
 from bench.__main__ import main
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,8 +140,9 @@ def _full_run(tmp_path: Path) -> Path:
 
 
 def test_render_reports_and_strict_fails_on_a_slower_figure(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(report, "plot", lambda result, path: None)  # matplotlib: bench extra
     out = _full_run(tmp_path)
     before = json.loads((out / "benchmarks.json").read_text())
     for row in before["codec"]:
