@@ -45,6 +45,10 @@ def digest_tensors(tensors: Iterable[torch.Tensor]) -> int:
     h = xxhash.xxh3_64()
     for t in tensors:
         t = t.detach().resolve_conj().resolve_neg().contiguous()
+        if t._is_zerotensor():  # zeros with no bytes to read: the same zeros, with bytes
+            t = t.clone()
+        elif t.layout is not torch.strided or t.is_nested or t.is_meta:  # no bytes to hash
+            raise ValueError(f"cannot digest a {t.layout} tensor on {t.device}")
         h.update(f"{t.dtype}{tuple(t.shape)};".encode())
         wire.hash_tensor(h, t)
     return wire.signed64(h.intdigest())

@@ -224,3 +224,19 @@ def test_frames_do_not_change_when_the_callers_small_tensors_do() -> None:
     msg.denoising_step_list[0] = 999
     assert [bytes(s.numpy().tobytes()) for s in frames.segments] == before
     assert tp_control.decode(frames)[1].denoising_step_list.tolist() == [1000, 750, 500, 250]
+
+
+def test_the_tripwire_digest_reads_zero_tensors_as_zeros_and_refuses_no_bytes() -> None:
+    """``check_same`` digests what the model produced: a zero tensor (autograd's) is its
+    zeros, and a tensor with no bytes (meta) is an error ``safely`` reports, not a read of
+    address 0."""
+    from tpwire.runtime import tripwire
+
+    zero = torch._efficientzerotensor((2, 3))
+    assert tripwire.digest_tensors([zero]) == tripwire.digest_tensors([torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match="cannot digest"):
+        tripwire.digest_tensors([torch.empty(2, 3, device="meta")])
+    _, failure = tripwire.safely(
+        lambda: tripwire.digest_tensors([torch.empty(2, 3, device="meta")])
+    )
+    assert isinstance(failure, ValueError)
