@@ -210,7 +210,6 @@ class Framing:
         # a receive buffer no envelope's tensors view (a NOOP's, say) serves the next one,
         # with the device it was made for
         self._spare: tuple[torch.Tensor, torch.device] | None = None
-        self._head_device = torch.device("cpu")
         #: the last payload envelope's manifest: the next is likely laid out alike
         self.ahead: Manifest | None = None
         self._carried: tuple[tuple[int, ...], tuple[bool, ...]] | None = None
@@ -288,7 +287,6 @@ class Framing:
             head = torch.empty(self.head_nbytes, dtype=torch.uint8, device=device)
         else:
             head = spare[0]
-        self._head_device = device
         write_word(head, self.trailer_at, 0)
         return head
 
@@ -325,9 +323,9 @@ class Framing:
                 offsets.append(0)
         return Ahead(ahead.slots, buffers, offsets, ahead.views(buffers, offsets))
 
-    def keep_spare(self, head: torch.Tensor) -> None:
-        """``head`` (the last ``head_to_receive``) is free again: nothing handed out views it."""
-        self._spare = (head, self._head_device)
+    def keep_spare(self, head: torch.Tensor, device: torch.device) -> None:
+        """``head`` (``head_to_receive(device)``) is free again: nothing handed out views it."""
+        self._spare = (head, device)
 
 
 def _tensor_fields(bindings: Bindings[Any, Any]) -> frozenset[str]:
@@ -913,7 +911,7 @@ class _Channel(Generic[H, M]):
         if payload and manifest.slots and framing.steady:
             framing.ahead = manifest
         if head_free:
-            framing.keep_spare(head)
+            framing.keep_spare(head, self._frame0_device)
         journal = self.journal
         segments: list[bytes] | None = None
         if journal is not None and journal.full:

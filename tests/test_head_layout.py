@@ -141,9 +141,9 @@ def test_a_receive_buffer_is_reused_only_when_nothing_views_it() -> None:
     cpu = torch.device("cpu")
     first = framing.head_to_receive(cpu)
     assert framing.head_to_receive(cpu).data_ptr() != first.data_ptr()  # not given back
-    framing.keep_spare(first)
+    framing.keep_spare(first, cpu)
     assert framing.head_to_receive(cpu) is first
-    framing.keep_spare(first)
+    framing.keep_spare(first, cpu)
     framing.after(True, (32,))
     framing.after(True, (32,))  # a new layout: a spare of the old size is dropped
     again = framing.head_to_receive(cpu)

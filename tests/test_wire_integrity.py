@@ -189,7 +189,9 @@ def test_a_head_that_arrives_short_is_told_by_its_trailer(steady: bool) -> None:
             with pytest.raises(WireError) as err:
                 framing_rx.check_trailer(head, raw)
             assert err.value.code == "length"
-        framing_rx.keep_spare(head)  # a reused buffer gets its trailer zeroed again
+        framing_rx.keep_spare(
+            head, torch.device("cpu")
+        )  # a reused buffer gets its trailer zeroed again
 
 
 # --- what the preflight accepts, the receiver accepts ----------------------------------------
