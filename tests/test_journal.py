@@ -21,6 +21,7 @@ from tpwire.cli import main
 from tpwire.generated import pp_contract as pp
 from tpwire.generated import tp_control as tc
 from tpwire.runtime import journal as jr
+from tpwire.runtime import journal_format as jf
 from tpwire.runtime import tripwire
 from tpwire.runtime.journal_diff import diff
 from tpwire.runtime.replay import ReplayError, ReplaySource, load, replay
@@ -326,7 +327,7 @@ def _version(data: bytearray, at: int) -> None:
     head = bytes(data[at : at + jr.HEAD.size])
     (n,) = struct.unpack_from("<I", data, at + 40)
     body = bytes(data[at + jr.HEADER_NBYTES : at + jr.HEADER_NBYTES + n])
-    jr.CHECKSUM.pack_into(data, at + jr.HEAD.size, jr._checksum(head, [body]))
+    jr.CHECKSUM.pack_into(data, at + jr.HEAD.size, jf._checksum(head, [body]))
 
 
 def _bad_json(data: bytearray, at: int) -> None:
@@ -335,7 +336,7 @@ def _bad_json(data: bytearray, at: int) -> None:
     data[at + jr.HEADER_NBYTES + 4] = ord("{") ^ 0xFF
     head = bytes(data[at : at + jr.HEAD.size])
     body = bytes(data[at + jr.HEADER_NBYTES : at + jr.HEADER_NBYTES + n])
-    jr.CHECKSUM.pack_into(data, at + jr.HEAD.size, jr._checksum(head, [body]))
+    jr.CHECKSUM.pack_into(data, at + jr.HEAD.size, jf._checksum(head, [body]))
 
 
 CORRUPTIONS = {
