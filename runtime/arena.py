@@ -13,6 +13,12 @@ that is not at its place in the envelope actually sent (the envelope took anothe
 a recompute chunk's context frames move the latents) is copied out of the head before
 anything is written into it.
 
+``alloc`` holds the dtype and shape it is asked for to the field's spec before anything is
+allocated (``AllocRefused``, naming the field, what the spec allows and what was asked): a
+dtype the field does not take, a rank, fixed dimension or range the pattern does not have, a
+dimension that is not an ``int`` (``64.9``, ``True``), more elements than the field's bound.
+What binds one tensor to another (a symbol two fields share) is ``validate``'s, at ``send``.
+
 A view is valid until the next payload ``send`` (whether it used the view or not): the
 buffer is reused for the next envelope, so a message holding a view from before the last
 send is refused with ``ArenaError`` before any collective, as is a tensor made from a view
@@ -22,16 +28,79 @@ an ordering error, ``ArenaError``) sends nothing and leaves the views valid.
 
 from __future__ import annotations
 
+import operator
+import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .wire import DTYPE_BY_TORCH, Prepared, TensorSlot
+from .checks import TensorField, TensorGroup
+from .wire import DTYPE_BY_TORCH, Prepared, TensorSlot, _static_shape, dtype_name
+
+if TYPE_CHECKING:
+    from .bindings import Bindings
 
 
 class ArenaError(RuntimeError):
     """The send arena was misused (a stale view, an unknown field): raised before frame 0."""
+
+
+class AllocRefused(ArenaError):
+    """``alloc`` was asked for a dtype or shape its field's spec does not allow: raised
+    before anything is allocated. ``code`` is ``dtype`` or ``shape``."""
+
+    def __init__(self, field: str, code: str, expected: str, actual: str) -> None:
+        self.field = field
+        self.code = code
+        self.expected = expected
+        self.actual = actual
+        shown = actual if len(actual) <= 200 else f"{actual[:200]}..."
+        super().__init__(f"alloc of {field!r}: {code} {shown}; expected {expected}")
+
+
+def tensor_specs(bindings: Bindings[Any, Any]) -> dict[str, tuple[TensorField, ...]]:
+    """Each tensor field of a protocol's messages, by name, with its spec (``TensorField``:
+    dtypes, shape pattern, element bound) as the generated module declares it; a name two
+    messages share has the spec of each."""
+    names = {
+        name
+        for cls in bindings.messages.values()
+        for variant in bindings.variants.get(cls, (cls,))
+        for name in getattr(variant, "__dataclass_fields__", {})
+    }
+    specs: dict[str, list[TensorField]] = {}
+    modules = {cls.__module__ for cls in bindings.messages.values()}
+    for module in sorted(modules):
+        found = vars(sys.modules[module]).values() if module in sys.modules else ()
+        for group in found:
+            if isinstance(group, TensorGroup):
+                for f in group.fields:
+                    known = specs.setdefault(f.name, [])
+                    if f.name in names and all(f is not k for k in known):
+                        known.append(f)
+    return {name: tuple(fs) for name, fs in specs.items() if fs}
+
+
+def _dims(field: str, shape: object) -> tuple[int, ...]:
+    """``shape`` as ints: a sequence of integers (an ``int``, or what ``__index__`` makes
+    one of), never a float, bool or string."""
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence):
+        raise AllocRefused(field, "shape", "a sequence of ints", f"of type {type(shape).__name__}")
+    dims = []
+    for i, d in enumerate(shape):
+        try:
+            if isinstance(d, bool):
+                raise TypeError
+            dims.append(operator.index(d))
+        except Exception:  # a float (64.9 is no dimension), a bool, anything else
+            shown = repr(d) if isinstance(d, int | float) else "a value"
+            raise AllocRefused(
+                field, "shape", "a sequence of ints",
+                f"dim {i} is {shown[:40]} ({type(d).__name__})",
+            ) from None  # fmt: skip
+    return tuple(dims)
 
 
 class ArenaStats:
@@ -59,8 +128,10 @@ class ArenaStats:
 class Arena:
     """The source's views into its next head buffer (one per channel direction)."""
 
-    def __init__(self, fields: frozenset[str]) -> None:
-        self.fields = fields  # the protocol's tensor fields
+    def __init__(self, specs: Mapping[str, tuple[TensorField, ...]]) -> None:
+        #: the protocol's tensor fields, with the spec of each (``tensor_specs``)
+        self.specs = specs
+        self.fields = frozenset(specs)
         #: the views handed out since the last payload send, by field
         self.live: dict[str, torch.Tensor] = {}
         #: every view still alive that was ever handed out (stale ones too), by id
@@ -69,17 +140,41 @@ class Arena:
         self.layout: tuple[TensorSlot, ...] | None = None
         self.stats = ArenaStats()
 
+    def check(self, field: str, shape: object, dtype: object) -> tuple[int, ...]:
+        """``shape`` as ints, once ``field`` is a tensor field whose spec allows ``dtype``
+        and ``shape`` (``ArenaError``, ``AllocRefused`` otherwise): what ``alloc`` asks
+        before it allocates anything."""
+        wd = DTYPE_BY_TORCH.get(dtype) if isinstance(dtype, torch.dtype) else None
+        if wd is None:
+            shown = dtype if isinstance(dtype, torch.dtype) else type(dtype).__name__
+            raise ArenaError(f"alloc of {field!r}: the wire carries no {shown}")
+        specs = self.specs.get(field) if isinstance(field, str) else None
+        if not specs:
+            shown = repr(field)[:80] if isinstance(field, str) else type(field).__name__
+            raise ArenaError(f"alloc of {shown}: not a tensor field of this protocol")
+        dims = _dims(field, shape)
+        fits = [f for f in specs if dtype in f.dtypes]
+        if not fits:
+            raise AllocRefused(
+                field, "dtype", " or ".join(f.dtype_rule.expected for f in specs),
+                dtype_name(dtype),
+            )  # fmt: skip
+        problems = []
+        for f in fits:
+            _, problem, _ = _static_shape(dims, f.shape, f.limit)
+            if problem is None:
+                return dims
+            problems.append(problem)
+        raise AllocRefused(
+            field, "shape", " or ".join(f.shape_rule.expected for f in fits), problems[0]
+        )
+
     def place(
         self, field: str, shape: tuple[int, ...], dtype: torch.dtype, carried: Sequence[bool]
     ) -> TensorSlot | None:
-        """The slot of the agreed layout this tensor would take, if the head carries it."""
-        wd = DTYPE_BY_TORCH.get(dtype)
-        if wd is None:
-            raise ArenaError(f"alloc of {field!r}: the wire carries no {dtype}")
-        if field not in self.fields:
-            raise ArenaError(f"alloc of {field!r}: not a tensor field of this protocol")
-        if any(d < 0 for d in shape):
-            raise ArenaError(f"alloc of {field!r}: negative dimension in {list(shape)}")
+        """The slot of the agreed layout this tensor would take, if the head carries it
+        (``shape`` and ``dtype`` as ``check`` passed them)."""
+        wd = DTYPE_BY_TORCH[dtype]
         for slot in self.layout or ():
             if slot.field == field:
                 if slot.dtype is wd and slot.shape == shape and carried[slot.segment]:

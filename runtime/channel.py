@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from . import abort_guard, parity, tripwire
 from . import journal as _journal
-from .arena import Arena, ArenaError, ArenaStats
+from .arena import Arena, ArenaError, ArenaStats, tensor_specs
 from .bindings import Bindings, H, M, bindings_of
 from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
@@ -328,17 +328,6 @@ class Framing:
         self._spare = (head, device)
 
 
-def _tensor_fields(bindings: Bindings[Any, Any]) -> frozenset[str]:
-    """The names of the protocol's tensor fields (what ``alloc`` may place)."""
-    return frozenset(
-        name
-        for cls in bindings.messages.values()
-        for variant in bindings.variants.get(cls, (cls,))
-        for name, f in getattr(variant, "__dataclass_fields__", {}).items()
-        if "Tensor" in str(f.type)
-    )
-
-
 def _sizes(segments: Sequence[torch.Tensor]) -> tuple[int, ...]:
     return tuple(int(s.numel()) for s in segments)
 
@@ -442,7 +431,7 @@ class _Channel(Generic[H, M]):
         self._tx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
         self._rx = Framing(bindings.frame0_len, steady=steady, carry_limit=carry_limit)
         #: copy-free sends (``alloc``); None unless the channel was opened with ``arena=True``
-        self._arena = Arena(_tensor_fields(bindings)) if arena else None
+        self._arena = Arena(tensor_specs(bindings)) if arena else None
 
     # transport: what each channel kind does with one tensor of one frame
     def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
@@ -640,26 +629,25 @@ class _Channel(Generic[H, M]):
         next head buffer: sent from there, with no copy. Otherwise it is an ordinary new
         tensor, sent the usual way. Either way its bytes are unspecified until written. A
         view is valid until the next payload ``send``; ``arena_stats`` counts what happened.
-        Raises ``ArenaError`` for a field that is not a tensor field of the protocol."""
+        Raises ``ArenaError`` for a field that is not a tensor field of the protocol, and
+        ``AllocRefused`` for a dtype or shape its spec does not allow (nothing allocated)."""
         arena = self._arena
         if arena is None:
             raise ArenaError("alloc needs a channel opened with arena=True")
         self._ready(sender=True)
-        dims = tuple(int(d) for d in shape)
+        dims = arena.check(field, shape, dtype)  # before anything is allocated
         if not self._tx.steady:
             # no layout is ever agreed (steady_state=False, or a cpu_group: heartbeats), so
             # no view: nothing to wait for the send lock for (a heartbeat's NOOP holds it
             # while the workers compute)
-            arena.place(field, dims, dtype, ())  # the errors of an unknown field or dtype
             arena.stats.fresh += 1
             return torch.empty(dims, dtype=dtype, device=self.device)
         with self._locked():  # a heartbeat's NOOP may be laying out the same buffer
             framing = self._tx
+            slot = None
             if framing.agreed and arena.layout is not None:
                 carried = framing.carried(framing.agreed)
                 slot = arena.place(field, dims, dtype, carried)
-            else:
-                slot = arena.place(field, dims, dtype, ())
             if slot is None:
                 arena.stats.fresh += 1
                 return torch.empty(dims, dtype=dtype, device=self.device)

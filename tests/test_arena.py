@@ -144,3 +144,122 @@ def test_a_p2p_stage_builds_its_envelopes_in_the_arena(tmp_path: Path) -> None:
     assert r1.result["equal"] == [True] * 5
     # three tensors per envelope; placed from the third envelope on, all sent in place
     assert r0.result["stats"] == {"views": 9, "fresh": 6, "in_place": 9, "moved": 0}
+
+
+# -- alloc holds dtype and shape to the field's spec, before allocating ----------------------
+
+#: (case, field, shape, dtype name, the text the refusal names): each refused by ``alloc``
+#: before anything is allocated, whether or not a layout is agreed
+BAD_ALLOCS = [
+    # LH in 1..512: 320,000,000,000 bytes would reach the allocator
+    ("beyond_bounds", "latents", (1, 1, 16, 100000, 100000), "bfloat16", "outside 1..512"),
+    # 2**62 * 2**62 elements: the storage size would overflow
+    ("overflowing", "latents", (1, 1, 16, 2**62, 2**62), "bfloat16", "outside 1..512"),
+    ("non_integer", "latents", (1, 1, 16, 64.9, 64), "bfloat16", "dim 3 is 64.9 (float)"),
+    ("integral_float", "latents", (1, 1, 16, 64.0, 64), "bfloat16", "dim 3 is 64.0 (float)"),
+    ("bool_dim", "latents", (1, True, 16, 64, 64), "bfloat16", "dim 1 is True (bool)"),
+    ("negative", "latents", (1, 1, 16, -64, 64), "bfloat16", "dim 3 (LH) = -64 outside 1..512"),
+    ("wrong_dtype", "latents", (1, 1, 16, 64, 64), "float32", "float32; expected bfloat16"),
+    ("wrong_rank", "latents", (16, 64, 64), "bfloat16", "rank 3 [16, 64, 64]"),
+    ("fixed_dim", "latents", (2, 1, 16, 64, 64), "bfloat16", "dim 0 is 2, not 1"),
+    ("not_a_shape", "latents", 64, "bfloat16", "shape of type int; expected a sequence of ints"),
+    ("string_shape", "latents", "1,1,16,64,64", "bfloat16", "shape of type str"),
+    # every dim within its range, the element bound (268435456) exceeded: 51 GB
+    ("elements", "video", (1024, 4096, 4096, 3), "uint8", "elements exceed 268435456"),
+]
+
+
+def bad_allocs(rank: int, world: int) -> dict[str, object]:
+    """The source calls ``alloc`` with each of ``BAD_ALLOCS`` before a layout is agreed and
+    again once one is (the view path), then sends envelopes built by ``alloc`` as usual."""
+    import torch
+    from arena_scenarios import built_in_arena, message
+    from mp_scenarios import header
+
+    from tpwire.generated import tp_control as tc
+    from tpwire.runtime.channel import BroadcastChannel
+
+    ch = BroadcastChannel(tc, poison="raise", arena=True).open()
+    if rank != 0:
+        seen = []
+        while (got := ch.recv()).action is not tc.TPAction.SHUTDOWN:
+            seen.append(got.msg == message(got.header.call_id, "A"))
+        return {"seen": seen}
+
+    def attempt() -> dict[str, object]:
+        out: dict[str, object] = {}
+        for case, field, shape, dtype, _ in BAD_ALLOCS:
+            try:
+                t = ch.alloc(field, shape, getattr(torch, dtype))
+            except Exception as exc:
+                out[case] = {
+                    "error": type(exc).__name__,
+                    "text": str(exc),
+                    "attrs": [
+                        getattr(exc, "field", None),
+                        getattr(exc, "expected", None),
+                        getattr(exc, "actual", None),
+                    ],
+                }
+            else:
+                out[case] = {"error": None, "shape": list(t.shape), "dtype": str(t.dtype)}
+        return out
+
+    before = attempt()  # no layout agreed: ordinary tensors
+    for i in range(2):
+        ch.send(built_in_arena(ch, message(i, "A")), header(i))
+    agreed = attempt()  # a layout agreed: views of the head
+    ch.send(built_in_arena(ch, message(2, "A")), header(2))
+    ch.shutdown()
+    return {"before": before, "agreed": agreed, "stats": ch.arena_stats.as_dict()}
+
+
+def test_alloc_refuses_a_dtype_or_shape_the_field_cannot_have(tmp_path: Path) -> None:
+    r0, r1 = run_ranks("bad_allocs", tmp_path, module="test_arena")
+    assert (r0.exitcode, r1.exitcode) == (0, 0), (r0.log, r1.log)
+    for path in ("before", "agreed"):
+        out = r0.result[path]
+        for case, field, _, _, text in BAD_ALLOCS:
+            got = out[case]
+            assert got["error"] == "AllocRefused", (path, case, got)
+            assert got["text"].startswith(f"alloc of {field!r}: "), (path, case, got)
+            assert text in got["text"], (path, case, got)
+            name, expected, actual = got["attrs"]
+            assert name == field and expected and actual, (path, case, got)
+            assert "expected" in got["text"], (path, case, got)
+            assert "\n" not in got["text"], (path, case, got)
+    # the refusals allocated nothing and sent nothing; the stream went on from the views
+    assert r1.result["seen"] == [True, True, True]
+    assert r0.result["stats"] == {"views": 2, "fresh": 4, "in_place": 2, "moved": 0}
+
+
+def test_the_arena_knows_each_tensor_field_by_its_spec() -> None:
+    import torch
+
+    from tpwire.generated import pp_contract as pp
+    from tpwire.generated import tp_control as tc
+    from tpwire.runtime.arena import AllocRefused, Arena, tensor_specs
+
+    specs = tensor_specs(tc.BINDINGS)
+    assert sorted(specs) == [
+        "conditioning_embeds", "context_frames_override", "denoising_step_list", "latents",
+        "video",
+    ]  # fmt: skip
+    assert sorted(tensor_specs(pp.BINDINGS)) == [
+        "conditioning_embeds", "context_frames", "denoising_step_list", "latents_in",
+        "latents_out",
+    ]  # fmt: skip
+    arena = Arena(specs)
+    # what torch itself takes as a dimension: a torch.Size, a 0-d integer tensor
+    assert arena.check("latents", torch.Size([1, 2, 16, 8, 8]), torch.float16) == (1, 2, 16, 8, 8)
+    assert arena.check("denoising_step_list", [torch.tensor(4)], torch.int64) == (4,)
+    with pytest.raises(AllocRefused) as refused:
+        arena.check("denoising_step_list", [torch.tensor(4.0)], torch.int64)
+    assert (refused.value.field, refused.value.code) == ("denoising_step_list", "shape")
+    with pytest.raises(AllocRefused, match="rank 2") as refused:
+        arena.check("denoising_step_list", (4, 1), torch.int64)
+    assert refused.value.expected.startswith("[S] with S in 1..64")
+    # a huge rank is one short line, not the whole shape
+    with pytest.raises(AllocRefused) as refused:
+        arena.check("denoising_step_list", (1,) * 100_000, torch.int64)
+    assert len(str(refused.value)) < 400
