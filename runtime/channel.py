@@ -1098,9 +1098,9 @@ class _Channel(Generic[H, M]):
         text = what() if callable(what) else what
         ids = self._ids(header if header is not None else self.last_sent or self.last_header)
         return (
-            f"tpwire[rank {self.rank}]: POISONED {ids}: SIGABRT during {text}: the transport "
-            "aborted the process (gloo does when a peer sends more bytes than this rank's "
-            "receive buffer holds: another layout, protocol or a bug)"
+            f"tpwire[rank {self.rank}]: POISONED {ids}: the transport aborted during {text}: "
+            "gloo::EnforceNotMet (gloo's I/O thread refuses a message longer than this "
+            "rank's receive buffer: a peer on another layout or protocol, or a bug)"
         )
 
     @contextmanager

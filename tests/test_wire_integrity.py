@@ -26,9 +26,9 @@ RAW_PEER = {
     "short-large": "[digest]",
     "flipped": "[digest]",
     "padding": "[padding]",
-    "long-packed": "SIGABRT during frame 1",
-    "long-large": "SIGABRT during frame 1",
-    "head-long": "SIGABRT during a header",
+    "long-packed": "the transport aborted during frame 1",
+    "long-large": "the transport aborted during frame 1",
+    "head-long": "the transport aborted during a header",
     "head-short": "head refused: wire error [length]",
 }
 
