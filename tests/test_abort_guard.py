@@ -301,3 +301,41 @@ def test_the_terminate_handler_is_the_guard_s_only_inside_and_one_set_inside_sta
         assert abort_guard.terminate_handler() == marker_at
     finally:
         theirs(before)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or abort_guard._SET is None, reason="needs libstdc++"
+)
+def test_the_transport_s_termination_prints_every_line_in_flight_even_one_that_raises() -> None:
+    """The handler's own path, through the real C++ runtime: a termination it reads as gloo's
+    (the exception's type stubbed: no peer here) with two collectives in flight, one whose
+    line cannot be made, is two lines and exit 86."""
+    done = _in_a_process(
+        """
+        import ctypes
+        import threading
+        from tpwire.runtime import abort_guard
+
+        abort_guard._exception_type = lambda current: abort_guard._TRANSPORT_EXCEPTION
+        abort_guard.set_exit_code(86)
+        inside = threading.Event()
+
+        def other():
+            with abort_guard.armed(lambda: "tpwire: the other thread's collective"):
+                inside.set()
+                threading.Event().wait(60)
+
+        threading.Thread(target=other, daemon=True).start()
+        inside.wait(60)
+        with abort_guard.armed(lambda: 1 / 0):
+            ctypes.CDLL("libstdc++.so.6")._ZSt9terminatev()  # std::terminate()
+        """
+    )
+    assert done.returncode == EXIT_POISONED, done.stderr
+    lines = sorted(done.stderr.splitlines())
+    assert lines == [
+        "tpwire: POISONED: the transport aborted during a collective (ZeroDivisionError "
+        "describing it); exiting 86",
+        "tpwire: the other thread's collective; exiting 86",
+    ], done.stderr
