@@ -33,6 +33,7 @@ from .arena import Arena, ArenaError, ArenaStats, tensor_specs
 from .bindings import Bindings, H, M, bindings_of
 from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
+from .escape import printable
 from .watchdog import Watchdog
 from .wire import (
     _U64,
@@ -572,7 +573,7 @@ class _Channel(Generic[H, M]):
             where = f"after receiving {self._ids(self.last_header)}"
         else:
             where = "before the first envelope"
-        _log(f"tpwire[rank {self.rank}]: FAILED {where}: {describe(exc)}")
+        _log(f"tpwire[rank {self.rank}]: FAILED {where}: {printable(describe(exc))}")
 
     # -- sender -------------------------------------------------------------------------
 
@@ -695,7 +696,7 @@ class _Channel(Generic[H, M]):
         header = self._send_action(self.protocol.error, Reason(code, reason))
         _log(
             f"tpwire[rank {self.rank}]: {self.protocol.error.name} sent {self._ids(header)}: "
-            f"{code.name}: {reason}"
+            f"{printable(f'{code.name}: {reason}')}"
         )
 
     def _send_action(self, action: enum.IntEnum, reason: Reason | None = None) -> H:
@@ -819,7 +820,7 @@ class _Channel(Generic[H, M]):
                     try:
                         header, prepared = self._control_frame(self._noop_action())
                     except (ValueError, EnvelopeInvalid) as exc:  # nothing sent: stop beating
-                        _log(f"tpwire[rank {self.rank}]: heartbeats stopped: {exc}")
+                        _log(f"tpwire[rank {self.rank}]: heartbeats stopped: {printable(exc)}")
                         return
                     except BaseException as exc:
                         self._poison(self.last_sent, f"a heartbeat failed: {describe(exc)}")
@@ -944,7 +945,8 @@ class _Channel(Generic[H, M]):
         if action in self._terminal:
             self.closed = True  # terminal actions: no further frame will come
         if action is self.protocol.error:
-            why = manifest.reason if manifest.reason is not None else "no reason given"
+            # the peer's text, escaped: a newline in it would forge a log line
+            why = printable(manifest.reason) if manifest.reason is not None else "no reason given"
             _log(
                 f"tpwire[rank {self.rank}]: {action.name} from the source {self._ids(header)}: "
                 f"{why}; stopping for the source's reason"
@@ -1130,18 +1132,21 @@ class _Channel(Generic[H, M]):
             if header is None:
                 header = self.last_sent or self.last_header
             _log(
-                f"tpwire[rank {self.rank}]: WATCHDOG: {what} not done within {seconds:g} s; "
-                f"last ids {self._ids(header)}; exiting {EXIT_WATCHDOG}"
+                f"tpwire[rank {self.rank}]: WATCHDOG: {printable(what)} not done within "
+                f"{seconds:g} s; last ids {self._ids(header)}; exiting {EXIT_WATCHDOG}"
             )
             self._journal_end("watchdog", f"{what} not done within {seconds:g} s", header)
         finally:
             os._exit(EXIT_WATCHDOG)
 
     def _poison(self, header: Any, reason: str) -> NoReturn:
+        """One poison line, then exit 86 (``ChannelPoisoned`` under ``poison="raise"``).
+        ``reason`` is raw text (it may quote a peer, an exception, the caller's step name):
+        the line escapes it; the journal keeps it as it is."""
         self.poisoned = True
         if header is None:  # the last envelope this rank took part in
             header = self.last_sent if self.last_sent is not None else self.last_header
-        line = f"tpwire[rank {self.rank}]: POISONED {self._ids(header)}: {reason}"
+        line = f"tpwire[rank {self.rank}]: POISONED {self._ids(header)}: {printable(reason)}"
         self._journal_end("poisoned", reason, header)
         if self.poison == "raise":
             _log(line)
