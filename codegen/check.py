@@ -15,7 +15,7 @@ import json
 import keyword
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -631,6 +631,7 @@ class _Checker:
                 ok = False
             for key, present in (
                 ("required_when", f.required_when),
+                ("forbidden_when", f.forbidden_when),
                 ("none_unless", f.none_unless),
                 ("derived", f.derived),
             ):
@@ -658,6 +659,92 @@ class _Checker:
                 fields[name] = dataclasses.replace(
                     f, none_unless=CExpr(source, expr.parse(source), at)
                 )
+
+    def check_cached_reads(
+        self, fields: Mapping[str, CField], invariants: Sequence[CInvariant]
+    ) -> None:
+        """No rule reads a field cached by an epoch, nor a dimension such a field binds.
+
+        Every end checks an envelope as it travels, where a cached field is absent while
+        its epoch holds, and a receiver hands it over with the kept value filled in: a rule
+        that reads the cached field (its value or its presence) would be checked on one of
+        the two and could fail on the other, so a worker would get a message its own
+        ``validate`` refuses. For the same reason a cached tensor shares its dimensions
+        only with fields cached by the same epoch (they travel together)."""
+        cached = {
+            n: f.cached_by
+            for n, f in fields.items()
+            if f.cached_by is not None and f.cached_by != n and f.cached_by in fields
+        }
+        if not cached:
+            return
+        binder: dict[str, str] = {}  # dimension -> the first cached tensor that binds it
+        for name, f in fields.items():
+            epoch = cached.get(name)
+            if epoch is None:
+                continue
+            seen: set[str] = set()
+            for i, d in enumerate(f.shape):
+                if not isinstance(d, str) or d in seen:
+                    continue
+                seen.add(d)
+                binder.setdefault(d, name)
+                other = next(
+                    (
+                        g
+                        for g in fields.values()
+                        if g.name != name and d in g.shape and cached.get(g.name) != epoch
+                    ),
+                    None,
+                )
+                if other is not None:
+                    how = (
+                        f"is cached_by {cached[other.name]!r}"
+                        if other.name in cached
+                        else "travels in every envelope"
+                    )
+                    self.fail(
+                        (*f.path, "shape", i),
+                        "bad-cached-by",
+                        f"dimension {d!r} of {name!r} (cached_by {epoch!r}) is also bound by "
+                        f"{other.name!r}, which {how}: while {name!r} is held it binds "
+                        f"nothing, and handed over with the kept value it must match again; "
+                        "a cached tensor's dimensions are its own",
+                    )
+        rules: list[tuple[str, CExpr]] = [
+            (f"{key} of {name!r}", rule)
+            for name, f in fields.items()
+            if name not in cached  # a cached field's own rules: check_cached
+            for key in ("required_when", "forbidden_when", "none_unless", "derived")
+            if (rule := getattr(f, key)) is not None
+        ]
+        rules += [(f"invariant {inv.id!r}", inv.expr) for inv in invariants]
+        for what, rule in rules:
+            for node in expr.walk(rule.node):
+                if not isinstance(node, expr.Name):
+                    continue
+                if node.id in cached:
+                    epoch = cached[node.id]
+                    read = f"{node.id!r}, which is cached_by {epoch!r}"
+                    held = f"without {node.id!r} while {epoch!r} holds"
+                elif node.id in binder and node.id not in fields:
+                    tensor = binder[node.id]
+                    epoch = cached[tensor]
+                    read = (
+                        f"dimension {node.id!r}, bound by {tensor!r}, which is cached_by {epoch!r}"
+                    )
+                    held = f"unbound while {epoch!r} holds"
+                else:
+                    continue
+                self.fail(
+                    rule.path,
+                    "bad-cached-by",
+                    f"{what} reads {read}: the envelope is checked as it travels ({held}) "
+                    "and handed over with the kept value, so the two could disagree; a rule "
+                    "cannot read a cached field",
+                    offset=node.offset,
+                )
+                break  # one error per rule
 
     def check_derived_cycles(self, fields: Mapping[str, CField]) -> None:
         """Derived fields that depend on each other in a cycle (one error per cycle, at the
@@ -827,6 +914,16 @@ class _Checker:
                     "bad-role",
                     f"{role} role: {name!r} must be on every envelope (a required int, not "
                     f"{f.type}{' with required_when' if f.required_when else ''})",
+                )
+                continue
+            if role == "sequence" and f.derived is not None:
+                self.fail(
+                    f.derived.path,
+                    "bad-role",
+                    f"sequence role: {name!r} cannot be derived: a control frame (heartbeat, "
+                    "shutdown, error) takes the next sequence id and keeps the other header "
+                    "fields of the envelope before it, so a value computed from them could "
+                    "not increase with every envelope",
                 )
                 continue
             out.append((role, name))
@@ -1000,6 +1097,7 @@ class _Checker:
             )
             if ce is not None:
                 invariants.append(CInvariant(inv["id"], ce, inv["message"], inv.get("fm")))
+        self.check_cached_reads(fields, invariants)
         return CMessage(
             name=name,
             path=path,
