@@ -8,9 +8,11 @@ written) is never replayed: side effects belong to the caller (docs/journal.md).
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import enum
 import importlib
+import itertools
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +27,7 @@ from . import journal as jr
 from .bindings import Bindings, H, M, bindings_of
 from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
+from .escape import printable
 from .wire import W_FINGERPRINT, Manifest, Reason, seal_words
 
 
@@ -124,6 +127,130 @@ def rekeyed(raw: bytes, fingerprint: int) -> bytes:
         return raw
     words[W_FINGERPRINT] = fingerprint
     return seal_words(words).tobytes()
+
+
+# --- where a journal is damaged or incomplete ---------------------------------------------
+
+
+def _opened(journal: Journal, path: str) -> str | None:
+    """Why the file at ``path`` was opened (``start``, ``epoch``, ``size``), from its OPEN
+    record; None when it has none the reader could read."""
+    for r in journal.records:
+        if r.kind == jr.OPEN and r.path == path:
+            opened = r.meta.get("opened")
+            return opened if isinstance(opened, str) else None
+    return None
+
+
+def holds_start(journal: Journal) -> bool:
+    """Whether the journal begins where its stream began: its first file was opened with
+    the channel (not by rotation after files that retention removed or that were not
+    given)."""
+    first = journal.files[0] if journal.files else None
+    if first is None and journal.records:
+        first = journal.records[0].path
+    return first is not None and _opened(journal, first) == "start"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A place where a journal is damaged or incomplete: the file and offset, what is
+    wrong, and which sequence ids are not there."""
+
+    path: str
+    offset: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: offset {self.offset}: {self.what}"
+
+
+def _file_rank(journal: Journal) -> dict[str, int]:
+    """Each of the journal's files by its place in writing order."""
+    rank = {p: i for i, p in enumerate(journal.files)}
+    for path in [*(r.path for r in journal.records), *(p.path for p in journal.problems)]:
+        rank.setdefault(path, len(rank))
+    return rank
+
+
+def _seq_name(journal: Journal) -> str:
+    roles = journal.opening.get("roles")
+    name = roles.get("sequence") if isinstance(roles, dict) else None
+    return name if isinstance(name, str) and name else "sequence"
+
+
+def _ids(name: str, before: int | None, after: int | None) -> str:
+    """The sequence ids strictly between two envelopes, in words."""
+    if before is None and after is None:
+        return "no envelope around it is readable"
+    if before is None:
+        return f"the envelopes before {name}={after} are not there"
+    if after is None:
+        return f"the envelopes after {name}={before} are not there"
+    if after - before <= 1:
+        return f"no {name} is missing between {name}={before} and {name}={after}"
+    ids = f"{before + 1}" if after - before == 2 else f"{before + 1}..{after - 1}"
+    return f"{name} {ids} missing (between {name}={before} and {name}={after})"
+
+
+def gaps(journal: Journal) -> list[Gap]:
+    """Every place ``journal`` is damaged or incomplete, in writing order, each with its
+    file and offset and the sequence ids missing there: the problems the reader reported
+    (a changed record, garbage, a torn tail), files missing between two of its rotated
+    files, and records its writer dropped (``dropped_before``)."""
+    rank = _file_rank(journal)
+    seqs = sorted(
+        (rank[r.path], r.offset, r.seq)
+        for r in journal.records
+        if r.kind == jr.ENVELOPE and r.seq is not None
+    )
+    where = [(f, o) for f, o, _ in seqs]
+    name = _seq_name(journal)
+
+    def around(path: str, offset: int) -> tuple[int | None, int | None]:
+        at = bisect.bisect_left(where, (rank[path], offset))
+        before = seqs[at - 1][2] if at else None
+        after = seqs[at][2] if at < len(seqs) else None
+        return before, after
+
+    found: list[tuple[int, int, Gap]] = []
+    for p in journal.problems:
+        before, after = around(p.path, p.offset)
+        if p.torn:
+            after = None
+        what = f"{p.message}; {_ids(name, before, after)}"
+        found.append((rank[p.path], p.offset, Gap(p.path, p.offset, what)))
+    indexed = sorted(
+        ((m, p) for p in journal.files if (m := jr._NAME.match(Path(p).name)) is not None),
+        key=lambda mp: int(mp[0].group("index")),
+    )
+    for (m0, p0), (m1, p1) in itertools.pairwise(indexed):
+        i0, i1 = int(m0.group("index")), int(m1.group("index"))
+        if m0.group("stem") != m1.group("stem") or i1 - i0 <= 1:
+            continue
+        stem = m1.group("stem")
+        absent = (
+            f"the file {stem}.{i0 + 1:06d}{jr.SUFFIX} is missing"
+            if i1 - i0 == 2
+            else f"the files {stem}.{i0 + 1:06d}..{i1 - 1:06d}{jr.SUFFIX} are missing"
+        )
+        before, after = around(p1, 0)
+        what = (
+            f"{absent} (between {Path(p0).name} and {Path(p1).name}); {_ids(name, before, after)}"
+        )
+        found.append((rank[p1], 0, Gap(p1, 0, what)))
+    for r in journal.records:
+        dropped = r.meta.get("dropped_before")
+        if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:
+            before, after = around(r.path, r.offset)
+            if r.kind == jr.ENVELOPE:
+                after = r.seq
+            what = (
+                f"its writer dropped {dropped} record(s) before this one (the queue was "
+                f"full); {_ids(name, before, after)}"
+            )
+            found.append((rank[r.path], r.offset, Gap(r.path, r.offset, what)))
+    return [g for _, _, g in sorted(found, key=lambda x: (x[0], x[1]))]
 
 
 # --- tpwire replay: the receive path, no process group ------------------------------------
@@ -294,9 +421,16 @@ class ReplaySource(Generic[H, M]):
     """A recorded full-mode journal as a stream of envelopes, for a fresh channel group:
     ``feed(channel)`` sends them in place of the source rank, so the workers run on exactly
     the recorded inputs. Envelopes are deduplicated by sequence id (a record whose id is not
-    past the last one fed is skipped); ``start_epoch`` starts at that epoch's first envelope,
-    which the journal must hold (a hard cut empties the caches, so only there may a replay
-    start)."""
+    past the last one fed is skipped).
+
+    A replay starts at the first envelope of the stream or of an epoch, never in the middle
+    of one (a hard cut empties the caches, so only there may a replay start): without
+    ``start_epoch`` the journal's first envelope must be one of those, with it that epoch's
+    first envelope, which the journal must hold. A source that is damaged or incomplete from
+    its start on (a record the reader could not read, a torn tail, a rotated file missing,
+    records the writer dropped) is refused with the offsets and the missing ids;
+    ``lenient=True`` feeds what is readable instead and lists each gap in ``gaps``. All of
+    it is checked when the source is made, before anything is sent."""
 
     def __init__(
         self,
@@ -304,6 +438,7 @@ class ReplaySource(Generic[H, M]):
         protocol: Bindings[H, M] | ModuleType,
         *,
         start_epoch: int | None = None,
+        lenient: bool = False,
     ) -> None:
         self.bindings: Bindings[H, M] = bindings_of(protocol)
         if isinstance(paths, Journal):
@@ -311,19 +446,39 @@ class ReplaySource(Generic[H, M]):
         else:
             journals = load(paths)
         if len(journals) != 1:
-            names = ", ".join(j.name for j in journals) or "none"
+            names = ", ".join(printable(j.name) for j in journals) or "none"
             raise ReplayError(f"a replay source reads one rank's journal, found: {names}")
         self.journal = journals[0]
+        self.name = printable(self.journal.name)
         self.start_epoch = start_epoch
+        self.lenient = lenient
         #: sequence ids skipped as duplicates or before the start
         self.skipped: list[int] = []
+        envelopes = self.journal.envelopes()
+        if not envelopes:
+            raise ReplayError(f"{self.name}: the journal holds no envelope to replay")
+        if start_epoch is not None:
+            self._start = self._epoch_start(envelopes, start_epoch)
+        else:
+            self._start = self._stream_start(envelopes)
+        #: where the journal is damaged or incomplete from the start on (``lenient``)
+        self.gaps: list[Gap] = self._gaps(envelopes)
+        if self.gaps and not lenient:
+            shown = "; ".join(printable(g) for g in self.gaps[:3])
+            more = f"; and {len(self.gaps) - 3} more" if len(self.gaps) > 3 else ""
+            raise ReplayError(
+                f"{self.name}: the journal is damaged or incomplete at {len(self.gaps)} "
+                f"place(s): {shown}{more}; a replay source feeds a whole stream "
+                "(ReplaySource(..., lenient=True) feeds what is readable and lists the gaps)"
+            )
+        for rec in envelopes[self._start :]:
+            if rec.meta.get("state") in ("sent", "validated"):
+                self._frame0(rec)  # refused before anything is sent
 
     def __iter__(self) -> Iterator[Replayed[H, M]]:
         envelopes = self.journal.envelopes()
-        start = 0
-        if self.start_epoch is not None:
-            start = self._epoch_start(envelopes, self.start_epoch)
-        self.skipped.extend(r.seq for r in envelopes[:start] if r.seq is not None)
+        start = self._start
+        self.skipped = [r.seq for r in envelopes[:start] if r.seq is not None]
         last: int | None = None
         for rec in envelopes[start:]:
             if rec.seq is not None and last is not None and rec.seq <= last:
@@ -334,6 +489,47 @@ class ReplaySource(Generic[H, M]):
             yield self._decode(rec)
             last = rec.seq
 
+    def _gaps(self, envelopes: list[jr.Record]) -> list[Gap]:
+        """The journal's gaps from the replay's start on (those before it do not count)."""
+        found = gaps(self.journal)
+        if not self._start:
+            return found
+        rank = _file_rank(self.journal)
+        prev = envelopes[self._start - 1]
+        after = (rank[prev.path], prev.offset)
+        return [g for g in found if (rank[g.path], g.offset) > after]
+
+    def _stream_start(self, envelopes: list[jr.Record]) -> int:
+        first = envelopes[0]
+        opened = _opened(self.journal, first.path)
+        if opened in ("start", "epoch"):
+            return 0
+        seq = _seq_name(self.journal)
+        roles = self.journal.opening.get("roles")
+        epoch_name = roles.get("epoch") if isinstance(roles, dict) else None
+        inside = (
+            f" lies in the middle of {printable(epoch_name or 'epoch')}={first.epoch}"
+            if first.epoch is not None
+            else " is not the first of the stream"
+        )
+        how = f"was opened by {printable(opened)} rotation" if opened else "has no readable OPEN"
+        starts = [
+            rec.epoch
+            for prev, rec in itertools.pairwise(envelopes)
+            if rec.epoch is not None and prev.epoch is not None and rec.epoch > prev.epoch
+        ]
+        instead = (
+            "; it holds the start of " + ", ".join(f"start_epoch={e}" for e in starts)
+            if starts
+            else ""
+        )
+        raise ReplayError(
+            f"{self.name}: the journal does not hold the start of the stream: its first "
+            f"envelope ({seq}={first.seq}, offset {first.offset} of {printable(first.path)})"
+            f"{inside} (its file {how}: the files before it were removed or not given); a "
+            f"replay starts at the first envelope of the stream or of an epoch{instead}"
+        )
+
     def _epoch_start(self, envelopes: list[jr.Record], epoch: int) -> int:
         for i, rec in enumerate(envelopes):
             if rec.epoch is None or rec.epoch < epoch:
@@ -342,38 +538,35 @@ class ReplaySource(Generic[H, M]):
                 before = envelopes[i - 1].epoch if i else None
                 if before is not None and before < epoch:
                     return i  # the journal holds the envelope before the cut too
-                if before is None and self._opens_epoch(rec):
-                    return i
+                if not i and _opened(self.journal, rec.path) in ("start", "epoch"):
+                    return i  # the journal's first file opens the stream or the epoch
             break
         raise ReplayError(
-            f"{self.journal.name}: the journal does not hold the start of epoch {epoch} "
+            f"{self.name}: the journal does not hold the start of epoch {epoch} "
             "(a replay starts at an epoch's first envelope; retention may have removed it)"
         )
 
-    def _opens_epoch(self, rec: jr.Record) -> bool:
-        """The journal's first envelope starts its epoch when its file was opened with the
-        channel or for a new epoch (not by size rotation in the middle of one)."""
-        opening = next(
-            (r for r in self.journal.records if r.kind == jr.OPEN and r.path == rec.path), None
-        )
-        return opening is not None and opening.meta.get("opened") in ("start", "epoch")
-
-    def _decode(self, rec: jr.Record) -> Replayed[H, M]:
-        where = f"{rec.path}: offset {rec.offset}"
+    def _frame0(self, rec: jr.Record) -> Manifest:
+        where = f"{printable(rec.path)}: offset {rec.offset}"
         try:
-            manifest = self.bindings.read_frame0_bytes(rec.frame0)
+            manifest: Manifest = self.bindings.read_frame0_bytes(rec.frame0)
         except (WireError, ProtocolMismatch) as exc:
-            raise ReplayError(f"{where}: frame 0 refused: {exc}") from None
-        action = self.bindings.action_of(manifest.header)
+            raise ReplayError(f"{where}: frame 0 refused: {printable(exc)}") from None
         if manifest.frame1_nbytes and rec.segments is None:
             raise ReplayError(
                 f"{where}: a digest-mode record (seq {rec.seq}): only a full-mode journal "
                 "(journal mode 'full') holds the tensors to replay"
             )
+        return manifest
+
+    def _decode(self, rec: jr.Record) -> Replayed[H, M]:
+        manifest = self._frame0(rec)
+        action = self.bindings.action_of(manifest.header)
         try:
             header, msg = manifest.finish(segment_tensors(rec.segments or ()))
         except (WireError, EnvelopeInvalid) as exc:
-            raise ReplayError(f"{where}: refused: {_short(exc)}") from None
+            where = f"{printable(rec.path)}: offset {rec.offset}"
+            raise ReplayError(f"{where}: refused: {printable(_short(exc))}") from None
         return Replayed(action, header, msg, manifest.reason)
 
     def feed(self, channel: Any) -> int:

@@ -134,6 +134,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from tpwire.runtime.escape import printable
     from tpwire.runtime.journal_diff import diff
     from tpwire.runtime.replay import load
 
@@ -159,7 +160,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             "notes": report.notes,
         }, indent=1))  # fmt: skip
         return EXIT_FAIL if div is not None else EXIT_OK
-    names = ", ".join(j.name for j in journals)
+    names = ", ".join(printable(j.name) for j in journals)
     counts = ", ".join(str(len(j.envelopes())) for j in journals)
     print(f"journals: {names} ({counts} envelope records)")
     for note in report.notes:
@@ -174,7 +175,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from tpwire.runtime.replay import bindings_for, load, replay
+    from tpwire.runtime.escape import printable
+    from tpwire.runtime.replay import bindings_for, gaps, holds_start, load, replay
 
     missing = _missing(args.files)
     if missing:
@@ -187,35 +189,47 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     status = EXIT_OK
     for journal in journals:
+        name = printable(journal.name)
         bindings = bindings_for(journal.opening, _protocol(args.spec))
         if bindings is None:
             _err(
-                f"{journal.name}: protocol {journal.opening.get('protocol')!r} is not a "
+                f"{name}: protocol {printable(repr(journal.opening.get('protocol')))} is not a "
                 "generated module of this build; pass --spec SPEC"
             )
             status = EXIT_USAGE
             continue
-        for problem in journal.problems:
-            print(f"{journal.name}: note: {problem}")
+        # where the journal is damaged or incomplete: each place with its offset and the
+        # sequence ids that are not there; the replay goes on with what is readable
+        holes = gaps(journal)
+        for gap in holes:
+            print(f"{name}: note: {printable(gap)}")
+        envelopes = journal.envelopes()
+        if envelopes and not holds_start(journal):
+            first = envelopes[0]
+            print(
+                f"{name}: note: the journal starts after its stream did (the first file, "
+                f"{printable(first.path)}, was not opened with the stream: retention removed "
+                "the files before it, or they were not given)"
+            )
         report = replay(journal, bindings, stop=not args.all)
         for note in report.notes:
-            print(f"{journal.name}: note: {note}")
+            print(f"{name}: note: {printable(note)}")
         if args.verbose:
             for o in report.outcomes:
                 mark = "refused" if o.refused else "ok"
                 rep = "" if o.reproduced is None else (" reproduced" if o.reproduced else "")
-                print(
-                    f"  {o.ids} {o.action}: {mark}{rep}" + (f": {o.refused}" if o.refused else "")
-                )
+                why = f": {printable(o.refused)}" if o.refused else ""
+                print(f"  {printable(o.ids)} {printable(o.action)}: {mark}{rep}{why}")
         full = [o for o in report.outcomes if o.reproduced is not None]
         same = sum(1 for o in full if o.reproduced)
-        first = report.first_refused
-        if first is not None:
+        first_refused = report.first_refused
+        if first_refused is not None:
             print(
-                f"{journal.name}: REFUSED at {first.ids} ({first.action}, offset "
-                f"{first.record.offset} of {first.record.path}): {first.refused}"
+                f"{name}: REFUSED at {printable(first_refused.ids)} "
+                f"({printable(first_refused.action)}, offset {first_refused.record.offset} of "
+                f"{printable(first_refused.record.path)}): {printable(first_refused.refused)}"
             )
-            status = EXIT_FAIL
+            status = max(status, EXIT_FAIL)
         n = len(report.outcomes)
         tail = (
             f"; {same} of {len(full)} full-mode envelopes reproduced bit for bit"
@@ -223,8 +237,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else "; digest mode: frame 0 and ordering checked (record with mode 'full' to "
             "decode and reproduce frame 1)"
         )
-        verdict = "accepted" if first is None else f"{n - 1} accepted before the refusal"
-        print(f"{journal.name}: {n} envelopes replayed, {verdict}{tail}")
+        verdict = "accepted" if first_refused is None else f"{n - 1} accepted before the refusal"
+        if holes:  # what is not there was not replayed: never "accepted"
+            verdict = (
+                f"incomplete: the journal is damaged or has a hole at {len(holes)} place(s) "
+                "(notes above)" + ("" if first_refused is None else f", {verdict}")
+            )
+            status = max(status, EXIT_FAIL)
+        print(f"{name}: {n} envelopes replayed, {verdict}{tail}")
     return status
 
 
