@@ -848,7 +848,7 @@ class _Channel(Generic[H, M]):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
-                self._poison(self.last_header, f"waiting for frame 0 failed: {exc}")
+                self._poison(self.last_header, f"waiting for frame 0 failed: {describe(exc)}")
         raw = b""
         try:
             raw = _frame0_bytes(head, framing.frame0_nbytes)
@@ -893,7 +893,7 @@ class _Channel(Generic[H, M]):
                         buffers[i] = segment
                         self._get(segment, self._segment_tag(header, i), frame0=False)
                 except BaseException as exc:
-                    self._poison(header, f"frame 1 receive failed: {exc}")
+                    self._poison(header, f"frame 1 receive failed: {describe(exc)}")
         action = self.protocol.action_of(header)
         payload = action in self.protocol.payload_actions
         framing.after(payload, sizes)
@@ -1100,7 +1100,8 @@ class _Channel(Generic[H, M]):
         text = what() if callable(what) else what
         ids = self._ids(header if header is not None else self.last_sent or self.last_header)
         return (
-            f"tpwire[rank {self.rank}]: POISONED {ids}: the transport aborted during {text}: "
+            f"tpwire[rank {self.rank}]: POISONED {ids}: the transport aborted during "
+            f"{printable(text)}: "
             "gloo::EnforceNotMet (gloo's I/O thread refuses a message longer than this "
             "rank's receive buffer: a peer on another layout or protocol, or a bug)"
         )

@@ -9,6 +9,7 @@ groups, every run under a hard timeout (tests/mp.py): a hang is a failure.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,74 @@ def test_a_watchdog_line_naming_hostile_text_is_one_escaped_line(tmp_path: Path)
         (line,) = _lines(r.log)
         assert line.startswith(f"tpwire[rank {r.rank}]: WATCHDOG: step {_escaped(FORGED)} "), line
         assert line.endswith(f"; exiting {EXIT_WATCHDOG}"), line
+
+
+def dead_source(rank: int, world: int, where: str) -> Any:
+    """Rank 0 dies before frame 0 (``frame0``) or after frame 0, before frame 1
+    (``frame1``): each worker's poison line quotes what gloo said of the lost peer."""
+    import os
+
+    from mp_scenarios import _big_envelope, header
+
+    from tpwire.generated import tp_control as tc
+    from tpwire.runtime.channel import BroadcastChannel
+
+    ch = BroadcastChannel(tc, watchdog_s=30).open()
+    if rank != 0:
+        ch.recv()
+        return {"handed_over": True}
+    if where == "frame0":
+        time.sleep(0.5)
+        os._exit(1)
+    put = ch._put
+
+    def dies_after_frame0(tensor: Any, tag: int, *, frame0: bool) -> None:
+        if not frame0:
+            time.sleep(0.5)
+            os._exit(1)
+        put(tensor, tag, frame0=frame0)
+
+    ch._put = dies_after_frame0  # type: ignore[method-assign]
+    ch.send(_big_envelope(), header(0))
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("where", "step"),
+    [("frame0", "waiting for frame 0 failed"), ("frame1", "frame 1 receive failed")],
+)
+def test_a_lost_peer_is_named_without_the_backends_path_and_advice(
+    tmp_path: Path, where: str, step: str
+) -> None:
+    results = run_ranks("dead_source", tmp_path, world=3, module="test_log_integrity", where=where)
+    for r in results[1:]:
+        assert r.exitcode == EXIT_POISONED, r.log
+        (line,) = _lines(r.log)
+        assert line.startswith(f"tpwire[rank {r.rank}]: POISONED call_id="), line
+        # the reason as every other poison line gives it: Type: message, gloo's words kept
+        assert f": {step}: " in line and "Error: " in line, line
+        assert re.search(r"Connection (reset|closed) by peer|Read error", line), line
+        for noise in (".cc:", "pair.cc", "This is typically caused", "GLHF"):
+            assert noise not in line, line
+        assert line.endswith(f"; exiting {EXIT_POISONED}"), line
+
+
+def abort_line(rank: int, world: int, text: str) -> Any:
+    """The line the abort guard writes if the transport aborts the process in a step named
+    with ``text`` (made as the guard makes it, without aborting)."""
+    from tpwire.generated import tp_control as tc
+    from tpwire.runtime.channel import BroadcastChannel
+
+    ch = BroadcastChannel(tc).open()
+    return {"line": ch._abort_line(lambda: f"step {text}", None)}
+
+
+def test_the_abort_guards_line_naming_hostile_text_is_one_escaped_line(tmp_path: Path) -> None:
+    (r,) = run_ranks("abort_line", tmp_path, world=1, module="test_log_integrity", text=BIDI)
+    assert r.exitcode == 0, r.log
+    line = r.result["line"]
+    assert _lines(line) == [line], line
+    for raw in RAW:
+        assert raw not in line, (raw, line)
+    assert line.startswith("tpwire[rank 0]: POISONED call_id=None chunk_index=None "), line
+    assert f"the transport aborted during step {_escaped(BIDI)}: " in line, line
