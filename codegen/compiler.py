@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import importlib.abc
 import importlib.util
 import os
 import re
+import stat
 import sys
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +45,29 @@ def project_root(path: str | Path) -> Path | None:
     return None
 
 
+def project_name(path: str | Path) -> str:
+    """The project a spec belongs to, as the headers of ``gen``'s output record it (whose
+    output a run may replace or remove): the ``[project] name`` of its root's
+    pyproject.toml (else ``[tool.poetry] name``, else the root folder's name; the spec's
+    folder's name when it has no root), lowercase, each run of other characters than
+    letters and digits one ``-``. A name, not a path: the same from any clone."""
+    root = project_root(path)
+    folder = root if root is not None else Path(path).resolve().parent
+    name: object = None
+    if root is not None:
+        try:
+            data = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            data = {}
+        tool = data.get("tool")
+        for table in (data.get("project"), tool.get("poetry") if isinstance(tool, dict) else None):
+            if isinstance(table, dict) and isinstance(table.get("name"), str):
+                name = table["name"]
+                break
+    text = name if isinstance(name, str) else folder.name
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unnamed"
+
+
 def source_name(path: str | Path) -> str:
     """The spec's name in generated headers and docs: relative to its project's root (the
     nearest folder with ``pyproject.toml`` or ``.git``), else its file name, so the same
@@ -51,10 +78,21 @@ def source_name(path: str | Path) -> str:
     return printable_name(name)
 
 
-def protocol_ir(path: str | Path) -> ProtocolIR:
+@dataclass(frozen=True)
+class SpecIR(ProtocolIR):
+    """The IR of a spec file and the project it belongs to (``project_name``), which the
+    headers rendered from it record."""
+
+    project: str | None = None
+
+
+def protocol_ir(path: str | Path) -> SpecIR:
     """Load, check and lower one spec file (``SpecErrors`` on any problem). Errors name
-    the spec as given (relative to the working directory); the output, by ``source_name``."""
-    return build(check(load_path(path, display_path(path))), source_name(path))
+    the spec as given (relative to the working directory); the output, by ``source_name``
+    and ``project_name``."""
+    ir = build(check(load_path(path, display_path(path))), source_name(path))
+    fields = {f.name: getattr(ir, f.name) for f in dataclasses.fields(ir)}
+    return SpecIR(**fields, project=project_name(path))
 
 
 def protocol_ir_from_text(text: str | bytes, name: str = "<spec>") -> ProtocolIR:
@@ -62,25 +100,33 @@ def protocol_ir_from_text(text: str | bytes, name: str = "<spec>") -> ProtocolIR
     return build(check(load_text(text, name)), name)
 
 
+class OutputError(Exception):
+    """What ``gen`` must not or cannot write (one line; nothing written): a file of that name
+    tpwire did not write, another project's output, a folder that is a file."""
+
+
 @dataclass(frozen=True)
 class Output:
     path: Path
     text: str
+    project: str | None = None  # the owner its header records (None: __init__.py)
 
 
-def outputs(irs: list[ProtocolIR], out: Path, docs: Path | None) -> list[Output]:
+def outputs(irs: list[SpecIR], out: Path, docs: Path | None) -> list[Output]:
     """Every file ``gen`` writes for these protocols, in a fixed order."""
     files: list[Output] = []
     for p in irs:
-        files.append(Output(out / f"{p.module}.py", render.render_module(p)))
-        files.append(Output(out / f"{p.module}_strategies.py", render.render_strategies(p)))
+        files.append(Output(out / f"{p.module}.py", render.render_module(p), p.project))
+        strategies = render.render_strategies(p)
+        files.append(Output(out / f"{p.module}_strategies.py", strategies, p.project))
         if docs is not None:
-            files.append(Output(docs / f"{p.module}.md", render.render_doc_page(p)))
-            files.append(Output(docs / f"{p.module}.schema.json", render.render_schema(p)))
+            files.append(Output(docs / f"{p.module}.md", render.render_doc_page(p), p.project))
+            schema = render.render_schema(p)
+            files.append(Output(docs / f"{p.module}.schema.json", schema, p.project))
     return files
 
 
-def package_init(irs: list[ProtocolIR], out: Path, stale: list[Path]) -> list[Output]:
+def package_init(irs: Sequence[ProtocolIR], out: Path, stale: list[Path]) -> list[Output]:
     """The package's ``__init__.py``, listing every module it holds after this run (the
     ones compiled and the other specs' it keeps); none when a hand-written one is there."""
     init_path = out / "__init__.py"
@@ -101,45 +147,64 @@ def package_init(irs: list[ProtocolIR], out: Path, stale: list[Path]) -> list[Ou
     return [Output(init_path, text)]
 
 
+def _head(path: Path) -> str | None:
+    """The first two lines of a regular file (never a FIFO, a device or a symbolic link,
+    which are nobody's output and may block a reader), or None."""
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return None
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            return fh.readline(4096) + fh.readline(4096)
+    except (OSError, ValueError):
+        return None
+
+
 def _is_generated(path: Path) -> bool:
     """Whether tpwire wrote this file: its mark is in the first two lines."""
-    try:
-        with path.open(encoding="utf-8") as fh:
-            head = [fh.readline(), fh.readline()]
-    except (OSError, UnicodeDecodeError):
-        return False
-    return any(GENERATED_MARK in line for line in head)
+    head = _head(path)
+    return head is not None and GENERATED_MARK in head
 
 
 def _generated_in(folder: Path) -> list[Path]:
-    return [f for f in sorted(folder.iterdir()) if f.is_file() and _is_generated(f)]
+    return [f for f in sorted(folder.iterdir()) if _is_generated(f)]
 
 
-#: ``@generated by tpwire 0.1.0 (ruff 0.17.6) from spec/x.yaml (sha256 ...) - do not edit``
-#: and the shorter forms of the JSON schema and the markdown pages
+#: ``@generated by tpwire 0.1.0 (ruff 0.17.6) from spec/x.yaml (sha256 ..., project P) -
+#: do not edit`` and the shorter forms of the JSON schema (``(project P)``) and the markdown
+#: pages; output of tpwire before the project was recorded has ``(sha256 ...)`` alone
 _MADE_FROM = re.compile(
     re.escape(GENERATED_MARK)
-    + r" \S+(?: \([^)]*\))? from (.+?)(?: \(sha256 [0-9a-f]*\))?(?: - do not edit| -->|\"|$)",
+    + r" \S+(?: \([^)]*\))? from (.+?)"
+    + r"(?: \((?:sha256 [0-9a-f]*)?(?:, )?(?:project ([a-z0-9-]+))?\))?"
+    + r"(?: - do not edit| -->|\"|$)",
     re.MULTILINE,
 )
 
 
-def _made_from(path: Path) -> str | None:
-    """The spec a generated file names in its first line (``from <source> (sha256``)."""
-    try:
-        with path.open(encoding="utf-8") as fh:
-            head = fh.readline() + fh.readline()
-    except (OSError, UnicodeDecodeError):
-        return None
-    found = _MADE_FROM.search(head)
-    return found.group(1) if found else None
+def _made_from(path: Path) -> tuple[str, str | None] | None:
+    """The spec and project a generated file names in its first line (``from <source>
+    (sha256 ..., project <name>)``); the project is None in older output."""
+    head = _head(path)
+    found = _MADE_FROM.search(head) if head is not None else None
+    return (found.group(1), found.group(2)) if found else None
 
 
-def stale_files(files: list[Output], dirs: list[Path], sources: set[str]) -> list[Path]:
+def _owns(owners: set[tuple[str, str]], made: tuple[str, str | None] | None) -> bool:
+    """Whether a file made from ``made`` is this run's: the same spec of the same project
+    (output older than the recorded project: the same spec name)."""
+    if made is None:
+        return False
+    source, project = made
+    if project is None:
+        return any(source == s for s, _ in owners)
+    return (source, project) in owners
+
+
+def stale_files(files: list[Output], dirs: list[Path], owners: set[tuple[str, str]]) -> list[Path]:
     """Generated files in the output folders that this run would not write, made from one
-    of the specs it compiles (``sources``, as their headers name them): a spec whose
-    protocol was renamed leaves its old module behind. Any other file, another spec's output
-    included, is left alone."""
+    of the specs it compiles (``owners``: each one's name and project, as the headers record
+    them): a spec whose protocol was renamed leaves its old module behind. Any other file,
+    another spec's or another project's output included, is left alone."""
     wanted = {f.path.resolve() for f in files}
     stale = []
     for d in dirs:
@@ -148,9 +213,64 @@ def stale_files(files: list[Output], dirs: list[Path], sources: set[str]) -> lis
         for candidate in _generated_in(d):
             if candidate.resolve() in wanted or candidate.name == "__init__.py":
                 continue
-            if _made_from(candidate) in sources:
+            if _owns(owners, _made_from(candidate)):
                 stale.append(candidate)
     return stale
+
+
+def _folder_problem(folder: Path, what: str) -> str | None:
+    """Why ``folder`` cannot hold ``gen``'s output (it, or the first of its parents that
+    exists, is no folder), or None."""
+    for at in (folder, *folder.parents):
+        try:
+            st = at.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{what} {folder.as_posix()}: cannot use {at.as_posix()}: {exc.strerror}"
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        return f"{what} {folder.as_posix()}: {at.as_posix()} is a file, not a folder"
+    return None
+
+
+def _conflict(f: Output) -> str | None:
+    """Why ``gen`` must not write ``f`` over what is at its path now, or None: only a file
+    tpwire wrote, and no other project's, is replaced."""
+    try:
+        mode = f.path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{f.path.as_posix()}: {exc.strerror}"
+    if stat.S_ISLNK(mode):
+        return f"{f.path.as_posix()} is a symbolic link"
+    if stat.S_ISDIR(mode):
+        return f"{f.path.as_posix()} is a folder"
+    if not stat.S_ISREG(mode):
+        return f"{f.path.as_posix()} is not a regular file"
+    if f.project is None:  # __init__.py: package_init leaves a hand-written one alone
+        return None
+    if not _is_generated(f.path):
+        return f"{f.path.as_posix()} exists and was not written by tpwire (no '{GENERATED_MARK}' header)"
+    made = _made_from(f.path)
+    if made is not None and made[1] is not None and made[1] != f.project:
+        return f"{f.path.as_posix()} is project {made[1]}'s output (from {made[0]})"
+    return None
+
+
+def _refuse_conflicts(files: list[Output], out: Path, docs: Path | None) -> None:
+    problems = [_folder_problem(out, "out")]
+    if docs is not None:
+        problems.append(_folder_problem(docs, "docs"))
+    problems += [_conflict(f) for f in files]
+    found = [p for p in problems if p is not None]
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise OutputError(
+            f"refusing to write: {found[0]}{more}; nothing written (move it, or choose "
+            "another out or docs folder)"
+        )
 
 
 def generate(
@@ -167,7 +287,7 @@ def generate(
     given, receives a unified diff per change. All specs are checked before anything is
     written, so a bad spec leaves the tree untouched.
     """
-    irs: list[ProtocolIR] = []
+    irs: list[SpecIR] = []
     errors: list[SpecError] = []
     for spec in specs:
         try:
@@ -192,24 +312,34 @@ def generate(
             )
         seen[p.module] = p.source
     files = outputs(irs, out, docs)
-    stale = stale_files(files, [out] + ([docs] if docs else []), {p.source for p in irs})
+    owners = {(p.source, p.project) for p in irs if p.project is not None}
+    stale = stale_files(files, [out] + ([docs] if docs else []), owners)
     files += package_init(irs, out, stale)
+    _refuse_conflicts(files, out, docs)
     changes: list[str] = []
-    for f in files:
-        old = f.path.read_text("utf-8") if f.path.is_file() else None
-        if old != f.text:
-            changes.append(f"{'would write' if check_only else 'wrote'} {f.path.as_posix()}")
+    try:
+        for f in files:
+            old = f.path.read_bytes().decode("utf-8", "replace") if f.path.is_file() else None
+            if old != f.text:
+                changes.append(f"{'would write' if check_only else 'wrote'} {f.path.as_posix()}")
+                if diffs is not None:
+                    diffs.append(_diff(f.path, old or "", f.text))
+                if not check_only:
+                    f.path.parent.mkdir(parents=True, exist_ok=True)
+                    f.path.write_text(f.text, "utf-8")
+        for path in stale:
+            verb = "would remove" if check_only else "removed"
+            changes.append(f"{verb} stale {path.as_posix()}")
             if diffs is not None:
-                diffs.append(_diff(f.path, old or "", f.text))
+                diffs.append(_diff(path, path.read_text("utf-8", errors="replace"), ""))
             if not check_only:
-                f.path.parent.mkdir(parents=True, exist_ok=True)
-                f.path.write_text(f.text, "utf-8")
-    for path in stale:
-        changes.append(f"{'would remove' if check_only else 'removed'} stale {path.as_posix()}")
-        if diffs is not None:
-            diffs.append(_diff(path, path.read_text("utf-8", errors="replace"), ""))
-        if not check_only:
-            path.unlink()
+                path.unlink()
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else out
+        done = f" after {len(changes) - 1} change(s)" if len(changes) > 1 else ""
+        raise OutputError(
+            f"cannot write {Path(where).as_posix()}: {exc.strerror or exc}{done}"
+        ) from None
     return changes
 
 

@@ -17,7 +17,7 @@ from tpwire.extras import FormatterError
 
 from .ir import ProtocolIR
 from .schema import json_schema
-from .stamp import GENERATOR_VERSION
+from .stamp import GENERATED_MARK, GENERATOR_VERSION
 
 
 def _py(value: object) -> str:
@@ -59,11 +59,23 @@ FORMATTER = "ruff"
 FORMATTER_VERSION = "0.17.6"
 
 
+def project_of(p: ProtocolIR) -> str | None:
+    """The project a spec file belongs to (``compiler.SpecIR``), which the headers record:
+    ``gen`` replaces or removes only its own project's output. None for a spec's text."""
+    project = getattr(p, "project", None)
+    return project if isinstance(project, str) else None
+
+
 def _render(template: str, **context: Any) -> str:
     return (
         environment()
         .get_template(template)
-        .render(version=GENERATOR_VERSION, formatter=f"{FORMATTER} {FORMATTER_VERSION}", **context)
+        .render(
+            version=GENERATOR_VERSION,
+            formatter=f"{FORMATTER} {FORMATTER_VERSION}",
+            project=project_of(context["p"]),
+            **context,
+        )
     )
 
 
@@ -135,4 +147,10 @@ def render_doc_page(p: ProtocolIR) -> str:
 
 
 def render_schema(p: ProtocolIR) -> str:
-    return json.dumps(json_schema(p), indent=2, sort_keys=True) + "\n"
+    schema = json_schema(p)
+    project = project_of(p)
+    if project is not None:  # the owner, as in the other headers: "from X (project P) - ..."
+        schema["$comment"] = (
+            f"{GENERATED_MARK} {GENERATOR_VERSION} from {p.source} (project {project}) - do not edit"
+        )
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

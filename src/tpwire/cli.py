@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import traceback
@@ -77,10 +78,11 @@ def _gen_targets(args: argparse.Namespace) -> tuple[list[str | Path], Path, Path
             raise UsageError("--out DIR is needed with SPEC arguments")
         return [*args.specs], Path(args.out), Path(args.docs) if args.docs else None
     config = _config()
-    out = Path(args.out) if args.out else config.out
+    # a folder from the table stays in the project; one on the command line is the operator's
+    out = Path(args.out) if args.out else config.out and config.inside(config.out, "out")
     if out is None:
         raise UsageError(f"no --out given and no out = ... in {config.path} [tool.tpwire]")
-    docs = Path(args.docs) if args.docs else config.docs
+    docs = Path(args.docs) if args.docs else config.docs and config.inside(config.docs, "docs")
     return [_near(p) for p in config.spec_paths()], _near(out), _near(docs) if docs else None
 
 
@@ -102,6 +104,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
     except SpecErrors as exc:
         _emit_errors(exc.errors, args.format)
         return EXIT_FAIL
+    except compiler.OutputError as exc:
+        raise UsageError(str(exc)) from None
     for line in changes:
         print(line)
     if args.check and changes:
@@ -162,7 +166,12 @@ def cmd_docs(args: argparse.Namespace) -> int:
         if args.splice != "":
             raise UsageError("docs needs a SPEC, or --splice alone for [tool.tpwire] splice")
         config = _config_with_splice()
-        codes = [_splice_one(str(s.spec), str(s.file), s.name, args.check) for s in config.splice]
+        # every target is checked before any is written: the table never writes outside
+        files = [config.inside(s.file, f"splice[{i}] file") for i, s in enumerate(config.splice)]
+        codes = [
+            _splice_one(str(s.spec), str(f), s.name, args.check)
+            for s, f in zip(config.splice, files, strict=True)
+        ]
         return max(codes)
     if args.splice is None:
         p = compiler.protocol_ir(args.spec)
@@ -188,6 +197,9 @@ def _splice_one(spec: str, file: str, block: str | None, check: bool) -> int:
     target = Path(file)
     name = block or p.name
     try:
+        if not stat.S_ISREG(target.stat().st_mode):  # a FIFO would block the read
+            print(f"{target}:1:1: error[io]: cannot read: not a regular file", file=sys.stderr)
+            return EXIT_FAIL
         # bytes in, bytes out: line endings outside the block stay as they are
         old = target.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -225,16 +237,35 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # --- breaking -----------------------------------------------------------------------------
 
 
-def git_show(ref: str, path: str, cwd: Path | None = None) -> bytes:
-    """``git show REF:path``: the spec as it was at a revision (``UsageError`` if unreadable)."""
+def _check_revision(ref: str, path: str) -> None:
+    """A ref git can only read as a revision: none starts with ``-`` (``--output=FILE``
+    would make ``git show`` write a file) or holds a control character."""
+    given = ascii(f"{ref}:{path}")
     if not ref or not path:
-        raise UsageError(f"--against {ref}:{path}: expected REF:path, e.g. HEAD~1:spec/x.yaml")
+        raise UsageError(f"--against {given}: expected REF:path, e.g. HEAD~1:spec/x.yaml")
+    if ref.startswith("-"):
+        raise UsageError(
+            f"--against {given}: the ref {ref!r} starts with '-' (git would read an option)"
+        )
+    if not (ref + path).isprintable():
+        raise UsageError(f"--against {given}: the ref or path holds a control character")
+
+
+def git_show(ref: str, path: str, cwd: Path | None = None) -> bytes:
+    """The bytes of ``REF:path`` (``git cat-file blob``): the spec as it was at a revision
+    (``UsageError`` if unreadable). The ref is checked and ``--end-of-options`` fences it:
+    git reads it as an object name, never as an option; ``cat-file`` takes no pathspec."""
+    _check_revision(ref, path)
     git = shutil.which("git")
     if git is None:
         raise UsageError(f"cannot read {ref}:{path}: git is not installed")
     try:
         done = subprocess.run(
-            [git, "show", f"{ref}:{path}"], cwd=cwd, capture_output=True, timeout=60, check=False
+            [git, "cat-file", "blob", "--end-of-options", f"{ref}:{path}"],
+            cwd=cwd,
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"cannot read {ref}:{path} from git: {exc}") from None
@@ -451,10 +482,12 @@ def parser() -> argparse.ArgumentParser:
         "(plus DOCS/<protocol>.md and DOCS/<protocol>.schema.json with --docs), a package "
         "that stands on its own (its strategies import the bindings beside them). Every spec "
         "is checked before anything is written. What tpwire made from these specs and no "
-        "longer writes is removed; other specs' output and a hand-written __init__.py stay. "
-        "Headers name a spec relative to its project root, so the bytes do not depend on the "
-        "working directory. Without SPEC, the specs, out and docs of pyproject.toml's "
-        "[tool.tpwire] are used.",
+        "longer writes is removed; other specs' and other projects' output and a hand-written "
+        "__init__.py stay, and any other file in an output's place is refused (exit 2, "
+        "nothing written). Headers name a spec relative to its project root and the project "
+        "by name, so the bytes do not depend on the working directory or the checkout. "
+        "Without SPEC, the specs, out and docs of pyproject.toml's [tool.tpwire] are used "
+        "(out and docs inside the project; a folder elsewhere goes on the command line).",
     )
     gen.add_argument(
         "specs", nargs="*", metavar="SPEC", help="spec files (YAML); default: [tool.tpwire] specs"
@@ -541,7 +574,7 @@ def parser() -> argparse.ArgumentParser:
     brk.add_argument(
         "--against",
         metavar="OLD",
-        help="the old spec: a file, or REF:path read with `git show` (e.g. "
+        help="the old spec: a file, or REF:path read from git (e.g. "
         "HEAD~1:spec/tp_control.yaml); default HEAD:SPEC",
     )
     brk.add_argument(

@@ -11,6 +11,11 @@
 
     [tool.tpwire.breaking]
     ignore = []                      # rules allowed on purpose
+
+Every path is relative to pyproject.toml's folder (the project root). ``out``, ``docs`` and
+the splice ``file`` targets are written, so they must lie inside the project root (symbolic
+links followed); a folder elsewhere is the operator's to name on the command line (``--out``,
+``--docs``, ``--splice FILE``). A malformed table is one ``ConfigError`` line.
 """
 
 from __future__ import annotations
@@ -48,12 +53,38 @@ class ProjectConfig:
     def spec_paths(self) -> list[Path]:
         return [self.root / s for s in self.specs]
 
+    def inside(self, path: Path, key: str) -> Path:
+        """``path`` (``key`` of the table, for the message) once it lies inside the project
+        root, symbolic links followed: the table never sends a write out of its project."""
+        try:
+            path.resolve().relative_to(self.root.resolve())
+        except ValueError:
+            raise ConfigError(
+                f"{self.path} [tool.tpwire]: {key} = {_show(path, self.root)} is outside the "
+                f"project {self.root}; name a folder outside on the command line instead"
+            ) from None
+        return path
+
+
+def _show(path: Path, root: Path) -> str:
+    """A configured path as the table spells it (relative to the root where it was)."""
+    try:
+        return repr(path.relative_to(root).as_posix())
+    except ValueError:
+        return repr(path.as_posix())
+
+
+def _no_nul(value: str, key: str, where: str) -> str:
+    if "\0" in value:
+        raise ConfigError(f"{where}: {key} {value!r} holds a NUL byte, which no path can")
+    return value
+
 
 def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
     value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {key} must be a list of strings")
-    return list(value)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of strings (none empty)")
+    return [_no_nul(v, key, where) for v in value]
 
 
 def _path(table: dict[str, Any], key: str, root: Path, where: str) -> Path | None:
@@ -62,13 +93,18 @@ def _path(table: dict[str, Any], key: str, root: Path, where: str) -> Path | Non
         return None
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {key} must be a path (a string)")
-    return root / value
+    return root / _no_nul(value, key, where)
 
 
 def _expand(patterns: list[str], root: Path, where: str) -> tuple[str, ...]:
     found: set[str] = set()
     for pattern in patterns:
         if any(c in pattern for c in "*?["):
+            if Path(pattern).is_absolute():
+                raise ConfigError(
+                    f"{where}: specs: {pattern!r} is an absolute glob; "
+                    "a glob is relative to the project root"
+                )
             matches = [p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file()]
             if not matches:
                 raise ConfigError(f"{where}: specs: {pattern!r} matches no file")
@@ -107,7 +143,10 @@ def load(path: Path) -> ProjectConfig:
         data = tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    table = data.get("tool", {}).get("tpwire", {})
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ConfigError(f"{path}: [tool] must be a table (tool = {type(tool).__name__})")
+    table = tool.get("tpwire", {})
     where = f"{path} [tool.tpwire]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
@@ -118,6 +157,9 @@ def load(path: Path) -> ProjectConfig:
     breaking = table.get("breaking", {})
     if not isinstance(breaking, dict):
         raise ConfigError(f"{path} [tool.tpwire.breaking] must be a table")
+    unknown = sorted(breaking.keys() - {"ignore"})
+    if unknown:
+        raise ConfigError(f"{path} [tool.tpwire.breaking]: unknown key(s) {', '.join(unknown)}")
     return ProjectConfig(
         path=path,
         specs=_expand(_strings(table, "specs", where), root, where),
