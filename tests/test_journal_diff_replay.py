@@ -511,3 +511,33 @@ def test_gaps_name_the_offsets_of_every_reader_problem(tmp_path: Path) -> None:
     found = rp.gaps(journal)
     assert [g.offset for g in found] == [p.offset for p in journal.problems]
     assert "call_id 2" in str(found[0]) and "call_id 4" in str(found[1])
+
+
+def test_diff_notes_a_repeated_coordinate_with_other_bytes(tmp_path: Path) -> None:
+    """The first record of a coordinate counts; a later one with other bytes is a note."""
+    for rank in range(2):
+        j = Journal(tmp_path, rank).open()
+        for i in range(3):
+            j.chunk(i)
+        if rank == 1:
+            j.envelope(plan(9)[0], plan(1)[1])  # call_id 2 again, another envelope's bytes
+            j.last = plan(2)[1]
+        j.shutdown().end().save()
+    report = diff(load([tmp_path]))
+    assert report.divergence is None
+    (note,) = report.notes
+    assert note.startswith("tp_control.rank1: a second record of call_id=2 chunk_index=1 ")
+    assert "holds other bytes than the first" in note
+
+
+def test_replay_cli_notes_a_journal_that_starts_after_its_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    j = Journal(tmp_path, 0).skip_file().open("size")
+    for i in range(3, 6):
+        j.chunk(i)
+    j.shutdown().end().save()
+    code, out, _ = _cli("replay", str(tmp_path), capsys=capsys)
+    assert code == 0, out
+    assert "note: the journal starts after its stream did" in out
+    assert "4 envelopes replayed, accepted" in out
