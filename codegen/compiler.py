@@ -101,8 +101,9 @@ def protocol_ir_from_text(text: str | bytes, name: str = "<spec>") -> ProtocolIR
 
 
 class OutputError(Exception):
-    """What ``gen`` must not or cannot write (one line; nothing written): a file of that name
-    tpwire did not write, another project's output, a folder that is a file."""
+    """What ``gen`` must not or cannot write, in one line: a file of an output's name that
+    tpwire did not write, another project's output or a folder that is a file (refused
+    before anything is written), or a write that failed (naming the file)."""
 
 
 @dataclass(frozen=True)
