@@ -7,15 +7,20 @@ mutated by 1-4 byte-level operators (bit flips, truncation, a changed length, ch
 version field, garbage, a record duplicated, dropped or moved, a record of another protocol
 spliced in) or by a record-level operator that rewrites a record's body (metadata, frame 0
 words, segment lengths and bytes) and reseals its checksum, so mutations reach past the
-checksum into the body parser, the frame 0 checks, decode and validation.
+checksum into the body parser, the frame 0 checks, decode and validation. The typed-metadata
+operator sets a key of the record's kind's schema (or a key no schema knows) to a value of
+another type, a hostile string or deep JSON, and reseals: a checksum is not a signature.
 
 The oracle: the reader never raises and reports every problem at an offset inside the file;
-the records it returns do not overlap, lie in file order and re-verify; ``replay`` and
-``diff`` over them never raise (a refusal is a typed outcome); nothing takes over ``SLOW_S``.
+the records it returns do not overlap, lie in file order, re-verify and hold metadata that
+fits their kind's schema (typed accessors included); ``journal show`` renders each as one
+printable line; ``replay`` and ``diff`` over them never raise (a refusal is a typed
+outcome); nothing takes over ``SLOW_S``.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import tempfile
@@ -27,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpwire.journal_cli import _record_row, _row_text
 from tpwire.runtime import journal as jr
+from tpwire.runtime import journal_format as jf
 from tpwire.runtime.journal_diff import diff
 from tpwire.runtime.replay import Journal, replay
 from tpwire.runtime.wire import seal_words
@@ -97,7 +104,7 @@ def _reseal(rec: bytearray) -> bytes:
     head = bytes(rec[: jr.HEAD.size])
     body = bytes(rec[jr.HEADER_NBYTES :])
     head = head[:40] + struct.pack("<I", len(body)) + head[44:]
-    return head + jr.CHECKSUM.pack(jr._checksum(head, [body])) + body
+    return head + jr.CHECKSUM.pack(jf._checksum(head, [body])) + body
 
 
 def _body_mutation(rng: random.Random, body: bytearray) -> bytearray:
@@ -144,11 +151,54 @@ def _body_mutation(rng: random.Random, body: bytearray) -> bytearray:
     return body
 
 
+#: values a typed-metadata mutation gives a key: other types, edges, hostile text, depth
+HOSTILE_VALUES: list[Any] = [
+    "x", "", 3, -1, 0, 2**63, -(2**63) - 1, True, False, None, 1.5, float("inf"), [], [0],
+    ["a", "uint8", [1], 1, 0, 0], {}, {"a": "b"}, {"expected": "2", "observed": 2},
+    {"sequence": "a b"}, "a\nb\x1b[2J\u202e", "0x" + "g" * 16, "0x" + "0" * 16,
+    "f" * 64, "send", "recv", "digest",
+]  # fmt: skip
+
+
+def _deep(n: int) -> Any:
+    out: Any = 1
+    for _ in range(n):
+        out = [out]
+    return out
+
+
+def _typed_mutation(rng: random.Random, kind: int, body: bytearray) -> bytearray:
+    """A key of the record kind's schema (or an unknown one) set to a hostile value."""
+    (n,) = struct.unpack_from("<I", body, 0)
+    try:
+        meta = json.loads(bytes(body[4 : 4 + n]))
+    except ValueError:
+        return body
+    if not isinstance(meta, dict):
+        return body
+    schema = jf.SCHEMAS.get(kind, {})
+    key = rng.choice([*schema, "extra_key", "offset", "kind"]) if schema else "t"
+    if rng.random() < 0.15 and key in meta and key not in ("extra_key", "offset", "kind"):
+        del meta[key]  # a required key missing
+    else:
+        meta[key] = (
+            _deep(rng.choice([15, 16, 17, 900]))
+            if rng.random() < 0.1
+            else rng.choice(HOSTILE_VALUES)
+        )
+    try:
+        raw = json.dumps(meta).encode()
+    except (ValueError, RecursionError):
+        return body
+    body[: 4 + n] = struct.pack("<I", len(raw)) + raw
+    return body
+
+
 def mutate(rng: random.Random, data: bytes, others: list[bytes]) -> bytes:
     buf = bytearray(data)
     spans = _records(data)
     for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(11)
+        op = rng.randrange(12)
         if op == 0 and buf:  # bit flips
             for _ in range(rng.randint(1, 8)):
                 buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
@@ -200,6 +250,17 @@ def mutate(rng: random.Random, data: bytes, others: list[bytes]) -> bytes:
                 )
                 buf[at:end] = _reseal(rec)
                 spans = _records(bytes(buf))
+        elif op == 11 and spans:  # typed metadata of a record's kind rewritten and resealed
+            at, end = rng.choice(spans)
+            if end <= len(buf):
+                rec = bytearray(buf[at:end])
+                body = bytearray(rec[jr.HEADER_NBYTES :])
+                try:
+                    body = _typed_mutation(rng, rec[6], body)
+                except (struct.error, OverflowError):
+                    pass
+                buf[at:end] = _reseal(rec[: jr.HEADER_NBYTES] + body)
+                spans = _records(bytes(buf))
     return bytes(buf)
 
 
@@ -218,6 +279,17 @@ def judge(t: Target, data: bytes, seed_journal: Journal | None) -> tuple[str, st
         again = jr.scan_bytes(data[r.offset : r.offset + r.nbytes], "one")
         if again.problems and "another protocol" not in again.problems[0].message:
             return "unverified", f"record at {r.offset} does not re-verify: {again.problems}"
+        wrong = jf.check_meta(r.kind, r.meta)
+        if wrong is not None:
+            return "untyped", f"record at {r.offset} holds wrong-typed metadata: {wrong}"
+        info = r.info
+        if info.extra.keys() & jf.SCHEMAS[r.kind].keys():
+            return "untyped", f"record at {r.offset}: a known key among the extra ones"
+        for everything in (False, True):
+            line = _row_text(_record_row(r, (found.opening or {}).get("roles") or {},
+                                         everything=everything))  # fmt: skip
+            if not line.isprintable():
+                return "unescaped", f"record at {r.offset} shows as {line!r}"
     journal = Journal("fuzz", found.opening or {}, found.records, found.problems, ["fuzz.tpj"])
     rep = replay(journal, t.module.BINDINGS, stop=False)
     if seed_journal is not None:

@@ -244,7 +244,8 @@ def test_frames_built_from_a_case_keep_their_bytes() -> None:
 
 def test_journal_reader_campaign_finds_nothing_and_reaches_every_check() -> None:
     """The journal reader (scan, replay, diff) under mutated journals: never an exception,
-    and the mutations reach each kind of problem, the body parser and the replay's refusals."""
+    and the mutations reach each kind of problem, the body parser, the typed metadata of each
+    record kind and the replay's refusals."""
     from fuzz import journal
 
     totals = journal.run_journal_campaign(
@@ -260,6 +261,7 @@ def test_journal_reader_campaign_finds_nothing_and_reaches_every_check() -> None
         "checksum mismatch",
         "torn",
         "malformed body",
+        "wrong-typed metadata",
         "a record of another protocol",
         "replay refused",
         "clean",

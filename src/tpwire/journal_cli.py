@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tpwire.runtime.escape import printable
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -30,74 +32,98 @@ def _missing(paths: list[str]) -> list[str]:
     return [p for p in paths if not Path(p).exists()]
 
 
-def _record_row(rec: Any, opening: dict[str, Any], *, everything: bool = False) -> dict[str, Any]:
+#: the longest string from a journal that ``show`` prints whole (escaped); longer ones are cut
+SHOW_LIMIT = 1000
+
+
+def _record_row(rec: Any, roles: dict[str, Any], *, everything: bool = False) -> dict[str, Any]:
     """A record as a row: the ids by the spec's role names, then what the record holds
-    (``everything``: the manifest and each input field's digest too, for ``--format json``)."""
+    (``everything``: the manifest and each input field's digest too, for ``--format json``).
+    Metadata keys this build does not know (a later writer's) go under ``extra``, so no key
+    read from a file takes the place of a row's own."""
     from tpwire.runtime import journal as jr
+    from tpwire.runtime.journal_format import SCHEMAS
 
     meta = rec.meta
     row: dict[str, Any] = {"offset": rec.offset, "kind": rec.kind_name, "bytes": rec.nbytes}
-    roles = opening.get("roles") if isinstance(opening.get("roles"), dict) else {}
     for role, value in (("sequence", rec.seq), ("chunk", rec.chunk), ("epoch", rec.epoch)):
-        name = (roles or {}).get(role) or role
+        name = roles.get(role) or role
         if value is not None:
-            row[name] = value
+            row[name if name not in row else role] = value
     if rec.kind == jr.ENVELOPE:
+        info = rec.info
         row.update(
-            action=meta.get("action"),
-            dir=meta.get("dir"),
-            state=meta.get("state"),
-            frame1=sum(meta.get("segments") or []),
-            frame1_digest=meta.get("frame1_digest"),
+            action=info.action,
+            dir=info.dir,
+            state=info.state,
+            frame1=info.frame1_nbytes,
+            frame1_digest=info.frame1_digest,
             full=rec.full,
         )
-        if meta.get("error"):
-            row["error"] = meta["error"]
-        if meta.get("reason"):
-            row["reason"] = meta["reason"]
-        if meta.get("dropped_before"):
-            row["dropped_before"] = meta["dropped_before"]
+        for key in ("reason", "error", "frame0_error", "dropped_before"):
+            if meta.get(key):
+                row[key] = meta[key]
         if everything:
             row["manifest"] = meta.get("manifest")
             row["segments"] = meta.get("segments")
             row["t"] = meta.get("t")
     else:
-        row.update({k: v for k, v in meta.items() if everything or k not in ("t", "fields")})
+        schema = SCHEMAS[rec.kind]
+        for k, v in meta.items():
+            if k not in schema:
+                continue
+            if everything or k not in ("t", "fields"):
+                row[k if k not in row else f"meta.{k}"] = v
         if isinstance(meta.get("fields"), dict) and not everything:
             row["fields"] = len(meta["fields"])  # each field's digest: --format json
+    extra = {k: v for k, v in meta.items() if k not in SCHEMAS[rec.kind]}
+    if extra:
+        row["extra"] = extra
     return row
 
 
+_ENVELOPE_COLUMNS = ("action", "dir", "state", "frame1", "frame1_digest", "full")
+_ENVELOPE_TAIL = ("reason", "error", "frame0_error", "dropped_before", "extra")
+
+
 def _row_text(row: dict[str, Any]) -> str:
+    """A row on one line: every string read from the journal escaped (a newline or an
+    escape sequence in a reason shows as ``\\n``, ``\\x1b``: it cannot forge a row)."""
     kind = row["kind"]
     fixed = {"offset", "kind", "bytes"}
     if kind == "ENVELOPE":
         ids = " ".join(
-            f"{k}={v}"
+            f"{_text(k)}={_compact(v)}"
             for k, v in row.items()
-            if k not in fixed
-            and k
-            not in ("action", "dir", "state", "frame1", "frame1_digest", "full", "error", "reason")
-            and k != "dropped_before"
+            if k not in fixed and k not in _ENVELOPE_COLUMNS and k not in _ENVELOPE_TAIL
         )
         text = (
-            f"@{row['offset']:<8} {row['dir']} {row['action'] or '?':<9} {ids} "
-            f"state={row['state']} frame1={row['frame1']}B digest={row['frame1_digest']}"
-            + (" +bytes" if row["full"] else "")
+            f"@{row['offset']:<8} {_text(row['dir'])} {_text(row['action'] or '?'):<9} {ids} "
+            f"state={_text(row['state'])} frame1={row['frame1']}B "
+            f"digest={_text(row['frame1_digest'])}" + (" +bytes" if row["full"] else "")
         )
-        for extra in ("reason", "error", "dropped_before"):
-            if extra in row:
-                text += f" {extra}={row[extra]!r}" if extra != "dropped_before" else (
-                    f" dropped_before={row[extra]}")  # fmt: skip
+        for key in _ENVELOPE_TAIL:
+            if key in row:
+                value = row[key]
+                text += f" {key}='{_text(value)}'" if isinstance(value, str) else (
+                    f" {key}={_compact(value)}")  # fmt: skip
         return text
-    rest = " ".join(f"{k}={_compact(v)}" for k, v in row.items() if k not in fixed)
+    rest = " ".join(f"{_text(k)}={_compact(v)}" for k, v in row.items() if k not in fixed)
     return f"@{row['offset']:<8} {kind.lower():<8} {rest}"
 
 
+def _text(v: Any) -> str:
+    return printable(v, SHOW_LIMIT)
+
+
 def _compact(v: Any) -> str:
+    """A metadata value on one line, its strings escaped (nested at most
+    ``MAX_META_DEPTH`` deep: the reader refuses deeper metadata)."""
     if isinstance(v, dict):
-        return "{" + ",".join(f"{k}:{_compact(x)}" for k, x in v.items()) + "}"
-    return str(v)
+        return "{" + ",".join(f"{_text(k)}:{_compact(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(_compact(x) for x in v) + "]"
+    return _text(v)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -106,28 +132,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     missing = _missing(args.files)
     if missing:
         for p in missing:
-            _err(f"{p}: no such file")
+            _err(f"{printable(p)}: no such file")
         return EXIT_USAGE
     bad = False
     docs = []
     for path in jr.journal_files(args.files):
         found = jr.scan(path)
         opening = found.opening or {}
-        rows = [_record_row(r, opening, everything=args.format == "json") for r in found.records]
+        roles = opening.get("roles") or {}
+        rows = [_record_row(r, roles, everything=args.format == "json") for r in found.records]
         problems = [
             {"offset": p.offset, "message": p.message, "torn": p.torn} for p in found.problems
         ]
         bad = bad or bool(problems)
-        if args.format == "json":
-            docs.append({"file": str(path), "records": rows, "problems": problems})
+        if args.format == "json":  # json.dumps escapes every control and non-ASCII character
+            docs.append({
+                "file": str(path), "records": rows, "problems": problems,
+                "problems_unlisted": found.unlisted,
+            })  # fmt: skip
             continue
-        print(f"{path}: {len(rows)} records, {len(problems)} problem(s)")
+        print(f"{printable(path)}: {len(rows)} records, {found.problem_count} problem(s)")
         by_offset = sorted(
-            [(r["offset"], _row_text(r)) for r in rows]
-            + [(p.offset, f"@{p.offset:<8} PROBLEM: {p.message}") for p in found.problems]
+            [(r["offset"], 0, _row_text(r)) for r in rows]
+            + [(p.offset, 1, f"@{p.offset:<8} PROBLEM: {p.message}") for p in found.problems]
         )
-        for _, line in by_offset:
+        for _, _, line in by_offset:
             print(f"  {line}")
+        if found.unlisted:
+            print(f"  ... {found.unlisted} more problem(s) not listed")
     if args.format == "json":
         print(json.dumps(docs, indent=1))
     return EXIT_FAIL if bad else EXIT_OK
