@@ -238,14 +238,10 @@ def _ledger(v: Any) -> bool:
 
 def _slot(v: Any) -> bool:
     """One manifest entry: field, dtype, shape, bytes, segment, offset."""
-    return (
-        type(v) is list
-        and len(v) == 6
-        and _ident(v[0])
-        and _ident(v[1])
-        and _list_of(_NONNEG)(v[2])
-        and all(map(_NONNEG, v[3:]))
-    )
+    if type(v) is not list or len(v) != 6 or type(v[2]) is not list:
+        return False
+    counts = (*v[2], *v[3:])
+    return _ident(v[0]) and _ident(v[1]) and all(type(x) is int and 0 <= x < 2**63 for x in counts)
 
 
 #: key: (check, what it must be, required)
@@ -532,6 +528,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: JSON as the writer writes it: ``NaN`` and ``Infinity`` are refused
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _parse_body(body: bytes) -> tuple[dict[str, Any], tuple[int, ...], tuple[bytes, ...]]:
     at = 0
 
@@ -546,7 +546,7 @@ def _parse_body(body: bytes) -> tuple[dict[str, Any], tuple[int, ...], tuple[byt
     (n_meta,) = _U32.unpack(take(4, "the metadata length"))
     raw_meta = take(n_meta, "the metadata")
     try:
-        meta = json.loads(raw_meta.decode("utf-8"), parse_constant=_no_constant)
+        meta = _DECODER.decode(raw_meta.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BodyError(f"the metadata is not JSON ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
