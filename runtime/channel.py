@@ -371,6 +371,7 @@ class _Channel(Generic[H, M]):
         )
         #: this rank's journal writer (opened with the channel; None when not journaling)
         self.journal: _journal.JournalWriter | None = None
+        self._journal_pending: _journal.JournalWriter | None = None
         if watchdog_s is not None and not (
             isinstance(watchdog_s, int | float)
             and not isinstance(watchdog_s, bool)
@@ -467,22 +468,23 @@ class _Channel(Generic[H, M]):
             # a heartbeat on the data group would take the slot of whatever collective the
             # workers run next on it (tripwires, the model's own): give frame 0 its own group
             raise ValueError("heartbeat_s needs a cpu_group used only by this channel")
-        rec = parity.record(self.protocol, self.parity_env, self.parity_flags)
-        self._collective(
-            "the open handshake",
-            lambda: parity.check(rec, self._handshake_group()),
-            agreed=(parity.ParityMismatch, ProtocolMismatch),
+        # the journal is set up before the handshake and its outcome shown in it, so the
+        # ranks decide together: all journal, or (one rank cannot) all run without one
+        problem = self._journal_setup()
+        rec = parity.record(
+            self.protocol, self.parity_env, self.parity_flags, status={"journal": problem}
         )
-        self.opened = True
-        if self.journal_config is not None:
-            self.journal = _journal.JournalWriter(
-                self.journal_config,
-                self.protocol,
-                rank=self.rank,
-                world=dist.get_world_size(self.group),
-                name=self._journal_name(),
-                source=self._journal_source(),
+        try:
+            records = self._collective(
+                "the open handshake",
+                lambda: parity.check(rec, self._handshake_group()),
+                agreed=(parity.ParityMismatch, ProtocolMismatch),
             )
+        except BaseException:
+            self._journal_abandon()
+            raise
+        self.opened = True
+        self._journal_agree(records)
         if self.heartbeat_s and self._may_send():
             self._heartbeat = threading.Thread(
                 target=self._beat, name="tpwire-heartbeat", daemon=True
@@ -492,6 +494,47 @@ class _Channel(Generic[H, M]):
 
     def _may_send(self) -> bool:
         return True
+
+    def _journal_setup(self) -> str | None:
+        """Create this rank's journal (its folder and first file); None, or why it cannot
+        be (one line, reported in the handshake). The writer waits in ``_journal_pending``
+        for the ranks' agreement."""
+        if self.journal_config is None:
+            return None
+        try:
+            self._journal_pending = _journal.JournalWriter(
+                self.journal_config,
+                self.protocol,
+                rank=self.rank,
+                world=dist.get_world_size(self.group),
+                name=self._journal_name(),
+                source=self._journal_source(),
+            )
+        except _journal.JournalUnavailable as exc:  # one line already
+            return str(exc)[:300]
+        return None
+
+    def _journal_abandon(self) -> None:
+        """The channel did not open: the writer set up for it goes, leaving no file."""
+        pending, self._journal_pending = self._journal_pending, None
+        if pending is not None:
+            pending.abandon()
+
+    def _journal_agree(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Every rank journals, or, where one cannot, none does: one line on each."""
+        problems = [  # a peer's text, on one visible line
+            f"rank {r}: {printable(p, 300)}"
+            for r, p in enumerate(parity.statuses(records, "journal"))
+            if p is not None
+        ]
+        if not problems:
+            self.journal, self._journal_pending = self._journal_pending, None
+            return
+        self._journal_abandon()
+        _log(
+            f"tpwire[rank {self.rank}]: journal off on every rank (the stream goes on): "
+            + "; ".join(problems)
+        )
 
     def _journal_name(self) -> str:
         return f"rank{self.rank}"
@@ -528,12 +571,18 @@ class _Channel(Generic[H, M]):
 
     def _journal_end(self, how: str, reason: str | None, header: Any = None) -> None:
         """The stream ended (a terminal action, poison, the watchdog, close): journal why
-        and write what is queued (briefly: the process may be about to exit)."""
+        and write what is queued (at most 2 s: the process may be about to exit). The
+        writer stays open for observations until the channel is closed, unless the process
+        exits now (the watchdog, poison "exit")."""
         journal = self.journal
         if journal is None:
+            self._journal_abandon()  # the handshake itself failed
             return
         journal.end(how, reason, header)
-        journal.close(timeout=2.0)
+        if how in ("closed", "watchdog") or (how == "poisoned" and self.poison == "exit"):
+            journal.close(timeout=2.0)
+        else:
+            journal.drain(timeout=2.0)
 
     def _sends_on_exit(self) -> bool:
         return self._may_send()
@@ -783,7 +832,7 @@ class _Channel(Generic[H, M]):
         else:
             frame0 = _journal.tensor_bytes(frames.frame0.cpu().contiguous().view(torch.uint8))
         segments = None
-        if journal.full:
+        if journal.full and journal.active:  # no copies for a journal that stopped
             if isinstance(frames, Prepared):
                 n = len(frames.sizes)
                 packed = frames.frames().segments if n else ()
@@ -903,7 +952,7 @@ class _Channel(Generic[H, M]):
             framing.keep_spare(head, self._frame0_device)
         journal = self.journal
         segments: list[bytes] | None = None
-        if journal is not None and journal.full:
+        if journal is not None and journal.full and journal.active:
             segments = [
                 _journal.tensor_bytes(buffers[i], offsets[i], n) for i, n in enumerate(sizes)
             ]

@@ -17,6 +17,7 @@ import dataclasses
 import os
 import queue
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import xxhash
 
 from . import tripwire, wire
 from .bindings import Bindings
+from .escape import printable
 from .journal_format import (
     _NAME,
     CHECKSUM,
@@ -80,6 +82,7 @@ __all__ = [
     "OBSERVE",
     "OPEN",
     "SUFFIX",
+    "_NAME",
     "BodyError",
     "Problem",
     "Record",
@@ -186,10 +189,32 @@ class _Item:
 
 _STOP = object()
 
+#: names a writer tries past one that is taken (created by someone else since it listed them)
+_NAME_TRIES = 64
+
+
+class JournalUnavailable(Exception):
+    """This rank cannot journal: its folder or its first file cannot be created (one line,
+    the path and the system's reason). A channel reports it in its open handshake, so every
+    rank runs without a journal together (docs/journal.md, "When the disk fails")."""
+
+
+class _Fault(Exception):
+    """The writer thread cannot go on: the one line it says before journaling stops."""
+
+
+def _reason(exc: OSError) -> str:
+    return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else str(exc)
+
 
 class JournalWriter:
     """One rank's journal of one channel: records go to a background thread that frames,
-    checksums and appends them. The collective path pays for handing them over."""
+    checksums and appends them. The collective path pays for handing them over.
+
+    The folder and the first file are created by the constructor (``JournalUnavailable``
+    when they cannot be); any failure after that (a rotation's open, a write, the file
+    removed while open) is one line on stderr, then journaling stops and ``failed`` says
+    why: hand-overs return at once from then on, and the stream goes on."""
 
     def __init__(
         self,
@@ -209,31 +234,50 @@ class JournalWriter:
         #: the rank envelopes received here come from (broadcast: src; p2p: the peer)
         self.source = source
         self.dir = Path(config.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         tag = f"{config.tag}." if config.tag else ""
         self.stem = f"{bindings.protocol}.{tag}{name}"
-        existing = self._files()
-        self._index = existing[-1][0] + 1 if existing else 0
         self._fd: int | None = None
+        #: whether the open file holds its OPEN record yet (written with the first record,
+        #: which names the file's epoch)
+        self._opened = False
         self._size = 0
         self._epoch: int | None = None
         self._file_epoch: int | None = None
+        self.path: Path | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalUnavailable(
+                printable(f"cannot create the journal folder {self.dir}: {_reason(exc)}")
+            ) from None
+        existing = self._files()
+        # after the highest index: a restarted process never reopens an older file
+        self._index = existing[-1][0] + 1 if existing else 0
+        try:
+            self._open_next()
+        except _Fault as exc:
+            raise JournalUnavailable(str(exc)) from None
         self._queue: queue.Queue[object] = queue.Queue()
         self._pending = 0
         self._room = threading.Condition()
         self._dropped = 0
         self.ended = False
         self._stopped = False
+        #: why journaling stopped (None while it runs)
         self.failed: str | None = None
         self.written = 0
         #: seconds the writer thread spent framing and writing records
         self.busy_s = 0.0
-        self.path: Path | None = None
         self._thread = threading.Thread(target=self._run, name="tpwire-journal", daemon=True)
         self._thread.start()
         # a process that ends without closing its channel still writes what is queued
         # (``os._exit`` skips this: the channel's poison and watchdog paths close first)
         atexit.register(self.close, 2.0)
+
+    @property
+    def active(self) -> bool:
+        """Records handed over are written (False once journaling stopped or was closed)."""
+        return self.failed is None and not self._stopped
 
     # -- the collective path: hand over, never wait long ----------------------------------
 
@@ -286,7 +330,8 @@ class JournalWriter:
         self._put(_Item(OBSERVE, header, meta))
 
     def end(self, how: str, reason: str | None, header: Any = None) -> None:
-        """The stream ended: ``how`` (shutdown, error, poisoned, watchdog, closed) and why."""
+        """The stream ended: ``how`` (shutdown, error, poisoned, watchdog, closed) and why.
+        Observations may follow until ``close``."""
         if self.ended:
             return
         self.ended = True
@@ -306,40 +351,81 @@ class JournalWriter:
             self._queue.put(_STOP)
         self._thread.join(timeout)
 
+    def abandon(self) -> None:
+        """Stop before the first record (the ranks agreed not to journal): the thread ends,
+        the file is closed, and removed when nothing was written to it."""
+        self.close()
+        atexit.unregister(self.close)
+        fd, self._fd = self._fd, None
+        if fd is not None:  # the thread ended without reaching its close (a timeout)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.path is not None and not self.written:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
     # -- the writer thread ----------------------------------------------------------------
 
     def _files(self) -> list[tuple[int, Path]]:
         """This rank's files of this channel: (index, path) in writing order."""
         out = []
-        for p in self.dir.glob(f"{self.stem}.*{SUFFIX}"):
-            m = _NAME.match(p.name)
-            if m is not None and m.group("stem") == self.stem:
-                out.append((int(m.group("index")), p))
+        try:
+            for p in self.dir.glob(f"{self.stem}.*{SUFFIX}"):
+                m = _NAME.match(p.name)
+                if m is not None and m.group("stem") == self.stem:
+                    out.append((int(m.group("index")), p))
+        except OSError:  # the folder is gone: nothing to keep or remove
+            return []
         return sorted(out)
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            assert isinstance(item, _Item)
-            started = time.perf_counter()
-            try:
-                self._write_item(item)
-            except OSError as exc:
-                self.failed = f"journal write failed: {exc}"
-                import sys
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                assert isinstance(item, _Item)
+                started = time.perf_counter()
+                try:
+                    if self.failed is None:  # after a failure: drained, not written
+                        self._write_item(item)
+                except _Fault as exc:
+                    self._fail(str(exc))
+                except Exception as exc:  # a bug or a record past the format's bounds
+                    self._fail(f"{type(exc).__name__}: {exc}")
+                finally:
+                    self.busy_s += time.perf_counter() - started
+                    with self._room:
+                        self._pending -= item.nbytes
+                        self._room.notify_all()
+        finally:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError as exc:  # the last records may not have reached the disk
+                    if self.failed is None:
+                        self._fail(f"cannot close {self.path}: {_reason(exc)}")
 
-                sys.stderr.write(f"tpwire[rank {self.rank}]: {self.failed}; journaling stops\n")
-                break
-            finally:
-                self.busy_s += time.perf_counter() - started
-                with self._room:
-                    self._pending -= item.nbytes
-                    self._room.notify_all()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def _fail(self, why: str) -> None:
+        """Journaling stops here: one line (what and where), the file closed; the stream
+        goes on without it."""
+        self.failed = printable(why)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        sys.stderr.write(
+            f"tpwire[rank {self.rank}]: journal off (the stream goes on): {self.failed}; "
+            f"{self.written} record(s) written before\n"
+        )
+        sys.stderr.flush()
 
     def _ids(self, header: Any) -> tuple[int | None, int | None, int | None]:
         if header is None:
@@ -359,10 +445,10 @@ class JournalWriter:
             meta["action"] = self._describe(item.frame0, meta)
         if epoch is not None:
             self._epoch = epoch
-        if self._fd is not None and self._file_epoch is None:
+        if self._opened and self._file_epoch is None:
             self._file_epoch = epoch  # the file's first envelope names its epoch
-        if self._fd is None:
-            self._rotate(epoch if epoch is not None else self._epoch, "start")
+        if not self._opened:  # the file the constructor created
+            self._write_opening(epoch if epoch is not None else self._epoch, "start")
         elif (
             item.kind == ENVELOPE
             and epoch is not None
@@ -402,13 +488,46 @@ class JournalWriter:
             meta["reason"] = str(manifest.reason)
         return str(self.bindings.action_of(manifest.header).name)
 
+    def _open_next(self) -> None:
+        """Close the open file and create the next one. The old descriptor is forgotten
+        before it is closed, so no path closes its number twice (another thread may be
+        given it at once); the new name is created exclusively (``O_EXCL``: never an
+        existing file, a FIFO or a link), the index only grows (``{index:06d}`` takes a
+        seventh digit past 999,999; it never wraps). Then the oldest files past ``keep``
+        are removed."""
+        fd, self._fd = self._fd, None
+        self._opened = False
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise _Fault(f"cannot close {self.path}: {_reason(exc)}") from None
+        for _ in range(_NAME_TRIES):
+            path = self.dir / f"{self.stem}.{self._index:06d}{SUFFIX}"
+            self._index += 1
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except FileExistsError:
+                continue  # someone else's name now: the next index
+            except OSError as exc:
+                raise _Fault(f"cannot create {path}: {_reason(exc)}") from None
+            self.path = path
+            self._size = 0
+            break
+        else:
+            raise _Fault(f"{_NAME_TRIES} file names past {self.path} are taken in {self.dir}")
+        files = self._files()
+        for _, old in files[: max(0, len(files) - self.config.keep)]:
+            try:
+                old.unlink()
+            except OSError:
+                pass
+
     def _rotate(self, epoch: int | None, why: str) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self.path = self.dir / f"{self.stem}.{self._index:06d}{SUFFIX}"
-        self._index += 1
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        self._open_next()
+        self._write_opening(epoch, why)
+
+    def _write_opening(self, epoch: int | None, why: str) -> None:
         self._file_epoch = epoch
         b = self.bindings
         opening = {
@@ -427,16 +546,19 @@ class JournalWriter:
             "t": round(time.time(), 6),
         }
         self._append(encode_record(OPEN, fingerprint=b.fingerprint, epoch=epoch, meta=opening))
-        files = self._files()
-        for _, old in files[: max(0, len(files) - self.config.keep)]:
-            try:
-                old.unlink()
-            except OSError:
-                pass
+        self._opened = True
 
     def _append(self, parts: list[bytes | memoryview]) -> None:
-        assert self._fd is not None
-        n = self._write(self._fd, parts)
+        fd = self._fd
+        assert fd is not None
+        try:
+            # a file removed while open (its folder removed, or by hand) takes every later
+            # write without an error and keeps none of it: notice, rather than write nowhere
+            if os.fstat(fd).st_nlink == 0:
+                raise _Fault(f"{self.path} was removed while open (its records went with it)")
+            n = self._write(fd, parts)
+        except OSError as exc:
+            raise _Fault(f"cannot write to {self.path}: {_reason(exc)}") from None
         self._size += n
         self.written += 1
 

@@ -30,20 +30,38 @@ class ParityMismatch(RuntimeError):
         super().__init__("rank parity mismatch:\n" + "\n".join(f"  {line}" for line in diff))
 
 
+#: the part of a record each rank reports to every other one without comparing it: how
+#: this rank's setup went (``status.journal``: None, or why its journal cannot be created)
+STATUS = "status"
+
+
 def record(
     protocol: Any,
     env_keys: Iterable[str] = (),
     flags: Mapping[str, object] | None = None,
+    status: Mapping[str, object] | None = None,
 ) -> Record:
-    """This rank's parity record."""
+    """This rank's parity record; ``status``: what it reports without it being compared."""
     flags = flags or {}
     bindings = bindings_of(protocol)
-    return {
+    rec: Record = {
         "protocol": bindings.protocol,
         "fingerprint": f"{bindings.fingerprint:#018x}",
         "env": {k: os.environ.get(k) for k in sorted(env_keys)},
         "flags": {k: flags[k] for k in sorted(flags)},
     }
+    if status is not None:
+        rec[STATUS] = {k: status[k] for k in sorted(status)}
+    return rec
+
+
+def statuses(records: Sequence[Mapping[str, Any]], key: str) -> list[object]:
+    """Each rank's ``status`` entry ``key`` (None where a record has none)."""
+    out: list[object] = []
+    for r in records:
+        status = r.get(STATUS)
+        out.append(status.get(key) if isinstance(status, Mapping) else None)
+    return out
 
 
 def _flatten(rec: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -57,8 +75,8 @@ def _flatten(rec: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def diff(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per key whose value is not the same on every rank."""
-    flat = [_flatten(r) for r in records]
+    """One line per key whose value is not the same on every rank (``status`` aside)."""
+    flat = [_flatten({k: v for k, v in r.items() if k != STATUS}) for r in records]
     keys = sorted({k for f in flat for k in f})
     lines = []
     for key in keys:
