@@ -472,7 +472,10 @@ class _Channel(Generic[H, M]):
         # ranks decide together: all journal, or (one rank cannot) all run without one
         problem = self._journal_setup()
         rec = parity.record(
-            self.protocol, self.parity_env, self.parity_flags, status={"journal": problem}
+            self.protocol,
+            self.parity_env,
+            self.parity_flags,
+            status={"journal": problem, "rank": self.rank},
         )
         try:
             records = self._collective(
@@ -522,9 +525,10 @@ class _Channel(Generic[H, M]):
 
     def _journal_agree(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Every rank journals, or, where one cannot, none does: one line on each."""
+        ranks = parity.statuses(records, "rank")
         problems = [  # a peer's text, on one visible line
-            f"rank {r}: {printable(p, 300)}"
-            for r, p in enumerate(parity.statuses(records, "journal"))
+            f"rank {printable(ranks[i] if ranks[i] is not None else i)}: {printable(p, 300)}"
+            for i, p in enumerate(parity.statuses(records, "journal"))
             if p is not None
         ]
         if not problems:

@@ -241,6 +241,8 @@ class JournalWriter:
         #: which names the file's epoch)
         self._opened = False
         self._size = 0
+        #: whether the open file's link count says it is still in its folder
+        self._links = False
         self._epoch: int | None = None
         self._file_epoch: int | None = None
         self.path: Path | None = None
@@ -513,6 +515,8 @@ class JournalWriter:
                 raise _Fault(f"cannot create {path}: {_reason(exc)}") from None
             self.path = path
             self._size = 0
+            # a file system that reports no links for a live file cannot tell a removal
+            self._links = os.fstat(self._fd).st_nlink > 0
             break
         else:
             raise _Fault(f"{_NAME_TRIES} file names past {self.path} are taken in {self.dir}")
@@ -554,7 +558,7 @@ class JournalWriter:
         try:
             # a file removed while open (its folder removed, or by hand) takes every later
             # write without an error and keeps none of it: notice, rather than write nowhere
-            if os.fstat(fd).st_nlink == 0:
+            if self._links and os.fstat(fd).st_nlink == 0:
                 raise _Fault(f"{self.path} was removed while open (its records went with it)")
             n = self._write(fd, parts)
         except OSError as exc:

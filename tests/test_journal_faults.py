@@ -154,6 +154,28 @@ def test_a_folder_removed_mid_stream_is_noticed(
     assert not folder.exists()
 
 
+def test_a_file_system_without_link_counts_is_not_taken_for_a_removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Some file systems report no links for a live file: the check is off for a file that
+    had none when it was created, so journaling goes on there."""
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> Any:
+        st = real_fstat(fd)
+        return os.stat_result((*st[:3], 0, *st[4:]))
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    w = _writer(tmp_path)
+    _feed(w, range(3))
+    w.close()
+    monkeypatch.undo()
+    _, err = capfd.readouterr()
+    assert not _lines(err) and w.failed is None
+    (path,) = tmp_path.glob("*.tpj")
+    assert len(jf.scan(path).records) == 4
+
+
 # --- a full disk, a file too large -----------------------------------------------------------
 
 
