@@ -191,21 +191,32 @@ def _made_from(path: Path) -> tuple[str, str | None] | None:
 
 
 def _owns(owners: set[tuple[str, str]], made: tuple[str, str | None] | None) -> bool:
-    """Whether a file made from ``made`` is this run's: the same spec of the same project
-    (output older than the recorded project: the same spec name)."""
-    if made is None:
+    """Whether a file made from ``made`` is this run's: the same spec of the same project.
+    Output older than the recorded project is nobody's: its spec name alone (``spec/a.yaml``)
+    is shared by every project that has one, so it is never removed."""
+    if made is None or made[1] is None:
         return False
-    source, project = made
-    if project is None:
-        return any(source == s for s, _ in owners)
-    return (source, project) in owners
+    return (made[0], made[1]) in owners
 
 
-def stale_files(files: list[Output], dirs: list[Path], owners: set[tuple[str, str]]) -> list[Path]:
+def _unowned_old(owners: set[tuple[str, str]], made: tuple[str, str | None] | None) -> bool:
+    """Output from before the project was recorded, made from a spec of this run's name:
+    this project's leftover or another's, which its header cannot tell apart."""
+    return made is not None and made[1] is None and any(made[0] == s for s, _ in owners)
+
+
+def stale_files(
+    files: list[Output],
+    dirs: list[Path],
+    owners: set[tuple[str, str]],
+    kept: list[tuple[Path, str]] | None = None,
+) -> list[Path]:
     """Generated files in the output folders that this run would not write, made from one
     of the specs it compiles (``owners``: each one's name and project, as the headers record
     them): a spec whose protocol was renamed leaves its old module behind. Any other file,
-    another spec's or another project's output included, is left alone."""
+    another spec's or another project's output included, is left alone; ``kept``, when
+    given, receives the output older than the recorded project that names one of these
+    specs (left alone: it may be another project's)."""
     wanted = {f.path.resolve() for f in files}
     stale = []
     for d in dirs:
@@ -214,8 +225,11 @@ def stale_files(files: list[Output], dirs: list[Path], owners: set[tuple[str, st
         for candidate in _generated_in(d):
             if candidate.resolve() in wanted or candidate.name == "__init__.py":
                 continue
-            if _owns(owners, _made_from(candidate)):
+            made = _made_from(candidate)
+            if _owns(owners, made):
                 stale.append(candidate)
+            elif kept is not None and made is not None and _unowned_old(owners, made):
+                kept.append((candidate, made[0]))
     return stale
 
 
@@ -281,12 +295,15 @@ def generate(
     *,
     check_only: bool = False,
     diffs: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> list[str]:
     """Compile ``specs``; write (or, with ``check_only``, compare) every output.
 
     Returns the list of changes (written, removed, or that would be); ``diffs``, when
-    given, receives a unified diff per change. All specs are checked before anything is
-    written, so a bad spec leaves the tree untouched.
+    given, receives a unified diff per change; ``notes``, a line per file left alone that
+    the operator may want to remove (output from before headers recorded the project,
+    made from a spec of the same name). All specs are checked before anything is written,
+    so a bad spec leaves the tree untouched.
     """
     irs: list[SpecIR] = []
     errors: list[SpecError] = []
@@ -314,7 +331,15 @@ def generate(
         seen[p.module] = p.source
     files = outputs(irs, out, docs)
     owners = {(p.source, p.project) for p in irs if p.project is not None}
-    stale = stale_files(files, [out] + ([docs] if docs else []), owners)
+    kept: list[tuple[Path, str]] = []
+    stale = stale_files(files, [out] + ([docs] if docs else []), owners, kept)
+    if notes is not None:
+        notes += [
+            f"kept {path.as_posix()}: an older tpwire made it from a spec named {source!r} "
+            "and recorded no project, so it may be another project's; remove it by hand "
+            "if it is this one's"
+            for path, source in kept
+        ]
     files += package_init(irs, out, stale)
     _refuse_conflicts(files, out, docs)
     changes: list[str] = []

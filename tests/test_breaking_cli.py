@@ -320,6 +320,8 @@ def test_against_a_revision(capsys: pytest.CaptureFixture[str], repo: Path) -> N
         ("HEAD~5:spec/tp_control.yaml", "invalid object name"),
         ("HEAD:spec/nope.yaml", "does not exist in"),
         ("no-such-branch:spec/tp_control.yaml", "cannot read no-such-branch:spec/tp_control.yaml"),
+        # a folder: git says "bad file"; the message says what it is
+        ("HEAD:spec", "cannot read HEAD:spec from git: it is a folder (a git tree), not a file"),
     ],
 )
 def test_bad_revisions_exit_2(
@@ -328,6 +330,25 @@ def test_bad_revisions_exit_2(
     rc, _, err = run(capsys, "breaking", "spec/tp_control.yaml", "--against", against)
     assert rc == 2 and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+@needs_git
+def test_a_spec_without_against_is_found_in_head_from_any_working_directory(
+    capsys: pytest.CaptureFixture[str], repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEAD:SPEC is the spec's file in the commit, named from the spec's own folder: an
+    absolute SPEC, or one given from outside the repository, is not a path 'not in HEAD'."""
+    spec = repo / "spec" / "tp_control.yaml"
+    for cwd, given in ((repo, str(spec)), (repo.parent, f"{repo.name}/spec/tp_control.yaml")):
+        monkeypatch.chdir(cwd)
+        rc, out, err = run(capsys, "breaking", given)
+        assert rc == 0 and "no breaking changes against HEAD:" in out, (given, out, err)
+    # and one that is not committed says so, under the name the user gave
+    monkeypatch.chdir(repo)
+    shutil.copy(spec, repo / "spec" / "new.yaml")
+    rc, _, err = run(capsys, "breaking", "spec/new.yaml")
+    assert rc == 2 and err.startswith("tpwire breaking: cannot read HEAD:spec/new.yaml from git")
+    assert len(err.splitlines()) == 1, err
 
 
 @needs_git

@@ -366,8 +366,10 @@ def test_gen_check_missing_file_exits_1(capsys: pytest.CaptureFixture[str], tree
 
 
 #: the module a spec made before its protocol was renamed: stale when that spec is compiled
+#: (the header records the spec and its project, this checkout's: tpwire)
 STALE_GENERATED = (
-    f"# {GENERATED_MARK} 0.1.0 from spec/tp_control.yaml (sha256 00) - do not edit\nX = 1\n"
+    f"# {GENERATED_MARK} 0.1.0 from spec/tp_control.yaml (sha256 00, project tpwire) "
+    "- do not edit\nX = 1\n"
 )
 HAND_WRITTEN = "# hand-written helper, not generated\nY = 2\n"
 
@@ -395,7 +397,9 @@ def test_gen_removes_stale_generated_file_keeps_hand_written(
     stale_md = tree / "docs" / "old_protocol.md"
     stale_py.write_text(STALE_GENERATED, "utf-8")
     stale_md.write_text(
-        f"<!-- {GENERATED_MARK} 0.1.0 from spec/pp_contract.yaml -->\n# old\n", "utf-8"
+        f"<!-- {GENERATED_MARK} 0.1.0 from spec/pp_contract.yaml (sha256 00, project tpwire) "
+        "- do not edit -->\n# old\n",
+        "utf-8",
     )
     hand = {
         tree / "out" / "helpers.py": HAND_WRITTEN,

@@ -206,6 +206,82 @@ def test_gen_refuses_to_replace_another_projects_module_of_the_same_name(
     assert tree(shared) == before
 
 
+def _as_older_output(folder: Path, project: str) -> None:
+    """Rewrite ``project``'s output in ``folder`` as a tpwire older than the project in the
+    headers wrote it: ``(sha256 ...)`` alone, or no parenthesis at all (JSON schemas)."""
+    for f in folder.iterdir():
+        text = f.read_text("utf-8")
+        if f"project {project}" in text.split("\n", 2)[0] + text[:400]:
+            text = text.replace(f", project {project})", ")")
+            text = text.replace(f" (project {project})", "")
+            f.write_text(text, "utf-8")
+
+
+def test_older_output_of_another_project_is_never_removed_as_stale(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Output written before headers recorded the project names only ``spec/a.yaml``, which
+    every project may have: it cannot be told from this project's, so it is kept (a note on
+    stderr says so), never deleted, and ``--check`` does not count it as a change."""
+    a = make_project(tmp_path / "a", name="alpha-app", protocol="alpha")
+    b = make_project(tmp_path / "b", name="beta-app", protocol="beta")
+    shared, docs = tmp_path / "shared", tmp_path / "docs"
+    rc, _, err = run_in(
+        capsys, monkeypatch, b, "gen", "spec/a.yaml", "--out", shared, "--docs", docs
+    )
+    assert rc == 0, err
+    _as_older_output(shared, "beta-app")
+    _as_older_output(docs, "beta-app")
+    head = (shared / "beta.py").read_text("utf-8").splitlines()[0]
+    assert head.endswith(") - do not edit") and "project" not in head, head
+    before_b = {k: v for k, v in tree(shared).items() if k.startswith("beta")}
+    before_docs = tree(docs)
+    assert len(before_b) == 2 and len(before_docs) == 2
+    for extra in (["--check"], [], ["--check"]):
+        rc, out, err = run_in(
+            capsys,
+            monkeypatch,
+            a,
+            "gen",
+            "spec/a.yaml",
+            "--out",
+            shared,
+            "--docs",
+            docs,
+            *extra,
+        )
+        changes = [x for x in out.splitlines() if x.startswith(("wrote ", "would ", "removed "))]
+        assert not [x for x in changes if "remove" in x or "beta" in x], out
+        notes = [line for line in err.splitlines() if line.startswith("tpwire gen: note: kept ")]
+        assert len(notes) == 4 and all("'spec/a.yaml'" in n for n in notes), err
+        if extra and rc == 1:  # the first --check: alpha's own files are not written yet
+            assert "would write" in out
+        else:
+            assert rc == 0, err
+    assert {k: v for k, v in tree(shared).items() if k.startswith("beta")} == before_b
+    assert {k: v for k, v in tree(docs).items() if k.startswith("beta")} == before_docs
+
+
+def test_this_projects_older_output_is_still_replaced(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The upgrade path: this project's files from an older tpwire, at the names this run
+    writes, are rewritten with the project in their headers (make gen: headers only)."""
+    proj = make_project(tmp_path / "p", 'specs = ["spec/a.yaml"]\nout = "pkg"\ndocs = "d"\n')
+    assert run_in(capsys, monkeypatch, proj, "gen")[0] == 0
+    new = tree(proj)
+    _as_older_output(proj / "pkg", "app")
+    _as_older_output(proj / "d", "app")
+    assert tree(proj) != new
+    rc, out, err = run_in(capsys, monkeypatch, proj, "gen")
+    assert rc == 0 and err == "", err
+    assert sorted(out.splitlines()) == sorted(
+        f"wrote {f}"
+        for f in ("pkg/relay.py", "pkg/relay_strategies.py", "d/relay.md", "d/relay.schema.json")
+    ), out
+    assert tree(proj) == new
+
+
 def test_the_project_in_the_header_does_not_depend_on_the_checkout(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -316,6 +392,26 @@ def test_docs_splice_into_a_fifo_is_refused_not_a_hang(
     assert (rc, out) == (1, "") and err.splitlines() == [
         "manual.md:1:1: error[io]: cannot read: not a regular file"
     ], err
+
+
+def test_docs_splice_a_write_that_fails_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A target that cannot be written (read-only, a full disk): one located line, exit 1,
+    not an internal error."""
+    proj = make_project(tmp_path / "proj", 'specs = ["spec/a.yaml"]\nout = "pkg"\n')
+    (proj / "manual.md").write_text(VICTIM, "utf-8")
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    rc, out, err = run_in(capsys, monkeypatch, proj, "docs", "spec/a.yaml", "--splice", "manual.md")
+    assert (rc, out) == (1, ""), err
+    assert err.splitlines() == [
+        f"manual.md:1:1: error[io]: cannot write: {os.strerror(errno.ENOSPC)}"
+    ], err
+    assert (proj / "manual.md").read_text("utf-8") == VICTIM
 
 
 # --- 8: a git ref is never an option ----------------------------------------------------------

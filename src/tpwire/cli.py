@@ -96,10 +96,16 @@ def _near(path: Path) -> Path:
 
 def cmd_gen(args: argparse.Namespace) -> int:
     diffs: list[str] = []
+    notes: list[str] = []
     specs, out, docs = _gen_targets(args)
     try:
         changes = compiler.generate(
-            specs, out, docs, check_only=args.check, diffs=diffs if args.check else None
+            specs,
+            out,
+            docs,
+            check_only=args.check,
+            diffs=diffs if args.check else None,
+            notes=notes,
         )
     except SpecErrors as exc:
         _emit_errors(exc.errors, args.format)
@@ -108,6 +114,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     for line in changes:
         print(line)
+    for line in notes:
+        print(f"tpwire gen: note: {line}", file=sys.stderr)
     if args.check and changes:
         sys.stdout.write("".join(diffs))
         print("tpwire: generated output is stale; run `tpwire gen`", file=sys.stderr)
@@ -224,7 +232,11 @@ def _splice_one(spec: str, file: str, block: str | None, check: bool) -> int:
             file=sys.stderr,
         )
         return EXIT_FAIL
-    target.write_bytes(new.encode("utf-8"))
+    try:
+        target.write_bytes(new.encode("utf-8"))
+    except OSError as exc:
+        print(f"{target}:1:1: error[io]: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAIL
     print(f"{target}: block '{name}' updated")
     return EXIT_OK
 
@@ -251,28 +263,39 @@ def _check_revision(ref: str, path: str) -> None:
         raise UsageError(f"--against {given}: the ref or path holds a control character")
 
 
-def git_show(ref: str, path: str, cwd: Path | None = None) -> bytes:
+def git_show(ref: str, path: str, cwd: Path | None = None, shown: str | None = None) -> bytes:
     """The bytes of ``REF:path`` (``git cat-file blob``): the spec as it was at a revision
-    (``UsageError`` if unreadable). The ref is checked and ``--end-of-options`` fences it:
-    git reads it as an object name, never as an option; ``cat-file`` takes no pathspec."""
+    (``UsageError`` if unreadable; ``shown`` names it in the message, else ``REF:path``).
+    The ref is checked and ``--end-of-options`` fences it: git reads it as an object name,
+    never as an option; ``cat-file`` takes no pathspec."""
     _check_revision(ref, path)
+    shown = shown or f"{ref}:{path}"
     git = shutil.which("git")
     if git is None:
-        raise UsageError(f"cannot read {ref}:{path}: git is not installed")
-    try:
-        done = subprocess.run(
-            [git, "cat-file", "blob", "--end-of-options", f"{ref}:{path}"],
-            cwd=cwd,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"cannot read {ref}:{path} from git: {exc}") from None
+        raise UsageError(f"cannot read {shown}: git is not installed")
+
+    def cat_file(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run(
+                [git, "cat-file", *argv, "--end-of-options", f"{ref}:{path}"],
+                cwd=cwd,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UsageError(f"cannot read {shown} from git: {exc}") from None
+
+    done = cat_file("blob")
     if done.returncode != 0:
+        kind = cat_file("-t")  # a folder reads as "bad file": say what it is instead
+        what = kind.stdout.decode("ascii", "replace").strip() if kind.returncode == 0 else ""
+        if what:
+            what = {"tree": "folder (a git tree)"}.get(what, f"git {what}")
+            raise UsageError(f"cannot read {shown} from git: it is a {what}, not a file")
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
         why = lines[0].removeprefix("fatal: ") if lines else f"git exited {done.returncode}"
-        raise UsageError(f"cannot read {ref}:{path} from git: {why}")
+        raise UsageError(f"cannot read {shown} from git: {why}")
     return done.stdout
 
 
@@ -310,7 +333,10 @@ def _pairs(args: argparse.Namespace, config: project.ProjectConfig | None) -> li
         if args.against is not None:
             old, old_name = _against(args.against)
         else:
-            old, old_name = git_show("HEAD", f"./{args.spec}"), f"HEAD:{name}"
+            # asked in the spec's folder: the same from any working directory, absolute too
+            where = Path(args.spec).absolute()
+            old_name = f"HEAD:{name}"
+            old = git_show("HEAD", f"./{where.name}", cwd=where.parent, shown=old_name)
         pairs.append(_run_pair(old, old_name, new, name, args.allow))
         return pairs
     if args.against is not None:
