@@ -17,7 +17,7 @@ from tpwire.extras import FormatterError
 
 from .ir import ProtocolIR
 from .schema import json_schema
-from .stamp import GENERATED_MARK, GENERATOR_VERSION
+from .stamp import GENERATOR_VERSION
 
 
 def _py(value: object) -> str:
@@ -147,10 +147,4 @@ def render_doc_page(p: ProtocolIR) -> str:
 
 
 def render_schema(p: ProtocolIR) -> str:
-    schema = json_schema(p)
-    project = project_of(p)
-    if project is not None:  # the owner, as in the other headers: "from X (project P) - ..."
-        schema["$comment"] = (
-            f"{GENERATED_MARK} {GENERATOR_VERSION} from {p.source} (project {project}) - do not edit"
-        )
-    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return json.dumps(json_schema(p), indent=2, sort_keys=True) + "\n"

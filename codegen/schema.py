@@ -170,6 +170,9 @@ _FLOAT_TYPE = "{} type: a float; an integral JSON number (1) passes here, the bi
 
 
 def json_schema(p: ProtocolIR) -> Schema:
+    # the owner, as in the other headers (``compiler.SpecIR``; a spec's text has none)
+    project = getattr(p, "project", None)
+    owner = f" (project {project})" if isinstance(project, str) else ""
     enums = {e.name: [name for name, _ in e.members] for e in p.enums}
     values = {e.name: dict(e.members) for e in p.enums}
     header_props: Schema = {}
@@ -231,7 +234,7 @@ def json_schema(p: ProtocolIR) -> Schema:
                 }
             )
     return {
-        "$comment": f"{GENERATED_MARK} {GENERATOR_VERSION} from {p.source} - do not edit",
+        "$comment": f"{GENERATED_MARK} {GENERATOR_VERSION} from {p.source}{owner} - do not edit",
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:tpwire:{p.name}:{p.fingerprint_hex}",
         "title": f"{p.name}: envelope non-tensor fields",
