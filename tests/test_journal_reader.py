@@ -257,7 +257,7 @@ def test_sixteen_mib_of_magic_scans_in_seconds_with_bounded_memory(tmp_path: Pat
     script = f"""
 import json, resource, time
 from tpwire.runtime import journal_format as jf
-out = {{}}
+out = {{"base_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}
 for name in ({str(magic)!r}, {str(fakes)!r}):
     t0 = time.process_time()
     found = jf.scan(name)
@@ -278,7 +278,9 @@ print(json.dumps(out))
     assert cpu_s < 20, out
     assert kept == jf.MAX_PROBLEMS and kept + unlisted == n, out
     assert offsets == [0, 56, 112] and "checksum mismatch" in first
-    assert out["maxrss_kib"] < 200 << 10, out  # a chunk at a time (before: 1.2 GB)
+    # a chunk at a time (before: 1.2 GB); the peak over what the imports took (torch's
+    # import alone is 200 to 300 MB, depending on the machine)
+    assert out["maxrss_kib"] - out["base_kib"] < 100 << 10, out
 
 
 @pytest.mark.timeout(300)
