@@ -219,9 +219,11 @@ def stale_files(
     specs (left alone: it may be another project's)."""
     wanted = {f.path.resolve() for f in files}
     stale = []
+    seen: set[Path] = set()
     for d in dirs:
-        if not d.is_dir():
-            continue
+        if not d.is_dir() or d.resolve() in seen:
+            continue  # out and docs may be one folder: each file once
+        seen.add(d.resolve())
         for candidate in _generated_in(d):
             if candidate.resolve() in wanted or candidate.name == "__init__.py":
                 continue

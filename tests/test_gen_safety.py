@@ -282,6 +282,30 @@ def test_this_projects_older_output_is_still_replaced(
     assert tree(proj) == new
 
 
+def test_out_and_docs_in_one_folder_remove_a_renamed_protocols_files_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``out = docs``: the folder is scanned once, so each stale file is removed once (a
+    second removal of the same file failed the run: exit 2, 'No such file')."""
+    proj = make_project(tmp_path / "p", 'specs = ["spec/a.yaml"]\nout = "g"\ndocs = "g"\n')
+    assert run_in(capsys, monkeypatch, proj, "gen")[0] == 0
+    (proj / "spec" / "a.yaml").write_text(spec_text("renamed"), "utf-8")
+    for extra, verb in ((["--check"], "would remove"), ([], "removed")):
+        rc, out, err = run_in(capsys, monkeypatch, proj, "gen", *extra)
+        assert rc == (1 if extra else 0), err
+        gone = sorted(x for x in out.splitlines() if x.startswith(verb))
+        assert gone == [
+            f"{verb} stale g/relay{s}" for s in (".md", ".py", ".schema.json", "_strategies.py")
+        ], out
+    assert sorted(tree(proj / "g")) == [
+        "__init__.py",
+        "renamed.md",
+        "renamed.py",
+        "renamed.schema.json",
+        "renamed_strategies.py",
+    ]
+
+
 def test_the_project_in_the_header_does_not_depend_on_the_checkout(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
