@@ -515,6 +515,9 @@ class _Channel(Generic[H, M]):
             )
         except _journal.JournalUnavailable as exc:  # one line already
             return str(exc)[:300]
+        except Exception as exc:  # never out of open() on one rank alone (its peers would
+            # wait in the handshake): shown in it like any other journal failure
+            return printable(f"cannot set up the journal: {type(exc).__name__}: {exc}", 300)
         return None
 
     def _journal_abandon(self) -> None:

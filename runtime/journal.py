@@ -271,7 +271,13 @@ class JournalWriter:
         #: seconds the writer thread spent framing and writing records
         self.busy_s = 0.0
         self._thread = threading.Thread(target=self._run, name="tpwire-journal", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except Exception as exc:  # no thread left (RuntimeError), no memory: no journal,
+            self._discard()  # and no empty file or descriptor left behind
+            raise JournalUnavailable(
+                printable(f"cannot start the journal writer thread: {type(exc).__name__}: {exc}")
+            ) from None
         # a process that ends without closing its channel still writes what is queued
         # (``os._exit`` skips this: the channel's poison and watchdog paths close first)
         atexit.register(self.close, 2.0)
@@ -358,6 +364,9 @@ class JournalWriter:
         the file is closed, and removed when nothing was written to it."""
         self.close()
         atexit.unregister(self.close)
+        self._discard()
+
+    def _discard(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:  # the thread ended without reaching its close (a timeout)
             try:

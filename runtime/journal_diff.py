@@ -30,7 +30,7 @@ from . import journal as jr
 from .bindings import Bindings
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
 from .escape import printable
-from .replay import Journal, bindings_for, holds_start
+from .replay import Journal, bindings_for, holds_start, streams
 from .wire import signed64
 
 #: observation keys that say when, not what: never compared
@@ -308,8 +308,52 @@ def _frame_lines(
 
 
 def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None) -> DiffReport:
-    """The first divergence across ``journals`` (one per rank), or none."""
+    """The first divergence across ``journals`` (one per rank), or none.
+
+    A journal that holds several streams (``replay.streams``: a process restarted on the
+    same folder starts its ids over) is compared stream by stream: each rank's latest
+    stream with every other rank's latest, the one before with the one before, and so on,
+    oldest first; a stream that has no counterpart on every rank (retention removed it) is
+    said and not compared."""
     report = DiffReport(list(journals))
+    parts = [streams(j) for j in journals]
+    counts = [len(p) for p in parts]
+    if max(counts) == 1:
+        _diff_stream(journals, protocol, report)
+        return report
+    labels = [printable(j.name) for j in journals]
+    paired = min(counts)
+    report.notes.append(
+        f"several streams in one journal (a process restarted on the same folder, or a "
+        f"channel opened again: a file opened with a new stream): {_shown(counts, labels)}; "
+        f"each rank's latest {paired} compared with the same stream of every rank, oldest first"
+    )
+    for lab, p in zip(labels, parts, strict=True):
+        if len(p) > paired:
+            files = [f for part in p[: len(p) - paired] for f in part.files]
+            report.notes.append(
+                f"{lab}: its first {len(p) - paired} stream(s) ({printable(files[0])} .. "
+                f"{printable(files[-1])}) have no counterpart on every rank; not compared"
+            )
+    for k in range(paired):
+        group = [p[len(p) - paired + k] for p in parts]
+        sub = DiffReport(group)
+        _diff_stream(group, protocol, sub)
+        report.compared += sub.compared
+        where = f"stream {k + 1} of {paired}"
+        report.notes.extend(f"{where}: {note}" for note in sub.notes)
+        if sub.divergence is not None:
+            div = sub.divergence
+            div.coordinate = f"{div.coordinate} in {where} (from {printable(group[0].files[0])})"
+            report.divergence = div
+            return report
+    return report
+
+
+def _diff_stream(
+    journals: Sequence[Journal], protocol: Bindings[Any, Any] | None, report: DiffReport
+) -> None:
+    """``diff`` of one stream per journal: the first divergence goes to ``report``."""
     labels = [printable(j.name) for j in journals]
     opening = next((j.opening for j in journals if j.opening), {})
     bindings = bindings_for(opening, protocol)
@@ -318,7 +362,7 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
         fingerprints, labels, "the journals' start", "protocol fingerprint"
     )
     if report.divergence is not None:
-        return report
+        return
     for j, lab in zip(journals, labels, strict=True):
         for p in j.problems:
             report.notes.append(f"{lab}: {printable(p)}")
@@ -367,17 +411,17 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
                 lines += _stopped_lines(first, stops, labels, indexed, position, opening)
             odd = first if first is not None else missing
             report.divergence = Divergence(where, action, lines, [labels[i] for i in odd])
-            return report
+            return
         entries = [e for e in present if e is not None]
         report.compared += 1
         lines, odd_labels = _compare(entries, labels, bindings)
         if lines:
             report.divergence = Divergence(where, action, lines, odd_labels)
-            return report
+            return
     ends = [_end(j) for j in journals]
     codes = [None if e is None else end_code(e["how"], e["reason"]) for e in ends]
     if all(c == codes[0] for c in codes[1:]):
-        return report
+        return
     texts = [_end_text(e) for e in ends]
     lines = [f"how the stream ended: {_shown(texts, labels)}"]
     stops = [_stop(j) for j in journals]
@@ -388,7 +432,7 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
     else:
         odd_labels = _odd(codes, labels)
     report.divergence = Divergence("the end of the stream", "", lines, odd_labels)
-    return report
+    return
 
 
 def _common_start(

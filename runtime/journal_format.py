@@ -632,7 +632,11 @@ class _File(_Source):
             return self._window[i : i + n]
         if n > CHUNK:
             return self._pread(at, n)
-        self._window = self._pread(at, min(CHUNK, self.size - at))
+        try:
+            self._window = self._pread(at, min(CHUNK, self.size - at))
+        except _Unreadable:  # the file shrank, or a read failed, within the window: the
+            self._window = b""  # records before that place still read, one at a time
+            return self._pread(at, n)
         self._at = at
         return self._window[:n]
 
@@ -832,6 +836,11 @@ def scan(path: str | os.PathLike[str]) -> Scan:
         return Scan(p, [], [Problem(p, 0, f"cannot read: {why}")])
     refused = _not_regular(st.st_mode)
     if refused is not None:
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                os.listdir(p)
+            except OSError as exc:  # named as a folder of journals, it could not be listed
+                refused = f"a folder that cannot be listed: {_why(exc)}; not read"
         return Scan(p, [], [Problem(p, 0, refused)])
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -857,10 +866,19 @@ def journal_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     of the stem's first file (past index 999,999 name order is not writing order)."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(p.glob(f"*{SUFFIX}")))
-        else:
+        try:
+            folder = stat.S_ISDIR(os.stat(p).st_mode)
+        except (OSError, ValueError):  # scan says why it cannot be read
+            folder = False
+        if not folder:
             out.append(p)
+            continue
+        try:
+            names = os.listdir(p)
+        except OSError:  # a folder that cannot be listed: scan says why, never nothing
+            out.append(p)
+            continue
+        out.extend(sorted(p / n for n in names if n.endswith(SUFFIX)))
     first: dict[object, int] = {}
     keys: list[tuple[int, int, int]] = []
     for i, p in enumerate(out):

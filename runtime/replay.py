@@ -60,7 +60,12 @@ def load(paths: Iterable[str | os.PathLike[str]]) -> list[Journal]:
     is named by its stem (``tp_control.rank1``), and by its folder too where two folders
     hold the same stem."""
     by_key: dict[tuple[str, str], Journal] = {}
+    seen: set[str] = set()
     for path in jr.journal_files(paths):
+        real = os.path.realpath(path)
+        if real in seen:  # one file named twice (a folder and a file in it): read once
+            continue
+        seen.add(real)
         found = jr.scan(path)
         opening = found.opening
         m = jr._NAME.match(path.name)
@@ -145,11 +150,55 @@ def _opened(journal: Journal, path: str) -> str | None:
 def holds_start(journal: Journal) -> bool:
     """Whether the journal begins where its stream began: its first file was opened with
     the channel (not by rotation after files that retention removed or that were not
-    given)."""
-    first = journal.files[0] if journal.files else None
+    given). An empty first file (a writer that was killed before its first record) is
+    passed over."""
+    used = {r.path for r in journal.records} | {p.path for p in journal.problems}
+    first = next((p for p in journal.files if p in used), None)
     if first is None and journal.records:
         first = journal.records[0].path
     return first is not None and _opened(journal, first) == "start"
+
+
+def _openings(journal: Journal) -> dict[str, dict[str, Any]]:
+    """Each file's OPEN record (its first readable one), by path."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in journal.records:
+        if r.kind == jr.OPEN:
+            out.setdefault(r.path, r.meta)
+    return out
+
+
+def streams(journal: Journal) -> list[Journal]:
+    """The journal split into the streams it holds, oldest first: a file opened with its
+    channel (an OPEN record saying ``start``) after the journal's first file begins another
+    stream (a process restarted on the same folder, a channel of the same name opened
+    again: its sequence ids start over). Each part holds its files, their records and their
+    problems; a journal of one stream is returned as it is."""
+    openings = _openings(journal)
+    used = {r.path for r in journal.records} | {p.path for p in journal.problems}
+    first = next((i for i, p in enumerate(journal.files) if p in used), 0)
+    starts = [
+        i
+        for i, p in enumerate(journal.files)
+        if i > first and openings.get(p, {}).get("opened") == "start"
+    ]
+    if not starts:
+        return [journal]
+    out = []
+    for a, b in itertools.pairwise([0, *starts, len(journal.files)]):
+        files = journal.files[a:b]
+        keep = set(files)
+        opening = next((openings[p] for p in files if p in openings), journal.opening)
+        out.append(
+            Journal(
+                journal.name,
+                dict(opening),
+                [r for r in journal.records if r.path in keep],
+                [p for p in journal.problems if p.path in keep],
+                files,
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -284,7 +333,9 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
     """Push every recorded envelope of ``journal`` through this build's receive path: frame
     0 checks, the ordering rules (the spec's roles), in full mode frame 1's digest, decode
     and validation and a re-encode compared bit for bit; then each recorded ledger count
-    against its plan. ``stop``: stop at the first refused envelope."""
+    against its plan. Each stream the journal holds (``streams``: a restarted process
+    starts its ids over) is held to the ordering rules on its own. ``stop``: stop at the
+    first refused envelope."""
     from .channel import Ordering  # the channel imports the journal; not the other way
 
     report = ReplayReport(journal)
@@ -298,7 +349,13 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
             f"{jr.hex64(bindings.fingerprint)}: replayed with this build's fingerprint "
             "(`tpwire breaking` says which changes to expect to be refused)"
         )
+    # a later stream (a restarted process) starts its ids over: its own ordering and caches
+    starts = {part.files[0] for part in streams(journal)[1:]}
     for rec in journal.records:
+        if rec.kind == jr.OPEN and rec.path in starts:
+            starts.discard(rec.path)
+            orderings.clear()
+            caches.clear()
         ledger = rec.meta.get("ledger") if rec.kind == jr.OBSERVE else None
         if isinstance(ledger, dict):
             expected, observed = ledger.get("expected"), ledger.get("observed")
@@ -430,7 +487,12 @@ class ReplaySource(Generic[H, M]):
     its start on (a record the reader could not read, a torn tail, a rotated file missing,
     records the writer dropped) is refused with the offsets and the missing ids;
     ``lenient=True`` feeds what is readable instead and lists each gap in ``gaps``. All of
-    it is checked when the source is made, before anything is sent."""
+    it is checked when the source is made, before anything is sent.
+
+    A source feeds one stream: the one its start lies in. Where the journal holds several
+    (``streams``: a process restarted on the same folder starts its ids over), the
+    envelopes of the later ones are not fed (their ids go to ``skipped``; ``streams`` counts
+    them), so two runs are never spliced into one stream."""
 
     def __init__(
         self,
@@ -461,8 +523,22 @@ class ReplaySource(Generic[H, M]):
             self._start = self._epoch_start(envelopes, start_epoch)
         else:
             self._start = self._stream_start(envelopes)
+        parts = streams(self.journal)
+        #: how many streams the journal holds (one is fed: the one the start lies in)
+        self.streams = len(parts)
+        part_of = {path: k for k, part in enumerate(parts) for path in part.files}
+        fed = part_of.get(envelopes[self._start].path, 0)
+        #: the envelopes fed are ``envelopes[_start:_stop]``: the start's stream ends there
+        self._stop = next(
+            (
+                i
+                for i in range(self._start, len(envelopes))
+                if part_of.get(envelopes[i].path, fed) != fed
+            ),
+            len(envelopes),
+        )
         #: where the journal is damaged or incomplete from the start on (``lenient``)
-        self.gaps: list[Gap] = self._gaps(envelopes)
+        self.gaps: list[Gap] = self._gaps(envelopes, set(parts[fed].files))
         if self.gaps and not lenient:
             shown = "; ".join(printable(g) for g in self.gaps[:3])
             more = f"; and {len(self.gaps) - 3} more" if len(self.gaps) > 3 else ""
@@ -471,16 +547,17 @@ class ReplaySource(Generic[H, M]):
                 f"place(s): {shown}{more}; a replay source feeds a whole stream "
                 "(ReplaySource(..., lenient=True) feeds what is readable and lists the gaps)"
             )
-        for rec in envelopes[self._start :]:
+        for rec in envelopes[self._start : self._stop]:
             if rec.meta.get("state") in ("sent", "validated"):
                 self._frame0(rec)  # refused before anything is sent
 
     def __iter__(self) -> Iterator[Replayed[H, M]]:
         envelopes = self.journal.envelopes()
-        start = self._start
+        start, stop = self._start, self._stop
         self.skipped = [r.seq for r in envelopes[:start] if r.seq is not None]
+        self.skipped += [r.seq for r in envelopes[stop:] if r.seq is not None]
         last: int | None = None
-        for rec in envelopes[start:]:
+        for rec in envelopes[start:stop]:
             if rec.seq is not None and last is not None and rec.seq <= last:
                 self.skipped.append(rec.seq)  # dedupe: this sequence id was fed already
                 continue
@@ -489,9 +566,10 @@ class ReplaySource(Generic[H, M]):
             yield self._decode(rec)
             last = rec.seq
 
-    def _gaps(self, envelopes: list[jr.Record]) -> list[Gap]:
-        """The journal's gaps from the replay's start on (those before it do not count)."""
-        found = gaps(self.journal)
+    def _gaps(self, envelopes: list[jr.Record], files: set[str]) -> list[Gap]:
+        """The journal's gaps from the replay's start on, in the stream it feeds (those
+        before it, or in another stream, do not count)."""
+        found = [g for g in gaps(self.journal) if g.path in files]
         if not self._start:
             return found
         rank = _file_rank(self.journal)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,27 @@ def _protocol(spec: str | None) -> Any:
 
 
 def _missing(paths: list[str]) -> list[str]:
-    return [p for p in paths if not Path(p).exists()]
+    """The paths that name nothing (a path that cannot be reached, a link loop, is read and
+    reported by the reader with its reason)."""
+    out = []
+    for p in paths:
+        try:
+            os.lstat(p)
+        except FileNotFoundError:
+            out.append(p)
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _unread(journals: list[Any]) -> list[Any]:
+    """The journals of which no record could be read, each problem said in one line; the
+    others are returned."""
+    for j in journals:
+        if not j.records:
+            for p in j.problems[:3] or [f"{printable(j.name)}: no record"]:
+                _err(f"{p}: nothing read from it")  # a Problem prints itself escaped
+    return [j for j in journals if j.records]
 
 
 #: the longest string from a journal that ``show`` prints whole (escaped); longer ones are cut
@@ -173,9 +194,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     missing = _missing(args.paths)
     if missing:
         for p in missing:
-            _err(f"{p}: no such file or folder")
+            _err(f"{printable(p)}: no such file or folder")
         return EXIT_USAGE
-    journals = [j for j in load(args.paths) if j.records]
+    journals = _unread(load(args.paths))
     if len(journals) < 2:
         _err(f"journal diff needs the journals of at least two ranks, found {len(journals)}")
         return EXIT_USAGE
@@ -213,11 +234,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     missing = _missing(args.files)
     if missing:
         for p in missing:
-            _err(f"{p}: no such file")
+            _err(f"{printable(p)}: no such file")
         return EXIT_USAGE
-    journals = [j for j in load(args.files) if j.records]
+    journals = _unread(load(args.files))
     if not journals:
-        _err("no journal records in " + " ".join(args.files))
+        _err("no journal records in " + " ".join(map(printable, args.files)))
         return EXIT_USAGE
     status = EXIT_OK
     for journal in journals:
