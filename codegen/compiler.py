@@ -50,7 +50,8 @@ def project_name(path: str | Path) -> str:
     output a run may replace or remove): the ``[project] name`` of its root's
     pyproject.toml (else ``[tool.poetry] name``, else the root folder's name; the spec's
     folder's name when it has no root), lowercase, each run of other characters than
-    letters and digits one ``-``. A name, not a path: the same from any clone."""
+    letters and digits one ``-``. A name, not a path: the same from any clone when the
+    project declares it (the folder's name changes with a clone's folder)."""
     root = project_root(path)
     folder = root if root is not None else Path(path).resolve().parent
     name: object = None
@@ -84,6 +85,9 @@ class SpecIR(ProtocolIR):
     headers rendered from it record."""
 
     project: str | None = None
+    #: the project's root folder (``project_root``), where ``gen`` takes a file made from a
+    #: spec of this name for this project's, whatever the name its header records
+    root: Path | None = dataclasses.field(default=None, compare=False)
 
 
 def protocol_ir(path: str | Path) -> SpecIR:
@@ -92,7 +96,7 @@ def protocol_ir(path: str | Path) -> SpecIR:
     and ``project_name``."""
     ir = build(check(load_path(path, display_path(path))), source_name(path))
     fields = {f.name: getattr(ir, f.name) for f in dataclasses.fields(ir)}
-    return SpecIR(**fields, project=project_name(path))
+    return SpecIR(**fields, project=project_name(path), root=project_root(path))
 
 
 def protocol_ir_from_text(text: str | bytes, name: str = "<spec>") -> ProtocolIR:
@@ -111,19 +115,20 @@ class Output:
     path: Path
     text: str
     project: str | None = None  # the owner its header records (None: __init__.py)
+    source: str | None = None  # the spec it is made from, as its header names it
+    root: Path | None = None  # that spec's project root
 
 
 def outputs(irs: list[SpecIR], out: Path, docs: Path | None) -> list[Output]:
     """Every file ``gen`` writes for these protocols, in a fixed order."""
     files: list[Output] = []
     for p in irs:
-        files.append(Output(out / f"{p.module}.py", render.render_module(p), p.project))
-        strategies = render.render_strategies(p)
-        files.append(Output(out / f"{p.module}_strategies.py", strategies, p.project))
+        named = [(out / f"{p.module}.py", render.render_module(p))]
+        named.append((out / f"{p.module}_strategies.py", render.render_strategies(p)))
         if docs is not None:
-            files.append(Output(docs / f"{p.module}.md", render.render_doc_page(p), p.project))
-            schema = render.render_schema(p)
-            files.append(Output(docs / f"{p.module}.schema.json", schema, p.project))
+            named.append((docs / f"{p.module}.md", render.render_doc_page(p)))
+            named.append((docs / f"{p.module}.schema.json", render.render_schema(p)))
+        files += [Output(path, text, p.project, p.source, p.root) for path, text in named]
     return files
 
 
@@ -272,8 +277,23 @@ def _conflict(f: Output) -> str | None:
         return f"{f.path.as_posix()} exists and was not written by tpwire (no '{GENERATED_MARK}' header)"
     made = _made_from(f.path)
     if made is not None and made[1] is not None and made[1] != f.project:
+        if made[0] == f.source and _below(f.path, f.root):
+            # this project's own file, made under another name: a project without a
+            # [project] name is named after its folder, which a rename or clone changes
+            return None
         return f"{f.path.as_posix()} is project {made[1]}'s output (from {made[0]})"
     return None
+
+
+def _below(path: Path, root: Path | None) -> bool:
+    """Whether ``path`` lies inside ``root`` (symbolic links followed)."""
+    if root is None:
+        return False
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def _refuse_conflicts(files: list[Output], out: Path, docs: Path | None) -> None:

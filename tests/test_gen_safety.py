@@ -320,6 +320,31 @@ def test_the_project_in_the_header_does_not_depend_on_the_checkout(
     assert "project app)" in (one / "pkg" / "relay.py").read_text("utf-8").splitlines()[0]
 
 
+def test_a_project_without_a_name_regenerates_after_its_folder_is_renamed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No ``[project] name``: the project is its folder's name, which a rename or a clone
+    into another folder changes. Inside the project, its output (made from the same spec)
+    is still its own: rewritten, not refused as another project's."""
+    one = make_project(tmp_path / "one", 'specs = ["spec/a.yaml"]\nout = "pkg"\n', name=None)
+    assert run_in(capsys, monkeypatch, one, "gen")[0] == 0
+    assert "project one)" in (one / "pkg" / "relay.py").read_text("utf-8").splitlines()[0]
+    two = tmp_path / "two"
+    one.rename(two)
+    rc, out, err = run_in(capsys, monkeypatch, two, "gen")
+    assert rc == 0, err
+    assert "project two)" in (two / "pkg" / "relay.py").read_text("utf-8").splitlines()[0]
+    # outside the project, the other name is still another project's
+    shared = tmp_path / "shared"
+    assert run_in(capsys, monkeypatch, two, "gen", "spec/a.yaml", "--out", shared)[0] == 0
+    two.rename(tmp_path / "three")
+    rc, out, err = run_in(
+        capsys, monkeypatch, tmp_path / "three", "gen", "spec/a.yaml", "--out", shared
+    )
+    one_line_refusal(rc, err, "project two's output")
+    assert out == ""
+
+
 # --- 7: nothing written outside the project unless the command line says so ------------------
 
 
