@@ -276,7 +276,12 @@ def _conflict(f: Output) -> str | None:
     if not _is_generated(f.path):
         return f"{f.path.as_posix()} exists and was not written by tpwire (no '{GENERATED_MARK}' header)"
     made = _made_from(f.path)
-    if made is not None and made[1] is not None and made[1] != f.project:
+    if made is None:  # the mark in a sentence of someone's file, or a header cut short
+        return (
+            f"{f.path.as_posix()} mentions '{GENERATED_MARK}' but its header names no spec "
+            "it was made from"
+        )
+    if made[1] is not None and made[1] != f.project:
         if made[0] == f.source and _below(f.path, f.root):
             # this project's own file, made under another name: a project without a
             # [project] name is named after its folder, which a rename or clone changes
