@@ -9,6 +9,7 @@ working tree has it as committed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -379,6 +380,40 @@ def test_a_spec_not_yet_committed_is_noted(capsys: pytest.CaptureFixture[str], r
     rc, out, _ = run(capsys, "breaking")
     assert rc == 0
     assert "spec/pp_contract.yaml: new spec, not in HEAD, nothing to compare" in out
+
+
+def _git_speaks_german(repo: Path) -> bool:
+    assert GIT is not None
+    done = subprocess.run(
+        [GIT, "cat-file", "blob", "HEAD:nope"],
+        cwd=repo,
+        capture_output=True,
+        env={**os.environ, "LANGUAGE": "de", "LANG": "C.UTF-8", "LC_ALL": ""},
+        check=False,
+    )
+    return b"existiert nicht" in done.stderr
+
+
+@needs_git
+def test_git_in_another_language_still_tells_a_new_spec_from_a_failure(
+    capsys: pytest.CaptureFixture[str], repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's git speaks German: its words are not the ones a new spec is told by,
+    so breaking asks git in the C locale (a new spec was exit 2 with a German line)."""
+    if not _git_speaks_german(repo):
+        pytest.skip("this git has no German messages")
+    monkeypatch.setenv("LANGUAGE", "de")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    shutil.copy(REPO / "spec" / "pp_contract.yaml", repo / "spec" / "pp_contract.yaml")
+    (repo / "pyproject.toml").write_text(
+        '[tool.tpwire]\nspecs = ["spec/tp_control.yaml", "spec/pp_contract.yaml"]\n', "utf-8"
+    )
+    rc, out, err = run(capsys, "breaking")
+    assert rc == 0, err
+    assert "spec/pp_contract.yaml: new spec, not in HEAD, nothing to compare" in out
+    rc, _, err = run(capsys, "breaking", "spec/tp_control.yaml", "--against", "HEAD~5:x.yaml")
+    assert rc == 2 and "invalid object name 'HEAD~5'" in err, err
 
 
 @pytest.mark.parametrize(

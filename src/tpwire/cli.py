@@ -274,6 +274,9 @@ def git_show(ref: str, path: str, cwd: Path | None = None, shown: str | None = N
     if git is None:
         raise UsageError(f"cannot read {shown}: git is not installed")
 
+    # git's own words, untranslated: a new spec is told from a failure by them
+    env = {**os.environ, "LC_ALL": "C", "LANGUAGE": ""}
+
     def cat_file(*argv: str) -> subprocess.CompletedProcess[bytes]:
         try:
             return subprocess.run(
@@ -282,6 +285,7 @@ def git_show(ref: str, path: str, cwd: Path | None = None, shown: str | None = N
                 capture_output=True,
                 timeout=60,
                 check=False,
+                env=env,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise UsageError(f"cannot read {shown} from git: {exc}") from None
