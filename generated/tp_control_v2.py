@@ -1248,7 +1248,7 @@ def decode(frames: Frames) -> tuple[Header, Message | None]:
 
 
 #: The contract the runtime reads (channels, plain data, tripwires): roles, not names.
-BINDINGS: Final[_b.Bindings[Header, Message]] = _b.Bindings(
+BINDINGS: Final[_b.Bindings[Header, Message, TPAction]] = _b.Bindings(
     protocol=PROTOCOL,
     fingerprint=FINGERPRINT,
     spec_sha256=SPEC_SHA256,

@@ -8,8 +8,11 @@ runtime reads roles, never field or member names, so a protocol whose header say
 and ``generation`` and whose actions are ``IDLE``/``RUN``/``HALT``/``FAIL`` runs over a
 channel exactly as Scope's does.
 
-``Bindings`` is generic in the header and message types: a channel built on
-``tp_control.BINDINGS`` sends and receives ``tp_control``'s classes, under ``mypy --strict``.
+``Bindings`` is generic in the header, message and action types: a channel built on
+``tp_control.BINDINGS`` (or on the module ``tp_control`` itself, a ``GeneratedModule``) sends
+and receives ``tp_control``'s classes, and its ``recv().action`` is a ``TPAction``, under
+``mypy --strict``. The action type defaults to ``IntEnum``: ``Bindings[H, M]`` and the
+channels' two-parameter forms still check.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol
 
 import torch
+from typing_extensions import TypeVar  # a TypeVar with a default (PEP 696) before 3.13
 
 from .errors import Ids, Violation, ids_text
 from .wire import Frames, Manifest, Prepared
@@ -31,6 +34,8 @@ H_contra = TypeVar("H_contra", contravariant=True)
 M_contra = TypeVar("M_contra", contravariant=True)
 H_co = TypeVar("H_co", covariant=True)
 M_co = TypeVar("M_co", covariant=True)
+#: the protocol's action enum; covariant, so a channel of ``TPAction`` is one of ``IntEnum``
+A = TypeVar("A", bound=enum.IntEnum, default=enum.IntEnum, covariant=True)
 
 Device = torch.device | str | None
 
@@ -101,7 +106,7 @@ class Cached:
 
 
 @dataclass(frozen=True, eq=False)
-class Bindings(Generic[H, M]):
+class Bindings(Generic[H, M, A]):
     """Everything the runtime needs of one generated protocol (its module's ``BINDINGS``)."""
 
     protocol: str
@@ -114,14 +119,14 @@ class Bindings(Generic[H, M]):
     #: a legal value of each header field (None where it may be absent): control headers
     #: built before anything was sent start from these
     header_defaults: Mapping[str, object]
-    action_enum: type[enum.IntEnum]
-    payload_actions: frozenset[enum.IntEnum]
+    action_enum: type[A]
+    payload_actions: frozenset[A]
     roles: Roles
     #: the control actions a channel sends on its own (noop: heartbeats; None when the spec
     #: declares none)
-    noop: enum.IntEnum | None
-    shutdown: enum.IntEnum
-    error: enum.IntEnum
+    noop: A | None
+    shutdown: A
+    error: A
     enums: Mapping[str, type[enum.IntEnum]]
     #: message class -> the classes of the same message (its plan variants), itself included
     variants: Mapping[type, tuple[type, ...]]
@@ -137,12 +142,12 @@ class Bindings(Generic[H, M]):
     cached: Mapping[type, tuple[Cached, ...]] = field(default_factory=dict)
 
     @property
-    def terminal(self) -> frozenset[enum.IntEnum]:
+    def terminal(self) -> frozenset[A]:
         """Actions after which no further frame comes."""
         return frozenset((self.shutdown, self.error))
 
-    def action_of(self, header: H) -> enum.IntEnum:
-        action: enum.IntEnum = getattr(header, self.action_field)
+    def action_of(self, header: H) -> A:
+        action: A = getattr(header, self.action_field)
         return action
 
     def ids(self, header: object) -> Ids:
@@ -194,7 +199,16 @@ class Bindings(Generic[H, M]):
         )
 
 
-def bindings_of(protocol: Bindings[H, M] | ModuleType) -> Bindings[H, M]:
+class GeneratedModule(Protocol[H, M, A]):
+    """A generated protocol module, as ``mypy`` sees one: a module whose ``BINDINGS`` is a
+    ``Bindings[H, M, A]`` matches (PEP 544, modules as protocol implementations), so
+    ``BroadcastChannel(tp_control)`` is typed from the module as from its ``BINDINGS``."""
+
+    @property
+    def BINDINGS(self) -> Bindings[H, M, A]: ...
+
+
+def bindings_of(protocol: Bindings[H, M, A] | GeneratedModule[H, M, A]) -> Bindings[H, M, A]:
     """A protocol's ``Bindings``: itself, or a generated module's ``BINDINGS``."""
     if isinstance(protocol, Bindings):
         return protocol

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Generic, NamedTuple, NoReturn, Self, TypeVar
 
 import torch
@@ -30,7 +29,7 @@ import torch.distributed as dist
 from . import abort_guard, parity, tripwire
 from . import journal as _journal
 from .arena import Arena, ArenaError, ArenaStats, tensor_specs
-from .bindings import Bindings, H, M, bindings_of
+from .bindings import A, Bindings, GeneratedModule, H, M, bindings_of
 from .epochs import EpochCache
 from .errors import EnvelopeInvalid, ProtocolMismatch, WireError
 from .escape import printable
@@ -72,11 +71,12 @@ class OrderingError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Received(Generic[H, M]):
-    """What ``recv`` hands over: the action, the header and the typed message (or None);
-    for the spec's error action, the reason the source gave (a code and a short text)."""
+class Received(Generic[H, M, A]):
+    """What ``recv`` hands over: the action (the protocol's action enum), the header and the
+    typed message (or None); for the spec's error action, the reason the source gave (a code
+    and a short text)."""
 
-    action: enum.IntEnum
+    action: A
     header: H
     msg: M | None
     reason: Reason | None = None
@@ -333,12 +333,12 @@ def _sizes(segments: Sequence[torch.Tensor]) -> tuple[int, ...]:
     return tuple(int(s.numel()) for s in segments)
 
 
-class _Channel(Generic[H, M]):
+class _Channel(Generic[H, M, A]):
     """What both channels share: preflight, the commitment, poison, ordering, watchdog."""
 
     def __init__(
         self,
-        protocol: Bindings[H, M] | ModuleType,
+        protocol: Bindings[H, M, A] | GeneratedModule[H, M, A],
         group: dist.ProcessGroup | None,
         device: torch.device | str | None,
         cpu_group: dist.ProcessGroup | None,
@@ -355,7 +355,7 @@ class _Channel(Generic[H, M]):
     ) -> None:
         if poison not in ("exit", "raise"):
             raise ValueError("poison must be 'exit' or 'raise'")
-        self.protocol: Bindings[H, M] = bindings_of(protocol)
+        self.protocol: Bindings[H, M, A] = bindings_of(protocol)
         bindings = self.protocol
         self.group = group
         self.device = torch.device(device) if device is not None else None
@@ -884,7 +884,7 @@ class _Channel(Generic[H, M]):
 
     # -- receiver -----------------------------------------------------------------------
 
-    def recv(self) -> Received[H, M]:
+    def recv(self) -> Received[H, M, A]:
         """The next envelope: frame 0 checked against the spec and the ordering rules, frame 1
         into buffers sized from the checked manifest, then the full validation.
 
@@ -1212,12 +1212,12 @@ class _Channel(Generic[H, M]):
         os._exit(EXIT_POISONED)
 
 
-class BroadcastChannel(_Channel[H, M]):
+class BroadcastChannel(_Channel[H, M, A]):
     """Envelopes of one generated ``protocol`` from rank ``src`` to every rank of ``group``."""
 
     def __init__(
         self,
-        protocol: Bindings[H, M] | ModuleType,
+        protocol: Bindings[H, M, A] | GeneratedModule[H, M, A],
         group: dist.ProcessGroup | None = None,
         src: int = 0,
         device: torch.device | str | None = None,
@@ -1260,7 +1260,7 @@ class BroadcastChannel(_Channel[H, M]):
     _get = _put  # a broadcast is the same call on every rank
 
 
-class P2PChannel(_Channel[H, M]):
+class P2PChannel(_Channel[H, M, A]):
     """Envelopes and results between this rank and one ``peer`` (pipeline stages).
 
     Both ends send and receive; a send waits until the peer receives (gloo), so a stage that
@@ -1273,7 +1273,7 @@ class P2PChannel(_Channel[H, M]):
 
     def __init__(
         self,
-        protocol: Bindings[H, M] | ModuleType,
+        protocol: Bindings[H, M, A] | GeneratedModule[H, M, A],
         peer: int,
         group: dist.ProcessGroup | None = None,
         device: torch.device | str | None = None,

@@ -18,13 +18,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from types import ModuleType
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from .bindings import Bindings, H, M
+from .bindings import A, Bindings, GeneratedModule, H, M
 from .channel import FRAME0_TAG, BroadcastChannel, Received, _log
 from .errors import EnvelopeInvalid
 from .plain import plain_value, value_from_plain
@@ -33,10 +32,12 @@ from .wire import DTYPE_BY_NAME, Frames, Prepared, materialize
 _ABSENT = -1
 
 
-class CompatBroadcastChannel(BroadcastChannel[H, M]):
+class CompatBroadcastChannel(BroadcastChannel[H, M, A]):
     """``BroadcastChannel``'s API over Scope's current (pickle-based) wire."""
 
-    def __init__(self, protocol: Bindings[H, M] | ModuleType, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, protocol: Bindings[H, M, A] | GeneratedModule[H, M, A], *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(protocol, *args, **kwargs)
         self._slots = [f.name for f in dataclasses.fields(self.protocol.header)]  # type: ignore[arg-type]
         self._enums = dict(self.protocol.enums)
@@ -105,7 +106,7 @@ class CompatBroadcastChannel(BroadcastChannel[H, M]):
         if self.protocol.action_of(header) in self._terminal:
             self.closed = True  # however it was sent: the workers have left their loops
 
-    def recv(self) -> Received[H, M]:
+    def recv(self) -> Received[H, M, A]:
         self._ready(sender=False)
         slots = torch.empty(len(self._slots), dtype=torch.int64)
         with self._deadline(lambda: f"a header after {self._ids(self.last_header)}"):

@@ -48,6 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank = dist.get_rank()
+    # typed from the module: BroadcastChannel[pv.Header, pv.Message, pv.Op] (mypy --strict)
     ch = BroadcastChannel(pv, watchdog_s=30.0).open()
     if rank == 0:
         for i in range(args.chunks):
@@ -61,12 +62,12 @@ def main() -> None:
             if got.action is pv.Op.STOP:
                 print(f"[rank{rank}] STOP seq={got.header.seq}: leaving", flush=True)
                 break
-            msg = got.msg
-            assert isinstance(msg, pv.Preview)
+            preview = got.msg
+            assert isinstance(preview, pv.Preview)
             print(
                 f"[rank{rank}] seq={got.header.seq} epoch={got.header.stream_epoch} "
-                f"{msg.prompt_id} frames={tuple(msg.frames.shape)} "
-                f"first byte={int(msg.frames[0, 0, 0, 0])}",
+                f"{preview.prompt_id} frames={tuple(preview.frames.shape)} "
+                f"first byte={int(preview.frames[0, 0, 0, 0])}",
                 flush=True,
             )
     ch.close(destroy_group=True)

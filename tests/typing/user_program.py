@@ -25,7 +25,7 @@ def serve(ch: BroadcastChannel[tc.Header, tc.Message]) -> int:
 
 def open_channel() -> BroadcastChannel[tc.Header, tc.Message]:
     ch = BroadcastChannel(tc.BINDINGS, poison="raise")
-    assert_type(ch, BroadcastChannel[tc.Header, tc.Message])
+    assert_type(ch, BroadcastChannel[tc.Header, tc.Message, tc.TPAction])
     return ch.open()
 
 
