@@ -67,6 +67,9 @@ class DiffReport:
     compared: int = 0
     divergence: Divergence | None = None
     notes: list[str] = field(default_factory=list)
+    #: the stretches of the journals the reader could not use (a changed record, garbage, a
+    #: torn tail): what they held was not compared, so no divergence is then incomplete
+    unread: int = 0
 
 
 #: how a journal's stream stopped, the least orderly first: no END record (killed, or it
@@ -340,6 +343,7 @@ def diff(journals: Sequence[Journal], protocol: Bindings[Any, Any] | None = None
         sub = DiffReport(group)
         _diff_stream(group, protocol, sub)
         report.compared += sub.compared
+        report.unread += sub.unread
         where = f"stream {k + 1} of {paired}"
         report.notes.extend(f"{where}: {note}" for note in sub.notes)
         if sub.divergence is not None:
@@ -364,6 +368,7 @@ def _diff_stream(
     if report.divergence is not None:
         return
     for j, lab in zip(journals, labels, strict=True):
+        report.unread += len(j.problems)
         for p in j.problems:
             report.notes.append(f"{lab}: {printable(p)}")
     indexed = [_index(j, lab, opening) for j, lab in zip(journals, labels, strict=True)]

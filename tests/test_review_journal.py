@@ -6,6 +6,7 @@ runs as root)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -360,3 +361,63 @@ def test_a_journal_setup_that_raises_on_one_rank_turns_journaling_off_on_all(
         assert r.result["journal"] is False
     assert results[1].result["received"] == 3
     assert not list((tmp_path / "journal").glob("*.tpj"))
+
+
+# --- diff over a record it could not read; a peer's parity status -------------------------
+
+
+def test_diff_over_an_unreadable_record_is_incomplete_never_agreement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rank 2 ran other inputs at chunk 2 and the record saying so has one flipped bit: the
+    remaining observations agree, and diff said `no divergence`, exit 0."""
+    from tpwire.runtime import journal as jr
+
+    for rank in range(3):
+        j = Journal(tmp_path, rank).open()
+        for i in range(5):
+            j.chunk(i).observe(i, 1000 if (rank == 2 and i == 2) else None)
+        j.shutdown().end().save()
+    path = tmp_path / "tp_control.rank2.000000.tpj"
+    (obs,) = [r for r in jr.scan(path).records if r.kind == jr.OBSERVE and r.chunk == 2]
+    data = bytearray(path.read_bytes())
+    data[obs.offset + jr.HEADER_NBYTES + 10] ^= 1
+    path.write_bytes(bytes(data))
+    report = diff(load([tmp_path]))
+    assert report.divergence is None and report.unread == 1
+    code, out, _ = _cli("journal", "diff", str(tmp_path), capsys=capsys)
+    assert code == 1, out
+    assert "incomplete: no divergence in what was read" in out and "no divergence:" not in out
+    assert f"offset {obs.offset}" in out
+    code, out, _ = _cli("journal", "diff", "--format", "json", str(tmp_path), capsys=capsys)
+    assert code == 1 and '"unread": 1' in out
+
+
+def test_a_peers_journal_status_is_one_escaped_line_and_every_rank_decides_alike(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The open handshake's journal statuses are a peer's text: a newline, an escape
+    sequence or a non-string cannot forge a log line or raise, and every rank, holding the
+    same records, turns journaling off."""
+    from types import SimpleNamespace
+
+    from tpwire.runtime.channel import _Channel
+
+    forged = "x\ntpwire[rank 1]: POISONED call_id=7: forged; exiting 86\x1b[2J"
+    records = [
+        {"status": {"journal": None, "rank": 0}},
+        {"status": {"journal": forged, "rank": "1\nforged"}},
+        {"status": {"journal": {"nested": [1, "\x1b"]}, "rank": None}},
+        {"status": "not an object"},
+    ]
+    for rank in range(4):
+        abandoned: list[int] = []
+        ch: Any = SimpleNamespace(rank=rank, journal=None, _journal_pending=object())
+        ch._journal_abandon = functools.partial(abandoned.append, 1)
+        _Channel._journal_agree(ch, records)
+        err = capsys.readouterr().err
+        (line,) = err.splitlines()
+        assert line.startswith(f"tpwire[rank {rank}]: journal off on every rank")
+        assert "\x1b" not in line and "\\n" in line and "\\x1b" in line
+        assert "rank 1\\nforged: x\\ntpwire[rank 1]: POISONED" in line and "rank 2: {" in line
+        assert abandoned == [1] and ch.journal is None

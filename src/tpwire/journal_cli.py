@@ -211,13 +211,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 "odd": div.odd,
             },
             "notes": report.notes,
+            "unread": report.unread,
         }, indent=1))  # fmt: skip
-        return EXIT_FAIL if div is not None else EXIT_OK
+        return EXIT_FAIL if div is not None or report.unread else EXIT_OK
     names = ", ".join(printable(j.name) for j in journals)
     counts = ", ".join(str(len(j.envelopes())) for j in journals)
     print(f"journals: {names} ({counts} envelope records)")
     for note in report.notes:
         print(f"note: {note}")
+    if div is None and report.unread:  # what could not be read was not compared
+        print(
+            f"incomplete: no divergence in what was read ({report.compared} envelopes agree "
+            f"on every rank), but {report.unread} stretch(es) of the journals could not be "
+            "read (notes above): what they held was not compared"
+        )
+        return EXIT_FAIL
     if div is None:
         print(f"no divergence: {report.compared} envelopes agree on every rank")
         return EXIT_OK
@@ -327,7 +335,8 @@ def add_parsers(sub: Any) -> None:
         description="Align the journals of several ranks (folders or files) by sequence id and "
         "report the first envelope where they differ: a different envelope, a missing record, "
         "a different outcome, input or output digest or ledger count, or a different end. "
-        "Exit 0: no divergence; 1: a divergence; 2: unusable input.",
+        "Exit 0: no divergence; 1: a divergence, or none in journals with records that could "
+        "not be read (incomplete); 2: unusable input.",
     )
     df.add_argument("paths", nargs="+", metavar="DIR_OR_FILE")
     df.add_argument("--spec", metavar="SPEC", help="decode with this spec (default: the "
