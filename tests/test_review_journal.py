@@ -322,13 +322,14 @@ def test_a_writer_whose_thread_cannot_start_is_unavailable_and_leaves_nothing(
     assert set(os.listdir("/proc/self/fd")) <= before
 
 
-def setup_fails_on_one_rank(rank: int, world: int, journal: str) -> Any:
-    """Rank 1's journal setup raises what is not an OSError (a NUL byte in its folder's
-    name: ValueError): every rank opens without a journal, the stream goes on."""
+def setup_fails_on_one_rank(rank: int, world: int, journal: str, bad: str | None = None) -> Any:
+    """Rank 1's journal setup fails: in ``bad`` (a read-only folder), else by what is not an
+    OSError (a NUL byte in its folder's name: ValueError). Every rank opens without a
+    journal, the stream goes on."""
     from tpwire.runtime import journal as jr
     from tpwire.runtime.channel import BroadcastChannel
 
-    folder = journal + ("\0" if rank == 1 else "")
+    folder = journal if rank != 1 else bad if bad is not None else journal + "\0"
     ch = BroadcastChannel(tc, poison="raise", journal=jr.JournalConfig(folder)).open()
     received = 0
     if rank == 0:
@@ -421,3 +422,34 @@ def test_a_peers_journal_status_is_one_escaped_line_and_every_rank_decides_alike
         assert "\x1b" not in line and "\\n" in line and "\\x1b" in line
         assert "rank 1\\nforged: x\\ntpwire[rank 1]: POISONED" in line and "rank 2: {" in line
         assert abandoned == [1] and ch.journal is None
+
+
+@pytest.mark.timeout(180)
+def test_a_read_only_mounted_journal_folder_on_one_rank(tmp_path: Path) -> None:
+    """Rank 1's journal folder is a read-only file system (EROFS, whoever runs it): the
+    ranks agree in the handshake and open without a journal, one line each."""
+    from mp import run_ranks
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        results = run_ranks(
+            "setup_fails_on_one_rank", tmp_path, world=2, timeout=150,
+            module="test_review_journal", journal=str(tmp_path / "journal"), bad=str(ro),
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    for r in results:
+        assert r.exitcode == 0, r.log
+        assert "Traceback" not in r.log, r.log
+        (line,) = [x for x in r.log.splitlines() if "journal off" in x]
+        assert f"rank 1: cannot create {ro}/tp_control.rank1." in line
+        assert "Read-only file system" in line
+        assert r.result["journal"] is False
+    assert results[1].result["received"] == 3
+    assert not list((tmp_path / "journal").glob("*.tpj"))
