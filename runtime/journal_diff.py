@@ -368,9 +368,11 @@ def _diff_stream(
     if report.divergence is not None:
         return
     for j, lab in zip(journals, labels, strict=True):
-        report.unread += len(j.problems)
+        report.unread += len(j.problems) + sum(j.unlisted.values())
         for p in j.problems:
             report.notes.append(f"{lab}: {printable(p)}")
+        for path, n in j.unlisted.items():
+            report.notes.append(f"{lab}: {printable(path)}: {n} more problem(s) not listed")
     indexed = [_index(j, lab, opening) for j, lab in zip(journals, labels, strict=True)]
     keys = sorted({k for ix in indexed for k in ix.entries}, key=_order)
     start = _common_start(journals, labels, indexed, keys, opening, report)

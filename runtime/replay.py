@@ -44,6 +44,8 @@ class Journal:
     records: list[jr.Record] = field(default_factory=list)
     problems: list[jr.Problem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    #: problems past the first ``MAX_PROBLEMS`` of a file, counted and not kept, by file
+    unlisted: dict[str, int] = field(default_factory=dict)
 
     @property
     def torn_tail(self) -> jr.Problem | None:
@@ -79,6 +81,8 @@ def load(paths: Iterable[str | os.PathLike[str]]) -> list[Journal]:
             journal.opening = dict(opening)
         journal.records.extend(found.records)
         journal.problems.extend(found.problems)
+        if found.unlisted:
+            journal.unlisted[str(path)] = found.unlisted
         journal.files.append(str(path))
     stems = [name for _, name in by_key]
     for (folder, name), journal in by_key.items():
@@ -196,6 +200,7 @@ def streams(journal: Journal) -> list[Journal]:
                 [r for r in journal.records if r.path in keep],
                 [p for p in journal.problems if p.path in keep],
                 files,
+                {f: n for f, n in journal.unlisted.items() if f in keep},
             )
         )
     return out

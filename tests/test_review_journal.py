@@ -453,3 +453,25 @@ def test_a_read_only_mounted_journal_folder_on_one_rank(tmp_path: Path) -> None:
         assert r.result["journal"] is False
     assert results[1].result["received"] == 3
     assert not list((tmp_path / "journal").glob("*.tpj"))
+
+
+def test_diff_and_replay_count_the_problems_a_file_does_not_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file keeps its first 100 problems and counts the rest: `diff` and `replay` said
+    only the 100 (and `diff` counted 100 unread stretches)."""
+    from tpwire.runtime import journal_format as jf
+
+    for rank in range(2):
+        j = Journal(tmp_path, rank).open()
+        for i in range(3):
+            j.chunk(i)
+        j.shutdown().end().save()
+    path = tmp_path / "tp_control.rank1.000000.tpj"
+    fake = jf.HEAD.pack(jf.MAGIC, 1, jf.OBSERVE, 0, 1, 2, 3, 4, 0, 0) + b"\0" * 8
+    path.write_bytes(path.read_bytes() + fake * 150)
+    report = diff(load([tmp_path]))
+    assert report.unread == 150
+    assert f"tp_control.rank1: {path}: 50 more problem(s) not listed" in report.notes
+    code, out, _ = _cli("replay", str(path), capsys=capsys)
+    assert code == 1 and f"note: {path}: 50 more problem(s) not listed" in out, out

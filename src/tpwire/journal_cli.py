@@ -264,6 +264,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         holes = gaps(journal)
         for gap in holes:
             print(f"{name}: note: {printable(gap)}")
+        for path, n in journal.unlisted.items():
+            print(f"{name}: note: {printable(path)}: {n} more problem(s) not listed")
         envelopes = journal.envelopes()
         if envelopes and not holds_start(journal):
             first = envelopes[0]
