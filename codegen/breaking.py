@@ -184,10 +184,12 @@ class Side:
         return self.loaded.file
 
 
-def load_side(source: str | bytes, name: str) -> Side:
-    """Load, check and fingerprint a spec (``SpecErrors`` when it does not compile)."""
+def load_side(source: str | bytes, name: str, *, old: bool = False) -> Side:
+    """Load, check and fingerprint a spec (``SpecErrors`` when it does not compile). The
+    ``old`` side is what peers ran: the rules on what can carry a stream, added after specs
+    that break them were committed, are not applied to it (``check``'s ``stream_rules``)."""
     loaded = load_text(source, name)
-    spec = check(loaded)
+    spec = check(loaded, stream_rules=not old)
     return Side(loaded, spec, build(spec, name).fingerprint)
 
 
@@ -1240,9 +1242,9 @@ def compare_texts(
     """Compile both specs (``SpecErrors`` with every error of both) and compare them."""
     errors: list[SpecError] = []
     sides: list[Side] = []
-    for text, name in ((old_text, old_name), (new_text, new_name)):
+    for text, name, old in ((old_text, old_name, True), (new_text, new_name, False)):
         try:
-            sides.append(load_side(text, name))
+            sides.append(load_side(text, name, old=old))
         except SpecErrors as exc:
             errors.extend(exc.errors)
     if errors:

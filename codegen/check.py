@@ -280,8 +280,12 @@ def meta_errors(loaded: LoadedSpec) -> list[SpecError]:
 
 
 class _Checker:
-    def __init__(self, loaded: LoadedSpec, names: GeneratedNames | None) -> None:
+    def __init__(
+        self, loaded: LoadedSpec, names: GeneratedNames | None, *, stream_rules: bool = True
+    ) -> None:
         self.spec = loaded
+        #: apply the rules on what can carry a stream (``check``'s ``stream_rules``)
+        self.stream_rules = stream_rules
         #: the generated modules' own names (None while deriving them from the probe spec)
         self.names = names
         self.data = loaded.data
@@ -631,7 +635,7 @@ class _Checker:
                 ok = False
             for key, present in (
                 ("required_when", f.required_when),
-                ("forbidden_when", f.forbidden_when),
+                ("forbidden_when", f.forbidden_when if self.stream_rules else None),
                 ("none_unless", f.none_unless),
                 ("derived", f.derived),
             ):
@@ -916,7 +920,7 @@ class _Checker:
                     f"{f.type}{' with required_when' if f.required_when else ''})",
                 )
                 continue
-            if role == "sequence" and f.derived is not None:
+            if role == "sequence" and f.derived is not None and self.stream_rules:
                 self.fail(
                     f.derived.path,
                     "bad-role",
@@ -1097,7 +1101,8 @@ class _Checker:
             )
             if ce is not None:
                 invariants.append(CInvariant(inv["id"], ce, inv["message"], inv.get("fm")))
-        self.check_cached_reads(fields, invariants)
+        if self.stream_rules:
+            self.check_cached_reads(fields, invariants)
         return CMessage(
             name=name,
             path=path,
@@ -1225,12 +1230,17 @@ def _assignable(got: expr.Ty, want: expr.Ty) -> bool:
     return got == want or (want == expr.FLOAT and got == expr.INT)
 
 
-def check(loaded: LoadedSpec) -> CheckedSpec:
-    """Run every check; raise ``SpecErrors`` with all problems found."""
+def check(loaded: LoadedSpec, *, stream_rules: bool = True) -> CheckedSpec:
+    """Run every check; raise ``SpecErrors`` with all problems found.
+
+    ``stream_rules=False`` leaves out the rules on what can carry a stream that a spec
+    compiled without before (a rule reading a cached field, a cached field with
+    ``forbidden_when``, a derived sequence role): ``breaking``'s old side, a spec that old
+    peers ran, only has to compile."""
     errors = meta_errors(loaded)
     if errors:
         raise SpecErrors(errors)
-    checker = _Checker(loaded, generated_names())
+    checker = _Checker(loaded, generated_names(), stream_rules=stream_rules)
     try:
         spec = checker.run()
     except (RecursionError, MemoryError):

@@ -261,3 +261,42 @@ def test_fields_cached_by_one_epoch_may_share_a_dimension() -> None:
         compile_spec(other)
     assert {e.code for e in info.value.errors} == {"bad-cached-by"}
     assert "which is cached_by 'brush_rev'" in info.value.errors[0].message
+
+
+def test_breaking_compares_with_an_old_spec_that_reads_a_cached_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A spec committed before ``check`` refused rules that read a cached field is what old
+    peers ran: ``breaking`` compares the fixed spec with it (the pre-commit hook compared
+    nothing and failed on HEAD's spec, exit 1, until the fix was committed without it). The
+    new side is held to every rule."""
+    from tpwire.cli import main
+    from tpwire.codegen import breaking
+
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(brush_spec(), "utf-8")
+    new.write_text(PAINT.read_text("utf-8"), "utf-8")
+    report = breaking.compare_texts(old.read_text(), new.read_text(), "old.yaml", "new.yaml")
+    assert "INVARIANT_REMOVED" in {f.rule for f in report.findings}
+    rc, out, err = run_cli(capsys, main, "breaking", str(new), "--against", str(old))
+    assert rc == 1 and "INVARIANT_REMOVED" in out and "bad-cached-by" not in out + err
+    # the other way round, the new spec is refused where it reads the cached brush
+    with pytest.raises(SpecErrors) as info:
+        breaking.compare_texts(new.read_text(), old.read_text(), "new.yaml", "old.yaml")
+    (e,) = info.value.errors
+    assert (e.file, e.line, e.code) == ("old.yaml", brush_line(), "bad-cached-by")
+    # and the shipped v2 against its form before the fix: the change itself is found
+    v2 = (REPO / "spec" / "tp_control_v2.yaml").read_text("utf-8")
+    v2_before = v2.replace(
+        "expr: tp_reset_crossattn_cache == conditioning_embeds_updated",
+        "expr: tp_reset_crossattn_cache == (conditioning_embeds is not None)",
+    )
+    assert v2_before != v2
+    report = breaking.compare_texts(v2_before, v2, "before.yaml", "spec/tp_control_v2.yaml")
+    assert {"INVARIANT_STRENGTHENED", "INVARIANT_WEAKENED"} <= {f.rule for f in report.findings}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], main: Any, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
