@@ -513,3 +513,62 @@ def test_checked_in_page_splice_check_is_clean(
     copy.write_bytes((REPO / "docs" / "spec" / f"{name}.md").read_bytes())
     rc, out, _ = run(capsys, "docs", f"spec/{name}.yaml", "--splice", copy, "--check")
     assert rc == 0 and "up to date" in out
+
+
+# -- the README and docs say what the code does now (issue 29 item 8) ----------------------
+
+README = REPO / "README.md"
+
+
+def _documented_signature(text: str, call: str) -> tuple[list[str], dict[str, str]]:
+    """The parameters of the first ```call(...)``` the text documents: positional names and
+    ``name=default`` pairs, as written (the call may wrap over lines)."""
+    start = text.index(f"`{call}(")
+    body = text[start + len(call) + 2 : text.index(")`", start)]
+    names: list[str] = []
+    defaults: dict[str, str] = {}
+    for part in (p.strip() for p in " ".join(body.split()).split(",")):
+        name, eq, default = part.partition("=")
+        names.append(name)
+        if eq:
+            defaults[name] = default
+    return names, defaults
+
+
+@pytest.mark.parametrize("cls_name", ["BroadcastChannel"])
+def test_the_readme_channel_signature_is_the_real_one(cls_name: str) -> None:
+    import inspect
+
+    from tpwire.runtime import channel
+
+    names, defaults = _documented_signature(
+        README.read_text(encoding="utf-8"), f"tpwire.runtime.channel.{cls_name}"
+    )
+    params = list(inspect.signature(getattr(channel, cls_name)).parameters.values())
+    assert names == [p.name for p in params], "README's parameter list differs from the code"
+    for p in params:
+        if p.default is not inspect.Parameter.empty:
+            assert defaults.get(p.name) == repr(p.default).replace("'", '"'), p.name
+
+
+#: phrases that announce a feature as missing or planned
+_MISSING = re.compile(
+    r"future work|not a feature|(?:there is|there are) no \w+(?: \w+)? yet|later issue"
+)
+
+
+@pytest.mark.parametrize("page", ["docs/evolution.md"])
+def test_the_docs_name_no_missing_feature(page: str) -> None:
+    text = (REPO / page).read_text(encoding="utf-8")
+    found = [m.group(0) for m in _MISSING.finditer(" ".join(text.split()))]
+    assert not found, f"{page} announces as missing: {found}"
+
+
+def test_readme_installs_from_what_exists() -> None:
+    """tpwire is not on PyPI: the README installs from a checkout, a git URL or a wheel."""
+    text = README.read_text(encoding="utf-8")
+    install = text[text.index("## Install") : text.index("\n## ", text.index("## Install") + 1)]
+    from_an_index = re.compile(r"^\$ pip install '?tpwire(?:\[\w+(?:,\w+)*\])?'?\s*(?:#|$)", re.M)
+    assert not from_an_index.search(install), "an install from an index tpwire is not on"
+    for form in ("pip install .", "python -m build", "git+"):
+        assert form in install, form
