@@ -23,13 +23,17 @@ behave exactly as they would without tpwire, inside a collective or not. The pro
 dying either way: a transport abort is never turned into an exception, even under
 ``poison="raise"``. Where the C++ runtime cannot be reached (no ``libstdc++`` or
 ``libc++abi`` loaded by that name), the guard does nothing and an overlong message aborts
-as before.
+as before. When the interpreter starts finishing (``atexit``), the handler from before is
+put back whatever is in flight and none is installed after: the guard's handler is Python
+and cannot outlive the interpreter.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -46,6 +50,11 @@ _lock = threading.Lock()
 _generation = 0
 #: the terminate handler that was there before the guard's (an address; 0: none known)
 _saved = 0
+#: set when the interpreter starts finishing (``_at_exit``): the guard installs nothing more
+_closed = False
+#: the bits of ``std::type_info``'s name pointer that address it: libc++ on Apple arm64 marks
+#: a type whose RTTI is not unique in the top bit, which no address has
+_NAME_BITS = (1 << 63) - 1 if sys.platform == "darwin" else (1 << 64) - 1
 
 
 def _runtime() -> tuple[Callable[[int], int], Callable[[], int], Callable[[], int]] | None:
@@ -75,9 +84,12 @@ def _exception_type(current: Callable[[], int]) -> bytes | None:
     info = current()
     if not info:
         return None  # std::terminate() called without an exception
-    # std::type_info: a vtable pointer, then the name (a leading '*' marks a local type)
-    name = ctypes.c_char_p.from_address(info + ctypes.sizeof(ctypes.c_void_p)).value
-    return name.lstrip(b"*") if name is not None else None
+    # std::type_info (Itanium C++ ABI, x86_64 and aarch64 alike): a vtable pointer, then
+    # the name (a leading '*' marks a local type in libstdc++)
+    at = ctypes.c_void_p.from_address(info + ctypes.sizeof(ctypes.c_void_p)).value
+    if not at:
+        return None
+    return ctypes.string_at(at & _NAME_BITS).lstrip(b"*")
 
 
 def _on_terminate() -> None:
@@ -162,7 +174,7 @@ class armed:
         with _lock:
             self._generation = _generation
             self._before = _in_flight.get(key)
-            if not _in_flight and _SET is not None:
+            if not _in_flight and _SET is not None and not _closed:
                 was = _SET(_OURS) or 0
                 if was != _OURS:  # (ours already: put back by something that had saved it)
                     _saved = was
@@ -176,8 +188,24 @@ class armed:
                 _in_flight.pop(self._key, None)
             else:
                 _in_flight[self._key] = self._before
-            if not _in_flight and _SET is not None:
+            if not _in_flight and _SET is not None and not _closed:
                 _restore()
+
+
+def _at_exit() -> None:
+    """The interpreter is finishing: the handler is Python (a ctypes callback), which
+    cannot run once the interpreter is gone (its code freed: a ``std::terminate`` in a C++
+    destructor at exit crashed with ``SIGSEGV``). A collective still in flight on a daemon
+    thread keeps running unguarded: the handler from before is put back now, and nothing
+    installs the guard's again."""
+    global _closed
+    with _lock:
+        _closed = True
+        if _GET is not None and _GET() == _OURS:
+            _restore()
+
+
+atexit.register(_at_exit)
 
 
 def _before_fork() -> None:

@@ -16,7 +16,8 @@ anything is written into it.
 ``alloc`` holds the dtype and shape it is asked for to the field's spec before anything is
 allocated (``AllocRefused``, naming the field, what the spec allows and what was asked): a
 dtype the field does not take, a rank, fixed dimension or range the pattern does not have, a
-dimension that is not an ``int`` (``64.9``, ``True``), more elements than the field's bound.
+dimension that is not an ``int`` (``64.9``, ``True``) or not an ``int64``, more elements
+than the field's bound, more dimensions than any of the field's patterns (by length alone).
 What binds one tensor to another (a symbol two fields share) is ``validate``'s, at ``send``.
 
 A view is valid until the next payload ``send`` (whether it used the view or not): the
@@ -83,23 +84,44 @@ def tensor_specs(bindings: Bindings[Any, Any]) -> dict[str, tuple[TensorField, .
     return {name: tuple(fs) for name, fs in specs.items() if fs}
 
 
-def _dims(field: str, shape: object) -> tuple[int, ...]:
+#: a dimension torch can hold (``int64``): anything past it is refused by its size alone
+_DIM_MIN, _DIM_MAX = -(2**63), 2**63 - 1
+
+
+def _dims(field: str, shape: object, specs: Sequence[TensorField]) -> tuple[int, ...]:
     """``shape`` as ints: a sequence of integers (an ``int``, or what ``__index__`` makes
-    one of), never a float, bool or string."""
+    one of), never a float, bool (a bool tensor either) or string, each within ``int64``,
+    and no more of them than the field's patterns have (a longer sequence is refused by its
+    length, before its entries are read: ``range(10**12)`` is one line, at once)."""
     if isinstance(shape, str | bytes) or not isinstance(shape, Sequence):
         raise AllocRefused(field, "shape", "a sequence of ints", f"of type {type(shape).__name__}")
+    try:
+        n = len(shape)
+    except (OverflowError, ValueError):  # a range past sys.maxsize
+        n = -1
+    most = max(len(f.shape) for f in specs)
+    if not 0 <= n <= most:
+        shown = f"rank {n}" if n >= 0 else "a rank past sys.maxsize"
+        expected = " or ".join(f.shape_rule.expected for f in specs)
+        raise AllocRefused(field, "shape", expected, f"{shown} (at most {most})")
     dims = []
     for i, d in enumerate(shape):
         try:
-            if isinstance(d, bool):
+            if isinstance(d, bool) or (isinstance(d, torch.Tensor) and d.dtype is torch.bool):
                 raise TypeError
-            dims.append(operator.index(d))
+            dim = operator.index(d)
         except Exception:  # a float (64.9 is no dimension), a bool, anything else
-            shown = repr(d) if isinstance(d, int | float) else "a value"
+            shown = repr(d) if isinstance(d, bool | float) else "a value"
             raise AllocRefused(
                 field, "shape", "a sequence of ints",
                 f"dim {i} is {shown[:40]} ({type(d).__name__})",
             ) from None  # fmt: skip
+        if not _DIM_MIN <= dim <= _DIM_MAX:  # its digits alone could exceed str()'s limit
+            raise AllocRefused(
+                field, "shape", "a sequence of ints within int64",
+                f"dim {i} is an int of {dim.bit_length()} bits",
+            )  # fmt: skip
+        dims.append(dim)
     return tuple(dims)
 
 
@@ -144,15 +166,16 @@ class Arena:
         """``shape`` as ints, once ``field`` is a tensor field whose spec allows ``dtype``
         and ``shape`` (``ArenaError``, ``AllocRefused`` otherwise): what ``alloc`` asks
         before it allocates anything."""
+        # the field as the caller gave it (a long string cut, anything else by its type)
+        name = repr(field)[:80] if isinstance(field, str) else type(field).__name__
         wd = DTYPE_BY_TORCH.get(dtype) if isinstance(dtype, torch.dtype) else None
         if wd is None:
             shown = dtype if isinstance(dtype, torch.dtype) else type(dtype).__name__
-            raise ArenaError(f"alloc of {field!r}: the wire carries no {shown}")
+            raise ArenaError(f"alloc of {name}: the wire carries no {shown}")
         specs = self.specs.get(field) if isinstance(field, str) else None
         if not specs:
-            shown = repr(field)[:80] if isinstance(field, str) else type(field).__name__
-            raise ArenaError(f"alloc of {shown}: not a tensor field of this protocol")
-        dims = _dims(field, shape)
+            raise ArenaError(f"alloc of {name}: not a tensor field of this protocol")
+        dims = _dims(field, shape, specs)
         fits = [f for f in specs if dtype in f.dtypes]
         if not fits:
             raise AllocRefused(

@@ -17,6 +17,7 @@ from typing import Any
 import torch.distributed as dist
 
 from .bindings import bindings_of
+from .escape import printable
 from .groups import LengthsRefused, all_gather_bytes
 
 Record = dict[str, Any]
@@ -75,7 +76,11 @@ def _flatten(rec: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def diff(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per key whose value is not the same on every rank (``status`` aside)."""
+    """One line per key whose value is not the same on every rank (``status`` aside).
+
+    A key is a peer's text (any JSON string): it is shown escaped (``printable``), so a
+    newline or a terminal escape in it cannot forge a line of the mismatch; values are
+    shown by ``repr``, which escapes them too."""
     flat = [_flatten({k: v for k, v in r.items() if k != STATUS}) for r in records]
     keys = sorted({k for f in flat for k in f})
     lines = []
@@ -83,7 +88,7 @@ def diff(records: Sequence[Mapping[str, Any]]) -> list[str]:
         values = [f.get(key, "<missing>") for f in flat]
         if any(v != values[0] for v in values[1:]):
             shown = ", ".join(f"rank{i}={v!r}" for i, v in enumerate(values))
-            lines.append(f"{key}: {shown}")
+            lines.append(f"{printable(key)}: {shown}")
     return lines
 
 
