@@ -26,7 +26,7 @@ from typing import Any, Generic, NamedTuple, NoReturn, Self, TypeVar
 import torch
 import torch.distributed as dist
 
-from . import abort_guard, parity, tripwire
+from . import abort_guard, parity, terminate, tripwire
 from . import journal as _journal
 from .arena import Arena, ArenaError, ArenaStats, tensor_specs
 from .bindings import A, Bindings, GeneratedModule, H, M, bindings_of
@@ -386,6 +386,9 @@ class _Channel(Generic[H, M, A]):
         self.heartbeat_s = heartbeat_s
         self.poison = poison
         self.rank = dist.get_rank()
+        #: what the channel is doing, for the TERMINATED line (``terminate``), and its token
+        self._activity = terminate.Activity()
+        self._terminate_token: int | None = None
         self.opened = False
         self.closed = False
         self.poisoned = False
@@ -471,6 +474,8 @@ class _Channel(Generic[H, M, A]):
         # the journal is set up before the handshake and its outcome shown in it, so the
         # ranks decide together: all journal, or (one rank cannot) all run without one
         problem = self._journal_setup()
+        # from here on, SIGTERM (a launcher stopping the job) prints what the rank was doing
+        self._terminate_token = terminate.register(self.rank, self._terminated_text)
         rec = parity.record(
             self.protocol,
             self.parity_env,
@@ -485,6 +490,7 @@ class _Channel(Generic[H, M, A]):
             )
         except BaseException:
             self._journal_abandon()
+            self._terminate_release()
             raise
         self.opened = True
         self._journal_agree(records)
@@ -601,9 +607,27 @@ class _Channel(Generic[H, M, A]):
         blocked in a collective of that group (refs/03, crash-only).
         """
         self.closed = True
+        self._terminate_release()
         self._journal_end("closed", None)
         if destroy_group and not self.poisoned:
             dist.destroy_process_group(self.group)
+
+    def _terminate_release(self) -> None:
+        token, self._terminate_token = self._terminate_token, None
+        terminate.unregister(token)
+
+    def _terminated_text(self) -> str:
+        """What the TERMINATED line says this channel was doing (after "while")."""
+        now = self._activity.now
+        if now is not None:
+            return now()
+        if self.poisoned:
+            return "holding a poisoned channel"
+        if self.last_sent is not None:
+            return f"between envelopes, after sending {self._ids(self.last_sent)}"
+        if self.last_header is not None:
+            return f"between envelopes, after receiving {self._ids(self.last_header)}"
+        return "between envelopes, before the first one"
 
     def __enter__(self) -> Self:
         return self if self.opened else self.open()
@@ -900,7 +924,10 @@ class _Channel(Generic[H, M, A]):
             ahead = framing.views_ahead(head, self.device)
         except Exception:  # a guess (out of memory, say): the manifest's buffers follow it
             ahead = None
-        with self._deadline(lambda: f"a header after {self._ids(self.last_header)}"):
+        with self._deadline(
+            lambda: f"a header after {self._ids(self.last_header)}",
+            waiting=lambda: f"waiting for frame 0 after {self._ids(self.last_header)}",
+        ):
             try:
                 self._get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
@@ -1140,17 +1167,26 @@ class _Channel(Generic[H, M, A]):
         return self.group
 
     def _deadline(
-        self, what: str | Callable[[], str], *, armed: bool = True, header: Any = None
+        self,
+        what: str | Callable[[], str],
+        *,
+        armed: bool = True,
+        header: Any = None,
+        waiting: Callable[[], str] | None = None,
     ) -> AbstractContextManager[None]:
         """Around every collective: exit if the block does not finish within ``watchdog_s``,
         and print the poison line if the transport aborts the process inside it
         (``abort_guard``). ``what``, a text or a function making it, is formatted only then:
         the hot path pays nothing for it. ``header``: the envelope in flight, for the ids
-        of the poison line (the last one sent or received when not given)."""
+        of the poison line (the last one sent or received when not given). ``waiting``: what
+        a TERMINATED line says the rank was doing (``terminate``; "in ``what``" if not given)."""
         guard = abort_guard.armed(lambda: self._abort_line(what, header))
-        if not self.watchdog_s or not armed:
-            return guard
-        return self._watch(what, self.watchdog_s, guard)
+        inner: AbstractContextManager[None] = guard
+        if self.watchdog_s and armed:
+            inner = self._watch(what, self.watchdog_s, guard)
+        if waiting is None:
+            waiting = lambda: f"in {what() if callable(what) else what}"  # noqa: E731
+        return terminate.doing(self._activity, waiting, inner)
 
     def _abort_line(self, what: str | Callable[[], str], header: Any) -> str:
         text = what() if callable(what) else what

@@ -1,0 +1,309 @@
+"""The TERMINATED line: a rank with a channel open says what it was doing when SIGTERM came.
+
+A launcher stops the surviving ranks of a job with SIGTERM when one rank dies (torchrun's
+agent does, every monitor interval), often before they notice the dead peer themselves and
+print their poison line. By default SIGTERM kills the process with no word, so the log held
+only the line of the rank that noticed first. While a channel is open, this module prints one
+line per rank instead (``tpwire[rank 1]: TERMINATED by SIGTERM while waiting for frame 0
+after request_id=20``) and then lets SIGTERM do what it would have done.
+
+What it touches, and when (docs/runtime.md, "SIGTERM"):
+
+* The hook is installed when the first channel of the process opens and removed when the
+  last one closes, and only from the main thread (only it may set a Python signal handler):
+  a channel opened or closed in another thread leaves the signal state as it is.
+* It is installed only over the default disposition (``SIG_DFL``) or a Python handler. A
+  handler installed by C code or ``SIG_IGN`` stays, and the hook is not installed.
+* After the line: over ``SIG_DFL``, the default disposition is put back and SIGTERM raised
+  again, so the process dies of SIGTERM as it would have (exit status -15 / 143); over a
+  Python handler (the user's), that handler is called and decides.
+* A handler installed after the hook wins: the hook neither prints nor acts while SIGTERM is
+  not its own, and closing the channel does not put anything back over it.
+* A Python handler runs only when the main thread returns to the interpreter, and a main
+  thread waiting in a gloo collective does not (it waits until the collective ends, which may
+  be never). So the hook also sets ``signal.set_wakeup_fd`` to a socket read by a daemon
+  thread: the C-level handler writes the signal number there at once, and the thread prints
+  the line (and, over ``SIG_DFL``, ends the process) while the main thread is still blocked.
+  Where a wakeup fd is already set (an asyncio loop's), it is left alone and the line comes
+  only when the main thread next runs Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .escape import printable
+
+__all__ = ["Activity", "doing", "installed", "register", "unregister"]
+
+_Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
+
+
+class Activity:
+    """What a channel is doing now: None between collectives, else a function making the
+    text that follows "while" (called only when SIGTERM comes)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now: Callable[[], str] | None = None
+
+
+class doing:
+    """``with doing(activity, text, inner):`` enters ``inner`` with ``activity.now`` set to
+    ``text`` (a function), and puts the previous value back when it leaves."""
+
+    __slots__ = ("_activity", "_inner", "_prev", "_text")
+
+    def __init__(
+        self,
+        activity: Activity,
+        text: Callable[[], str],
+        inner: contextlib.AbstractContextManager[None],
+    ) -> None:
+        self._activity = activity
+        self._text = text
+        self._inner = inner
+        self._prev: Callable[[], str] | None = None
+
+    def __enter__(self) -> None:
+        self._prev = self._activity.now
+        self._activity.now = self._text
+        self._inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        self._activity.now = self._prev
+        return self._inner.__exit__(*exc)
+
+
+class _Hook:
+    """The installed handler: what it replaced, and the wakeup socket and its reader."""
+
+    def __init__(self, previous: _Handler) -> None:
+        self.previous = previous
+        self.reader: socket.socket | None = None
+        self.writer: socket.socket | None = None
+        self.thread: threading.Thread | None = None
+
+
+_lock = threading.RLock()
+#: the open channels: token -> (rank, a function making what it is doing)
+_channels: dict[int, tuple[int, Callable[[], str]]] = {}
+_next_token = 0
+_hook: _Hook | None = None
+#: the line was printed (once per process)
+_announced = False
+
+
+def installed() -> bool:
+    """Whether the hook is SIGTERM's handler now."""
+    return _hook is not None and signal.getsignal(signal.SIGTERM) is _on_sigterm
+
+
+def register(rank: int, text: Callable[[], str]) -> int:
+    """A channel opened: ``text()`` says what it is doing (after "while"). Installs the hook
+    if this is the main thread and SIGTERM's disposition allows it. Returns a token for
+    ``unregister``."""
+    global _next_token
+    with _lock:
+        _next_token += 1
+        token = _next_token
+        _channels[token] = (rank, text)
+        if _hook is None:
+            _install()
+        return token
+
+
+def unregister(token: int | None) -> None:
+    """A channel closed: when it was the last one, the hook goes (from the main thread, and
+    only where SIGTERM's handler is still the hook)."""
+    if token is None:
+        return
+    with _lock:
+        _channels.pop(token, None)
+        if not _channels and _hook is not None:
+            _uninstall()
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _install() -> None:
+    global _hook
+    if not _main_thread():
+        return  # only the main thread may set a Python signal handler
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):  # pragma: no cover - no SIGTERM on this platform
+        return
+    if current is not signal.SIG_DFL and not callable(current):
+        return  # SIG_IGN, or a handler that is not Python's: left alone
+    hook = _Hook(current)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # pragma: no cover - an embedded interpreter
+        return
+    _hook = hook
+    _start_reader(hook)
+
+
+def _start_reader(hook: _Hook) -> None:
+    """The wakeup socket and its reader thread, unless something else holds the wakeup fd."""
+    try:
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        return
+    if previous != -1:  # someone's (an asyncio loop's): theirs, and the line waits for Python
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+        return
+    hook.reader, hook.writer = reader, writer
+    hook.thread = threading.Thread(
+        target=_read_wakeups, args=(reader,), name="tpwire-sigterm", daemon=True
+    )
+    hook.thread.start()
+
+
+def _uninstall() -> None:
+    global _hook
+    hook = _hook
+    if hook is None or not _main_thread():
+        return  # kept: the next open or close on the main thread tidies it
+    _hook = None
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, hook.previous)
+    if hook.writer is not None:
+        try:
+            current = signal.set_wakeup_fd(-1)
+            if current not in (-1, hook.writer.fileno()):
+                signal.set_wakeup_fd(current)  # someone else's since: theirs stays
+        except (ValueError, OSError):
+            pass
+        with contextlib.suppress(OSError):
+            hook.writer.shutdown(socket.SHUT_RDWR)
+        hook.writer.close()  # the reader sees the end and closes its socket
+
+
+def _read_wakeups(reader: socket.socket) -> None:
+    with reader:
+        while True:
+            try:
+                data = reader.recv(64)
+            except InterruptedError:  # pragma: no cover - retried by Python itself
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                _from_reader()
+
+
+def _from_reader() -> None:
+    """SIGTERM came (seen by the reader thread, whatever the main thread is doing)."""
+    hook = _hook
+    if hook is None or signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        return  # a handler installed since then decides alone
+    _announce()
+    if hook.previous is signal.SIG_DFL:
+        _die()
+    # a user's Python handler: it runs in the main thread, through _on_sigterm, when the
+    # main thread next runs Python (as it would without tpwire)
+
+
+def _on_sigterm(signum: int, frame: Any) -> Any:
+    """SIGTERM's Python handler while a channel is open (the main thread)."""
+    hook = _hook
+    _announce()
+    previous = hook.previous if hook is not None else signal.SIG_DFL
+    if callable(previous):
+        return previous(signum, frame)
+    _die()
+    return None
+
+
+def _announce() -> None:
+    """The line, once: for each open channel what it is doing. Whoever comes second (the
+    reader thread or the main thread's handler) waits until it is written: neither ends the
+    process before it is out."""
+    global _announced
+    with _lock:
+        if _announced:
+            return
+        _announced = True
+        parts = []
+        for rank, text in _channels.values():
+            try:
+                what = text()
+            except BaseException as exc:  # the line and the exit come whatever this runs into
+                what = f"in a channel ({type(exc).__name__} describing it)"
+            parts.append((rank, printable(what, 400)))
+        if parts:
+            line = (
+                f"tpwire[rank {parts[0][0]}]: TERMINATED by SIGTERM while "
+                + "; and while ".join(w for _, w in parts)
+            )
+            _write(line + "\n")
+
+
+def _write(text: str) -> None:
+    # straight to the descriptor: no lock the main thread might hold, and unbuffered
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    data = text.encode("utf-8", "backslashreplace")
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(2, data) :]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a data loader's worker, say) holds no channel: SIGTERM is its own."""
+    global _hook, _lock
+    _lock = threading.RLock()  # another thread may have held it at the fork
+    _channels.clear()
+    hook, _hook = _hook, None
+    if hook is None:
+        return
+    with contextlib.suppress(Exception):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, hook.previous)
+        if hook.writer is not None:
+            current = signal.set_wakeup_fd(-1)
+            if current not in (-1, hook.writer.fileno()):
+                signal.set_wakeup_fd(current)
+            hook.writer.close()
+        if hook.reader is not None:
+            hook.reader.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _die() -> None:
+    """Die of SIGTERM as the default disposition would have made the process."""
+    try:
+        if _main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        else:  # only the main thread may call signal.signal: the C library's, directly
+            libc = ctypes.CDLL(None)
+            libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            libc.signal.restype = ctypes.c_void_p
+            libc.signal(signal.SIGTERM, None)  # NULL is SIG_DFL
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5.0)  # the signal is on its way
+    finally:
+        os._exit(128 + signal.SIGTERM)
