@@ -379,7 +379,7 @@ def generate(
                     diffs.append(_diff(f.path, old or "", f.text))
                 if not check_only:
                     f.path.parent.mkdir(parents=True, exist_ok=True)
-                    f.path.write_text(f.text, "utf-8")
+                    _replace(f.path, f.text)
         for path in stale:
             verb = "would remove" if check_only else "removed"
             changes.append(f"{verb} stale {path.as_posix()}")
@@ -394,6 +394,22 @@ def generate(
             f"cannot write {Path(where).as_posix()}: {exc.strerror or exc}{done}"
         ) from None
     return changes
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a full disk or a failed write leaves the old file
+    as it was (a cut-short module broke imports until the next run), and a hard link in the
+    output's place is replaced, not written through."""
+    tmp = path.with_name(f".{path.name}.tpwire-tmp")
+    try:
+        tmp.unlink(missing_ok=True)  # left by a run that was killed; "x" never follows a link
+        with open(tmp, "x", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        exc.filename = str(path)  # the message names the output, not the temporary file
+        raise
 
 
 def _diff(path: Path, old: str, new: str) -> str:

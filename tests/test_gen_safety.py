@@ -6,7 +6,9 @@ malformed `[tool.tpwire]` tables. Each refusal is one line and exit 2; nothing i
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import pytest
 
 from tpwire import cli
 from tpwire.cli import main
+from tpwire.codegen import compiler
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAY = ROOT / "tests" / "specs" / "relay.yaml"
@@ -161,20 +164,72 @@ def test_gen_still_replaces_its_own_output(
     assert tree(proj / "pkg") == made
 
 
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file gen opens for writing takes half of what it is given, then ENOSPC."""
+
+    class Full(io.StringIO):
+        def __init__(self, path: object) -> None:
+            super().__init__()
+            self.path = path
+
+        def write(self, text: str) -> int:
+            with builtins.open(self.path, "a", encoding="utf-8") as fh:  # type: ignore[call-overload]
+                fh.write(text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def opener(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "r" in mode:
+            return builtins.open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+        builtins.open(path, mode, *args, **kwargs).close()  # type: ignore[call-overload]
+        return Full(path)
+
+    monkeypatch.setattr(compiler, "open", opener, raising=False)
+
+
 def test_a_write_that_fails_is_one_line_naming_the_file(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     proj = make_project(tmp_path / "proj", 'specs = ["spec/a.yaml"]\nout = "pkg"\n')
-
-    def full(self: Path, *args: object, **kwargs: object) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-
-    monkeypatch.setattr(Path, "write_text", full)
+    fill_the_disk(monkeypatch)
     rc, _, err = run_in(capsys, monkeypatch, proj, "gen")
     one_line_refusal(rc, err, "cannot write pkg/relay.py", os.strerror(errno.ENOSPC))
 
 
 # --- 6: one project's gen never deletes (or replaces) another project's output ---------------
+
+
+def test_a_write_that_fails_leaves_the_old_file_whole(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A disk that fills in the middle of a module: the old module stays as it was (it was
+    cut short, and broke imports until the next run), no temporary file is left, and the
+    line names the output."""
+    proj = make_project(tmp_path / "p", 'specs = ["spec/a.yaml"]\nout = "pkg"\n')
+    assert run_in(capsys, monkeypatch, proj, "gen")[0] == 0
+    before = tree(proj)
+    (proj / "spec" / "a.yaml").write_text(spec_text("relay") + "# changed\n", "utf-8")
+    fill_the_disk(monkeypatch)
+    rc, out, err = run_in(capsys, monkeypatch, proj, "gen")
+    assert out == ""
+    one_line_refusal(rc, err, "pkg/relay.py", os.strerror(errno.ENOSPC))
+    after = tree(proj)
+    assert after.pop("spec/a.yaml") != before.pop("spec/a.yaml")
+    assert after == before  # every module whole; no .tpwire-tmp left beside them
+
+
+def test_gen_replaces_a_hard_link_in_an_outputs_place_instead_of_writing_through_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    proj = make_project(tmp_path / "p", 'specs = ["spec/a.yaml"]\nout = "pkg"\n')
+    assert run_in(capsys, monkeypatch, proj, "gen")[0] == 0
+    outside = tmp_path / "outside.py"
+    os.link(proj / "pkg" / "relay.py", outside)
+    kept = outside.read_bytes()
+    (proj / "spec" / "a.yaml").write_text(spec_text("relay") + "# changed\n", "utf-8")
+    rc, _, err = run_in(capsys, monkeypatch, proj, "gen")
+    assert rc == 0, err
+    assert outside.read_bytes() == kept
+    assert (proj / "pkg" / "relay.py").read_bytes() != kept
 
 
 def test_two_projects_sharing_one_out_keep_each_others_output(
