@@ -475,3 +475,12 @@ def test_diff_and_replay_count_the_problems_a_file_does_not_list(
     assert f"tp_control.rank1: {path}: 50 more problem(s) not listed" in report.notes
     code, out, _ = _cli("replay", str(path), capsys=capsys)
     assert code == 1 and f"note: {path}: 50 more problem(s) not listed" in out, out
+
+
+def test_show_on_a_folder_without_journals_is_no_success(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The wrong folder printed nothing and exited 0."""
+    for fmt in ("text", "json"):
+        code, out, err = _cli("journal", "show", "--format", fmt, str(tmp_path), capsys=capsys)
+        assert code == 2 and out == "" and "no journal files (*.tpj) in" in err

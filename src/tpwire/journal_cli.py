@@ -157,7 +157,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     bad = False
     docs = []
-    for path in jr.journal_files(args.files):
+    files = jr.journal_files(args.files)
+    if not files:  # a folder with no journal in it: never an empty, successful listing
+        _err("no journal files (*.tpj) in " + " ".join(map(printable, args.files)))
+        return EXIT_USAGE
+    for path in files:
         found = jr.scan(path)
         opening = found.opening or {}
         roles = opening.get("roles") or {}
@@ -326,7 +330,8 @@ def add_parsers(sub: Any) -> None:
         help="one line per record (ids, action, sizes, state, digests)",
         description="Print each record of each FILE (or folder of .tpj files): offset, ids, "
         "action, direction, state, frame 1 size and digest; problems (corruption, a torn "
-        "tail) in place with their offset. Exit 1 when a file has a problem.",
+        "tail) in place with their offset. Exit 1 when a file has a problem, 2 when no "
+        "journal file was found.",
     )
     show.add_argument("files", nargs="+", metavar="FILE")
     show.add_argument("--format", choices=("text", "json"), default="text")
@@ -351,7 +356,8 @@ def add_parsers(sub: Any) -> None:
         description="Replay each journal in FILE... (one rank's files) through the receive "
         "path without a process group: frame 0 checks, ordering, and in full mode frame 1, "
         "decode, validation and a bit-for-bit re-encode, then the ledger's recorded counts "
-        "against their plan. Reports the first envelope this build refuses (exit 1). A "
+        "against their plan. Reports the first envelope this build refuses (exit 1); a "
+        "damaged or incomplete journal ends incomplete (exit 1). A "
         "journal recorded under another spec is replayed with this build's fingerprint.",
     )
     rp.add_argument("files", nargs="+", metavar="FILE")
