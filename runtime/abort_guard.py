@@ -35,7 +35,12 @@ import ctypes
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+# torch's C++ runtime is loaded before the guard looks for one: the guard uses the copy gloo
+# runs on and never loads one of its own (an older libstdc++ loaded first can make torch's
+# import fail, and a second copy's handler is not the one gloo's thread calls)
+import torch  # noqa: F401
 
 #: ``void (*)()``: a terminate handler
 _HANDLER = ctypes.CFUNCTYPE(None)
@@ -57,13 +62,21 @@ _closed = False
 _NAME_BITS = (1 << 63) - 1 if sys.platform == "darwin" else (1 << 64) - 1
 
 
-def _runtime() -> tuple[Callable[[int], int], Callable[[], int], Callable[[], int]] | None:
+#: the C++ runtimes the guard looks for, by the names torch's libraries load them
+RUNTIMES = ("libstdc++.so.6", "libc++abi.dylib", "libc++abi.so.1")
+#: ``dlopen`` a library only if it is loaded already
+_NOLOAD = getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL
+
+
+def _runtime(
+    names: Sequence[str] = RUNTIMES,
+) -> tuple[Callable[[int], int], Callable[[], int], Callable[[], int]] | None:
     """``std::set_terminate``, ``std::get_terminate`` and ``__cxa_current_exception_type``
-    of the C++ runtime the process has loaded (torch's), or None."""
-    names = ("libstdc++.so.6", "libc++abi.dylib", "libc++abi.so.1")
+    of the C++ runtime the process has loaded (torch's), or None: a runtime that is not
+    loaded is never loaded here."""
     for name in (None, *names):  # None: symbols the process already exports
         try:
-            lib = ctypes.CDLL(name)
+            lib = ctypes.CDLL(name) if name is None else ctypes.CDLL(name, mode=_NOLOAD)
             setter = lib._ZSt13set_terminatePFvvE  # std::set_terminate(void (*)())
             getter = lib._ZSt13get_terminatev  # std::get_terminate()
             current = lib.__cxa_current_exception_type

@@ -7,6 +7,8 @@ defects a second look found, each with the case that showed it.
   runtime's message and SIGABRT;
 - a p2p stage receiving an overlong head is the poison line too (gloo's enforce on its
   p2p path);
+- the guard's look-up of the C++ runtime loaded one by name when none was loaded (imported
+  before torch: possibly another copy than torch's, whose handler gloo never calls);
 - a parity record's keys are a peer's text: ``ParityMismatch`` showed them raw, so a
   newline in one forged a line of the mismatch;
 - ``alloc`` raised ``ValueError`` (not ``AllocRefused``) for a dimension past 4300
@@ -131,6 +133,38 @@ def test_the_type_name_is_read_through_the_abi_s_type_info() -> None:
         assert abort_guard._exception_type(lambda: ctypes.addressof(marked)) == (
             abort_guard._TRANSPORT_EXCEPTION
         )
+
+
+@needs_libstdcxx
+def test_the_guard_never_loads_a_cxx_runtime_of_its_own(tmp_path: Path) -> None:
+    """A runtime that is not loaded is not loaded by the guard's look-up: a second copy's
+    handler is not the one gloo's thread calls (and an older one loaded before torch can
+    make torch's import fail). Torch's copy is loaded before the guard looks: it imports
+    torch first."""
+    import shutil
+
+    libstdcxx = next(
+        line.split()[-1]
+        for line in Path("/proc/self/maps").read_text().splitlines()
+        if "libstdc++.so.6" in line
+    )
+    copy = tmp_path / "libstdcxx-copy.so"
+    shutil.copy(libstdcxx, copy)
+    found = abort_guard._runtime((str(copy),))
+    assert str(copy) not in Path("/proc/self/maps").read_text()
+    if found is not None:  # the process exports a runtime itself: that one, not the copy
+        assert (
+            ctypes.cast(found[0], ctypes.c_void_p).value
+            == ctypes.cast(abort_guard._SET, ctypes.c_void_p).value
+        )
+    done = _in_a_process(
+        """
+        import sys
+        from tpwire.runtime import abort_guard
+        print("torch" in sys.modules, abort_guard._SET is not None)
+        """
+    )
+    assert done.stdout.split() == ["True", "True"], done.stderr
 
 
 # -- a p2p stage's overlong head -------------------------------------------------------------
