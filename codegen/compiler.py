@@ -400,11 +400,20 @@ def _replace(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all: a full disk or a failed write leaves the old file
     as it was (a cut-short module broke imports until the next run), and a hard link in the
     output's place is replaced, not written through."""
+    replace_file(path, text.encode("utf-8"))
+
+
+def replace_file(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``: the
+    old file stays whole if the write fails (``OSError`` naming ``path``). ``mode``: the
+    permission bits the new file gets (a hand-written file's own)."""
     tmp = path.with_name(f".{path.name}.tpwire-tmp")
     try:
         tmp.unlink(missing_ok=True)  # left by a run that was killed; "x" never follows a link
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

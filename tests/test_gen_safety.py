@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import io
 import os
 import shutil
 import subprocess
@@ -165,16 +164,23 @@ def test_gen_still_replaces_its_own_output(
 
 
 def fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every file gen opens for writing takes half of what it is given, then ENOSPC."""
+    """Every file gen (or docs --splice) opens for writing takes half of what it is given,
+    then ENOSPC."""
 
-    class Full(io.StringIO):
+    class Full:
         def __init__(self, path: object) -> None:
-            super().__init__()
             self.path = path
 
-        def write(self, text: str) -> int:
-            with builtins.open(self.path, "a", encoding="utf-8") as fh:  # type: ignore[call-overload]
-                fh.write(text[: len(text) // 2])
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def write(self, data: str | bytes) -> int:
+            raw = data.encode("utf-8") if isinstance(data, str) else data
+            with builtins.open(self.path, "ab") as fh:  # type: ignore[call-overload]
+                fh.write(raw[: len(raw) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def opener(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
@@ -516,17 +522,32 @@ def test_docs_splice_a_write_that_fails_is_one_line(
     not an internal error."""
     proj = make_project(tmp_path / "proj", 'specs = ["spec/a.yaml"]\nout = "pkg"\n')
     (proj / "manual.md").write_text(VICTIM, "utf-8")
-
-    def full(self: Path, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-
-    monkeypatch.setattr(Path, "write_bytes", full)
+    fill_the_disk(monkeypatch)
     rc, out, err = run_in(capsys, monkeypatch, proj, "docs", "spec/a.yaml", "--splice", "manual.md")
     assert (rc, out) == (1, ""), err
     assert err.splitlines() == [
         f"manual.md:1:1: error[io]: cannot write: {os.strerror(errno.ENOSPC)}"
     ], err
+    # the hand-written page is whole (it was cut short), nothing left beside it
     assert (proj / "manual.md").read_text("utf-8") == VICTIM
+    assert sorted(p.name for p in proj.iterdir()) == ["manual.md", "pyproject.toml", "spec"]
+
+
+def test_docs_splice_writes_through_a_link_and_keeps_the_pages_mode(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The page is replaced whole: a symbolic link to it (inside the project) stays a link
+    to the updated page, and the page keeps its permission bits."""
+    proj = make_project(tmp_path / "proj", 'specs = ["spec/a.yaml"]\nout = "pkg"\n')
+    (proj / "docs").mkdir()
+    page = proj / "docs" / "manual.md"
+    page.write_text(VICTIM, "utf-8")
+    page.chmod(0o640)
+    (proj / "manual.md").symlink_to(page)
+    rc, out, err = run_in(capsys, monkeypatch, proj, "docs", "spec/a.yaml", "--splice", "manual.md")
+    assert rc == 0 and "updated" in out, err
+    assert (proj / "manual.md").is_symlink() and "| field |" in page.read_text("utf-8")
+    assert page.stat().st_mode & 0o777 == 0o640
 
 
 # --- 8: a git ref is never an option ----------------------------------------------------------

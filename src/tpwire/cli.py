@@ -233,7 +233,10 @@ def _splice_one(spec: str, file: str, block: str | None, check: bool) -> int:
         )
         return EXIT_FAIL
     try:
-        target.write_bytes(new.encode("utf-8"))
+        # whole or not at all, over the file a link names, with the file's own mode: a
+        # full disk must not cut a hand-written page short
+        real = target.resolve()
+        compiler.replace_file(real, new.encode("utf-8"), stat.S_IMODE(real.stat().st_mode))
     except OSError as exc:
         print(f"{target}:1:1: error[io]: cannot write: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
