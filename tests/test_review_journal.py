@@ -484,3 +484,18 @@ def test_show_on_a_folder_without_journals_is_no_success(
     for fmt in ("text", "json"):
         code, out, err = _cli("journal", "show", "--format", fmt, str(tmp_path), capsys=capsys)
         assert code == 2 and out == "" and "no journal files (*.tpj) in" in err
+
+
+def test_a_spec_that_does_not_compile_is_unusable_input_not_a_divergence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--spec` with an error exited 1, which `diff` documents as a divergence."""
+    for rank in range(2):
+        j = Journal(tmp_path, rank).open()
+        j.chunk(0).shutdown().end().save()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: [\n")
+    for argv in (["journal", "diff"], ["replay"]):
+        code, out, err = _cli(*argv, str(tmp_path), "--spec", str(bad), capsys=capsys)
+        assert code == 2, (argv, out, err)
+        assert f"--spec {bad}: 1 error" in err and "yaml-syntax" in err

@@ -20,13 +20,27 @@ def _err(line: str) -> None:
     print(f"tpwire: {line}", file=sys.stderr)
 
 
+class _BadSpec(Exception):
+    """``--spec`` does not compile (its errors are printed)."""
+
+
 def _protocol(spec: str | None) -> Any:
-    """The bindings named by ``--spec`` (compiled in-process), or None (look them up)."""
+    """The bindings named by ``--spec`` (compiled in-process), or None (look them up).
+    A spec that does not compile is unusable input (exit 2), never exit 1, which says the
+    journals differ or were refused."""
     if spec is None:
         return None
     from tpwire.codegen import compile as compile_spec
+    from tpwire.codegen.errors import SpecErrors
 
-    return compile_spec(Path(spec))
+    try:
+        return compile_spec(Path(spec))
+    except SpecErrors as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        n = len(exc.errors)
+        _err(f"--spec {printable(spec)}: {n} error{'s' if n != 1 else ''}")
+        raise _BadSpec from None
 
 
 def _missing(paths: list[str]) -> list[str]:
@@ -204,7 +218,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if len(journals) < 2:
         _err(f"journal diff needs the journals of at least two ranks, found {len(journals)}")
         return EXIT_USAGE
-    report = diff(journals, _protocol(args.spec))
+    try:
+        protocol = _protocol(args.spec)
+    except _BadSpec:
+        return EXIT_USAGE
+    report = diff(journals, protocol)
     div = report.divergence
     if args.format == "json":
         print(json.dumps({
@@ -252,10 +270,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not journals:
         _err("no journal records in " + " ".join(map(printable, args.files)))
         return EXIT_USAGE
+    try:
+        protocol = _protocol(args.spec)  # once, not once per journal
+    except _BadSpec:
+        return EXIT_USAGE
     status = EXIT_OK
     for journal in journals:
         name = printable(journal.name)
-        bindings = bindings_for(journal.opening, _protocol(args.spec))
+        bindings = bindings_for(journal.opening, protocol)
         if bindings is None:
             _err(
                 f"{name}: protocol {printable(repr(journal.opening.get('protocol')))} is not a "
