@@ -7,6 +7,7 @@ runs as root)."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -499,3 +500,46 @@ def test_a_spec_that_does_not_compile_is_unusable_input_not_a_divergence(
         code, out, err = _cli(*argv, str(tmp_path), "--spec", str(bad), capsys=capsys)
         assert code == 2, (argv, out, err)
         assert f"--spec {bad}: 1 error" in err and "yaml-syntax" in err
+
+
+class _Tagged(Journal):
+    """A rank's journal of a second channel of the same protocol (tag ``side``)."""
+
+    @property
+    def stem(self) -> str:
+        return f"tp_control.side.rank{self.rank}"
+
+
+def test_diff_compares_each_channel_of_a_folder_on_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A launcher's TPWIRE_JOURNAL puts every journaled channel of a process in one folder:
+    two channels, each healthy, were compared as four ranks of one (a false divergence)."""
+    for rank in range(2):
+        j = Journal(tmp_path, rank).open()
+        for i in range(3):
+            j.chunk(i).observe(i)
+        j.shutdown().end().save()
+        side = _Tagged(tmp_path, rank).open()
+        for i in range(5, 9):
+            side.chunk(i).observe(i)
+        side.shutdown().end().save()
+    code, out, err = _cli("journal", "diff", str(tmp_path), capsys=capsys)
+    assert code == 0, out + err
+    assert "channel tp_control:" in out and "channel tp_control.side:" in out
+    assert out.count("no divergence") == 2
+    # a divergence in one channel is that channel's, and the exit status says so
+    odd = _Tagged(tmp_path / "odd", 1).open()
+    j = _Tagged(tmp_path / "odd", 0).open()
+    for i in range(3):
+        j.chunk(i).observe(i)
+        odd.chunk(i).observe(i, 1000 if i == 1 else None)
+    j.shutdown().end().save()
+    odd.shutdown().end().save()
+    for rank in range(2):
+        Journal(tmp_path / "odd", rank).open().chunk(0).shutdown().end().save()
+    code, out, _ = _cli("journal", "diff", "--format", "json", str(tmp_path / "odd"), capsys=capsys)
+    assert code == 1
+    docs = {d["channel"]: d for d in json.loads(out)}
+    assert docs["tp_control"]["divergence"] is None
+    assert docs["tp_control.side"]["divergence"]["odd"] == ["tp_control.side.rank1"]

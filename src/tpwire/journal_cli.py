@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -204,9 +205,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_FAIL if bad else EXIT_OK
 
 
+#: a journal's stem past its channel: ``.rank1`` (broadcast), ``.rank0-peer1`` (p2p)
+_RANK_PART = re.compile(r"\.rank\d+(?:-peer\d+)?$")
+
+
+def _channel(journal: Any) -> str:
+    """The channel a journal belongs to: its stem (protocol and tag) without the rank; ""
+    for a journal not named by its rank (files named otherwise are compared together)."""
+    stem = str(journal.name).rsplit("/", 1)[-1]
+    return _RANK_PART.sub("", stem) if _RANK_PART.search(stem) else ""
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
-    from tpwire.runtime.escape import printable
-    from tpwire.runtime.journal_diff import diff
     from tpwire.runtime.replay import load
 
     missing = _missing(args.paths)
@@ -215,27 +225,60 @@ def cmd_diff(args: argparse.Namespace) -> int:
             _err(f"{printable(p)}: no such file or folder")
         return EXIT_USAGE
     journals = _unread(load(args.paths))
-    if len(journals) < 2:
+    # the ranks of one channel are compared with each other, never with another channel's
+    # (a launcher's TPWIRE_JOURNAL puts every journaled channel of a process in one folder)
+    channels: dict[str, list[Any]] = {}
+    for j in journals:
+        channels.setdefault(_channel(j), []).append(j)
+    groups = [g for g in channels.values() if len(g) >= 2]
+    if len(channels) > 1:
+        for key, g in channels.items():
+            if len(g) < 2:
+                _err(f"{printable(key)}: the journal of one rank only ({printable(g[0].name)}); "
+                     "not compared")  # fmt: skip
+    if not groups:
         _err(f"journal diff needs the journals of at least two ranks, found {len(journals)}")
         return EXIT_USAGE
     try:
         protocol = _protocol(args.spec)
     except _BadSpec:
         return EXIT_USAGE
+    status = EXIT_OK
+    docs = []
+    for group in groups:
+        header = f"channel {printable(_channel(group[0]))}:" if len(channels) > 1 else None
+        code, doc = _diff_channel(group, protocol, args.format, header)
+        status = max(status, code)
+        docs.append({"channel": _channel(group[0]), **doc} if len(channels) > 1 else doc)
+    if args.format == "json":
+        print(json.dumps(docs if len(channels) > 1 else docs[0], indent=1))
+    return status
+
+
+def _diff_channel(
+    journals: list[Any], protocol: Any, fmt: str, header: str | None
+) -> tuple[int, dict[str, Any]]:
+    """``diff`` of one channel's journals: the exit status and the JSON document (the text
+    is printed here)."""
+    from tpwire.runtime.journal_diff import diff
+
     report = diff(journals, protocol)
     div = report.divergence
-    if args.format == "json":
-        print(json.dumps({
-            "journals": [j.name for j in journals],
-            "compared": report.compared,
-            "divergence": None if div is None else {
-                "at": div.coordinate, "action": div.action, "differences": div.lines,
-                "odd": div.odd,
-            },
-            "notes": report.notes,
-            "unread": report.unread,
-        }, indent=1))  # fmt: skip
-        return EXIT_FAIL if div is not None or report.unread else EXIT_OK
+    code = EXIT_FAIL if div is not None or report.unread else EXIT_OK
+    doc = {
+        "journals": [j.name for j in journals],
+        "compared": report.compared,
+        "divergence": None if div is None else {
+            "at": div.coordinate, "action": div.action, "differences": div.lines,
+            "odd": div.odd,
+        },
+        "notes": report.notes,
+        "unread": report.unread,
+    }  # fmt: skip
+    if fmt == "json":
+        return code, doc
+    if header is not None:
+        print(header)
     names = ", ".join(printable(j.name) for j in journals)
     counts = ", ".join(str(len(j.envelopes())) for j in journals)
     print(f"journals: {names} ({counts} envelope records)")
@@ -247,14 +290,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
             f"on every rank), but {report.unread} stretch(es) of the journals could not be "
             "read (notes above): what they held was not compared"
         )
-        return EXIT_FAIL
-    if div is None:
+    elif div is None:
         print(f"no divergence: {report.compared} envelopes agree on every rank")
-        return EXIT_OK
-    print(div.text())
-    if div.odd:
-        print(f"  differs: {', '.join(div.odd)}")
-    return EXIT_FAIL
+    else:
+        print(div.text())
+        if div.odd:
+            print(f"  differs: {', '.join(div.odd)}")
+    return code, doc
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
