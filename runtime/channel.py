@@ -488,6 +488,15 @@ class _Channel(Generic[H, M, A]):
                 lambda: parity.check(rec, self._handshake_group()),
                 agreed=(parity.ParityMismatch, ProtocolMismatch),
             )
+        except parity.ParityMismatch as exc:
+            # one line on every rank, in words; the exception, for callers who catch it, is
+            # that line (its diff kept), and raised from here: a traceback of the caller's
+            # frames, none of the handshake's
+            self._journal_abandon()
+            self._terminate_release()
+            refused = parity.ParityMismatch(exc.diff, exc.words, rank=self.rank)
+            _log(str(refused))
+            raise refused from None
         except BaseException:
             self._journal_abandon()
             self._terminate_release()
