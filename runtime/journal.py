@@ -358,6 +358,8 @@ class JournalWriter:
             self._stopped = True
             self._queue.put(_STOP)
         self._thread.join(timeout)
+        if not self._thread.is_alive():  # nothing left for the exit to write: a process
+            atexit.unregister(self.close)  # that opens channel after channel keeps none
 
     def abandon(self) -> None:
         """Stop before the first record (the ranks agreed not to journal): the thread ends,

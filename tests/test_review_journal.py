@@ -543,3 +543,25 @@ def test_diff_compares_each_channel_of_a_folder_on_its_own(
     docs = {d["channel"]: d for d in json.loads(out)}
     assert docs["tp_control"]["divergence"] is None
     assert docs["tp_control.side"]["divergence"]["odd"] == ["tp_control.side.rank1"]
+
+
+def test_a_closed_writer_is_not_kept_for_the_exit(tmp_path: Path) -> None:
+    """Each writer registered its close to run at exit and kept it there once closed: a
+    process opening channel after channel kept every writer it ever had."""
+    import gc
+    import weakref
+
+    from tpwire.runtime import journal as jr
+
+    kept = []
+    for i in range(3):
+        w = jr.JournalWriter(
+            jr.JournalConfig(str(tmp_path), tag=f"t{i}"), tc.BINDINGS, rank=0, world=1,
+            name="rank0", source=0,
+        )  # fmt: skip
+        w.end("closed", None)
+        w.close()
+        kept.append(weakref.ref(w))
+        del w
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None, None]
