@@ -474,14 +474,14 @@ class _Channel(Generic[H, M, A]):
         # the journal is set up before the handshake and its outcome shown in it, so the
         # ranks decide together: all journal, or (one rank cannot) all run without one
         problem = self._journal_setup()
-        # from here on, SIGTERM (a launcher stopping the job) prints what the rank was doing
-        self._terminate_token = terminate.register(self.rank, self._terminated_text)
         rec = parity.record(
             self.protocol,
             self.parity_env,
             self.parity_flags,
             status={"journal": problem, "rank": self.rank},
         )
+        # from here on, SIGTERM (a launcher stopping the job) prints what the rank was doing
+        self._terminate_token = terminate.register(self.rank, self._terminated_text)
         try:
             records = self._collective(
                 "the open handshake",

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -49,20 +51,31 @@ _Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
 
 
 class Activity:
-    """What a channel is doing now: None between collectives, else a function making the
-    text that follows "while" (called only when SIGTERM comes)."""
+    """What a channel is doing now, per thread (a heartbeat's send beside the main thread's
+    receive): a function making the text that follows "while", called only when SIGTERM
+    comes; none between collectives."""
 
-    __slots__ = ("now",)
+    __slots__ = ("by_thread",)
 
     def __init__(self) -> None:
-        self.now: Callable[[], str] | None = None
+        self.by_thread: dict[int, Callable[[], str]] = {}
+
+    @property
+    def now(self) -> Callable[[], str] | None:
+        """The main thread's step, else another thread's, else None."""
+        by_thread = dict(self.by_thread)  # a copy: other threads enter and leave steps
+        if not by_thread:
+            return None
+        main = by_thread.get(threading.main_thread().ident or 0)
+        return main if main is not None else next(iter(by_thread.values()))
 
 
 class doing:
-    """``with doing(activity, text, inner):`` enters ``inner`` with ``activity.now`` set to
-    ``text`` (a function), and puts the previous value back when it leaves."""
+    """``with doing(activity, text, inner):`` enters ``inner`` with this thread's step in
+    ``activity`` set to ``text`` (a function), and puts the previous one back when it
+    leaves."""
 
-    __slots__ = ("_activity", "_inner", "_prev", "_text")
+    __slots__ = ("_activity", "_inner", "_prev", "_text", "_thread")
 
     def __init__(
         self,
@@ -74,14 +87,21 @@ class doing:
         self._text = text
         self._inner = inner
         self._prev: Callable[[], str] | None = None
+        self._thread = 0
 
     def __enter__(self) -> None:
-        self._prev = self._activity.now
-        self._activity.now = self._text
+        steps = self._activity.by_thread
+        self._thread = thread = threading.get_ident()
+        self._prev = steps.get(thread)
+        steps[thread] = self._text
         self._inner.__enter__()
 
     def __exit__(self, *exc: Any) -> bool | None:
-        self._activity.now = self._prev
+        steps = self._activity.by_thread
+        if self._prev is None:
+            steps.pop(self._thread, None)
+        else:
+            steps[self._thread] = self._prev
         return self._inner.__exit__(*exc)
 
 
@@ -96,8 +116,9 @@ class _Hook:
 
 
 _lock = threading.RLock()
-#: the open channels: token -> (rank, a function making what it is doing)
-_channels: dict[int, tuple[int, Callable[[], str]]] = {}
+#: the open channels: token -> (rank, a function making what it is doing; a weak reference
+#: to a channel's method, so a channel dropped without ``close`` is not kept alive)
+_channels: dict[int, tuple[int, Callable[[], Callable[[], str] | None]]] = {}
 _next_token = 0
 _hook: _Hook | None = None
 #: the line was printed (once per process)
@@ -117,7 +138,14 @@ def register(rank: int, text: Callable[[], str]) -> int:
     with _lock:
         _next_token += 1
         token = _next_token
-        _channels[token] = (rank, text)
+        ref: Callable[[], Callable[[], str] | None]
+        if inspect.ismethod(text):
+            ref = weakref.WeakMethod(text)
+        else:
+            ref = lambda: text  # noqa: E731
+        for dead in [t for t, (_, r) in _channels.items() if r() is None]:
+            del _channels[dead]
+        _channels[token] = (rank, ref)
         if _hook is None:
             _install()
         return token
@@ -161,9 +189,14 @@ def _start_reader(hook: _Hook) -> None:
     """The wakeup socket and its reader thread, unless something else holds the wakeup fd."""
     try:
         reader, writer = socket.socketpair()
+    except OSError:
+        return
+    try:
         writer.setblocking(False)
         previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     except (ValueError, OSError):
+        reader.close()
+        writer.close()
         return
     if previous != -1:  # someone's (an asyncio loop's): theirs, and the line waits for Python
         signal.set_wakeup_fd(previous)
@@ -245,7 +278,10 @@ def _announce() -> None:
             return
         _announced = True
         parts = []
-        for rank, text in _channels.values():
+        for rank, ref in _channels.values():
+            text = ref()
+            if text is None:  # a channel dropped without close
+                continue
             try:
                 what = text()
             except BaseException as exc:  # the line and the exit come whatever this runs into

@@ -62,6 +62,26 @@ def test_sigterm_over_the_default_prints_the_line_and_dies_of_sigterm() -> None:
     assert "not reached" not in run.stdout
 
 
+def test_the_line_names_the_step_in_flight_and_a_dropped_channel_is_not_kept() -> None:
+    run = _run(
+        """
+        import gc, weakref
+        dropped = weakref.ref(BroadcastChannel(tc.BINDINGS).open())
+        gc.collect()
+        assert dropped() is None  # the hook holds no channel alive
+        ch = BroadcastChannel(tc.BINDINGS).open()
+        with ch.guard("the model's all_reduce\\n"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        """
+    )
+    assert run.returncode == -signal.SIGTERM, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("tpwire[")]
+    assert lines == ["tpwire[rank 0]: TERMINATED by SIGTERM while in the model's all_reduce\\n"], (
+        run.stderr
+    )
+
+
 def test_a_handler_installed_before_the_channel_is_chained_after_the_line() -> None:
     run = _run(
         """
@@ -96,7 +116,8 @@ def test_closing_puts_back_the_handler_it_replaced() -> None:
         ch = BroadcastChannel(tc.BINDINGS).open()
         ch.close()
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-        print("ok")
+        print("ok", flush=True)
+        os._exit(0)  # no teardown: a gloo group left at exit may abort (not this test's)
         """
     )
     assert run.returncode == 0, run.stderr
@@ -136,7 +157,8 @@ def test_ignored_sigterm_and_other_threads_are_left_alone() -> None:
         t.start(); t.join()
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # not from another thread
         opened[0].close()
-        print("ok")
+        print("ok", flush=True)
+        os._exit(0)  # no teardown: a gloo group left at exit may abort (not this test's)
         """
     )
     assert run.returncode == 0, run.stderr
