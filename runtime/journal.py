@@ -96,6 +96,11 @@ __all__ = [
 
 # --- writing ---------------------------------------------------------------------------
 
+#: ``JournalConfig.handover``: return once a record is queued, or once it is written
+HANDOVERS = ("queued", "written")
+#: the launcher's choice of ``handover`` for a journal set by ``TPWIRE_JOURNAL``
+ENV_HANDOVER = "TPWIRE_JOURNAL_HANDOVER"
+
 
 @dataclass(frozen=True)
 class JournalConfig:
@@ -115,10 +120,20 @@ class JournalConfig:
     #: a tag in the file names, for a rank with several journaled channels of one protocol
     #: (each writer needs files of its own)
     tag: str = ""
+    #: when the channel call that makes a record returns: ``queued`` (the record is handed
+    #: to the writer thread; a SIGKILL can lose what is still queued) or ``written`` (the
+    #: writer thread has written it, ``write(2)`` returned: a SIGKILL right after ``recv``
+    #: returns keeps its record; waits at most ``max_wait_s``). Neither calls ``fsync``: a
+    #: power loss can still lose what the kernel did not write out (docs/journal.md)
+    handover: str = "queued"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"journal mode must be one of {MODES}, not {self.mode!r}")
+        if self.handover not in HANDOVERS:
+            raise ValueError(
+                f"journal handover must be one of {HANDOVERS}, not {self.handover!r}"
+            )
         if self.max_bytes < 1 or self.keep < 1:
             raise ValueError("journal max_bytes and keep must be at least 1")
         if self.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", self.tag):
@@ -129,14 +144,16 @@ JournalArg = str | os.PathLike[str] | JournalConfig | None
 
 
 def resolve(arg: JournalArg) -> JournalConfig | None:
-    """A channel's ``journal=`` argument, else ``TPWIRE_JOURNAL`` (and ``TPWIRE_JOURNAL_MODE``)."""
+    """A channel's ``journal=`` argument, else ``TPWIRE_JOURNAL`` (and
+    ``TPWIRE_JOURNAL_MODE``, ``TPWIRE_JOURNAL_HANDOVER``)."""
     if isinstance(arg, JournalConfig):
         return arg
     mode = os.environ.get(ENV_MODE) or "digest"
+    handover = os.environ.get(ENV_HANDOVER) or "queued"
     if arg is not None:
-        return JournalConfig(os.fspath(arg), mode)
+        return JournalConfig(os.fspath(arg), mode, handover=handover)
     env = os.environ.get(ENV_DIR)
-    return JournalConfig(env, mode) if env else None
+    return JournalConfig(env, mode, handover=handover) if env else None
 
 
 def field_digests(msg: Any) -> dict[str, str]:
@@ -261,6 +278,16 @@ class JournalWriter:
             raise JournalUnavailable(str(exc)) from None
         self._queue: queue.Queue[object] = queue.Queue()
         self._pending = 0
+        #: ``handover="written"``: a call returns once its record is written
+        self._wait_written = config.handover == "written"
+        #: records queued and records the thread is done with (written, or passed over
+        #: after a failure), in queue order: a record is written once ``_done`` reaches
+        #: its number
+        self._queued = 0
+        self._done = 0
+        #: records a ``written`` hand-over stopped waiting for (``max_wait_s`` passed; each
+        #: was written later, as a queued one is)
+        self.late = 0
         self._room = threading.Condition()
         self._dropped = 0
         self.ended = False
@@ -308,6 +335,22 @@ class JournalWriter:
             if self._dropped:
                 item.meta["dropped_before"] = self._dropped
                 self._dropped = 0
+            if self._wait_written:
+                # numbered in queue order (put under the lock): the thread takes records
+                # in that order, so ``_done`` reaching this number means it is written
+                self._queue.put(item)
+                self._queued += 1
+                number = self._queued
+                if not self._room.wait_for(
+                    lambda: (
+                        self._done >= number
+                        or self.failed is not None
+                        or not self._thread.is_alive()
+                    ),
+                    timeout=self.config.max_wait_s,
+                ):
+                    self.late += 1
+                return
         self._queue.put(item)
 
     def envelope(
@@ -414,6 +457,7 @@ class JournalWriter:
                     self.busy_s += time.perf_counter() - started
                     with self._room:
                         self._pending -= item.nbytes
+                        self._done += 1
                         self._room.notify_all()
         finally:
             fd, self._fd = self._fd, None
