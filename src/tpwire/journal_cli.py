@@ -5,11 +5,14 @@ traceback; exit 1 on a divergence or a refused envelope, 2 when nothing usable w
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tpwire.runtime.escape import printable
@@ -42,6 +45,104 @@ def _protocol(spec: str | None) -> Any:
         n = len(exc.errors)
         _err(f"--spec {printable(spec)}: {n} error{'s' if n != 1 else ''}")
         raise _BadSpec from None
+
+
+def _import_generated(out: Path, root: Path, name: str) -> ModuleType | None:
+    """The module ``name`` that ``gen`` wrote into the package folder ``out`` of the
+    project at ``root``: imported by its package name (``preview_wire.preview``) with the
+    root on the path, else from its file (a folder that is no package name)."""
+    path = out / f"{name}.py"
+    if not path.is_file():
+        return None
+    try:
+        parts = out.relative_to(root).parts
+    except ValueError:
+        parts = ()
+    if parts and all(p.isidentifier() for p in parts):
+        dotted = ".".join((*parts, name))
+        sys.path.insert(0, str(root))
+        try:
+            module = importlib.import_module(dotted)
+        except ImportError:
+            module = None
+        finally:
+            sys.path.remove(str(root))
+        if module is not None and Path(module.__file__ or "").resolve() == path.resolve():
+            return module
+    spec = importlib.util.spec_from_file_location(f"tpwire_project_bindings.{name}", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+def _compiled_from_specs(specs: list[Path], name: str) -> Any:
+    """The bindings of protocol ``name`` compiled in-process from the first of ``specs``
+    that defines it (needs the compiler extra; None without it or without such a spec)."""
+    try:
+        import yaml
+
+        from tpwire.codegen import compile as compile_spec
+        from tpwire.codegen.errors import SpecErrors
+    except ImportError:  # a runtime-only install (MissingExtra is one)
+        return None
+    for spec in specs:
+        try:
+            doc = yaml.safe_load(spec.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and doc.get("protocol") == name:
+            try:
+                return compile_spec(spec)
+            except SpecErrors as exc:
+                n = len(exc.errors)
+                raise _BadProjectSpec(
+                    f"its {spec.name} does not compile: {n} error{'s' if n != 1 else ''}"
+                ) from None
+    return None
+
+
+class _BadProjectSpec(Exception):
+    """The project's spec of a journal's protocol does not compile (its message says so)."""
+
+
+def _project_protocol(opening: dict[str, Any]) -> tuple[Any, str]:
+    """The bindings of a journal's protocol where this build has no generated module of
+    it: the current project's (the nearest ``pyproject.toml`` with ``[tool.tpwire]``, as
+    ``tpwire gen`` finds it): the module ``gen`` wrote into its ``out``, else one of its
+    ``specs`` compiled in-process. Returns (bindings or None, where they were looked for,
+    for the line that asks for ``--spec``)."""
+    from tpwire import config as project
+    from tpwire.runtime.bindings import Bindings
+
+    name = opening.get("protocol")
+    if not isinstance(name, str) or not name.isidentifier():
+        return None, ""
+    try:
+        cfg = project.find()
+    except project.ConfigError as exc:
+        return None, f" (the project's table is unreadable: {exc})"
+    if cfg is None:
+        return None, ""
+    where = f" nor of the project {cfg.path} [tool.tpwire]"
+    try:
+        module = _import_generated(cfg.out, cfg.root, name) if cfg.out is not None else None
+        if module is None:
+            module = _compiled_from_specs(cfg.spec_paths(), name)
+    except _BadProjectSpec as exc:
+        return None, f"{where} ({exc})"
+    except Exception as exc:  # a module that fails to import says why, in one line
+        return None, f"{where} (its module of {name!r}: {type(exc).__name__}: {exc})"
+    found = getattr(module, "BINDINGS", None)
+    if isinstance(found, Bindings) and found.protocol == name:
+        return found, where
+    return None, where
 
 
 def _missing(paths: list[str]) -> list[str]:
@@ -217,7 +318,7 @@ def _channel(journal: Any) -> str:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from tpwire.runtime.replay import load
+    from tpwire.runtime.replay import bindings_for, load
 
     missing = _missing(args.paths)
     if missing:
@@ -247,7 +348,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     docs = []
     for group in groups:
         header = f"channel {printable(_channel(group[0]))}:" if len(channels) > 1 else None
-        code, doc = _diff_channel(group, protocol, args.format, header)
+        bindings = protocol
+        if bindings is None:  # out of tree: the current project's bindings name the fields
+            opening = next((j.opening for j in group if j.opening), {})
+            if bindings_for(opening) is None:
+                bindings, _ = _project_protocol(opening)
+        code, doc = _diff_channel(group, bindings, args.format, header)
         status = max(status, code)
         docs.append({"channel": _channel(group[0]), **doc} if len(channels) > 1 else doc)
     if args.format == "json":
@@ -320,10 +426,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for journal in journals:
         name = printable(journal.name)
         bindings = bindings_for(journal.opening, protocol)
+        where = ""
+        if bindings is None:  # out of tree: the current project's bindings
+            bindings, where = _project_protocol(journal.opening)
         if bindings is None:
             _err(
                 f"{name}: protocol {printable(repr(journal.opening.get('protocol')))} is not a "
-                "generated module of this build; pass --spec SPEC"
+                f"generated module of this build{printable(where)}; pass --spec SPEC"
             )
             status = EXIT_USAGE
             continue
