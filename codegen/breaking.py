@@ -1185,14 +1185,21 @@ def policy(findings: Sequence[Finding], old: Side, new: Side) -> list[Finding]:
         mark = new.loaded.mark((*m.path, "version"), key=True)
         also = f" (and {m.version_field} with it)" if m.version_field else ""
         names = ", ".join(sorted(broken))
+        allow = " ".join(f"--allow {r}" for r in sorted(broken))
+        # What passes, exactly: a bump alone leaves the findings and adds the bump's own
+        # (MESSAGE_VERSION_CHANGED, both), so the bump needs it allowed too; the rules
+        # allowed without a bump lift this finding with them (it counts only findings that
+        # are not allowed).
         out.append(
             Finding(
                 new.file,
                 mark.line,
                 mark.col,
                 "BREAKING_WITHOUT_VERSION_BUMP",
-                f"{m.name} breaks ({names}) but its version stays {m.version}; bump "
-                f"{m.name}.version{also}, or --allow the rules for a deliberate break",
+                f"{m.name} breaks ({names}) but its version stays {m.version}; a deliberate "
+                f"break passes with {m.name}.version bumped{also} and {allow} --allow "
+                f"MESSAGE_VERSION_CHANGED (the bump is a finding too), or with {allow} and "
+                "the version kept",
                 m.name,
                 (m.name,),
             )
@@ -1201,12 +1208,29 @@ def policy(findings: Sequence[Finding], old: Side, new: Side) -> list[Finding]:
 
 
 def unknown_rule(rule: str) -> str | None:
-    """None for a known rule id, else an error message with a suggestion."""
+    """None for a known rule id, else a one-line error naming the nearest known id(s): a
+    close spelling (difflib), else the ids sharing a word with it (``VERSION``), else the
+    nearest id at all, and where the catalogue is listed."""
     if rule in RULES:
         return None
-    close = difflib.get_close_matches(rule.upper(), list(RULES), n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return f"unknown rule {rule!r}{hint}"
+    key = rule.strip().upper().replace("-", "_").replace(" ", "_")
+
+    def ratio(r: str) -> float:
+        return difflib.SequenceMatcher(None, key, r).ratio()
+
+    close = [key] if key in RULES else difflib.get_close_matches(key, list(RULES), 3, 0.6)
+    close = [r for r in close if ratio(r) >= ratio(close[0]) - 0.1]  # the near ones only
+    if not close:
+        words = set(key.split("_")) - {""}
+        sharing = [r for r in RULES if words & set(r.split("_"))]
+        close = difflib.get_close_matches(key, sharing, n=3, cutoff=0.0)
+    if close:
+        names = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+        hint = f"did you mean {names}?"
+    else:
+        nearest = difflib.get_close_matches(key, list(RULES), n=1, cutoff=0.0)
+        hint = f"the nearest known rule id is {nearest[0]}" if nearest else "no rule is near"
+    return f"unknown rule {rule!r}; {hint} (tpwire breaking --list-rules lists all {len(RULES)})"
 
 
 @dataclass(frozen=True)
@@ -1229,6 +1253,14 @@ def breaking(old: Side, new: Side, allow: Iterable[str] = ()) -> Report:
         new,
         tuple(f for f in everything if f.rule not in allowed_rules),
         tuple(f for f in everything if f.rule in allowed_rules),
+    )
+
+
+def to_accept(reports: Iterable[Report]) -> list[str]:
+    """The rules that, allowed as well, leave ``reports`` with no finding: every rule found
+    but the policy's (allowing what a message breaks with lifts the policy finding too)."""
+    return sorted(
+        {f.rule for r in reports for f in r.findings if f.rule != "BREAKING_WITHOUT_VERSION_BUMP"}
     )
 
 

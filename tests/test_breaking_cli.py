@@ -439,3 +439,94 @@ def test_config_errors_exit_2(
     monkeypatch.chdir(tmp_path)
     rc, _, err = run(capsys, "breaking")
     assert rc == 2 and message in err, err
+
+
+# --- what passes (issue 29 item 7) ---------------------------------------------------------
+
+
+def _bumped(path: Path) -> Path:
+    text = path.read_text("utf-8")
+    assert text.count("    id: 1\n    version: 1") == 1
+    path.write_text(text.replace("    id: 1\n    version: 1", "    id: 1\n    version: 2"))
+    return path
+
+
+def test_the_policy_message_says_what_passes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The policy finding named "bump ... or --allow", but a bump alone fails (the bump is
+    MESSAGE_VERSION_CHANGED (both)) and so does a bump with --allow of the rule: each
+    combination the message names passes, as named, and the summary names the --allow set."""
+    new, _ = tour_spec(tmp_path)
+    rc, out, err = run(capsys, "breaking", new, "--against", TP)
+    assert rc == 1
+    policy = next(ln for ln in out.splitlines() if "BREAKING_WITHOUT_VERSION_BUMP" in ln)
+    assert (
+        "Infer breaks (REQUIRED_FIELD_ADDED) but its version stays 1; a deliberate break passes "
+        "with Infer.version bumped (and tp_envelope_version with it) and --allow "
+        "REQUIRED_FIELD_ADDED --allow MESSAGE_VERSION_CHANGED (the bump is a finding too), or "
+        "with --allow REQUIRED_FIELD_ADDED and the version kept" in policy
+    ), policy
+    assert "or --allow the rules" not in policy
+    assert err.strip() == (
+        "tpwire breaking: 2 breaking findings; to accept them as a deliberate break: "
+        "--allow REQUIRED_FIELD_ADDED"
+    )
+    # the two ways the message names pass
+    rc, out, err = run(capsys, "breaking", new, "--against", TP, "--allow", "REQUIRED_FIELD_ADDED")
+    assert rc == 0, out + err
+    bumped = _bumped(new)
+    allow = ["--allow", "REQUIRED_FIELD_ADDED", "--allow", "MESSAGE_VERSION_CHANGED"]
+    rc, out, err = run(capsys, "breaking", bumped, "--against", TP, *allow)
+    assert rc == 0, out + err
+    # a bump alone, or with only the finding allowed, does not; the summary says what would
+    rc, _, err = run(capsys, "breaking", bumped, "--against", TP)
+    assert rc == 1
+    assert err.strip().endswith("--allow MESSAGE_VERSION_CHANGED --allow REQUIRED_FIELD_ADDED"), err
+    rc, _, err = run(capsys, "breaking", bumped, "--against", TP, "--allow", "REQUIRED_FIELD_ADDED")
+    assert rc == 1
+    assert err.strip() == (
+        "tpwire breaking: 1 breaking finding, 1 allowed; to accept it as a deliberate break: "
+        "--allow MESSAGE_VERSION_CHANGED"
+    ), err
+
+
+def test_the_named_allow_set_passes_for_every_corpus_case() -> None:
+    """``breaking.to_accept`` names rules that, allowed, leave no finding, on every case of the
+    evolution corpus (the stderr summary prints them)."""
+    from test_evolution import CASES
+
+    seen = 0
+    for case in CASES:
+        report = breaking.compare_texts(case.old, case.new, "old.yaml", "new.yaml")
+        rules = breaking.to_accept([report])
+        assert "BREAKING_WITHOUT_VERSION_BUMP" not in rules
+        again = breaking.compare_texts(case.old, case.new, "old.yaml", "new.yaml", rules)
+        assert again.findings == (), case.id
+        seen += bool(report.findings)
+    assert seen > 50
+
+
+@pytest.mark.parametrize(
+    ("rule", "hint"),
+    [
+        ("NOPE", "the nearest known rule id is "),
+        ("FIELD_ADDD", "did you mean FIELD_ADDED?"),
+        ("required_field_added", "did you mean REQUIRED_FIELD_ADDED?"),
+        ("VERSION", "did you mean "),
+        ("BUMP", "did you mean BREAKING_WITHOUT_VERSION_BUMP?"),
+    ],
+)
+def test_an_unknown_allow_names_the_nearest_rule_ids(
+    capsys: pytest.CaptureFixture[str], rule: str, hint: str
+) -> None:
+    rc, out, err = run(capsys, "breaking", TP, "--against", TP, "--allow", rule)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"tpwire breaking: unknown rule {rule!r}; {hint}"), err
+    named = re.findall(r"\b[A-Z][A-Z_]+[A-Z]\b", lines[0].split(";", 1)[1])
+    assert named and all(n in breaking.RULES for n in named if n != rule), lines
+    assert f"tpwire breaking --list-rules lists all {len(breaking.RULES)}" in lines[0]
+    if rule == "VERSION":
+        assert {"MESSAGE_VERSION_CHANGED", "BREAKING_WITHOUT_VERSION_BUMP"} <= set(named), err

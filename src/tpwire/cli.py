@@ -493,7 +493,13 @@ def cmd_breaking(args: argparse.Namespace) -> int:
             parts.append(f"{errors} error{'s' if errors != 1 else ''}")
         if allowed:
             parts.append(f"{allowed} allowed")
-        print(f"tpwire breaking: {', '.join(parts)}", file=sys.stderr)
+        accept = ""
+        rules = breaking.to_accept(p.report for p in pairs if p.report)
+        if findings and rules:  # the findings' rules (a spec that does not compile fails anyway)
+            them = "them" if findings != 1 else "it"
+            flags = " ".join(f"--allow {r}" for r in rules)
+            accept = f"; to accept {them} as a deliberate break: {flags}"
+        print(f"tpwire breaking: {', '.join(parts)}{accept}", file=sys.stderr)
         return EXIT_FAIL
     return EXIT_OK
 
