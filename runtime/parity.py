@@ -52,6 +52,8 @@ class ParityMismatch(RuntimeError):
 #: and what ``explain`` names when fingerprints differ (``spec_sha256``, the messages'
 #: ``versions``: the fingerprint covers both)
 STATUS = "status"
+#: the most a record spends on its messages' versions (bytes of JSON; beyond, none are shown)
+MAX_VERSIONS_BYTES = 2048
 
 
 def record(
@@ -69,13 +71,10 @@ def record(
         "env": {k: os.environ.get(k) for k in sorted(env_keys)},
         "flags": {k: flags[k] for k in sorted(flags)},
     }
-    about = {
-        "spec_sha256": bindings.spec_sha256,
-        "versions": {
-            name: getattr(cls, "VERSION", None) for name, cls in bindings.messages.items()
-        },
-        **dict(status or {}),
-    }
+    versions = {name: getattr(cls, "VERSION", None) for name, cls in bindings.messages.items()}
+    if len(json.dumps(versions, default=str)) > MAX_VERSIONS_BYTES:
+        versions = {}  # a protocol of many messages: the record stays within its bound
+    about = {"spec_sha256": bindings.spec_sha256, "versions": versions, **dict(status or {})}
     rec[STATUS] = {k: about[k] for k in sorted(about)}
     return rec
 

@@ -97,6 +97,17 @@ def test_a_peer_s_text_stays_on_one_line_and_the_exception_keeps_its_diff() -> N
     )
 
 
+def test_a_protocol_of_many_messages_keeps_its_record_within_the_bound() -> None:
+    import dataclasses
+    import json
+
+    cls = tc.InferV1GeneratorOnly
+    many = dataclasses.replace(tc.BINDINGS, messages={f"Message{i:04d}": cls for i in range(400)})
+    rec = parity.record(many, (), {}, status={"rank": 0})
+    assert rec["status"]["versions"] == {}  # left out, not the whole record refused
+    assert len(json.dumps(rec)) < parity.MAX_RECORD_BYTES
+
+
 # -- on real ranks -------------------------------------------------------------------------
 
 
