@@ -230,6 +230,14 @@ def breaking_tightened(page: Page) -> str:
 
 TORCHRUN = Skip("a torchrun run of several processes (the multi-process tests run it)")
 NEEDS_RUN = Skip("reads the journal that the torchrun run above it wrote")
+STREAM = Skip("torchrun; tests/test_demo.py runs it (the out-of-tree example's stream)")
+BREAK_IT = Skip("torchrun; tests/test_demo.py::test_break_it_ends_every_rank_with_a_line")
+DEMO = Skip("torchrun; tests/test_demo.py runs make demo's stream, shortened")
+INCIDENT = Skip(
+    "reads the torchrun run's journal; tests/test_journal.py::"
+    "test_docs_incident_is_what_the_example_prints reruns both and compares docs/journal.md's "
+    "block line for line (README's copy: test_readme_incident_is_the_journal_page_s below)"
+)
 MAKE_SUITE = Skip("make bootstraps .venv (pip install) and runs the whole suite: minutes")
 PIP = Skip("installs packages")
 PYTEST = Skip("runs this suite's own tests (a pytest inside pytest)")
@@ -250,20 +258,20 @@ COMMANDS: dict[str, dict[str, Runner | Skip]] = {
             REPO / "examples" / "preview_protocol", "gen", "--check"
         ),
         "python -m torch.distributed.run --standalone --nproc-per-node 2 stream.py --chunks 6": (
-            TORCHRUN
+            STREAM
         ),
         ".venv/bin/tpwire check spec/tp_control.yaml": tour_with_typo,
         ".venv/bin/tpwire check spec/tp_control.yaml #2": tour_fixed,
         "make gen #2": tour_make_gen,
         ".venv/bin/tpwire breaking spec/tp_control.yaml": tour_breaking,
         "python -m torch.distributed.run --standalone --nproc-per-node 3 examples/break_it.py "
-        "--fault plan": TORCHRUN,
-        "... examples/break_it.py --fault extra-call": TORCHRUN,
-        "... examples/break_it.py --fault dead-worker": TORCHRUN,
-        "make demo": TORCHRUN,
+        "--fault plan": BREAK_IT,
+        "... examples/break_it.py --fault extra-call": BREAK_IT,
+        "... examples/break_it.py --fault dead-worker": BREAK_IT,
+        "make demo": DEMO,
         "TPWIRE_JOURNAL=/tmp/incident python -m torch.distributed.run --standalone "
-        "--nproc-per-node 3 examples/journal_incident.py --perturb 2:17": TORCHRUN,
-        "tpwire journal diff /tmp/incident": NEEDS_RUN,
+        "--nproc-per-node 3 examples/journal_incident.py --perturb 2:17": INCIDENT,
+        "tpwire journal diff /tmp/incident": INCIDENT,
     },
     "docs/conformance.md": {
         ".venv/bin/python -m pytest tests/test_conformance.py": PYTEST,
@@ -291,9 +299,9 @@ COMMANDS: dict[str, dict[str, Runner | Skip]] = {
             breaking_tightened
         ),
         "TPWIRE_JOURNAL=/tmp/incident python -m torch.distributed.run --standalone "
-        "--nproc-per-node 3 examples/journal_incident.py --perturb 2:17": TORCHRUN,
+        "--nproc-per-node 3 examples/journal_incident.py --perturb 2:17": INCIDENT,
         "ls /tmp/incident": NEEDS_RUN,
-        "tpwire journal diff /tmp/incident": NEEDS_RUN,
+        "tpwire journal diff /tmp/incident": INCIDENT,
         "tpwire journal diff /tmp/kill/journal": NEEDS_RUN,
         "tpwire journal show /tmp/kill/journal/tp_control.rank1.000000.tpj | tail -2": NEEDS_RUN,
     },
@@ -372,3 +380,14 @@ def test_page_blocks_are_real_output(page: str, tmp_path: Path) -> None:
             stale.append(f"{c.page}:{c.line}: $ {c.key}\n{diff}")
     assert ran, page
     assert not stale, "stale console blocks:\n\n" + "\n\n".join(stale)
+
+
+def test_readme_incident_is_the_journal_page_s() -> None:
+    """README's `journal diff /tmp/incident` block is docs/journal.md's, which
+    tests/test_journal.py reruns under torchrun: the two copies say the same."""
+
+    def block(page: str) -> tuple[str, ...]:
+        (c,) = [c for c in commands(page) if c.key == "tpwire journal diff /tmp/incident"]
+        return c.expected
+
+    assert block("README.md") == block("docs/journal.md")
