@@ -164,7 +164,11 @@ def check(rec: Record, group: dist.ProcessGroup | None = None) -> list[Record]:
     records = exchange(rec, group)
     lines = diff(records)
     if lines:
-        raise ParityMismatch(lines, explain(records))
+        try:
+            words = explain(records)
+        except Exception:  # a peer's record: the mismatch is raised whatever wording it defeats
+            words = None
+        raise ParityMismatch(lines, words)
     return records
 
 

@@ -108,6 +108,19 @@ def test_a_protocol_of_many_messages_keeps_its_record_within_the_bound() -> None
     assert len(json.dumps(rec)) < parity.MAX_RECORD_BYTES
 
 
+def test_words_that_fail_still_raise_the_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = _records(tc.BINDINGS, pp.BINDINGS)
+    monkeypatch.setattr(parity, "exchange", lambda rec, group=None: records)
+
+    def broken(records: Any) -> str:
+        raise TypeError("a record no wording foresaw")
+
+    monkeypatch.setattr(parity, "explain", broken)
+    with pytest.raises(parity.ParityMismatch) as info:
+        parity.check(records[0])
+    assert info.value.words == "; ".join(parity.diff(records))  # the diff's lines, on one line
+
+
 # -- on real ranks -------------------------------------------------------------------------
 
 
