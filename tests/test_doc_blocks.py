@@ -348,6 +348,18 @@ def test_every_command_is_checked_or_skipped() -> None:
     assert sum(not isinstance(v, Skip) for t in COMMANDS.values() for v in t.values()) >= 8
 
 
+def test_shell_sessions_are_console_blocks() -> None:
+    """A ``$ `` session in a block of another language (```sh, ```text) would escape the
+    table above: every fenced block holding one is a ```console block."""
+    odd = []
+    for page in PAGES:
+        text = (REPO / page).read_text("utf-8")
+        for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
+            if m[1] != "console" and re.search(r"^\$ ", m[2], re.M):
+                odd.append(f"{page}:{text[: m.start()].count(chr(10)) + 1}: ```{m[1]}")
+    assert not odd, odd
+
+
 def test_matching() -> None:
     assert matches(("a", "...", "d"), ["a", "b", "c", "d"])
     assert matches(("a", "...", "b"), ["a", "b"])
