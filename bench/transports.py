@@ -40,6 +40,9 @@ bytes) happen before the barrier, untimed.
   envelope journal on (docs/journal.md), tensors by digest / by their bytes. The journal's
   background writer is drained after each timed step, untimed (so it never runs inside
   another transport's timing); its own time per record is the ``:writer`` series.
+- ``journal-written``: ``journal-digest`` with ``handover="written"``: each ``send`` and
+  ``recv`` returns once the writer thread has written its record, so the write is inside
+  the timing (what surviving a SIGKILL right after ``recv`` costs).
 
 The same code runs on gloo with CPU tensors and, on a machine with several GPUs, on NCCL
 with every envelope's tensors on the rank's GPU (``Plan.device == "cuda"``): then each
@@ -78,7 +81,7 @@ BROADCAST_TRANSPORTS = (
     "floor-fresh",
 )
 #: transports run for some kinds only: where they differ from tpwire
-JOURNAL_TRANSPORTS = ("journal-digest", "journal-full")
+JOURNAL_TRANSPORTS = ("journal-digest", "journal-full", "journal-written")
 EXTRA_TRANSPORTS = {
     "noop": ("floor+path",),
     "small": ("floor+path",),
@@ -258,6 +261,7 @@ class Journaled(Tpwire):
     64 MiB); ``settle`` waits for the background writer, outside the timing."""
 
     mode: ClassVar[str] = "digest"
+    handover: ClassVar[str] = "queued"
     folders: ClassVar[list[str]] = []
     _seen: float = 0.0
 
@@ -268,7 +272,8 @@ class Journaled(Tpwire):
 
         folder = tempfile.mkdtemp(prefix=f"tpwire-bench-journal-{self.mode}-")
         Journaled.folders.append(folder)
-        return {"journal": JournalConfig(folder, self.mode, max_bytes=64 << 20, keep=2)}
+        return {"journal": JournalConfig(folder, self.mode, max_bytes=64 << 20, keep=2,
+                                         handover=self.handover)}  # fmt: skip
 
     def settle(self) -> float:
         """Wait until every record is written; the writer's busy seconds since the last call."""
@@ -286,6 +291,12 @@ class JournalDigest(Journaled):
 
 class JournalFull(Journaled):
     mode: ClassVar[str] = "full"
+
+
+class JournalWritten(Journaled):
+    """Digest mode, each record written before the call that made it returns."""
+
+    handover: ClassVar[str] = "written"
 
 
 class Compat(Tpwire):
@@ -428,6 +439,7 @@ BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "carry-all": CarryAll,
     "journal-digest": JournalDigest,
     "journal-full": JournalFull,
+    "journal-written": JournalWritten,
     "floor+path": FloorPath,
     "arena-nocheck": ArenaNoCheck,
 }

@@ -131,9 +131,7 @@ class JournalConfig:
         if self.mode not in MODES:
             raise ValueError(f"journal mode must be one of {MODES}, not {self.mode!r}")
         if self.handover not in HANDOVERS:
-            raise ValueError(
-                f"journal handover must be one of {HANDOVERS}, not {self.handover!r}"
-            )
+            raise ValueError(f"journal handover must be one of {HANDOVERS}, not {self.handover!r}")
         if self.max_bytes < 1 or self.keep < 1:
             raise ValueError("journal max_bytes and keep must be at least 1")
         if self.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", self.tag):

@@ -350,7 +350,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         header = f"channel {printable(_channel(group[0]))}:" if len(channels) > 1 else None
         bindings = protocol
         if bindings is None:  # out of tree: the current project's bindings name the fields
-            opening = next((j.opening for j in group if j.opening), {})
+            opening: dict[str, Any] = next((j.opening for j in group if j.opening), {})
             if bindings_for(opening) is None:
                 bindings, _ = _project_protocol(opening)
         code, doc = _diff_channel(group, bindings, args.format, header)
