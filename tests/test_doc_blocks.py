@@ -238,6 +238,10 @@ INCIDENT = Skip(
     "test_docs_incident_is_what_the_example_prints reruns both and compares docs/journal.md's "
     "block line for line (README's copy: test_readme_incident_is_the_journal_page_s below)"
 )
+OUT_OF_TREE = Skip(
+    "reads the journal of a torchrun stream of a copy of examples/preview_protocol; "
+    "tests/test_replay_out_of_tree.py records one on gloo and checks these lines"
+)
 MAKE_SUITE = Skip("make bootstraps .venv (pip install) and runs the whole suite: minutes")
 PIP = Skip("installs packages")
 PYTEST = Skip("runs this suite's own tests (a pytest inside pytest)")
@@ -295,6 +299,8 @@ COMMANDS: dict[str, dict[str, Runner | Skip]] = {
             "reads a journal of a torchrun run with one record's bytes changed"
         ),
         "tpwire replay /tmp/j/ --spec /tmp/new/tp_control.yaml": NEEDS_RUN,
+        "cd vae_project && tpwire replay /tmp/vaej/preview.rank1.*": OUT_OF_TREE,
+        "cd ../other && tpwire replay /tmp/vaej/preview.rank1.*": OUT_OF_TREE,
         "tpwire breaking /tmp/new/tp_control.yaml --against spec/tp_control.yaml": (
             breaking_tightened
         ),
