@@ -29,23 +29,28 @@ KILL_AT = 5
 #: seconds the writer thread of the killed worker takes for that envelope's record (a slow
 #: disk), below ``max_wait_s``: a ``written`` hand-over waits it out, a queued one does not
 SLOW_WRITE_S = 0.3
+#: the same under ``queued``: long, so that the worker's kill comes first even on a loaded
+#: machine
+SLOW_QUEUED_S = 3.0
 
 
-def _slow_write_of(chunk: int) -> None:
-    """This process's journal writer takes ``SLOW_WRITE_S`` before writing the envelope
-    record of ``chunk`` (then writes it whole)."""
+def _slow_write_of(chunk: int, seconds: float) -> None:
+    """This process's journal writer takes ``seconds`` before writing the envelope record
+    of ``chunk`` (then writes it whole)."""
     original = jr.JournalWriter._write
 
     def slow(fd: int, parts: list[bytes | memoryview]) -> int:
         head = jr.HEAD.unpack_from(b"".join(bytes(p) for p in parts), 0)
         if head[2] == jr.ENVELOPE and head[6] == chunk:
-            time.sleep(SLOW_WRITE_S)
+            time.sleep(seconds)
         return original(fd, parts)
 
     jr.JournalWriter._write = staticmethod(slow)  # type: ignore[method-assign]
 
 
-def killed_after_recv(rank: int, world: int, journal: str, handover: str | None) -> Any:
+def killed_after_recv(
+    rank: int, world: int, journal: str, handover: str | None, slow_s: float
+) -> Any:
     """Rank 0 sends envelopes 0..KILL_AT; rank 1 SIGKILLs itself as soon as ``recv``
     returns the envelope of chunk ``KILL_AT``. ``handover`` None: the launcher's
     ``TPWIRE_JOURNAL_HANDOVER`` (with ``TPWIRE_JOURNAL``) decides."""
@@ -61,7 +66,7 @@ def killed_after_recv(rank: int, world: int, journal: str, handover: str | None)
         except Exception as exc:
             return {"sent": KILL_AT + 1, "after": type(exc).__name__}
         return {"sent": KILL_AT + 1}
-    _slow_write_of(KILL_AT)
+    _slow_write_of(KILL_AT, slow_s)
     while True:
         got = ch.recv()
         if got.header is not None and got.header.chunk_index == KILL_AT:
@@ -70,12 +75,15 @@ def killed_after_recv(rank: int, world: int, journal: str, handover: str | None)
 
 
 def _worker_chunks(
-    tmp_path: Path, handover: str | None, env: dict[str, str] | None = None
+    tmp_path: Path,
+    handover: str | None,
+    env: dict[str, str] | None = None,
+    slow_s: float = SLOW_WRITE_S,
 ) -> list[int]:
     results = run_ranks(
         "killed_after_recv", tmp_path, world=2, timeout=120, module="test_journal_modes",
         env={r: env for r in range(2)} if env else None,
-        journal=str(tmp_path / "journal"), handover=handover,
+        journal=str(tmp_path / "journal"), handover=handover, slow_s=slow_s,
     )  # fmt: skip
     assert results[1].exitcode == -signal.SIGKILL, [r.log for r in results]
     (worker,) = [j for j in load([tmp_path / "journal"]) if j.opening.get("rank") == 1]
@@ -97,7 +105,7 @@ def test_written_from_the_launchers_environment(tmp_path: Path) -> None:
 def test_queued_can_lose_the_last_record_to_a_sigkill(tmp_path: Path) -> None:
     """What the default does not promise: with a slow writer the record is still queued
     when the worker dies (the records before it were written)."""
-    chunks = _worker_chunks(tmp_path, "queued")
+    chunks = _worker_chunks(tmp_path, "queued", slow_s=SLOW_QUEUED_S)
     assert chunks == list(range(KILL_AT)), chunks
 
 
