@@ -126,7 +126,7 @@ def outputs(irs: list[SpecIR], out: Path, docs: Path | None) -> list[Output]:
         named = [(out / f"{p.module}.py", render.render_module(p))]
         named.append((out / f"{p.module}_strategies.py", render.render_strategies(p)))
         if docs is not None:
-            named.append((docs / f"{p.module}.md", render.render_doc_page(p)))
+            named.append((docs / f"{p.module}.md", render.render_doc_page(p, out)))
             named.append((docs / f"{p.module}.schema.json", render.render_schema(p)))
         files += [Output(path, text, p.project, p.source, p.root) for path, text in named]
     return files

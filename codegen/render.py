@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -16,6 +17,7 @@ import jinja2
 from tpwire.extras import FormatterError
 
 from .ir import ProtocolIR
+from .modpath import module_path
 from .schema import json_schema
 from .stamp import GENERATOR_VERSION
 
@@ -142,8 +144,12 @@ def render_tables(p: ProtocolIR) -> str:
     return _render("tables.md.j2", p=p)
 
 
-def render_doc_page(p: ProtocolIR) -> str:
-    return _render("page.md.j2", p=p, tables=render_tables(p))
+def render_doc_page(p: ProtocolIR, out: Path | None = None) -> str:
+    """The operator-manual page. It names the bindings by their import path, from ``out``
+    (the folder ``gen`` writes them into) or the project's ``[tool.tpwire] out``."""
+    root = getattr(p, "root", None)
+    module = module_path(p.module, out, root if isinstance(root, Path) else None)
+    return _render("page.md.j2", p=p, tables=render_tables(p), module_path=module)
 
 
 def render_schema(p: ProtocolIR) -> str:

@@ -9,6 +9,7 @@ accepted only if its ids and epoch match what rank 0 expects.
 from __future__ import annotations
 
 import enum
+import sys as _sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeAlias
@@ -1112,3 +1113,11 @@ BINDINGS: Final[_b.Bindings[Header, Message, PPAction]] = _b.Bindings(
     read_frame0_bytes=read_frame0_bytes,
     w_reason=W_REASON,
 )
+
+# st.from_type(cls) draws valid values of these classes without an import of the
+# *_strategies module: registered here when hypothesis is already imported, else by
+# tpwire's hypothesis plugin when it is (docs/testing.md). Without hypothesis: nothing.
+if _sys.modules.get("hypothesis") is not None:
+    from tpwire.testing.registration import register_bindings as _register
+
+    _register(_sys.modules[__name__])

@@ -7,7 +7,8 @@ variant and payload-free action). ``mutants()`` draws labelled mutants: a valid 
 with one named rule broken, carrying the violations ``validate`` must report;
 ``invalid_envelopes()`` is the same as ``(header, message, codes)``. ``plain_mutants()``
 adds what only the plain form can carry (unknown keys, keys left out). Importing this module
-registers the classes for ``st.from_type``: valid messages of each class, valid headers.
+registers the classes for ``st.from_type``: valid messages of each class, valid headers (the
+bindings arrange the same without this import: ``tpwire.testing.registration``).
 The rules below are the spec's, compiled over plain data; the logic is in
 ``tpwire.testing.strategies``.
 """

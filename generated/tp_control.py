@@ -9,6 +9,7 @@ selects the variant the worker runs.
 from __future__ import annotations
 
 import enum
+import sys as _sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeAlias
@@ -1227,3 +1228,11 @@ BINDINGS: Final[_b.Bindings[Header, Message, TPAction]] = _b.Bindings(
     read_frame0_bytes=read_frame0_bytes,
     w_reason=W_REASON,
 )
+
+# st.from_type(cls) draws valid values of these classes without an import of the
+# *_strategies module: registered here when hypothesis is already imported, else by
+# tpwire's hypothesis plugin when it is (docs/testing.md). Without hypothesis: nothing.
+if _sys.modules.get("hypothesis") is not None:
+    from tpwire.testing.registration import register_bindings as _register
+
+    _register(_sys.modules[__name__])

@@ -15,6 +15,7 @@ conditioning_embeds is in it exactly when the chunk brought no new conditioning)
 from __future__ import annotations
 
 import enum
+import sys as _sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeAlias
@@ -1290,3 +1291,11 @@ BINDINGS: Final[_b.Bindings[Header, Message, TPAction]] = _b.Bindings(
         ),
     },
 )
+
+# st.from_type(cls) draws valid values of these classes without an import of the
+# *_strategies module: registered here when hypothesis is already imported, else by
+# tpwire's hypothesis plugin when it is (docs/testing.md). Without hypothesis: nothing.
+if _sys.modules.get("hypothesis") is not None:
+    from tpwire.testing.registration import register_bindings as _register
+
+    _register(_sys.modules[__name__])

@@ -658,15 +658,23 @@ def valid_envelopes(
     return drawn(proto, max_extra, kinds).map(lambda dr: (dr.header, dr.msg))
 
 
+def type_strategy(proto: Protocol, cls: type) -> st.SearchStrategy[Any]:
+    """What ``st.from_type(cls)`` draws for a class of the protocol: valid messages of a
+    message class, valid headers (of any action) for the header class."""
+    if cls is proto.header_cls:
+        return valid_envelopes(proto).map(lambda e: e[0])
+    if not any(v.cls is cls for a in proto.actions for v in a.variants):
+        raise ValueError(f"{cls!r} is not a class of {proto!r}")
+    return valid_envelopes(proto, kinds=[cls.__name__]).map(lambda e: e[1])
+
+
 def register_types(proto: Protocol) -> None:
-    """Make ``st.from_type`` draw valid values of the protocol's classes: each message class
-    gives valid messages of that class, the header class valid headers (of any action)."""
+    """Make ``st.from_type`` draw valid values of the protocol's classes
+    (:func:`type_strategy`). The generated ``*_strategies`` modules call it on import."""
     for action in proto.actions:
         for v in action.variants:
-            st.register_type_strategy(
-                v.cls, valid_envelopes(proto, kinds=[v.cls.__name__]).map(lambda e: e[1])
-            )
-    st.register_type_strategy(proto.header_cls, valid_envelopes(proto).map(lambda e: e[0]))
+            st.register_type_strategy(v.cls, type_strategy(proto, v.cls))
+    st.register_type_strategy(proto.header_cls, type_strategy(proto, proto.header_cls))
 
 
 # --- mutants -----------------------------------------------------------------------------------

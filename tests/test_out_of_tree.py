@@ -166,3 +166,26 @@ def test_the_example_project_is_fresh_and_stands_alone() -> None:
     head = (example / "preview_wire" / "preview_strategies.py").read_text().splitlines()
     assert " from spec/preview.yaml (sha256 " in head[0]
     assert "from . import preview as _p" in head
+
+
+def test_the_manual_names_the_bindings_by_their_import_path(tmp_path: Path) -> None:
+    # issue 29: a package of one's own was named tpwire.generated.<protocol>
+    def named(page: Path) -> str:
+        line = next(x for x in page.read_text().splitlines() if "the generated bindings" in x)
+        return line.split("`")[1]
+
+    proj = configured(tmp_path, 'specs = ["specs/relay.yaml"]\nout = "vae_wire"\ndocs = "d"\n')
+    tpwire(proj / "specs", "gen")
+    assert named(proj / "d" / "relay.md") == "vae_wire.relay"
+    # the src layout's folder is no part of the name; --out elsewhere names the module alone
+    tpwire(proj, "gen", "specs/relay.yaml", "--out", "src/scope/wire", "--docs", "e")
+    assert named(proj / "e" / "relay.md") == "scope.wire.relay"
+    tpwire(proj, "gen", "specs/relay.yaml", "--out", tmp_path / "elsewhere", "--docs", "f")
+    assert named(proj / "f" / "relay.md") == "relay"
+    # `docs --page` reads the project's out; tpwire's own maps generated/ to tpwire.generated
+    example = ROOT / "examples" / "preview_protocol"
+    page = tpwire(example, "docs", "spec/preview.yaml", "--page")
+    assert "the generated bindings `preview_wire.preview`:" in page, page[:600]
+    own = tpwire(ROOT, "docs", "spec/tp_control.yaml", "--page")
+    assert "the generated bindings `tpwire.generated.tp_control`:" in own
+    assert named(ROOT / "docs" / "spec" / "tp_control.md") == "tpwire.generated.tp_control"
