@@ -137,11 +137,20 @@ def spec_on_one_rank(rank: int, world: int) -> Any:
 
 def flags_uncaught(rank: int, world: int) -> Any:
     """Rank 0 plans another pipeline; nobody catches the mismatch."""
+    import torch.distributed as dist
+
     from tpwire.runtime.channel import BroadcastChannel
 
     plan = "v1_generator_only" if rank == 0 else "v0_full_pipeline"
-    with BroadcastChannel(tc, parity_flags={"tp_plan": plan}):
-        pass
+    try:
+        with BroadcastChannel(tc, parity_flags={"tp_plan": plan}):
+            pass
+    finally:
+        # the exception stays uncaught; the group goes first, as a program should let it:
+        # a process that exits holding a gloo group whose peers are leaving may end in
+        # gloo's "terminate called without an active exception" (torch's teardown, with or
+        # without tpwire)
+        dist.destroy_process_group()
     return {}
 
 
