@@ -481,7 +481,9 @@ class _Channel(Generic[H, M, A]):
             status={"journal": problem, "rank": self.rank},
         )
         # from here on, SIGTERM (a launcher stopping the job) prints what the rank was doing
-        self._terminate_token = terminate.register(self.rank, self._terminated_text)
+        self._terminate_token = terminate.register(
+            self.rank, self._terminated_text, self._journal_terminated
+        )
         try:
             records = self._collective(
                 "the open handshake",
@@ -601,7 +603,9 @@ class _Channel(Generic[H, M, A]):
             self._journal_abandon()  # the handshake itself failed
             return
         journal.end(how, reason, header)
-        if how in ("closed", "watchdog") or (how == "poisoned" and self.poison == "exit"):
+        if how in ("closed", "watchdog", "terminated") or (
+            how == "poisoned" and self.poison == "exit"
+        ):
             journal.close(timeout=2.0)
         else:
             journal.drain(timeout=2.0)
@@ -637,6 +641,12 @@ class _Channel(Generic[H, M, A]):
         if self.last_header is not None:
             return f"between envelopes, after receiving {self._ids(self.last_header)}"
         return "between envelopes, before the first one"
+
+    def _journal_terminated(self, what: str) -> None:
+        """SIGTERM ends the process: the journal's END says so (``journal diff`` then tells
+        the ranks the launcher stopped from the one that died first). The reason's class is
+        "SIGTERM", whatever each rank was doing, so ranks all stopped by the launcher agree."""
+        self._journal_end("terminated", f"SIGTERM: while {what}")
 
     def __enter__(self) -> Self:
         return self if self.opened else self.open()

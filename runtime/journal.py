@@ -379,8 +379,8 @@ class JournalWriter:
         self._put(_Item(OBSERVE, header, meta))
 
     def end(self, how: str, reason: str | None, header: Any = None) -> None:
-        """The stream ended: ``how`` (shutdown, error, poisoned, watchdog, closed) and why.
-        Observations may follow until ``close``."""
+        """The stream ended: ``how`` (shutdown, error, poisoned, watchdog, terminated,
+        closed) and why. Observations may follow until ``close``."""
         if self.ended:
             return
         self.ended = True

@@ -73,9 +73,9 @@ class DiffReport:
 
 
 #: how a journal's stream stopped, the least orderly first: no END record (killed, or it
-#: stopped without a word), a failure it recorded (poison, the watchdog), an orderly end
+#: stopped without a word), a failure it recorded (poison, the watchdog, SIGTERM), an orderly end
 _SILENT, _FAILED, _ORDERLY = 0, 1, 2
-_FAILURES = ("poisoned", "watchdog")
+_FAILURES = ("poisoned", "watchdog", "terminated")
 #: notes of one kind per journal, at most (the rest are counted)
 _MAX_NOTES = 5
 

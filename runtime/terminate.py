@@ -117,8 +117,14 @@ class _Hook:
 
 _lock = threading.RLock()
 #: the open channels: token -> (rank, a function making what it is doing; a weak reference
-#: to a channel's method, so a channel dropped without ``close`` is not kept alive)
-_channels: dict[int, tuple[int, Callable[[], Callable[[], str] | None]]] = {}
+#: to a channel's method, so a channel dropped without ``close`` is not kept alive), and
+#: what it does when SIGTERM ends the process (its journal's END record)
+_channels: dict[
+    int,
+    tuple[int, Callable[[], Callable[[], str] | None], Callable[[], Callable[[str], None] | None]],
+] = {}
+#: what each channel was doing, as the line said: handed to its ``ended`` before the exit
+_said: list[tuple[Callable[[], Callable[[str], None] | None], str]] = []
 _next_token = 0
 _hook: _Hook | None = None
 #: the line was printed (once per process)
@@ -130,25 +136,32 @@ def installed() -> bool:
     return _hook is not None and signal.getsignal(signal.SIGTERM) is _on_sigterm
 
 
-def register(rank: int, text: Callable[[], str]) -> int:
-    """A channel opened: ``text()`` says what it is doing (after "while"). Installs the hook
-    if this is the main thread and SIGTERM's disposition allows it. Returns a token for
-    ``unregister``."""
+def _weak(fn: Callable[..., Any]) -> Callable[[], Any]:
+    """A reference to ``fn`` that does not keep a channel alive (a method's is weak)."""
+    if inspect.ismethod(fn):
+        return weakref.WeakMethod(fn)
+    return lambda: fn
+
+
+def register(rank: int, text: Callable[[], str], ended: Callable[[str], None] | None = None) -> int:
+    """A channel opened: ``text()`` says what it is doing (after "while"); ``ended(what)``
+    runs when SIGTERM ends the process (after the line, before the exit: the channel's
+    journal records the end). Installs the hook if this is the main thread and SIGTERM's
+    disposition allows it. Returns a token for ``unregister``."""
     global _next_token
     with _lock:
         _next_token += 1
         token = _next_token
-        ref: Callable[[], Callable[[], str] | None]
-        if inspect.ismethod(text):
-            ref = weakref.WeakMethod(text)
-        else:
-            ref = lambda: text  # noqa: E731
-        for dead in [t for t, (_, r) in _channels.items() if r() is None]:
+        for dead in [t for t, (_, r, _e) in _channels.items() if r() is None]:
             del _channels[dead]
-        _channels[token] = (rank, ref)
+        _channels[token] = (rank, _weak(text), _weak(ended) if ended is not None else _none)
         if _hook is None:
             _install()
         return token
+
+
+def _none() -> None:
+    return None
 
 
 def unregister(token: int | None) -> None:
@@ -278,7 +291,7 @@ def _announce() -> None:
             return
         _announced = True
         parts = []
-        for rank, ref in _channels.values():
+        for rank, ref, ended in _channels.values():
             text = ref()
             if text is None:  # a channel dropped without close
                 continue
@@ -287,6 +300,7 @@ def _announce() -> None:
             except BaseException as exc:  # the line and the exit come whatever this runs into
                 what = f"in a channel ({type(exc).__name__} describing it)"
             parts.append((rank, printable(what, 400)))
+            _said.append((ended, what))
         if parts:
             line = (
                 f"tpwire[rank {parts[0][0]}]: TERMINATED by SIGTERM while "
@@ -310,6 +324,7 @@ def _after_fork_in_child() -> None:
     global _hook, _lock
     _lock = threading.RLock()  # another thread may have held it at the fork
     _channels.clear()
+    _said.clear()
     hook, _hook = _hook, None
     if hook is None:
         return
@@ -330,8 +345,14 @@ if hasattr(os, "register_at_fork"):
 
 
 def _die() -> None:
-    """Die of SIGTERM as the default disposition would have made the process."""
+    """Die of SIGTERM as the default disposition would have made the process, once each
+    channel has recorded its end (its journal, bounded by the writer's close)."""
     try:
+        for ref, what in _said:
+            with contextlib.suppress(BaseException):  # the exit comes whatever this runs into
+                ended = ref()
+                if ended is not None:
+                    ended(what)
         if _main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         else:  # only the main thread may call signal.signal: the C library's, directly

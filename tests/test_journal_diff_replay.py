@@ -324,6 +324,29 @@ def test_end_reasons_are_compared_by_their_code(tmp_path: Path) -> None:
     assert "frame 1 refused: digest mismatch" in div.lines[0]
 
 
+def test_ranks_the_launcher_stopped_agree_and_the_one_that_died_is_named(tmp_path: Path) -> None:
+    """SIGTERM's END (runtime/terminate.py): the reason's class is "SIGTERM" whatever each
+    rank was doing, so a job the launcher stopped whole is no divergence; a rank with no END
+    beside them (SIGKILLed) is the one named."""
+    doing = {0: "between envelopes, after sending call_id=3", 1: "waiting for frame 0 after x"}
+    for rank in (0, 1):
+        j = Journal(tmp_path / "all", rank).open()
+        for i in range(3):
+            j.chunk(i)
+        j.end("terminated", f"SIGTERM: while {doing[rank]}").save()
+    assert diff(load([tmp_path / "all"])).divergence is None
+    for rank in (0, 1, 2):
+        j = Journal(tmp_path / "one", rank).open()
+        for i in range(3):
+            j.chunk(i)
+        if rank != 2:
+            j.end("terminated", f"SIGTERM: while {doing[rank]}")
+        j.save()
+    div = diff(load([tmp_path / "one"])).divergence
+    assert div is not None and div.coordinate == "the end of the stream"
+    assert div.odd == ["tp_control.rank2"], (div.odd, div.lines)
+
+
 def _killed(folder: Path, *, victim_holds: int, survivor_holds: int) -> None:
     """Rank 1 SIGKILLed (no END record); ranks 0 and 2 poisoned on the dead peer, with
     reasons that name socket ports. Each rank holds the chunks below its number."""

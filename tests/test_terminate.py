@@ -212,7 +212,11 @@ def test_torchrun_shows_every_survivors_line_after_a_worker_is_sigkilled(
     and rank 1 waits for frame 0 inside a gloo collective: each prints its line."""
     script = tmp_path / "stream.py"
     script.write_text(_STREAM)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    journal = tmp_path / "journal"
+    env = {
+        **os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+        "TPWIRE_JOURNAL": str(journal),
+    }  # fmt: skip
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
          "--monitor-interval", "0.1", str(script)],
@@ -233,3 +237,29 @@ def test_torchrun_shows_every_survivors_line_after_a_worker_is_sigkilled(
     assert "TERMINATED" in by_rank[1], out  # rank 1 waits on rank 0, alive: only SIGTERM ends it
     # and the survivors died of SIGTERM, as they would have without the line
     assert len(re.findall(r"exitcode\s*: -15 \(pid: \d+\)", out)) == 2, out
+    # the journals say so too: the survivors' END records (SIGTERM), none on rank 2, which
+    # journal diff names as the rank that stopped first
+    diff = subprocess.run(
+        [sys.executable, "-m", "tpwire", "journal", "diff", str(journal)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert diff.returncode == 1, diff.stdout + diff.stderr
+    assert "differs: tp_control.rank2" in diff.stdout, diff.stdout
+    from tpwire.runtime import journal_format as jf
+
+    for rank, what in ((0, "between envelopes, after sending"), (1, "waiting for frame 0")):
+        ends = [
+            r.meta
+            for path in sorted(journal.glob(f"tp_control.rank{rank}.*.tpj"))
+            for r in jf.scan(path).records
+            if r.kind == jf.END
+        ]
+        assert [(e["how"], e["reason"].startswith(f"SIGTERM: while {what}")) for e in ends] == [
+            ("terminated", True)
+        ], ends
+    assert not [
+        r
+        for p in journal.glob("tp_control.rank2.*.tpj")
+        for r in jf.scan(p).records
+        if r.kind == jf.END
+    ]
