@@ -11,8 +11,10 @@ relative to the project root (never an absolute path, so any clone gives the sam
 - else a first ``src`` folder is the src layout's, not part of the name;
 - the rest of the folder's parts, dotted, when each is a Python identifier.
 
-A folder outside the project (``--out`` elsewhere) or one that is no package path gives None:
-the page then names the module alone.
+In a project with ``[tool.tpwire] out``, that folder names the bindings even when a run
+writes them elsewhere (``--out``): the page documents the project's package. Without one, the
+folder of the run counts; outside the project, or not a package path, it gives None: the page
+then names the module alone.
 """
 
 from __future__ import annotations
@@ -74,9 +76,13 @@ def package_of(folder: Path, root: Path | None) -> str | None:
 
 
 def module_path(module: str, out: Path | None, root: Path | None) -> str:
-    """How to import the bindings ``module`` that ``gen`` writes into ``out`` (``[tool.tpwire]
-    out`` of the project when None): ``package.module``, or the module alone."""
-    if out is None and root is not None:
-        out = configured_out(root)
+    """How to import the bindings ``module`` of the project at ``root``: where its
+    ``[tool.tpwire] out`` puts them, else where this run writes them (``out``): a scratch
+    ``--out`` of a configured project (a check, another working copy) documents the same
+    import path, so the page's bytes do not depend on it. ``package.module``, or the module
+    alone."""
+    configured = configured_out(root) if root is not None else None
+    if configured is not None:
+        out = configured
     package = package_of(out, root) if out is not None else None
     return f"{package}.{module}" if package else module

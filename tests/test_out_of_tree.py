@@ -177,11 +177,17 @@ def test_the_manual_names_the_bindings_by_their_import_path(tmp_path: Path) -> N
     proj = configured(tmp_path, 'specs = ["specs/relay.yaml"]\nout = "vae_wire"\ndocs = "d"\n')
     tpwire(proj / "specs", "gen")
     assert named(proj / "d" / "relay.md") == "vae_wire.relay"
-    # the src layout's folder is no part of the name; --out elsewhere names the module alone
-    tpwire(proj, "gen", "specs/relay.yaml", "--out", "src/scope/wire", "--docs", "e")
-    assert named(proj / "e" / "relay.md") == "scope.wire.relay"
-    tpwire(proj, "gen", "specs/relay.yaml", "--out", tmp_path / "elsewhere", "--docs", "f")
-    assert named(proj / "f" / "relay.md") == "relay"
+    # a scratch --out of a configured project documents the project's package (the page's
+    # bytes do not depend on where a check writes)
+    tpwire(proj, "gen", "specs/relay.yaml", "--out", tmp_path / "scratch", "--docs", "g")
+    assert named(proj / "g" / "relay.md") == "vae_wire.relay"
+    # without a configured out, the run's: the src layout's folder is no part of the name,
+    # and an --out elsewhere names the module alone
+    bare = configured(tmp_path / "bare", 'specs = ["specs/relay.yaml"]\n')
+    tpwire(bare, "gen", "specs/relay.yaml", "--out", "src/scope/wire", "--docs", "e")
+    assert named(bare / "e" / "relay.md") == "scope.wire.relay"
+    tpwire(bare, "gen", "specs/relay.yaml", "--out", tmp_path / "elsewhere", "--docs", "f")
+    assert named(bare / "f" / "relay.md") == "relay"
     # `docs --page` reads the project's out; tpwire's own maps generated/ to tpwire.generated
     example = ROOT / "examples" / "preview_protocol"
     page = tpwire(example, "docs", "spec/preview.yaml", "--page")
