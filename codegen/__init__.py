@@ -1,4 +1,4 @@
-"""The tpwire compiler: load -> check -> IR -> render (see DESIGN section 2).
+"""The tpwire compiler: load -> check -> IR -> render (codegen/compiler.py).
 
 Needs the ``compiler`` extra (PyYAML, jinja2, jsonschema and the pinned formatter).
 """

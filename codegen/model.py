@@ -123,7 +123,7 @@ class CHeader:
     control: tuple[tuple[str, str], ...] = ()
 
 
-#: The header roles a spec may declare (DESIGN section 3), in the order ids are shown.
+#: The header roles a spec may declare (docs/spec-language.md, roles), in the order ids are shown.
 ROLES = ("sequence", "chunk", "epoch")
 #: The control actions a channel sends on its own.
 CONTROLS = ("noop", "shutdown", "error")

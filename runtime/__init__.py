@@ -1,6 +1,6 @@
 """Runtime support of the generated bindings: errors, violations and the wire format.
 
-The ``torch.distributed`` channels (DESIGN section 6) build on these. ``Frames`` and
+The ``torch.distributed`` channels (docs/runtime.md) build on these. ``Frames`` and
 ``Manifest`` (and ``Bindings``, the contract a generated module exports) are imported on
 first use, so the compiler (which only needs the dtype table
 and the errors) starts without importing torch.

@@ -70,7 +70,7 @@ class ReadFrame0BytesFn(Protocol):
     def __call__(self, raw: bytes) -> Manifest: ...
 
 
-#: The header roles, in the order ids are shown (DESIGN section 3).
+#: The header roles, in the order ids are shown (docs/spec-language.md, roles).
 ROLE_NAMES = ("sequence", "chunk", "epoch")
 
 

@@ -174,7 +174,7 @@ class Ahead(NamedTuple):
 
 
 class Framing:
-    """How the envelopes of one direction of a channel travel (DESIGN section 5).
+    """How the envelopes of one direction of a channel travel (docs/wire-format.md).
 
     Every envelope starts with one *head* collective whose size both ends already know:
     frame 0 plus, in steady state, one slot per frame 1 segment of the agreed layout.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-#: The stable violation codes of DESIGN section 4.
+#: The stable violation codes (docs/spec-language.md, "Violation codes").
 VIOLATION_CODES = (
     "missing",
     "forbidden",

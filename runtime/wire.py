@@ -1,4 +1,4 @@
-"""Wire format support shared by the generated protocol modules (DESIGN section 5).
+"""Wire format support shared by the generated protocol modules (docs/wire-format.md).
 
 Frame 0 is a fixed-length int64 vector: magic + wire version, spec fingerprint, header
 slots, header presence, message id and version, field presence, scalar slots, the tensor

@@ -193,7 +193,7 @@ def test_a_sender_failing_inside_with_sends_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_steady_state_is_one_collective_per_envelope(tmp_path: Path, world: int) -> None:
-    """DESIGN section 5: once two envelopes in a row share a layout, each envelope of that
+    """docs/wire-format.md: once two envelopes in a row share a layout, each envelope of that
     layout is one collective; a one-off layout costs only the segments the head cannot hold."""
     results = run_ranks("steady", tmp_path, world=world)
     assert all(r.exitcode == 0 for r in results), [r.log for r in results]

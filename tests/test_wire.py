@@ -1,4 +1,4 @@
-"""The decoder refuses bad frames with a typed WireError before allocating (DESIGN section 5)."""
+"""The decoder refuses bad frames with a typed WireError before allocating (docs/wire-format.md)."""
 
 from __future__ import annotations
 
