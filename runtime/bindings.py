@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol
+from typing import Any, Generic, NamedTuple, Protocol
 
 import torch
 from typing_extensions import TypeVar  # a TypeVar with a default (PEP 696) before 3.13
@@ -92,6 +92,15 @@ class Roles:
         return tuple(f for f in (self.sequence, self.chunk, self.epoch) if f is not None)
 
 
+class RoleIds(NamedTuple):
+    """One header's role coordinates by role (``Bindings.role_ids``): None where the spec has
+    no such role, or the header holds no integer there."""
+
+    sequence: int | None
+    chunk: int | None
+    epoch: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class Cached:
     """A message field cached by an epoch field of the same message (``cached_by``): sent
@@ -149,6 +158,19 @@ class Bindings(Generic[H, M, A]):
     def action_of(self, header: H) -> A:
         action: A = getattr(header, self.action_field)
         return action
+
+    def role_ids(self, header: object) -> RoleIds:
+        """The header's sequence, chunk and epoch ids: the one place the runtime reads a
+        role's field by its name (docs/architecture.md, roles)."""
+        roles = self.roles
+        seq = getattr(header, roles.sequence, None)
+        chunk = getattr(header, roles.chunk, None) if roles.chunk is not None else None
+        epoch = getattr(header, roles.epoch, None) if roles.epoch is not None else None
+        return RoleIds(
+            seq if type(seq) is int else None,
+            chunk if type(chunk) is int else None,
+            epoch if type(epoch) is int else None,
+        )
 
     def ids(self, header: object) -> Ids:
         """The header's role ids by the spec's field names (None where absent or ill-typed)."""

@@ -73,8 +73,7 @@ class EpochCache(Generic[H, M]):
         self.entries.clear()
 
     def _role_epoch(self, header: Any) -> int | None:
-        value = getattr(header, self.role, None) if self.role is not None else None
-        return value if type(value) is int else None
+        return self.bindings.role_ids(header).epoch
 
     def _cut_now(self, header: Any) -> int | None:
         """The header's epoch role value when it is a hard cut after what this end saw."""

@@ -50,10 +50,10 @@ class Ids:
     @classmethod
     def of(cls, bindings: Bindings[Any, Any], header: Any) -> Ids:
         roles = bindings.roles
-        epoch = getattr(header, roles.epoch) if roles.epoch is not None else 0
-        chunk = getattr(header, roles.chunk) if roles.chunk is not None else None
+        ids = bindings.role_ids(header)
         names = (roles.sequence, roles.chunk, roles.epoch)
-        return cls(epoch, getattr(header, roles.sequence), chunk, names)
+        seq = ids.sequence if ids.sequence is not None else -1
+        return cls(ids.epoch if ids.epoch is not None else 0, seq, ids.chunk, names)
 
     def __str__(self) -> str:
         seq_name, chunk_name, epoch_name = self.names
