@@ -13,6 +13,7 @@ The rules pass is spelled here too: presence checks grouped under their shared c
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,49 @@ def _ident(text: str) -> str:
     return re.sub(r"\W", "_", text)
 
 
+# --- rule kinds beyond the built-in ones --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleEmitter:
+    """How the validators check a registered rule kind (``codegen/constraints.py``,
+    ``register_kind``): the violation code it reports, the Python that is true when a
+    present, well-typed value passes (``test(var, value)``, ``value`` the field's
+    constraint) and the text of what it expects (``expected(name, value)``)."""
+
+    kind: str
+    code: str
+    test: Callable[[str, object], str]
+    expected: Callable[[str, object], str]
+
+
+_EMITTERS: dict[str, RuleEmitter] = {}
+
+
+def register_emitter(emitter: RuleEmitter) -> None:
+    """Make the validators check ``emitter.kind`` wherever a field's record carries it."""
+    if emitter.kind in _EMITTERS:
+        raise ValueError(f"an emitter for rule kind {emitter.kind!r} is already registered")
+    _EMITTERS[emitter.kind] = emitter
+
+
+def unregister_emitter(kind: str) -> None:
+    """Remove the emitter of ``kind`` (a no-op when there is none)."""
+    _EMITTERS.pop(kind, None)
+
+
+def _extra_rules(f: FieldIR) -> list[tuple[RuleEmitter, object]]:
+    return [(_EMITTERS[k], v) for k, v in f.constraints.extra if k in _EMITTERS]
+
+
+def extra_tests(f: FieldIR, var: str) -> tuple[tuple[str, RuleIR], ...]:
+    """``(test, rule)`` for each registered rule kind ``f`` uses, in the record's order:
+    ``test`` is Python over ``var``, true when the value passes. They run after the range
+    test, on a value of the right type within its range."""
+    r = f.rules
+    return tuple((e.test(var, v), r[e.kind]) for e, v in _extra_rules(f))
+
+
 def field_rules(f: FieldIR, owner: str, label: str) -> dict[str, RuleIR]:
     """The rules ``f``'s checks report, by kind; ``owner`` names the header or message."""
     base = f"_R_{owner}_{f.name}"
@@ -56,17 +100,18 @@ def field_rules(f: FieldIR, owner: str, label: str) -> dict[str, RuleIR]:
     def rule(kind: str, code: str, expected: str | None, text: str) -> RuleIR:
         return RuleIR(f"{base}_{kind}", code, label, expected, text, fm)
 
+    c = f.constraints
     out = {"type": rule("type", "type", f.type_text, f"type: {f.type_text}")}
-    if f.range_test("x"):
+    if c.has_range:
         out["range"] = rule("range", "range", f.range_text, f"range: {f.range_text}")
     if f.is_tensor:
         out["dtype"] = rule(
-            "dtype", "dtype", " | ".join(f.dtypes), "dtypes: " + ", ".join(f.dtypes)
+            "dtype", "dtype", " | ".join(c.dtypes), "dtypes: " + ", ".join(c.dtypes)
         )
-        out["shape"] = rule("shape", "shape", f.shape_expected, f"shape: {f.shape_text}")
-        if "bool" in f.dtypes:
+        out["shape"] = rule("shape", "shape", c.shape_expected, f"shape: {c.shape_text}")
+        if "bool" in c.dtypes:
             out["bool"] = rule("bool", "range", "bool bytes 0 or 1", "bool tensor bytes: 0 or 1")
-    if f.always_required:
+    if c.presence.always:
         out["missing"] = rule("missing", "missing", "a value", "required: always")
     elif f.required_when is not None:
         out["missing"] = rule(
@@ -82,6 +127,9 @@ def field_rules(f: FieldIR, owner: str, label: str) -> dict[str, RuleIR]:
         out["derived"] = rule(
             "derived", "invariant", None, f"derived: {f.name} == {f.derived.text}"
         )
+    for e, value in _extra_rules(f):
+        expected = e.expected(f.name, value)
+        out[e.kind] = rule(e.kind, e.code, expected, f"{e.kind}: {expected}")
     return out
 
 
