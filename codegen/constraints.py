@@ -192,9 +192,22 @@ class RuleKind:
 
 _KINDS: dict[str, RuleKind] = {}
 
+#: The spec's own field keys and the rule names a validator's checks use
+#: (``codegen/rules.py``, ``field_rules``): a registered kind may not take one of them.
+BUILTIN_KEYS = frozenset(
+    (
+        *("type", "range", "max_len", "dtypes", "shape", "max_elements", "derived"),
+        *("required_when", "forbidden_when", "none_unless", "cached_by"),
+        *("doc", "why", "check", "fm"),
+        *("dtype", "bool", "missing", "forbidden", "none"),
+    )
+)
+
 
 def register_kind(kind: RuleKind) -> None:
     """Add a rule kind to every record built from now on (its key must be new)."""
+    if kind.key in BUILTIN_KEYS:
+        raise ValueError(f"{kind.key!r} is a built-in field key, not a new rule kind")
     if kind.key in _KINDS:
         raise ValueError(f"rule kind {kind.key!r} is already registered")
     _KINDS[kind.key] = kind

@@ -18,26 +18,24 @@ from .stamp import GENERATED_MARK, GENERATOR_VERSION
 Schema = dict[str, Any]
 
 
-def _value_schema(f: FieldIR, enums: dict[str, list[str]]) -> Schema:
-    if f.kind == "int":
-        return {
-            "type": "integer",
-            "minimum": int(f.range_min or 0),
-            "maximum": int(f.range_max or 0),
-        }
-    if f.kind == "float":
+def _value_schema(f: FieldIR) -> Schema:
+    """What JSON Schema can say of a present value, from the field's constraint record."""
+    c = f.constraints
+    if c.kind == "int":
+        return {"type": "integer", "minimum": int(c.lo or 0), "maximum": int(c.hi or 0)}
+    if c.kind == "float":
         s: Schema = {"type": "number"}
-        if f.range_min is not None:
-            s["minimum"] = float(f.range_min)
-        if f.range_max is not None:
-            s["maximum"] = float(f.range_max)
+        if c.lo is not None:
+            s["minimum"] = float(c.lo)
+        if c.hi is not None:
+            s["maximum"] = float(c.hi)
         return s
-    if f.kind == "bool":
+    if c.kind == "bool":
         return {"type": "boolean"}
-    if f.kind == "str":
-        return {"type": "string", "maxLength": f.max_len}
-    if f.kind == "enum" and f.enum is not None:
-        return {"enum": enums[f.enum]}
+    if c.kind == "str":
+        return {"type": "string", "maxLength": c.max_len}
+    if c.kind == "enum":
+        return {"enum": [name for name, _ in c.enum_members]}
     return {"type": "object", "description": "tensor (not checked by this schema)"}
 
 
@@ -81,13 +79,7 @@ def _presence_rules(
     """if/then rules for a nullable field's required_when / forbidden_when / none_unless."""
     present: Schema = {"properties": {f.name: {"not": {"type": "null"}}}, "required": [f.name]}
     absent: Schema = {"properties": {f.name: {"type": "null"}}}
-    for kind, e in (
-        ("required_when", f.required_when),
-        ("forbidden_when", f.forbidden_when),
-        ("none_unless", f.none_unless),
-    ):
-        if e is None:
-            continue
+    for kind, e in f.constraints.presence.conditions:
         node = expr.partial_eval(e.node, known, values)
         if expr.is_const(node):
             held = expr.const_value(node)
@@ -120,9 +112,7 @@ def _object(
     return schema
 
 
-def _variant_schema(
-    m: MessageIR, v: VariantIR, enums: dict[str, list[str]], values: dict[str, dict[str, int]]
-) -> Schema:
+def _variant_schema(m: MessageIR, v: VariantIR, values: dict[str, dict[str, int]]) -> Schema:
     known: dict[str, object] = (
         {m.discriminator.name: v.member_value}
         if m.discriminator is not None and v.member_value is not None
@@ -135,17 +125,18 @@ def _variant_schema(
     unchecked: list[str] = []
     for vf in v.fields:
         f = vf.field
+        c = f.constraints
         if vf.annotation == "None":
             props[f.name] = {"type": "null"}
             continue
-        base = _value_schema(f, enums)
+        base = _value_schema(f)
         if f.name == m.version_field:
             base = {"const": m.version}
-        if f.kind == "str":
+        if c.kind == "str":
             unchecked.append(
-                f"{f.name} max_len: UTF-8 bytes <= {f.max_len} (maxLength counts characters)"
+                f"{f.name} max_len: UTF-8 bytes <= {c.max_len} (maxLength counts characters)"
             )
-        if f.kind == "float":
+        if c.kind == "float":
             unchecked.append(_FLOAT_TYPE.format(f.name))
         if vf.annotation.startswith("Literal["):
             props[f.name] = {"const": v.member}
@@ -153,14 +144,15 @@ def _variant_schema(
             continue
         nullable = vf.annotation.endswith("| None")
         props[f.name] = {"anyOf": [base, {"type": "null"}]} if nullable else base
-        if not nullable or f.explicit_none:
+        if not nullable or c.presence.explicit_none:
             required.append(f.name)
         if nullable:
             _presence_rules(f, known, values, tensors, rules, unchecked)
-        if f.derived is not None:
-            unchecked.append(f"{f.name} derived: {f.derived.text}")
-        if f.is_tensor:
-            unchecked.append(f"{f.name} dtype/shape: {f.shape_text}")
+        if c.derived is not None:
+            unchecked.append(f"{f.name} derived: {c.derived.text}")
+        if c.kind == "tensor":
+            unchecked.append(f"{f.name} dtype/shape: {c.shape_text}")
+        unchecked += [f"{f.name} {k}: {v!r}" for k, v in c.extra]
     unchecked += [f"invariant {i.id}: {i.expr.text}" for i in m.invariants]
     return _object(props, required, rules, unchecked)
 
@@ -173,17 +165,17 @@ def json_schema(p: ProtocolIR) -> Schema:
     # the owner, as in the other headers (``compiler.SpecIR``; a spec's text has none)
     project = getattr(p, "project", None)
     owner = f" (project {project})" if isinstance(project, str) else ""
-    enums = {e.name: [name for name, _ in e.members] for e in p.enums}
     values = {e.name: dict(e.members) for e in p.enums}
     header_props: Schema = {}
     header_required = []
     header_rules: list[Schema] = []
     header_unchecked: list[str] = []
     for f in p.header.fields:
-        base = _value_schema(f, enums)
-        if f.kind == "float":
+        base = _value_schema(f)
+        if f.constraints.kind == "float":
             header_unchecked.append(_FLOAT_TYPE.format(f.name))
-        if f.always_required:
+        header_unchecked += [f"{f.name} {k}: {v!r}" for k, v in f.constraints.extra]
+        if f.constraints.presence.always:
             header_props[f.name] = base
             header_required.append(f.name)
             continue
@@ -220,7 +212,7 @@ def json_schema(p: ProtocolIR) -> Schema:
     )
     for m in p.messages:
         for v in m.variants:
-            defs[v.class_name] = _variant_schema(m, v, enums, values)
+            defs[v.class_name] = _variant_schema(m, v, values)
             branches.append(
                 {
                     "if": {
