@@ -161,29 +161,28 @@ def _variant_schema(m: MessageIR, v: VariantIR, values: dict[str, dict[str, int]
 _FLOAT_TYPE = "{} type: a float; an integral JSON number (1) passes here, the bindings want 1.0"
 
 
-def json_schema(p: ProtocolIR) -> Schema:
-    # the owner, as in the other headers (``compiler.SpecIR``; a spec's text has none)
-    project = getattr(p, "project", None)
-    owner = f" (project {project})" if isinstance(project, str) else ""
-    values = {e.name: dict(e.members) for e in p.enums}
-    header_props: Schema = {}
-    header_required = []
-    header_rules: list[Schema] = []
-    header_unchecked: list[str] = []
+def _header_schema(p: ProtocolIR, values: dict[str, dict[str, int]]) -> Schema:
+    props: Schema = {}
+    required = []
+    rules: list[Schema] = []
+    unchecked: list[str] = []
     for f in p.header.fields:
         base = _value_schema(f)
         if f.constraints.kind == "float":
-            header_unchecked.append(_FLOAT_TYPE.format(f.name))
-        header_unchecked += [f"{f.name} {k}: {v!r}" for k, v in f.constraints.extra]
+            unchecked.append(_FLOAT_TYPE.format(f.name))
+        unchecked += [f"{f.name} {k}: {v!r}" for k, v in f.constraints.extra]
         if f.constraints.presence.always:
-            header_props[f.name] = base
-            header_required.append(f.name)
+            props[f.name] = base
+            required.append(f.name)
             continue
-        header_props[f.name] = {"anyOf": [base, {"type": "null"}]}
-        _presence_rules(f, {}, values, set(), header_rules, header_unchecked)
-    header = _object(header_props, header_required, header_rules, header_unchecked)
-    defs: Schema = {"Header": header}
-    branches = []
+        props[f.name] = {"anyOf": [base, {"type": "null"}]}
+        _presence_rules(f, {}, values, set(), rules, unchecked)
+    return _object(props, required, rules, unchecked)
+
+
+def _action_branches(p: ProtocolIR) -> list[Schema]:
+    """The message classes each action carries; no message, no fields."""
+    branches: list[Schema] = []
     for a in p.actions:
         carried: list[str | None] = (
             [v.class_name for v in a.message.variants] if a.message is not None else [None]
@@ -210,6 +209,16 @@ def json_schema(p: ProtocolIR) -> Schema:
             },
         }
     )
+    return branches
+
+
+def json_schema(p: ProtocolIR) -> Schema:
+    # the owner, as in the other headers (``compiler.SpecIR``; a spec's text has none)
+    project = getattr(p, "project", None)
+    owner = f" (project {project})" if isinstance(project, str) else ""
+    values = {e.name: dict(e.members) for e in p.enums}
+    defs: Schema = {"Header": _header_schema(p, values)}
+    branches = _action_branches(p)
     for m in p.messages:
         for v in m.variants:
             defs[v.class_name] = _variant_schema(m, v, values)
