@@ -111,6 +111,13 @@ class Rule:
     dtypes: tuple[torch.dtype, ...] = ()
     shape: tuple[int | str, ...] = ()  # constants and dimension symbols
     max_elements: int | None = None
+    #: the field's registered rule kinds (``codegen/rules.py``, ``RuleEmitter``), in the
+    #: order the validator runs them: (violation code, true when a value in range passes)
+    checks: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
+
+    def passes(self, v: Any) -> bool:
+        """``v`` passes every registered rule kind of the field."""
+        return all(ok(v) for _, ok in self.checks)
 
 
 @dataclass(frozen=True)
@@ -327,8 +334,12 @@ def _free(r: Rule) -> st.SearchStrategy[Any]:
 def _draw_scalar(draw: st.DrawFn, r: Rule) -> Any:
     # an explicit index, not one_of: hypothesis draws a branch of one_of far less evenly
     edges = _edges(r)
+    if r.checks:
+        edges = tuple(e for e in edges if r.passes(e))
     i = draw(_ints(0, len(edges) + 2)) if edges else len(edges)
-    return edges[i] if i < len(edges) else draw(_free(r))
+    if i < len(edges):
+        return edges[i]
+    return draw(_free(r).filter(r.passes)) if r.checks else draw(_free(r))
 
 
 def _draw_value(draw: st.DrawFn, r: Rule, d: Dims) -> Any:
@@ -433,6 +444,14 @@ _SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str
 
 
 def _scalar_code(r: Rule, v: Any) -> str | None:
+    code = _builtin_scalar_code(r, v)
+    if code is None:
+        # a registered rule kind runs on a value of the right type within its range
+        code = next((c for c, ok in r.checks if not ok(v)), None)
+    return code
+
+
+def _builtin_scalar_code(r: Rule, v: Any) -> str | None:
     t = type(v)
     if r.kind == "enum":
         return None if t is r.enum else "type"
