@@ -183,11 +183,19 @@ class FieldConstraints:
 @dataclass(frozen=True)
 class RuleKind:
     """A rule kind registered from outside: its spec key, the field kinds it applies to and
-    how to read its value off a checked field (None: the field does not use it)."""
+    how to read its value off a checked field (None: the field does not use it). By default
+    the value is the checked field's ``extra`` entry under ``key``, where the kind's field
+    check (``codegen/field_rules.py``) puts it."""
 
     key: str
     field_kinds: tuple[str, ...]
-    value_of: Callable[[CField], object | None]
+    value_of: Callable[[CField], object | None] | None = None
+
+    def value(self, f: CField) -> object | None:
+        if self.value_of is not None:
+            return self.value_of(f)
+        extra: tuple[tuple[str, object], ...] = getattr(f, "extra", ())
+        return next((v for k, v in extra if k == self.key), None)
 
 
 _KINDS: dict[str, RuleKind] = {}
@@ -227,7 +235,7 @@ def _extra(f: CField) -> tuple[tuple[str, object], ...]:
     out = []
     for k in registered_kinds():
         if f.type.kind in k.field_kinds:
-            value = k.value_of(f)
+            value = k.value(f)
             if value is not None:
                 out.append((k.key, value))
     return tuple(out)
