@@ -353,6 +353,16 @@ class FieldPair(Pair):
         """What the new field allows."""
         return _constraints(self.new, self.message.new if self.message else None)
 
+    def numbers(self, kind: str) -> tuple[float, float] | None:
+        """The old and new values of registered constraint kind ``kind``
+        (``codegen/constraints.py``, ``register_kind``) where both fields use it, both are
+        numbers and they differ; None otherwise."""
+        a, b = self.oc.get(kind), self.nc.get(kind)
+        number = (int, float)
+        if isinstance(a, number) and isinstance(b, number) and a != b:
+            return float(a), float(b)
+        return None
+
     def emit(self, rule: str, text: str, sub: tuple[str | int, ...] = ()) -> None:
         """A finding at ``sub`` below the new field."""
         affects = self.message.affects if self.message else self.ctx.all_messages

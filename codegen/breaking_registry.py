@@ -182,3 +182,13 @@ class Finding:
             "message": self.text,
             "consequence": CONSEQUENCE[self.direction],
         }
+
+
+def catalogue_table(group: str) -> str:
+    """The markdown table of ``group``'s rules as docs/evolution.md's catalogue shows it
+    (``tests/test_breaking_registry.py`` holds the page to it)."""
+    rows = ["| rule | direction | what changed |", "|---|---|---|"]
+    rows += [
+        f"| `{r.id}` | {r.direction} | {r.summary} |" for r in RULES.values() if r.group == group
+    ]
+    return "\n".join(rows) + "\n"
