@@ -166,30 +166,35 @@ def test_a_registered_rule_runs(scratch_rules: list[str]) -> None:
 
 
 def test_a_rule_over_a_registered_constraint_kind(scratch_rules: list[str]) -> None:
-    """docs/architecture.md's recipe: a constraint kind (``codegen/constraints.py``) and a
-    rule that reads it, ``MAX_ABS_NARROWED`` (here the kind is computed from the range)."""
+    """A constraint kind (``codegen/constraints.py``, ``register_kind``) and a rule that
+    reads it through ``FieldPair.numbers``, in the shape of a ``MAX_ABS_NARROWED`` rule
+    (here the kind's value is computed from the range)."""
 
     def max_abs(f: CField) -> int | None:
         lo, hi = f.range_min, f.range_max
         return None if lo is None or hi is None else max(abs(int(lo)), abs(int(hi)))
 
-    constraints.register_kind(constraints.RuleKind("max_abs", ("int",), max_abs))
+    constraints.register_kind(constraints.RuleKind("test_max_abs", ("int",), max_abs))
     try:
 
-        @breaking_pairs.rule("MAX_ABS_NARROWED", "tightening", "fields", "max_abs lowered")
+        @breaking_pairs.rule("TEST_MAX_ABS_NARROWED", "tightening", "fields", "max_abs lowered")
         def max_abs_narrowed(p: FieldPair) -> None:
-            if (n := p.numbers("max_abs")) and n[1] < n[0]:
-                p.emit("MAX_ABS_NARROWED", f"{p.subject} max_abs {n[0]} -> {n[1]}", ("range",))
+            if (n := p.numbers("test_max_abs")) and n[1] < n[0]:
+                p.emit(
+                    "TEST_MAX_ABS_NARROWED",
+                    f"{p.subject} test_max_abs {n[0]} -> {n[1]}",
+                    ("range",),
+                )
 
-        scratch_rules.append("MAX_ABS_NARROWED")
+        scratch_rules.append("TEST_MAX_ABS_NARROWED")
         new = _edit("range: {min: 1, max: 64}, fm", "range: {min: 1, max: 32}, fm")
         report = breaking.compare_texts(BASE, new, "HEAD:evo.yaml", "evo.yaml")
         found = [(f.rule, f.text) for f in report.findings if f.rule != "FIELD_RANGE_NARROWED"]
-        assert ("MAX_ABS_NARROWED", "Job.steps max_abs 64.0 -> 32.0") in found
+        assert ("TEST_MAX_ABS_NARROWED", "Job.steps test_max_abs 64.0 -> 32.0") in found
         swapped = breaking.compare_texts(new, BASE)
-        assert "MAX_ABS_NARROWED" not in {f.rule for f in swapped.findings}
+        assert "TEST_MAX_ABS_NARROWED" not in {f.rule for f in swapped.findings}
     finally:
-        constraints.unregister_kind("max_abs")
+        constraints.unregister_kind("test_max_abs")
 
 
 # --- docs/evolution.md ------------------------------------------------------------------
