@@ -33,7 +33,11 @@ $(STAMP): pyproject.toml
 
 # [tool.tpwire] in pyproject.toml says what (spec/*.yaml -> generated/, docs/spec/); the
 # out-of-tree example is a project of its own with its own [tool.tpwire]
+# first the data the checker reads off the templates (codegen/reserved_names.py) and the
+# error-code table of docs/spec-language.md (tools/codes_doc.py)
 gen: $(STAMP)
+	$(PY) -m tpwire.codegen.reserved_probe
+	$(PY) -m tools.codes_doc
 	$(PY) -m tpwire gen
 	cd examples/preview_protocol && ../../$(PY) -m tpwire gen
 

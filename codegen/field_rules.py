@@ -1,0 +1,116 @@
+"""The registry of field rule kinds: the keys of a field body that bound its values.
+
+A field body (``{type: int, range: {min: 0}}``) is checked key by key: each rule kind
+(``range``, ``max_len``, ``dtypes``, ``shape``, ``max_elements``...) is one ``FieldRule``
+registered here, with the field kinds it applies to, the meta-schema fragment its value
+must match, and the function that checks it. ``codegen/check_fields.py`` registers the
+built-in kinds and dispatches through ``field_rules()``; the meta-schema the checker
+validates against is ``codegen/meta_schema.json`` with every registered fragment added
+under ``$defs.field.properties`` (docs/spec-language.md, "Fields", lists the keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .codes import Code
+from .load import PathKey
+from .model import CDim, TypeRef
+
+#: The kinds a field can have (``TypeRef.kind``).
+FIELD_KINDS = ("int", "float", "bool", "str", "tensor", "enum")
+
+
+class Fail(Protocol):
+    """How a check reports a problem (``codegen.check_context.Context.fail``)."""
+
+    def __call__(
+        self,
+        path: PathKey,
+        code: Code,
+        message: str,
+        *,
+        key: bool = False,
+        offset: int | None = None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class FieldInput:
+    """What a rule's check sees of one field."""
+
+    name: str
+    path: PathKey  # the field's own path (``("messages", "Infer", "fields", "height")``)
+    body: Mapping[str, Any]  # the field body as written
+    type: TypeRef
+    dims: Mapping[str, CDim]  # the message's dimensions (none in the header)
+    fail: Fail
+
+    @property
+    def kind(self) -> str:
+        return self.type.kind
+
+    def error(self, key: str, code: Code, message: str, *, key_error: bool = False) -> None:
+        """Report a problem at this field's ``key`` (at the key itself when ``key_error``)."""
+        self.fail((*self.path, key), code, message, key=key_error)
+
+
+#: A rule's check: reports through ``FieldInput.fail`` and returns the ``CField``
+#: attributes it decides (``{"range_min": 0, "range_max": 10}``); they must be fields of
+#: ``codegen.model.CField``.
+FieldCheck = Callable[[FieldInput], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    key: str
+    #: the field kinds the key applies to; on any other kind it is ``bad-key``
+    kinds: tuple[str, ...]
+    #: the JSON Schema (draft 2020-12) of the key's value, added to the meta-schema's field
+    #: properties; None where codegen/meta_schema.json spells it already
+    schema: Mapping[str, Any] | None
+    check: FieldCheck
+    #: run the check on every field of ``kinds``, the key present or not (``max_len`` of a
+    #: str, ``dtypes`` and ``shape`` of a tensor are required: their checks say so)
+    always: bool = False
+
+
+_RULES: dict[str, FieldRule] = {}
+
+
+def register_field_rule(
+    key: str,
+    kinds: tuple[str, ...],
+    schema: Mapping[str, Any] | None,
+    check: FieldCheck,
+    *,
+    always: bool = False,
+) -> FieldRule:
+    """Add a rule kind: ``key`` in a field body of one of ``kinds`` is checked by ``check``.
+
+    Raises ``ValueError`` for a key registered already or an unknown kind."""
+    if key in _RULES:
+        raise ValueError(f"field rule {key!r} is registered already")
+    unknown = [k for k in kinds if k not in FIELD_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"field rule {key!r}: kinds must be among {FIELD_KINDS}, got {kinds}")
+    rule = FieldRule(key, tuple(kinds), schema, check, always)
+    _RULES[key] = rule
+    return rule
+
+
+def unregister_field_rule(key: str) -> None:
+    """Remove a rule kind (a test's toy rule, after the test)."""
+    del _RULES[key]
+
+
+def field_rules() -> tuple[FieldRule, ...]:
+    """Every registered rule kind, in registration order."""
+    return tuple(_RULES.values())
+
+
+def schema_fragments() -> tuple[tuple[str, Mapping[str, Any]], ...]:
+    """(key, schema) of every rule kind whose value schema the meta-schema lacks."""
+    return tuple((r.key, r.schema) for r in _RULES.values() if r.schema is not None)
