@@ -82,7 +82,10 @@ def check_field(
                 key_error=True,
             )
         elif t.kind in rule.kinds and (rule.always or rule.key in body):
-            decided.update(rule.check(field))
+            for attr, value in rule.check(field).items():
+                # several kinds may each add their (key, value) to CField.extra
+                join = attr == "extra" and attr in decided
+                decided[attr] = (*decided[attr], *value) if join else value
     # 'derived' is an expression (check_exprs.attach_rules), on the scalar kinds it can spell
     if "derived" in body and t.kind not in ("int", "float", "bool"):
         field.error(

@@ -57,9 +57,11 @@ class FieldInput:
         self.fail((*self.path, key), code, message, key=key_error)
 
 
-#: A rule's check: reports through ``FieldInput.fail`` and returns the ``CField``
-#: attributes it decides (``{"range_min": 0, "range_max": 10}``); they must be fields of
-#: ``codegen.model.CField``.
+#: A rule's check: reports through ``FieldInput.fail`` / ``FieldInput.error`` and returns
+#: the ``CField`` attributes it decides (``{"range_min": 0, "range_max": 10}``); they must
+#: be fields of ``codegen.model.CField`` (a ``TypeError`` otherwise). A kind without an
+#: attribute of its own returns ``{"extra": ((key, value),)}``: the pairs of every kind a
+#: field uses are joined in registration order (``codegen/constraints.py`` reads them).
 FieldCheck = Callable[[FieldInput], Mapping[str, Any]]
 
 

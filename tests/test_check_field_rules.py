@@ -110,3 +110,15 @@ def test_a_check_decides_only_cfield_attributes() -> None:
             errors("type: float, toy_bound: 1.0")
     finally:
         unregister_field_rule("toy_bound")
+
+
+def test_kinds_add_to_cfield_extra_in_registration_order() -> None:
+    """``extra`` is the one ``CField`` attribute several kinds share: each adds its pairs."""
+    register_field_rule("toy_a", ("float",), {"type": "number"}, lambda f: {"extra": (("a", 1),)})
+    register_field_rule("toy_b", ("float",), {"type": "number"}, lambda f: {"extra": (("b", 2),)})
+    try:
+        spec = check(load_text(SPEC.format(x="type: float, toy_b: 1, toy_a: 2"), "<toy>"))
+    finally:
+        unregister_field_rule("toy_b")
+        unregister_field_rule("toy_a")
+    assert spec.messages[0].field("x").extra == (("a", 1), ("b", 2))
