@@ -22,15 +22,15 @@ CODEGEN = Path(__file__).resolve().parents[1] / "codegen"
 RANKS: dict[str, int] = {
     # shared: diagnostics, the expression language, codes, data, small helpers
     **dict.fromkeys(("errors", "expr", "codes", "stamp", "modpath", "splice", "reserved_names"), 0),
-    "load": 1,
+    **dict.fromkeys(("load", "load_*"), 1),
     # the checked model and what reads only it
     **dict.fromkeys(("model", "domains", "field_rules", "constraints"), 2),
     "check": 3,
     "check_*": 3,
     # ir spells its rules through rules.py, which names ir's types only for typing
     **dict.fromkeys(("ir", "ir_*", "rules"), 4),
-    **dict.fromkeys(("schema", "render"), 5),
-    **dict.fromkeys(("compiler", "reserved_probe"), 6),
+    **dict.fromkeys(("schema", "schema_*", "render", "render_*"), 5),
+    **dict.fromkeys(("compiler", "compiler_*", "reserved_probe"), 6),
     **dict.fromkeys(("breaking", "breaking_*", "__init__"), 7),
 }
 
