@@ -64,6 +64,9 @@ class CField:
     derived: CExpr | None = None
     #: the epoch field this field is cached by (``cached_by``): sent when it increments
     cached_by: str | None = None
+    #: ``(key, value)`` of rule kinds registered from outside (``codegen/field_rules.py``);
+    #: ``codegen/constraints.py`` reads each registered kind's into ``FieldConstraints.extra``
+    extra: tuple[tuple[str, object], ...] = ()
     doc: str = ""
     why: str = ""
     check: str = ""
