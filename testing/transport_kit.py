@@ -159,16 +159,14 @@ class KitStream:
 
 def kit_stream(protocol: ModuleType, *, draws: int = 80) -> KitStream:
     """Small valid envelopes of ``protocol``, drawn (derandomized) from its generated
-    strategies: three of the most common layout that has bytes, two of another; sequence
-    and chunk ids count up from 1 and 0, the epoch stays where the first one has it."""
+    strategies: three of the most common layout that has bytes, two of another, numbered
+    (``numbered``) from 0; the header's epoch stays where the first one has it."""
     from hypothesis import HealthCheck, Phase, given, settings
 
     from tpwire.testing.registration import companion
 
     bindings = bindings_of(protocol)
-    kinds = [name for name, cls in bindings.messages.items() if cls not in bindings.cached]
-    if not kinds:
-        raise ValueError(f"{bindings.protocol}: every message has fields cached by an epoch")
+    kinds = sorted(bindings.messages)
     found: list[Envelope] = []
 
     @settings(
@@ -201,27 +199,56 @@ def _layout(bindings: Bindings[Any, Any], envelope: Envelope) -> tuple[object, .
 def _pick(bindings: Bindings[Any, Any], found: Sequence[Envelope]) -> KitStream:
     groups: dict[tuple[object, ...], list[Envelope]] = {}
     for env in found:
+        if env[1] is None or not _carries_cached(bindings, env[1]):
+            continue
         key = _layout(bindings, env)
-        sizes: tuple[int, ...] = key[1]  # type: ignore[assignment]
-        if env[1] is not None and 0 < sum(sizes) <= MAX_PAYLOAD:
+        if 0 < sum(_sizes(key)) <= MAX_PAYLOAD:
             groups.setdefault(key, []).append(env)
-    ranked = sorted(groups.values(), key=lambda g: -len(g))
-    if len(ranked) < 2 or len(ranked[0]) < 3:
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    # the second layout differs in its segments' sizes (the head's layout changes with
+    # it), preferably one whose segments do not fit the first one's head: they follow it
+    top = _sizes(ranked[0][0]) if ranked else ()
+    others = [g for key, g in ranked[1:] if _sizes(key) != top]
+    others.sort(key=lambda g: _fits(_sizes(_layout(bindings, g[0])), top))
+    if not others or len(ranked[0][1]) < 3:
         raise ValueError(f"{bindings.protocol}: the draws gave no two small payload layouts")
-    first, second = ranked[0][:3], ranked[1][:2]
+    first, second = ranked[0][1][:3], others[0][:2]
     epoch = bindings.roles.epoch
     base = {epoch: getattr(first[0][0], epoch)} if epoch is not None else {}
     out = []
     for i, (header, msg) in enumerate((*first, *second)):
-        ids = {**base, bindings.roles.sequence: i + 1}
-        if bindings.roles.chunk is not None:
-            ids[bindings.roles.chunk] = i
-        header = dataclasses.replace(header, **ids)
+        header, msg = numbered(bindings, (dataclasses.replace(header, **base), msg), i)
         problems = bindings.validate(msg, header)
         if problems:
             raise ValueError(f"{bindings.protocol}: a kit envelope is invalid: {problems[0]}")
         out.append((header, msg))
     return KitStream(tuple(out[:3]), tuple(out[3:]))
+
+
+def numbered(bindings: Bindings[Any, Any], envelope: Envelope, n: int) -> Envelope:
+    """Envelope ``n`` of a stream: sequence id ``n + 1``, chunk id ``n``, and every epoch of
+    a field cached by one (``cached_by``) at ``n + 1``: each envelope carries and bumps them
+    all, which the rules across envelopes allow, with one layout (docs/spec-language.md)."""
+    header, msg = envelope
+    roles = bindings.roles
+    ids = {roles.sequence: n + 1}
+    if roles.chunk is not None:
+        ids[roles.chunk] = n
+    epochs = {c.epoch: n + 1 for c in bindings.cached.get(type(msg), ())}
+    return dataclasses.replace(header, **ids), dataclasses.replace(msg, **epochs)
+
+
+def _carries_cached(bindings: Bindings[Any, Any], msg: Any) -> bool:
+    return all(getattr(msg, c.field) is not None for c in bindings.cached.get(type(msg), ()))
+
+
+def _sizes(layout: tuple[object, ...]) -> tuple[int, ...]:
+    sizes: tuple[int, ...] = layout[1]  # type: ignore[assignment]
+    return sizes
+
+
+def _fits(sizes: tuple[int, ...], head: tuple[int, ...]) -> bool:
+    return all(i < len(head) and n <= head[i] for i, n in enumerate(sizes))
 
 
 def differences(expected: Envelope, got: Envelope) -> list[str]:
@@ -306,11 +333,15 @@ class _Rank:
         #: a wire of its own (compat): no tpwire frames, so no hostile ones either
         self.carried = transport.carrier(self.bindings, None) is not None
         self.puts = 0
+        #: SIGKILL this rank right after its put number ``kill_after`` (mid-envelope)
+        self.kill_after: int | None = None
         put = transport.put
 
         def counted(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
             self.puts += 1
             put(tensor, tag, frame0=frame0)
+            if self.puts == self.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
 
         # the channel, and a carrier, call ``transport.put``: counting them shows a refused
         # send never reached the transport
@@ -483,6 +514,10 @@ def _source_killed(r: _Rank) -> Found:
     ch = r.channel("exit", r.job.watchdog_s)
     if r.source:
         _send_counted(r, ch, r.stream.first[:2])
+        # killed right after the next envelope's head: between its frame 0 and the segments
+        # that follow it, where the second layout's do not fit the first one's head
+        r.kill_after = r.puts + 1
+        _send_counted(r, ch, r.stream.second[:1])
         os.kill(os.getpid(), signal.SIGKILL)
     return _receive_until_stopped(r, ch)
 
@@ -502,15 +537,11 @@ def _receiver_killed(r: _Rank) -> Found:
         os.kill(os.getpid(), signal.SIGKILL)
     if not r.source:
         return _receive_until_stopped(r, ch)
-    roles = r.bindings.roles
     start = time.monotonic()
     sent = 0
     while time.monotonic() - start < r.job.timeout_s / 2:
-        header, msg = r.stream.first[sent % len(r.stream.first)]
-        ids = {roles.sequence: sent + 1}
-        if roles.chunk is not None:
-            ids[roles.chunk] = sent
-        ch.send(msg, dataclasses.replace(header, **ids))
+        header, msg = numbered(r.bindings, r.stream.first[sent % len(r.stream.first)], sent)
+        ch.send(msg, header)
         sent += 1
     return [f"sent {sent} envelopes after rank {KILLED_RECEIVER} was killed, never poisoned"], {}
 
@@ -556,6 +587,8 @@ def _rank_main(job: _Job, rank: int) -> None:
         transport = job.make_pair(rank, job.world)
         if not isinstance(transport, Transport):
             raise TypeError(f"make_pair returned {type(transport).__name__}, not a Transport")
+        if rank == 0 and not transport.sends():
+            raise ValueError("rank 0 is the kit's source: make_pair(0, world) must send")
         r = _Rank(job, rank, transport)
         r.note(case, facts=r.facts())
         for case in job.cases:
@@ -642,7 +675,7 @@ def _judge_shared(job: _Job, runs: Sequence[_RankRun], hung: Sequence[int]) -> l
     broken = None
     for case in job.cases:
         if broken is not None:
-            outcomes.append(CaseOutcome(case, "not run", f"{broken} failed in the same run"))
+            outcomes.append(CaseOutcome(case, "not run", f"{broken} failed first in its run"))
             continue
         notes = {run.rank: run.notes.get(case) for run in runs}
         missing = [r for r, n in notes.items() if n is None]
@@ -676,11 +709,12 @@ def _verdict(case: str, notes: Mapping[int, Mapping[str, Any] | None]) -> CaseOu
 
 
 def _died(run: _RankRun) -> str | None:
-    """How a survivor ended: "86 POISONED" / "87 WATCHDOG", or None when otherwise."""
-    if run.exitcode == EXIT_POISONED and "POISONED" in run.log:
-        return "exit 86 (POISONED)"
-    if run.exitcode == EXIT_WATCHDOG and "WATCHDOG" in run.log:
-        return "exit 87 (WATCHDOG)"
+    """How a survivor ended: exit 86 with its POISONED line or 87 with its WATCHDOG line
+    (the line, shortened), or None when otherwise."""
+    for code, word in ((EXIT_POISONED, "POISONED"), (EXIT_WATCHDOG, "WATCHDOG:")):
+        lines = [line for line in run.log.splitlines() if word in line]
+        if run.exitcode == code and lines:
+            return f"exit {code} ({lines[-1][:160]})"
     return None
 
 

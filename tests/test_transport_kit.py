@@ -4,6 +4,7 @@ writing a transport)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, Listener
 
 import pytest
@@ -56,7 +57,7 @@ class LoopbackTransport(Transport):
 
 def _raw(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes, shared (a CPU tensor: the channel hands over contiguous ones)."""
-    return memoryview(tensor.view(torch.uint8).numpy())
+    return tensor.view(torch.uint8).numpy().data
 
 
 # make_pair callables: top level, so the kit's spawned ranks can unpickle them
@@ -78,8 +79,8 @@ def compat(rank: int, world: int) -> Transport:
     return CompatTransport()
 
 
-def _check(make_pair: object) -> None:
-    report = check_transport(make_pair)  # type: ignore[arg-type]
+def _check(make_pair: Callable[[int, int], Transport]) -> None:
+    report = check_transport(make_pair)
     print(report)
     assert not report.failed
     assert "stream" in report.passed
@@ -107,3 +108,26 @@ def test_compat_transport_passes_the_kit() -> None:
     # a wire of its own (pickled metadata): no tpwire frame 0 to forge
     assert report.skipped == ["integrity-checksum", "integrity-fingerprint"]
     assert not report.failed
+
+
+class CorruptingLoopback(LoopbackTransport):
+    """A buggy transport: the first byte of every frame 1 segment arrives flipped."""
+
+    def get(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        super().get(tensor, tag, frame0=frame0)
+        if not frame0 and tensor.numel():
+            tensor.view(torch.uint8)[0] ^= 0xFF
+
+
+def corrupting(rank: int, world: int) -> Transport:
+    return CorruptingLoopback()
+
+
+@pytest.mark.timeout(120)
+def test_the_kit_names_the_case_a_broken_transport_fails() -> None:
+    with pytest.raises(AssertionError) as failed:
+        check_transport(corrupting, cases=["stream", "error"])
+    text = str(failed.value)
+    assert "failed case(s) 'stream'\n" in text
+    assert "not run  error: stream failed first in its run" in text
+    assert "frame 1" in text and "stderr tail" in text  # the ranks' own lines
