@@ -575,6 +575,8 @@ def _rank_main(job: _Job, rank: int) -> None:
     log = os.open(f"{job.out}/rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    for key in [k for k in os.environ if k.startswith("TPWIRE_JOURNAL")]:
+        del os.environ[key]  # the kit checks the transport: no journal from the caller's env
     case = "setup"
     try:
         dist.init_process_group(
