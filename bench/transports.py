@@ -145,8 +145,8 @@ class Tpwire:
         self._in_collectives = 0.0
         self._head_done = 0.0
         if self.split_cpu:
-            self.ch._put = self._timed_collective(self.ch._put)  # type: ignore[method-assign]
-            self.ch._get = self._timed_collective(self.ch._get)  # type: ignore[method-assign]
+            self.ch.transport.put = self._timed_collective(self.ch.transport.put)  # type: ignore[method-assign]
+            self.ch.transport.get = self._timed_collective(self.ch.transport.get)  # type: ignore[method-assign]
 
     options: ClassVar[dict[str, Any]] = {}
     #: record the CPU path per envelope inside the stream: the source's send less its

@@ -9,156 +9,131 @@ UNSAFE WITH UNTRUSTED PEERS: ``broadcast_object_list`` unpickles what the peer s
 unpickling runs code. Use it only between ranks of one job you control; the default
 channels never unpickle anything.
 
-It keeps the sender-side guarantees: the whole ``encode`` preflight runs before the header,
-and a failure after the header poisons the channel. The receiver validates what it rebuilt.
+It is a broadcast transport with a wire of its own (a ``Carrier``): the channel keeps the
+sender-side guarantees (the whole preflight before the header; a failure after it poisons)
+and validates what the receiver rebuilt.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from typing_extensions import Unpack
 
 from .bindings import A, Bindings, GeneratedModule, H, M
-from .channel import FRAME0_TAG, BroadcastChannel, Received, _log
-from .errors import EnvelopeInvalid
+from .channel import Channel
+from .framing import FRAME0_TAG
+from .options import ChannelKnobs, ChannelOptions, options_of
 from .plain import plain_value, value_from_plain
-from .wire import DTYPE_BY_NAME, Frames, Prepared, materialize
+from .transport import BroadcastTransport, Carrier
+from .wire import DTYPE_BY_NAME, materialize
 
 _ABSENT = -1
 
 
-class CompatBroadcastChannel(BroadcastChannel[H, M, A]):
-    """``BroadcastChannel``'s API over Scope's current (pickle-based) wire."""
+class CompatTransport(BroadcastTransport):
+    """A broadcast transport whose envelopes travel on Scope's current (pickle) wire."""
+
+    kind = "compat"
+
+    def carrier(self, bindings: Bindings[Any, Any], device: torch.device | None) -> Carrier:
+        return CompatWire(self, bindings, device)
+
+
+class CompatWire:
+    """One envelope as Scope sends it today: header slots, pickled metadata, tensors."""
 
     def __init__(
-        self, protocol: Bindings[H, M, A] | GeneratedModule[H, M, A], *args: Any, **kwargs: Any
+        self,
+        transport: BroadcastTransport,
+        bindings: Bindings[Any, Any],
+        device: torch.device | None,
     ) -> None:
-        super().__init__(protocol, *args, **kwargs)
-        self._slots = [f.name for f in dataclasses.fields(self.protocol.header)]  # type: ignore[arg-type]
-        self._enums = dict(self.protocol.enums)
-        self.parity_flags["tpwire.transport"] = "compat"
+        self.transport = transport
+        self.bindings = bindings
+        self.device = device
+        self.slots = [f.name for f in dataclasses.fields(bindings.header)]
+        self.enums = dict(bindings.enums)
 
-    def send(self, msg: M | None, header: H) -> None:
-        self._ready(sender=True)
-        cache = self._sent_cache
-        across = cache.check(msg, header) if cache is not None else []  # cached_by rules
-        try:
-            self.protocol.prepare(msg, header, device=self.device)  # the preflight
-        except EnvelopeInvalid as exc:
-            if across:
-                raise EnvelopeInvalid([*across, *exc.violations]) from None
-            raise
-        if across:
-            self._refused(header, across)
-            raise EnvelopeInvalid(across)
-        with self._lock:
-            self._ready(sender=True)
-            self._check_order(header)
-            self._send_compat(msg, header)
-            if cache is not None:
-                cache.commit(msg, header)
-
-    def _transmit(self, frames: Frames | Prepared, header: H, *, watched: bool = True) -> None:
-        """NOOP / SHUTDOWN / ERROR (and heartbeats): the header alone."""
-        self._send_compat(None, header, watched=watched)
-
-    def _send_compat(self, msg: Any, header: Any, *, watched: bool = True) -> None:
-        values = [getattr(header, name) for name in self._slots]
+    def send(self, msg: Any, header: Any) -> None:
+        values = [getattr(header, name) for name in self.slots]
         slots = torch.tensor([_ABSENT if v is None else int(v) for v in values], dtype=torch.int64)
-        meta: dict[str, Any] | None = None
+        t = self.transport
+        t.put(slots, FRAME0_TAG, frame0=True)
+        if msg is None:
+            return
+        fields: dict[str, Any] = {}
         tensors: list[tuple[str, torch.Tensor]] = []
-        if msg is not None:
-            fields: dict[str, Any] = {}
-            for f in dataclasses.fields(msg):
-                value = getattr(msg, f.name)
-                if isinstance(value, torch.Tensor):
-                    tensors.append((f.name, materialize(value, self.device)))
-                else:
-                    fields[f.name] = plain_value(value)
-            tensors.sort(key=lambda kv: kv[0])
-            meta = {
-                "message": type(msg).__name__,
-                "fields": fields,
-                "tensor_specs": [
-                    [k, str(t.dtype).removeprefix("torch."), list(t.shape)] for k, t in tensors
-                ],
-            }
-        with self._deadline(lambda: f"send of {self._ids(header)}", armed=watched):
-            try:
-                self._put(slots, FRAME0_TAG, frame0=True)
-            except BaseException as exc:
-                self._poison(header, f"header broadcast failed: {exc!r}")
-            try:
-                if meta is not None:
-                    dist.broadcast_object_list([meta], src=self.src, group=self.group)
-                    for _, t in tensors:
-                        self._put(t, 0, frame0=False)
-            except BaseException as exc:
-                self._poison(header, f"payload broadcast failed after the header: {exc}")
-        self._sent_order.commit(header)
-        self.last_sent = header
-        self._last_send = time.monotonic()
-        if self.protocol.action_of(header) in self._terminal:
-            self.closed = True  # however it was sent: the workers have left their loops
+        for f in dataclasses.fields(msg):
+            value = getattr(msg, f.name)
+            if isinstance(value, torch.Tensor):
+                tensors.append((f.name, materialize(value, self.device)))
+            else:
+                fields[f.name] = plain_value(value)
+        tensors.sort(key=lambda kv: kv[0])
+        meta = {
+            "message": type(msg).__name__,
+            "fields": fields,
+            "tensor_specs": [
+                [k, str(v.dtype).removeprefix("torch."), list(v.shape)] for k, v in tensors
+            ],
+        }
+        dist.broadcast_object_list([meta], src=t.src, group=t.group)
+        for _, tensor in tensors:
+            t.put(tensor, 0, frame0=False)
 
-    def recv(self) -> Received[H, M, A]:
-        self._ready(sender=False)
-        slots = torch.empty(len(self._slots), dtype=torch.int64)
-        with self._deadline(lambda: f"a header after {self._ids(self.last_header)}"):
-            try:
-                self._get(slots, FRAME0_TAG, frame0=True)
-            except BaseException as exc:
-                self._poison(self.last_header, f"waiting for the header failed: {exc!r}")
-        header: Any = self.last_header
-        try:
-            header = self._header_from(slots.tolist())
-            action = self.protocol.action_of(header)
-            msg = None
-            if action in self.protocol.payload_actions:
-                with self._deadline(lambda: f"the payload of {self._ids(header)}"):
-                    msg = self._payload()
-        except BaseException as exc:  # the sender is mid-message: this rank cannot follow
-            self._poison(header, f"compat payload failed: {exc!r}")
-        problem = self._recv_order.problem(header)
-        if problem is not None:
-            self._poison(header, f"ordering: {problem}")
-        self._recv_order.commit(header)
-        self.last_header = header
-        violations = self.protocol.validate(msg, header)
-        if violations:
-            _log(f"tpwire[rank {self.rank}]: envelope refused after receive {self._ids(header)}")
-            raise EnvelopeInvalid(violations)
-        msg, kept = self._accept_cached(msg, header)
-        if action in self._terminal:
-            self.closed = True
-        return Received(action, header, msg, None, kept)
+    def receive(self) -> tuple[Any, Any]:
+        slots = torch.empty(len(self.slots), dtype=torch.int64)
+        self.transport.get(slots, FRAME0_TAG, frame0=True)
+        header = self._header_from(slots.tolist())
+        if self.bindings.action_of(header) not in self.bindings.payload_actions:
+            return header, None
+        return header, self._payload()
 
     def _header_from(self, raw_slots: list[int]) -> Any:
-        header_fields = {f.name: f for f in dataclasses.fields(self.protocol.header)}  # type: ignore[arg-type]
+        header_fields = {f.name: f for f in dataclasses.fields(self.bindings.header)}
         kwargs: dict[str, Any] = {}
-        for name, raw in zip(self._slots, raw_slots, strict=True):
+        for name, raw in zip(self.slots, raw_slots, strict=True):
             hint = str(header_fields[name].type)
-            enum_cls = self._enums.get(hint.replace(" | None", ""))
+            enum_cls = self.enums.get(hint.replace(" | None", ""))
             kwargs[name] = None if raw == _ABSENT else (enum_cls(raw) if enum_cls else raw)
-        return self.protocol.header(**kwargs)
+        return self.bindings.header(**kwargs)
 
     def _payload(self) -> Any:
+        t = self.transport
         box: list[Any] = [None]
-        dist.broadcast_object_list(box, src=self.src, group=self.group)  # unpickles: unsafe
-        meta: Mapping[str, Any] = box[0]
-        cls: Any = self.protocol.messages[meta["message"]]
+        dist.broadcast_object_list(box, src=t.src, group=t.group)  # unpickles: unsafe
+        meta = box[0]
+        cls: Any = self.bindings.messages[meta["message"]]
         kw: dict[str, Any] = {f.name: None for f in dataclasses.fields(cls)}
         types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
         for name, value in meta["fields"].items():
-            kw[name] = value_from_plain(types[name], value, self._enums)
-        specs: Sequence[Sequence[Any]] = meta["tensor_specs"]
-        for key, dtype, shape in specs:
-            t = torch.empty(shape, dtype=DTYPE_BY_NAME[dtype].torch_dtype, device=self.device)
-            self._get(t, 0, frame0=False)
-            kw[key] = t
+            kw[name] = value_from_plain(types[name], value, self.enums)
+        for key, dtype, shape in meta["tensor_specs"]:
+            tensor = torch.empty(shape, dtype=DTYPE_BY_NAME[dtype].torch_dtype, device=self.device)
+            t.get(tensor, 0, frame0=False)
+            kw[key] = tensor
         return cls(**kw)
+
+
+class CompatBroadcastChannel(Channel[H, M, A]):
+    """``BroadcastChannel``'s API over Scope's current (pickle-based) wire."""
+
+    def __init__(
+        self,
+        protocol: Bindings[H, M, A] | GeneratedModule[H, M, A],
+        group: dist.ProcessGroup | None = None,
+        src: int = 0,
+        *,
+        cpu_group: dist.ProcessGroup | None = None,
+        options: ChannelOptions | None = None,
+        **knobs: Unpack[ChannelKnobs],
+    ) -> None:
+        opts = options_of(options, knobs)  # checked before anything touches the group
+        transport = CompatTransport(group, src, cpu_group)
+        super().__init__(protocol, transport, opts)
+        self.src = src
+        self.is_sender = transport.sends()

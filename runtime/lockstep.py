@@ -28,7 +28,7 @@ from .errors import show_id
 from .groups import all_gather_ints
 
 if TYPE_CHECKING:
-    from .channel import _Channel
+    from .channel import Channel
 
 
 class LockstepError(RuntimeError):
@@ -151,7 +151,7 @@ class Ledger:
         self,
         protocol: Bindings[Any, Any] | ModuleType | None = None,
         *,
-        channel: _Channel[Any, Any] | None = None,
+        channel: Channel[Any, Any, Any] | None = None,
     ) -> None:
         if protocol is None and channel is not None:
             protocol = channel.protocol
@@ -213,9 +213,11 @@ class Ledger:
             self._compare_counts(group)
             return
         ch = self.channel
-        ch._collective(
+        ch.policy.collective(
             f"the ledger check of {self.ids}",
-            lambda: self._compare_counts(group if group is not None else ch._compare_group()),
+            lambda: self._compare_counts(
+                group if group is not None else ch.transport.compare_group()
+            ),
             agreed=(LockstepError,),
         )
 

@@ -341,7 +341,7 @@ def replay(journal: Journal, bindings: Bindings[Any, Any], *, stop: bool = True)
     against its plan. Each stream the journal holds (``streams``: a restarted process
     starts its ids over) is held to the ordering rules on its own. ``stop``: stop at the
     first refused envelope."""
-    from .channel import Ordering  # the channel imports the journal; not the other way
+    from .ordering import Ordering
 
     report = ReplayReport(journal)
     orderings: dict[object, Ordering] = {}  # per direction: the rank the envelopes came from

@@ -56,8 +56,8 @@ def _counted(ch: Any, counts: list[int]) -> None:
 
         return counted
 
-    ch._put = counting(ch._put)
-    ch._get = counting(ch._get)
+    ch.transport.put = counting(ch.transport.put)
+    ch.transport.get = counting(ch.transport.get)
 
 
 def built_in_arena(ch: BroadcastChannel[Any, Any], msg: Any) -> Any:
@@ -174,7 +174,7 @@ def misuse(rank: int, world: int) -> Any:
     spent = m4.latents[0]
     m2 = m4 = made = bad = stale = view = recompute = None
     gc.collect()
-    out["views_alive"] = len(ch._arena.handed)  # type: ignore[union-attr]
+    out["views_alive"] = len(ch.sender.arena.handed)  # type: ignore[union-attr]
     want = message(5, "A")
     spent.copy_(want.latents[0])
     refused("spent_slice", lambda: send(dataclasses.replace(want, latents=spent.unsqueeze(0)), 5))
@@ -220,7 +220,7 @@ def alloc_beside_heartbeat(rank: int, world: int) -> Any:
     release = threading.Event()
 
     def heartbeat_in_flight() -> None:  # the lock held, as a NOOP to busy workers holds it
-        with ch._lock:
+        with ch.policy.lock:
             held.set()
             release.wait(10)
 
@@ -244,7 +244,7 @@ def alloc_beside_heartbeat(rank: int, world: int) -> Any:
 
 
 def _head(ch: BroadcastChannel[Any, Any]) -> int:
-    return ch._tx.send_buffer(torch.device("cpu")).untyped_storage().data_ptr()
+    return ch.sender.framing.send_buffer(torch.device("cpu")).untyped_storage().data_ptr()
 
 
 def p2p(rank: int, world: int, n: int = 5) -> Any:

@@ -79,7 +79,7 @@ def cell(
         heartbeat_s=HEARTBEAT_S if cpu_group is not None else None,
     )
     if step in ("frame0", "frame1"):  # strike inside send/recv, at frame 0 or between frames
-        move = ch._put if rank == 0 else ch._get
+        move = ch.transport.put if rank == 0 else ch.transport.get
         heads = {"n": 0}
 
         def faulty(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
@@ -89,9 +89,9 @@ def cell(
             move(tensor, tag, frame0=frame0)
 
         if rank == 0:
-            ch._put = faulty  # type: ignore[method-assign]
+            ch.transport.put = faulty  # type: ignore[method-assign]
         else:
-            ch._get = faulty  # type: ignore[method-assign]
+            ch.transport.get = faulty  # type: ignore[method-assign]
     try:
         stream(ch, rank, step, strike)
     except ChannelPoisoned as exc:  # poison="raise": the same line, as an exception

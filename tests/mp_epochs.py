@@ -176,7 +176,7 @@ def refusals(rank: int, world: int, case: str) -> Any:
                     ch.send(v2_envelope(3, send=False, epoch=1), header(t2, 3))
                 elif case == "forged":
                     bad = v2_envelope(3, send=False, epoch=1)
-                    ch._transmit(t2.prepare(bad, header(t2, 3)), header(t2, 3))
+                    ch.sender.transmit(t2.prepare(bad, header(t2, 3)), header(t2, 3))
                 for i in range(4 if case == "forged" else 3, 7):
                     ch.send(v2_envelope(i), header(t2, i, seq=i + 2))
         except EnvelopeInvalid as exc:

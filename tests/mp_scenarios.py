@@ -105,7 +105,7 @@ def preflight(rank: int, world: int) -> Any:
         words = frames.frame0.tolist()
         steps = next(i for i in range(tc.W_SCALARS, tc.W_MANIFEST) if words[i] == 4)
         words[steps] = 5
-        ch._transmit(wire.Frames(wire.seal(words), frames.segments), header(2))
+        ch.sender.transmit(wire.Frames(wire.seal(words), frames.segments), header(2))
         ch.send(envelope(3), header(3))
         ch.shutdown()
         return refused
@@ -172,7 +172,7 @@ def bad_order(rank: int, world: int, call_id: int) -> Any:
     if rank == 0:
         ch.send(envelope(0), header(5, chunk=0))
         noop = header(call_id, action="NOOP")
-        ch._transmit(tc.encode(None, noop), noop)
+        ch.sender.transmit(tc.encode(None, noop), noop)
         return {}
     first = ch.recv()
     try:
@@ -189,7 +189,7 @@ def bad_fingerprint(rank: int, world: int) -> Any:
         noop = header(1, action="NOOP")
         words = tc.encode(None, noop).frame0.tolist()
         words[1] ^= 0x5A5A
-        ch._transmit(wire.Frames(wire.seal(words), ()), noop)
+        ch.sender.transmit(wire.Frames(wire.seal(words), ()), noop)
         return {}
     try:
         ch.recv()
@@ -370,7 +370,7 @@ def relay_error(rank: int, world: int) -> Any:
         frames = pp.encode(pp_envelope(0), h)
         words = frames.frame0.tolist()
         words[pp.W_SCALARS] = 2  # pp_envelope_version 2: a rank 0 from the future
-        ch._transmit(wire.Frames(wire.seal(words), frames.segments), h)
+        ch.sender.transmit(wire.Frames(wire.seal(words), frames.segments), h)
         return {}
     mesh_ch = BroadcastChannel(tc, group=mesh, src=1, watchdog_s=10).open()
     if rank == 1:
@@ -433,24 +433,24 @@ def steady(
     ).open()
     failed = [0]
     if guess_fails and rank != 0:
-        views_ahead = ch._rx.views_ahead
+        views_ahead = ch.receiver.framing.views_ahead
 
         def out_of_memory(head: torch.Tensor, device: torch.device | None) -> Any:
-            if ch._rx.ahead is not None:
+            if ch.receiver.framing.ahead is not None:
                 failed[0] += 1
                 raise MemoryError("no room for the buffers of the last layout")
             return views_ahead(head, device)
 
-        ch._rx.views_ahead = out_of_memory  # type: ignore[method-assign]
+        ch.receiver.framing.views_ahead = out_of_memory  # type: ignore[method-assign]
     counts: list[int] = []
-    put = ch._put
+    put = ch.transport.put
 
     def counted(tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
         counts[-1] += 1
         put(tensor, tag, frame0=frame0)
 
-    ch._put = counted  # type: ignore[method-assign]
-    ch._get = counted  # type: ignore[method-assign]
+    ch.transport.put = counted  # type: ignore[method-assign]
+    ch.transport.get = counted  # type: ignore[method-assign]
     # B: an update chunk whose conditioning is 64 KiB (its own segment): another layout
     plan = ["A", "A", "A", "B", "A", "A", "NOOP", "A", "SHUTDOWN"]
 
@@ -551,18 +551,18 @@ def raw_peer(rank: int, world: int, kind: str) -> Any:
         words[tc.W_FRAME1_DIGEST] = wire.buffers_digest(segments, None, [len(s) for s in segments])
         frames = wire.Frames(wire.seal(words), frames.segments)
     elif kind == "head-long":  # frame 0 plus 64 bytes more than the head the workers expect
-        head = torch.zeros(ch._tx.head_nbytes + 64, dtype=torch.uint8)
+        head = torch.zeros(ch.sender.framing.head_nbytes + 64, dtype=torch.uint8)
         head[: tc.FRAME0_LEN * 8] = frames.frame0.view(torch.uint8)
-        ch._put(head, 0, frame0=True)
+        ch.transport.put(head, 0, frame0=True)
         return {}
     elif kind == "head-short":  # frame 0 alone, without the trailer that ends a head
-        ch._put(frames.frame0.view(torch.uint8).clone(), 0, frame0=True)
+        ch.transport.put(frames.frame0.view(torch.uint8).clone(), 0, frame0=True)
         for i, s in enumerate(frames.segments):
-            ch._put(s, i + 1, frame0=False)
+            ch.transport.put(s, i + 1, frame0=False)
         return {}
     else:
         raise ValueError(kind)
-    ch._transmit(wire.Frames(frames.frame0, segments), hdr)
+    ch.sender.transmit(wire.Frames(frames.frame0, segments), hdr)
     return {}
 
 
@@ -648,7 +648,7 @@ def other_names(rank: int, world: int, case: str) -> Any:
         if case == "order":
             ch.send(*relay_envelope(proto, 1, 1, generation=1))
             msg, header = relay_envelope(proto, 2, 2, generation=0)  # generation goes back
-            ch._transmit(proto.encode(msg, header), header)  # forged: skips the order check
+            ch.sender.transmit(proto.encode(msg, header), header)  # forged: skips the order check
         elif case == "shutdown":
             ch.noop()
             ch.shutdown()
@@ -823,7 +823,7 @@ def cuda_channel(
         words = frames.frame0.tolist()
         steps = next(i for i in range(tc.W_SCALARS, tc.W_MANIFEST) if words[i] == 4)
         words[steps] = 5
-        ch_dev._transmit(wire.Frames(wire.seal(words), frames.segments), forged)
+        ch_dev.sender.transmit(wire.Frames(wire.seal(words), frames.segments), forged)
         calls["cuda"] += 1
         ch_dev.send(devs["small"][0], header(calls["cuda"]))
         ch_dev.shutdown()

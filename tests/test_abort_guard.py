@@ -156,9 +156,9 @@ def hostile_head_beside_a_user_handler(rank: int, world: int) -> Any:
         _wait(side, 1)  # go
         hdr, msg = _the_envelope()
         frame0 = tc.encode(msg, hdr).frame0
-        head = torch.zeros(ch._tx.head_nbytes + 64, dtype=torch.uint8)
+        head = torch.zeros(ch.sender.framing.head_nbytes + 64, dtype=torch.uint8)
         head[: tc.FRAME0_LEN * 8] = frame0.view(torch.uint8)
-        ch._put(head, 0, frame0=True)
+        ch.transport.put(head, 0, frame0=True)
         _wait(side, 1)  # the worker is gone
         return {}
     faulthandler.enable()

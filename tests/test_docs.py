@@ -549,6 +549,17 @@ def test_the_readme_channel_signature_is_the_real_one(cls_name: str) -> None:
     for p in params:
         if p.default is not inspect.Parameter.empty:
             assert defaults.get(p.name) == repr(p.default).replace("'", '"'), p.name
+    # the knobs: ChannelOptions' fields, documented with their defaults
+    from tpwire.runtime.options import ChannelKnobs, ChannelOptions
+
+    names, defaults = _documented_signature(
+        README.read_text(encoding="utf-8"), "tpwire.runtime.options.ChannelOptions"
+    )
+    fields = list(inspect.signature(ChannelOptions).parameters.values())
+    assert names == [f.name for f in fields], "README's ChannelOptions differs from the code"
+    assert set(ChannelKnobs.__annotations__) == {f.name for f in fields}
+    for f in fields:
+        assert defaults.get(f.name) == repr(f.default).replace("'", '"'), f.name
 
 
 #: phrases that announce a feature as missing or planned

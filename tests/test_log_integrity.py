@@ -82,10 +82,10 @@ def error_reason(rank: int, world: int, reason: str, how: str) -> Any:
         ch.error(reason)
     else:
         assert len(reason.encode()) <= 64  # the wire's whole reason: nothing is cut
-        hdr, prepared = ch._control_frame(tc.TPAction.ERROR)
+        hdr, prepared = ch.sender.control_frame(tc.TPAction.ERROR)
         put_reason(prepared.words, tc.BINDINGS.w_reason, ErrorCode.USER, reason)
-        with ch._locked():
-            ch._transmit(prepared, hdr)
+        with ch.policy.locked():
+            ch.sender.transmit(prepared, hdr)
     return {}
 
 
@@ -197,7 +197,7 @@ def dead_source(rank: int, world: int, where: str) -> Any:
     if where == "frame0":
         time.sleep(0.5)
         os._exit(1)
-    put = ch._put
+    put = ch.transport.put
 
     def dies_after_frame0(tensor: Any, tag: int, *, frame0: bool) -> None:
         if not frame0:
@@ -205,7 +205,7 @@ def dead_source(rank: int, world: int, where: str) -> Any:
             os._exit(1)
         put(tensor, tag, frame0=frame0)
 
-    ch._put = dies_after_frame0  # type: ignore[method-assign]
+    ch.transport.put = dies_after_frame0  # type: ignore[method-assign]
     ch.send(_big_envelope(), header(0))
     return {}
 
@@ -237,7 +237,7 @@ def abort_line(rank: int, world: int, text: str) -> Any:
     from tpwire.runtime.channel import BroadcastChannel
 
     ch = BroadcastChannel(tc).open()
-    return {"line": ch._abort_line(lambda: f"step {text}", None)}
+    return {"line": ch.policy.abort_line(lambda: f"step {text}", None)}
 
 
 def test_the_abort_guards_line_naming_hostile_text_is_one_escaped_line(tmp_path: Path) -> None:

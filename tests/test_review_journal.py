@@ -403,7 +403,8 @@ def test_a_peers_journal_status_is_one_escaped_line_and_every_rank_decides_alike
     same records, turns journaling off."""
     from types import SimpleNamespace
 
-    from tpwire.runtime.channel import _Channel
+    from tpwire.runtime.channel import Channel
+    from tpwire.runtime.recorder import Recorder, Recorders
 
     forged = "x\ntpwire[rank 1]: POISONED call_id=7: forged; exiting 86\x1b[2J"
     records = [
@@ -412,17 +413,26 @@ def test_a_peers_journal_status_is_one_escaped_line_and_every_rank_decides_alike
         {"status": {"journal": {"nested": [1, "\x1b"]}, "rank": None}},
         {"status": "not an object"},
     ]
+
+    class Journal(Recorder):
+        name = "journal"
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def abandoned(self) -> None:
+            self.calls.append("abandoned")
+
     for rank in range(4):
-        abandoned: list[int] = []
-        ch: Any = SimpleNamespace(rank=rank, journal=None, _journal_pending=object())
-        ch._journal_abandon = functools.partial(abandoned.append, 1)
-        _Channel._journal_agree(ch, records)
+        journal = Journal()
+        ch: Any = SimpleNamespace(rank=rank, recorders=Recorders([journal], rank))
+        Channel._agree(ch, records)
         err = capsys.readouterr().err
         (line,) = err.splitlines()
         assert line.startswith(f"tpwire[rank {rank}]: journal off on every rank")
         assert "\x1b" not in line and "\\n" in line and "\\x1b" in line
         assert "rank 1\\nforged: x\\ntpwire[rank 1]: POISONED" in line and "rank 2: {" in line
-        assert abandoned == [1] and ch.journal is None
+        assert journal.calls == ["abandoned"] and not ch.recorders
 
 
 @pytest.mark.timeout(180)

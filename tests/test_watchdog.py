@@ -143,12 +143,12 @@ def test_the_watchdog_exits_even_when_describing_the_step_raises() -> None:
     (the ids of a header that raises, say) still ends in the exit, never in a dropped
     deadline and a hang."""
     from tpwire.runtime import abort_guard
-    from tpwire.runtime.channel import BroadcastChannel
+    from tpwire.runtime.policy import Policy
 
-    ch: Any = object.__new__(BroadcastChannel)  # the watch alone: no process group needed
-    ch._watchdog = Watchdog("test-watchdog")
+    policy: Any = object.__new__(Policy)  # the watch alone: no channel, no process group
+    policy.watchdog = Watchdog("test-watchdog")
     exits: list[str] = []
-    ch._watchdog_exit = lambda what, seconds, header=None: exits.append(what)
+    policy.watchdog_exit = lambda what, seconds, header=None: exits.append(what)
 
     class Unprintable:
         def __repr__(self) -> str:
@@ -157,7 +157,7 @@ def test_the_watchdog_exits_even_when_describing_the_step_raises() -> None:
     def what() -> str:
         raise RuntimeError(Unprintable())
 
-    with ch._watch(what, 0.05, abort_guard.armed(lambda: "tpwire: a collective")):
+    with policy.watch(what, 0.05, abort_guard.armed(lambda: "tpwire: a collective")):
         assert _wait_for(lambda: bool(exits))
     assert exits[0] == "a collective (RuntimeError describing it)"
 

@@ -1,0 +1,215 @@
+"""Recorders: what a channel tells the outside about its life (docs/architecture.md,
+recorders).
+
+A channel calls its recorders at fixed points (opened, sent, received, refused,
+observed, poisoned, watchdog, terminated, closed) and knows nothing of what they do with
+it. The envelope journal is one recorder (``runtime/journal_recorder.py``). A recorder
+that raises is switched off with one line; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .escape import printable
+
+if TYPE_CHECKING:
+    from .bindings import Bindings
+
+
+def tensor_bytes(t: torch.Tensor, start: int = 0, nbytes: int | None = None) -> bytes:
+    """A copy of a contiguous uint8 tensor's bytes (``start``, ``nbytes``), for an event."""
+    n = t.numel() - start if nbytes is None else nbytes
+    if not n:
+        return b""
+    if t.is_cpu:
+        return ctypes.string_at(t.data_ptr() + start, n)
+    host = t[start : start + n].cpu()
+    return ctypes.string_at(host.data_ptr(), n)
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """What a recorder learns of its channel when it is set up."""
+
+    bindings: Bindings[Any, Any]
+    rank: int
+    world: int
+    #: this end's name in file names (``rank0``, ``rank1-peer0``)
+    name: str
+    #: the rank this end hears from, None when there is none
+    source: int | None
+    #: the channel's poison policy ("exit": a poisoned rank exits right after the event)
+    poison: str
+
+
+@dataclass(frozen=True)
+class EnvelopeEvent:
+    """One envelope that went out or came in."""
+
+    header: Any  # None when frame 0 itself was refused
+    action: enum.IntEnum | None
+    #: "sent", "validated" (received and accepted), "refused", or "received" (taken off the
+    #: wire, then refused by the ordering rules)
+    state: str
+    #: frame 0's bytes (empty for a wire without frames, such as compat)
+    frame0: bytes
+    #: bytes put or got for it, frame 0 and frame 1 together
+    nbytes: int
+    #: seconds from its first collective's start to its last one's end
+    seconds: float
+    #: each frame 1 segment's bytes, when a recorder asked for them (``wants_segments``)
+    segments: list[bytes] | None = None
+    #: an ERROR frame's reason text, or why the envelope was refused
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.state == "sent"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a rank did with an envelope (``Channel.observe``) or a tripwire's digests."""
+
+    what: str  # "observed" or "tripwire"
+    state: str | None = None
+    inputs: Any = None  # the message the rank ran
+    outputs: Mapping[str, torch.Tensor] | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    #: a tripwire's digest of the inputs, or of named outputs
+    input_digest: int | None = None
+    output_digests: Mapping[str, int] | None = None
+
+
+class Recorder:
+    """The events of one channel; every method is a no-op unless overridden.
+
+    ``setup`` runs before the open handshake; what it returns (None, or why this rank cannot
+    record) is shown to every rank in the handshake, so the ranks decide together: all
+    record, or none does (``opened`` gets every rank's problem, ``abandoned`` follows when
+    there is one or the handshake fails)."""
+
+    #: the recorder's key in the handshake's status and its log lines
+    name: str = "recorder"
+
+    @property
+    def wants_segments(self) -> bool:
+        """Whether ``sent``/``received`` events should carry each segment's bytes (a copy)."""
+        return False
+
+    def parity(self) -> Mapping[str, object]:
+        """Flags every rank must agree on."""
+        return {}
+
+    def setup(self, channel: ChannelInfo) -> str | None:
+        return None
+
+    def opened(self) -> None:
+        """Every rank set up its recorder: recording starts."""
+
+    def abandoned(self) -> None:
+        """The channel did not open, or a rank could not record: nothing is recorded."""
+
+    def sent(self, event: EnvelopeEvent) -> None: ...
+
+    def received(self, event: EnvelopeEvent) -> None: ...
+
+    def refused(self, event: EnvelopeEvent) -> None: ...
+
+    def observed(self, header: Any, observation: Observation) -> None: ...
+
+    def poisoned(self, header: Any, reason: str, *, exiting: bool) -> None: ...
+
+    def watchdog(self, header: Any, reason: str) -> None: ...
+
+    def terminated(self, reason: str) -> None: ...
+
+    def closed(self) -> None: ...
+
+
+def _log(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class Recorders:
+    """A channel's recorders, called in order. One that raises is dropped with one line."""
+
+    __slots__ = ("active", "pending", "rank")
+
+    def __init__(self, recorders: Sequence[Recorder], rank: int) -> None:
+        self.pending = list(recorders)  # set up, waiting for the handshake's verdict
+        self.active: list[Recorder] = []
+        self.rank = rank
+
+    def __bool__(self) -> bool:
+        return bool(self.active)
+
+    def parity(self) -> dict[str, object]:
+        flags: dict[str, object] = {}
+        for r in self.pending:
+            flags.update(r.parity())
+        return flags
+
+    def setup(self, info: ChannelInfo) -> dict[str, str | None]:
+        """Each recorder's setup problem (None: ready), by name, for the handshake."""
+        problems: dict[str, str | None] = {}
+        for r in self.pending:
+            try:
+                problems[r.name] = r.setup(info)
+            except Exception as exc:  # never out of open() on one rank alone (its peers
+                # would wait in the handshake): shown in it like any other setup problem
+                problems[r.name] = printable(f"cannot set up: {type(exc).__name__}: {exc}", 300)
+        return problems
+
+    def agree(self, problems: Mapping[str, Sequence[str]]) -> None:
+        """``problems``: per recorder name, each rank's problem as "rank N: text"."""
+        for r in self.pending:
+            theirs = problems.get(r.name, ())
+            if theirs:
+                self._call(r, "abandoned")
+                _log(
+                    f"tpwire[rank {self.rank}]: {r.name} off on every rank (the stream goes "
+                    "on): " + "; ".join(theirs)
+                )
+            elif self._call(r, "opened"):
+                self.active.append(r)
+        self.pending = []
+
+    @property
+    def wants_segments(self) -> bool:
+        """Whether an event should carry each segment's bytes (asked per envelope: a journal
+        that stopped wants no copies)."""
+        return any(r.wants_segments for r in self.active)
+
+    def abandon(self) -> None:
+        for r in self.pending:
+            self._call(r, "abandoned")
+        self.pending = []
+
+    def _call(self, r: Recorder, event: str, *args: Any, **kwargs: Any) -> bool:
+        try:
+            getattr(r, event)(*args, **kwargs)
+        except Exception as exc:
+            if r in self.active:
+                self.active.remove(r)
+            _log(
+                f"tpwire[rank {self.rank}]: {r.name} off (the stream goes on): {event} "
+                f"raised {printable(f'{type(exc).__name__}: {exc}', 300)}"
+            )
+            return False
+        return True
+
+    def emit(self, event: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``event`` on every active recorder."""
+        for r in list(self.active):
+            self._call(r, event, *args, **kwargs)
