@@ -6,7 +6,6 @@ runs as root)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
