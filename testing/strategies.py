@@ -494,6 +494,23 @@ def _shape_fits(
     return new
 
 
+def _own_codes(r: Rule, v: Any, rec: Record, bound: dict[str, int]) -> list[str]:
+    """The codes of a present value's own rules (type, range, dtype, shape); a well-formed
+    tensor binds its dimensions into ``bound``."""
+    if r.kind != "tensor":
+        code = _scalar_code(r, v)
+        return [code] if code is not None else []
+    if not _dense(v):
+        return ["type"]
+    codes = ["dtype"] if v.dtype not in r.dtypes else []
+    new = _shape_fits(v, r, rec, bound)
+    if new is None:
+        codes.append("shape")
+    elif not codes:
+        bound.update(new)
+    return codes
+
+
 def check_record(rec: Record, f: Fields, member: Any, prefix: str = "") -> set[tuple[str, str]]:
     """The violations of one record's own rules (header or message), as the spec defines them.
 
@@ -510,20 +527,7 @@ def check_record(rec: Record, f: Fields, member: Any, prefix: str = "") -> set[t
             if r.always:
                 bad.add(r.name)
             continue
-        codes: list[str] = []
-        if r.kind != "tensor":
-            code = _scalar_code(r, v)
-            codes += [code] if code is not None else []
-        elif not _dense(v):
-            codes.append("type")
-        else:
-            if v.dtype not in r.dtypes:
-                codes.append("dtype")
-            new = _shape_fits(v, r, rec, bound)
-            if new is None:
-                codes.append("shape")
-            elif not codes:
-                bound.update(new)
+        codes = _own_codes(r, v, rec, bound)
         if codes:
             bad.add(r.name)
             found.update((c, prefix + r.name) for c in codes)
@@ -884,27 +888,42 @@ def _record_candidates(
         if r.name == rec.version_field:
             for kind, n in (("version_above", rec.version + 1), ("version_below", rec.version - 1)):
                 out.append(_Candidate(kind, target, r.name, _just(n), label))
-        if r.kind == "int":
-            lo, hi = int(r.lo or 0), int(r.hi or 0)
-            out.append(_Candidate("range_below", target, r.name, _just(lo - 1), label))
-            out.append(_Candidate("range_above", target, r.name, _just(hi + 1), label))
-        elif r.kind == "float":
-            if r.lo is not None:
-                below = math.nextafter(float(r.lo), -math.inf)
-                out.append(_Candidate("range_below", target, r.name, _just(below), label))
-            if r.hi is not None:
-                above = math.nextafter(float(r.hi), math.inf)
-                out.append(_Candidate("range_above", target, r.name, _just(above), label))
-            for x in (math.nan, math.inf, -math.inf):
-                out.append(_Candidate("not_finite", target, r.name, _just(x), label))
-        elif r.kind == "str":
-            n = r.max_len or 0
-            out.append(_Candidate("range_above", target, r.name, _just("x" * (n + 1)), label))
-            utf8 = "x" * (n - 1) + "é"
-            out.append(_Candidate("too_long_utf8", target, r.name, _just(utf8), label))
-            out.append(_Candidate("unencodable", target, r.name, _just("\ud800"), label))
-        elif r.kind == "tensor":
+        if r.kind == "tensor":
             out += _tensor_candidates(r, v, rec, f, d_all, target, label)
+        else:
+            out += _bound_candidates(r, target, label)
+    return out + _invariant_candidates(rec, f, target)
+
+
+def _bound_candidates(r: Rule, target: str, label: str) -> list[_Candidate]:
+    """A scalar just past its range or length, or not finite, or not encodable."""
+    out: list[_Candidate] = []
+    if r.kind == "int":
+        lo, hi = int(r.lo or 0), int(r.hi or 0)
+        out.append(_Candidate("range_below", target, r.name, _just(lo - 1), label))
+        out.append(_Candidate("range_above", target, r.name, _just(hi + 1), label))
+    elif r.kind == "float":
+        if r.lo is not None:
+            below = math.nextafter(float(r.lo), -math.inf)
+            out.append(_Candidate("range_below", target, r.name, _just(below), label))
+        if r.hi is not None:
+            above = math.nextafter(float(r.hi), math.inf)
+            out.append(_Candidate("range_above", target, r.name, _just(above), label))
+        for x in (math.nan, math.inf, -math.inf):
+            out.append(_Candidate("not_finite", target, r.name, _just(x), label))
+    elif r.kind == "str":
+        n = r.max_len or 0
+        out.append(_Candidate("range_above", target, r.name, _just("x" * (n + 1)), label))
+        utf8 = "x" * (n - 1) + "é"
+        out.append(_Candidate("too_long_utf8", target, r.name, _just(utf8), label))
+        out.append(_Candidate("unencodable", target, r.name, _just("\ud800"), label))
+    return out
+
+
+def _invariant_candidates(rec: Record, f: Fields, target: str) -> list[_Candidate]:
+    """Each present operand of an invariant or derived field nudged (a scalar by one or one
+    ulp, a bool negated, a tensor one row longer or shorter)."""
+    out: list[_Candidate] = []
     operands: dict[str, None] = {}
     for e in [i.expr for i in rec.invariants] + [r.derived for r in rec.rules if r.derived]:
         operands.update(dict.fromkeys(e.refs))
