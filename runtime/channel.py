@@ -30,10 +30,9 @@ import torch
 import torch.distributed as dist
 from typing_extensions import Unpack
 
-from . import parity, terminate, tripwire
+from . import handshake, terminate, tripwire
 from .arena import ArenaError, ArenaStats
 from .bindings import A, Bindings, GeneratedModule, H, M, bindings_of
-from .errors import ProtocolMismatch
 from .escape import printable
 from .framing import CPU_CARRY_LIMIT, FRAME0_TAG, TRAILER_NBYTES, Framing
 from .journal_recorder import JournalRecorder, journal_recorder
@@ -49,7 +48,7 @@ from .policy import (
     log,
 )
 from .receiver import Received, Receiver
-from .recorder import ChannelInfo, Observation, Recorders
+from .recorder import Observation, Recorders
 from .sender import Sender
 from .transport import BroadcastTransport, Carrier, P2PTransport, Transport
 from .wire import ErrorCode, Reason
@@ -97,7 +96,7 @@ class Channel(Generic[H, M, A]):
         self._journal = journal_recorder(opts.journal)
         self.recorders = Recorders([self._journal, *opts.recorders], self.rank)
         self.policy = Policy(self)
-        self._terminate_token: int | None = None
+        self.terminate_token: int | None = None
         for action in (self.protocol.noop, self.protocol.shutdown, self.protocol.error):
             if action is not None:  # a control frame the spec cannot express: say so now
                 self.protocol.control_header(None, action)
@@ -105,7 +104,7 @@ class Channel(Generic[H, M, A]):
         # collective with frame 1 then, so there is no steady state
         apart = transport.frame0_apart()
         self.frame0_device = torch.device("cpu") if apart or self.device is None else self.device
-        steady, carry = opts.steady_state and not apart, self._carry_limit()
+        steady, carry = opts.steady_state and not apart, opts.head_carry_limit(self.device)
         self.parity_flags: dict[str, object] = {
             **dict(opts.parity_flags or {}),
             "tpwire.tripwires": opts.tripwires,  # the tripwires run only if every rank agrees
@@ -129,16 +128,6 @@ class Channel(Generic[H, M, A]):
             raise ValueError(
                 "arena=True needs tpwire's frames; this transport has a wire of its own"
             )
-
-    def _carry_limit(self) -> int:
-        limit = self.options.carry_limit
-        if limit is not None:
-            return limit
-        if self.options.arena:
-            return 1 << 62  # the head carries every segment: alloc places them there
-        # a device copy is nearly free next to a collective; a host copy is not
-        on_device = self.device is not None and self.device.type != "cpu"
-        return 1 << 62 if on_device else CPU_CARRY_LIMIT
 
     # -- what the parts share -----------------------------------------------------------
 
@@ -180,51 +169,15 @@ class Channel(Generic[H, M, A]):
             # a heartbeat on the data group would take the slot of whatever collective the
             # workers run next on it (tripwires, the model's own): give frame 0 its own group
             raise ValueError("heartbeat_s needs a cpu_group used only by this channel")
-        t = self.transport
-        info = ChannelInfo(
-            self.protocol, self.rank, t.world(), t.name(), t.source(), self.options.poison
-        )
-        status: dict[str, object] = {**self.recorders.setup(info), "rank": self.rank}
-        rec = parity.record(
-            self.protocol, self.options.parity_env, self.parity_flags, status=status
-        )
-        # from here on, SIGTERM (a launcher stopping the job) prints what the rank was doing
-        self._terminate_token = terminate.register(self.rank, self._doing, self._terminated)
-        try:
-            records = self.policy.collective(
-                "the open handshake",
-                lambda: parity.check(rec, t.handshake_group()),
-                agreed=(parity.ParityMismatch, ProtocolMismatch),
-            )
-        except parity.ParityMismatch as exc:
-            # one line on every rank, in words; raised from here: a traceback of the
-            # caller's frames, none of the handshake's
-            self._not_opened()
-            refused = parity.ParityMismatch(exc.diff, exc.words, rank=self.rank)
-            log(str(refused))
+        refused = handshake.shake(self)
+        if refused is not None:
             raise refused from None
-        except BaseException:
-            self._not_opened()
-            raise
         self.opened = True
-        self._agree(records)
-        if heartbeat and t.sends():
+        if heartbeat and self.transport.sends():
             self.sender.start_heartbeat(heartbeat)
         return self
 
-    def _agree(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Every rank records, or, where one cannot, none does: one line on each."""
-        ranks = parity.statuses(records, "rank")
-        problems: dict[str, list[str]] = {}
-        for name in {r.name for r in self.recorders.pending}:
-            problems[name] = [  # a peer's text, on one visible line
-                f"rank {printable(ranks[i] if ranks[i] is not None else i)}: {printable(p, 300)}"
-                for i, p in enumerate(parity.statuses(records, name))
-                if p is not None
-            ]
-        self.recorders.agree(problems)
-
-    def _not_opened(self) -> None:
+    def not_opened(self) -> None:
         self.recorders.abandon()
         self._terminate_release()
 
@@ -241,10 +194,10 @@ class Channel(Generic[H, M, A]):
             dist.destroy_process_group(self.transport.group)
 
     def _terminate_release(self) -> None:
-        token, self._terminate_token = self._terminate_token, None
+        token, self.terminate_token = self.terminate_token, None
         terminate.unregister(token)
 
-    def _doing(self) -> str:
+    def doing(self) -> str:
         """What the TERMINATED line says this channel was doing (after "while")."""
         now = self.policy.activity.now
         if now is not None:
@@ -257,7 +210,7 @@ class Channel(Generic[H, M, A]):
             return f"between envelopes, after receiving {self.ids(self.last_header)}"
         return "between envelopes, before the first one"
 
-    def _terminated(self, what: str) -> None:
+    def terminated(self, what: str) -> None:
         # the reason's class is "SIGTERM", whatever each rank was doing, so ranks all stopped
         # by the launcher agree in ``journal diff``
         self.recorders.emit("terminated", f"SIGTERM: while {what}")

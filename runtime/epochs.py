@@ -29,7 +29,7 @@ import dataclasses
 from typing import Any, Generic
 
 from .bindings import Bindings, Cached, H, M
-from .errors import Violation, show_id
+from .errors import Ids, Violation, show_id
 
 #: the violation codes of the rules across envelopes
 CACHE_CODES = ("stale", "not_bumped", "epoch_backwards")
@@ -92,67 +92,71 @@ class EpochCache(Generic[H, M]):
             epoch = getattr(msg, c.epoch, None)
             if type(epoch) is not int:
                 continue  # absent (another plan) or ill-typed: single-envelope rules say so
-            sent = getattr(msg, c.field, None) is not None
-            entry = self.entries.get((c.message, c.field))
-            rule = self._rule_text(c)
-            if entry is not None and epoch < entry.epoch:
-                out.append(
-                    Violation(
-                        "epoch_backwards",
-                        c.epoch,
-                        f">= {entry.epoch} (never decreases)",
-                        show_id(epoch),
-                        rule,
-                        c.fm,
-                        f"{c.epoch} went back from {entry.epoch} to {show_id(epoch)}",
-                        ids,
-                    )
-                )
-                continue
-            if entry is None:
-                why = "the cache is empty (first envelope, or this end restarted)"
-            elif cut is not None:
-                why = f"a hard cut ({self.role} {self.cut} -> {cut}) resets the cache"
-            elif entry.value is None:
-                why = f"a hard cut ({self.role} {self.cut}) reset the cache"
-            elif epoch > entry.epoch:
-                why = f"{c.epoch} incremented ({entry.epoch} -> {epoch})"
-            else:
-                why = ""
-            if why and not sent:
-                kept = (
-                    "nothing kept"
-                    if entry is None or entry.value is None or cut is not None
-                    else f"kept value of {c.epoch} {entry.epoch} is stale"
-                )
-                out.append(
-                    Violation(
-                        "stale",
-                        c.field,
-                        f"{c.field} of {c.epoch} {epoch}",
-                        f"absent ({kept})",
-                        rule,
-                        c.fm,
-                        f"stale {c.field}: {why}, but the envelope does not carry it",
-                        ids,
-                    )
-                )
-            elif sent and not why:
-                out.append(
-                    Violation(
-                        "not_bumped",
-                        c.field,
-                        f"{c.epoch} > {entry.epoch if entry is not None else '?'} "
-                        f"(a new {c.field} increments it)",
-                        f"{c.field} sent with {c.epoch} {epoch} (unchanged)",
-                        rule,
-                        c.fm,
-                        f"a new {c.field} without a new {c.epoch}: receivers that kept the "
-                        "old value could not tell",
-                        ids,
-                    )
-                )
+            found = self._check_field(c, epoch, getattr(msg, c.field, None) is not None, cut, ids)
+            if found is not None:
+                out.append(found)
         return out
+
+    def _check_field(
+        self, c: Cached, epoch: int, sent: bool, cut: int | None, ids: Ids
+    ) -> Violation | None:
+        """What is wrong with one cached field of an envelope whose ``c.epoch`` is ``epoch``."""
+        entry = self.entries.get((c.message, c.field))
+        rule = self._rule_text(c)
+        if entry is not None and epoch < entry.epoch:
+            return Violation(
+                "epoch_backwards",
+                c.epoch,
+                f">= {entry.epoch} (never decreases)",
+                show_id(epoch),
+                rule,
+                c.fm,
+                f"{c.epoch} went back from {entry.epoch} to {show_id(epoch)}",
+                ids,
+            )
+        why = self._why_sent(c, epoch, entry, cut)
+        if why and not sent:
+            kept = (
+                "nothing kept"
+                if entry is None or entry.value is None or cut is not None
+                else f"kept value of {c.epoch} {entry.epoch} is stale"
+            )
+            return Violation(
+                "stale",
+                c.field,
+                f"{c.field} of {c.epoch} {epoch}",
+                f"absent ({kept})",
+                rule,
+                c.fm,
+                f"stale {c.field}: {why}, but the envelope does not carry it",
+                ids,
+            )
+        if sent and not why:
+            return Violation(
+                "not_bumped",
+                c.field,
+                f"{c.epoch} > {entry.epoch if entry is not None else '?'} "
+                f"(a new {c.field} increments it)",
+                f"{c.field} sent with {c.epoch} {epoch} (unchanged)",
+                rule,
+                c.fm,
+                f"a new {c.field} without a new {c.epoch}: receivers that kept the "
+                "old value could not tell",
+                ids,
+            )
+        return None
+
+    def _why_sent(self, c: Cached, epoch: int, entry: _Entry | None, cut: int | None) -> str:
+        """Why the envelope must carry the field ("": it must not)."""
+        if entry is None:
+            return "the cache is empty (first envelope, or this end restarted)"
+        if cut is not None:
+            return f"a hard cut ({self.role} {self.cut} -> {cut}) resets the cache"
+        if entry.value is None:
+            return f"a hard cut ({self.role} {self.cut}) reset the cache"
+        if epoch > entry.epoch:
+            return f"{c.epoch} incremented ({entry.epoch} -> {epoch})"
+        return ""
 
     def _rule_text(self, c: Cached) -> str:
         cut = f" and after a hard cut of {self.role}" if self.role is not None else ""

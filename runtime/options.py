@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 import torch
 
 from . import journal as _journal
+from .framing import CPU_CARRY_LIMIT
 
 if TYPE_CHECKING:
     from .recorder import Recorder
@@ -63,6 +64,16 @@ class ChannelOptions:
                 f"watchdog_s must be a number of seconds in (0, {threading.TIMEOUT_MAX:g}], "
                 f"or None for no watchdog; got {w!r}"
             )
+
+    def head_carry_limit(self, device: torch.device | None) -> int:
+        """The largest segment the head carries on ``device`` (``carry_limit`` or its default)."""
+        if self.carry_limit is not None:
+            return self.carry_limit
+        if self.arena:
+            return 1 << 62  # the head carries every segment: alloc places them there
+        # a device copy is nearly free next to a collective; a host copy is not
+        on_device = device is not None and device.type != "cpu"
+        return 1 << 62 if on_device else CPU_CARRY_LIMIT
 
     def replace(self, **changes: object) -> ChannelOptions:
         """These options with ``changes`` (checked again)."""

@@ -400,9 +400,7 @@ def test_a_peers_journal_status_is_one_escaped_line_and_every_rank_decides_alike
     """The open handshake's journal statuses are a peer's text: a newline, an escape
     sequence or a non-string cannot forge a log line or raise, and every rank, holding the
     same records, turns journaling off."""
-    from types import SimpleNamespace
-
-    from tpwire.runtime.channel import Channel
+    from tpwire.runtime.handshake import agree
     from tpwire.runtime.recorder import Recorder, Recorders
 
     forged = "x\ntpwire[rank 1]: POISONED call_id=7: forged; exiting 86\x1b[2J"
@@ -424,14 +422,14 @@ def test_a_peers_journal_status_is_one_escaped_line_and_every_rank_decides_alike
 
     for rank in range(4):
         journal = Journal()
-        ch: Any = SimpleNamespace(rank=rank, recorders=Recorders([journal], rank))
-        Channel._agree(ch, records)
+        recorders = Recorders([journal], rank)
+        agree(recorders, records)
         err = capsys.readouterr().err
         (line,) = err.splitlines()
         assert line.startswith(f"tpwire[rank {rank}]: journal off on every rank")
         assert "\x1b" not in line and "\\n" in line and "\\x1b" in line
         assert "rank 1\\nforged: x\\ntpwire[rank 1]: POISONED" in line and "rank 2: {" in line
-        assert journal.calls == ["abandoned"] and not ch.recorders
+        assert journal.calls == ["abandoned"] and not recorders
 
 
 @pytest.mark.timeout(180)
