@@ -248,3 +248,54 @@ def test_a_compat_receiver_does_not_encode_what_it_received(tmp_path: Path) -> N
     for r in results:
         assert r.exitcode == 0, r.log
     assert results[1].result["prepare"] == 0, results[1].result
+
+
+def compat_source_dies_mid_envelope(rank: int, world: int) -> Any:
+    """Both ranks first build a p2p channel with a heartbeat (refused: its message); then
+    rank 0 opens a compat channel, puts one envelope's header slots (call_id 1) on the wire
+    and dies before its payload; rank 1 is in the middle of receiving that envelope."""
+    import torch
+    import torch.distributed as dist
+    from mp_scenarios import header
+
+    from tpwire.generated import tp_control as tc
+    from tpwire.runtime.channel import ChannelPoisoned, P2PChannel
+    from tpwire.runtime.compat import CompatBroadcastChannel
+
+    try:
+        P2PChannel(tc.BINDINGS, 1 - rank, heartbeat_s=1.0)
+        p2p = "no error"
+    except ValueError as exc:
+        p2p = str(exc)
+    ch = CompatBroadcastChannel(tc.BINDINGS, poison="raise", watchdog_s=20.0).open()
+    if rank == 0:
+        h = header(1, chunk=1)
+        slots = [h.call_id, h.chunk_index, h.control_epoch, h.cache_epoch, int(h.action)]
+        dist.broadcast(torch.tensor(slots, dtype=torch.int64), src=0)
+        os._exit(0)
+    try:
+        ch.recv()
+        line = "no poison"
+    except ChannelPoisoned as exc:
+        line = str(exc)
+    return {"p2p": p2p, "line": line}
+
+
+@pytest.mark.timeout(180)
+def test_compat_poison_mid_payload_names_the_envelope_and_keeps_its_words(
+    tmp_path: Path,
+) -> None:
+    """The old compat ``recv`` parsed the header first and poisoned with its ids: "compat
+    payload failed: ..." (a watchdog: "the payload of <its ids>"). ``CompatWire.receive``
+    raises before handing the header back, so the line names the envelope before it (here
+    none) and says "receive failed". And the p2p heartbeat refusal kept its words."""
+    results = run_ranks(
+        "compat_source_dies_mid_envelope", tmp_path, world=2, timeout=150,
+        module="test_review_core",
+    )  # fmt: skip
+    worker = results[1]
+    assert worker.exitcode == 0, worker.log
+    assert worker.result["p2p"] == "p2p channels have no heartbeat; use watchdog_s on both ends"
+    line = worker.result["line"]
+    assert "call_id=1 chunk_index=1 cache_epoch=0" in line, line
+    assert "compat payload failed" in line or "the payload of" in line, line
