@@ -1,6 +1,7 @@
 """The tpwire compiler: load -> check -> IR -> render (codegen/compiler.py).
 
 Needs the ``compiler`` extra (PyYAML, jinja2, jsonschema and the pinned formatter).
+The stages, what each module owns and where to add things: docs/architecture.md.
 """
 
 from tpwire.extras import require

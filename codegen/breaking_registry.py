@@ -7,7 +7,8 @@ annotation of its parameter: ``FieldPair``, ``MessageAdded``, ... in
 walks two specs, builds the pairs and runs every rule registered over each pair's kind; a
 rule may emit only its own id. :data:`RULES` is the catalogue ``tpwire breaking
 --list-rules`` prints, in group order (:data:`GROUPS`), then registration order, and every
-:class:`Finding` is checked against it when it is made.
+:class:`Finding` is checked against it when it is made. Adding a rule: docs/architecture.md,
+"How to add a breaking rule".
 """
 
 from __future__ import annotations

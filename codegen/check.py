@@ -8,6 +8,7 @@ This module is the stage's entry: ``check``, the meta-schema and its errors, and
 of a shared ``Context``, one module per part of a spec: ``check_enums``, ``check_header``,
 ``check_messages``, ``check_fields`` (types and field rule kinds, ``codegen/field_rules.py``),
 ``check_exprs``, ``check_cached``, ``check_names``. Error codes: ``codegen/codes.py``.
+Where a new check goes: docs/architecture.md, "How to add a check and its error code".
 """
 
 from __future__ import annotations

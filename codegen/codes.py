@@ -5,7 +5,8 @@ emit, each with a one-line meaning. The checker names codes through these consta
 misspelt code is an ``AttributeError`` (and a mypy error), not a new code; the loader and
 the expression parser spell theirs as literals, which tests/test_check_codes.py holds to
 this catalogue. The list in docs/spec-language.md ("Error codes") is rendered from it
-(``python -m tools.codes_doc``, part of ``make gen``).
+(``python -m tools.codes_doc``, part of ``make gen``). Adding a code: docs/architecture.md,
+"How to add a check and its error code".
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The compiler driver: load -> check -> IR -> render, and the files it writes."""
+"""The compiler driver: load -> check -> IR -> render, and the files it writes
+(docs/architecture.md, the compiler's stages)."""
 
 from __future__ import annotations
 

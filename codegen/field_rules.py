@@ -7,6 +7,7 @@ must match, and the function that checks it. ``codegen/check_fields.py`` registe
 built-in kinds and dispatches through ``field_rules()``; the meta-schema the checker
 validates against is ``codegen/meta_schema.json`` with every registered fragment added
 under ``$defs.field.properties`` (docs/spec-language.md, "Fields", lists the keys).
+A new rule kind end to end: docs/architecture.md, "How to add a rule kind".
 """
 
 from __future__ import annotations

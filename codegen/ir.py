@@ -1,7 +1,8 @@
 """Stage 3 - IR: the checked spec with everything resolved for printing.
 
 Templates only print and loop: Python spellings (type strings, compiled expressions,
-literal reprs, class names), wire offsets and doc strings are computed here.
+literal reprs, class names), wire offsets and doc strings are computed here. The IR's
+modules (``ir_build``, ``ir_messages``, ``ir_fields``, ``ir_expr``): docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 PyYAML's composer gives nodes with marks; we walk them ourselves so that duplicate
 keys, aliases, custom tags, garbage bytes, huge numbers and deep nesting all become
-located ``SpecError``s instead of tracebacks or silent overwrites.
+located ``SpecError``s instead of tracebacks or silent overwrites. The stages after this one:
+docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Output is deterministic (no timestamps, no hash-order dependence) and Python output is
 normalised with ``ruff format`` so the checked-in bindings are lint- and format-clean.
+The stages before this one: docs/architecture.md.
 """
 
 from __future__ import annotations

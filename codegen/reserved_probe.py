@@ -4,7 +4,8 @@ A spec may not name an enum, message or variant class after something the genera
 bindings or strategies module binds itself (``codegen/check_names.py`` refuses it). Those
 names are the templates', so they are read off the templates' output: ``probe()`` checks,
 lowers and renders ``PROBE_SPEC`` and collects what the modules bind at module scope.
-The checker does not render (stages import downward only: load < check < ir < render);
+The checker does not render (stages import downward only: load < check < ir < render,
+docs/architecture.md);
 it reads the result as data, ``codegen/reserved_names.py``, which
 ``python -m tpwire.codegen.reserved_probe`` (part of ``make gen``) writes and
 tests/test_stage_imports.py holds fresh.

@@ -8,6 +8,8 @@ value wanted) is computed when the rule fails.
 
 The rules pass is spelled here too: presence checks grouped under their shared condition
 (evaluated once), derived fields and invariants, each as a condition and its Python.
+A registered rule kind's check (``register_emitter``): docs/architecture.md, "How to add a
+rule kind".
 """
 
 from __future__ import annotations

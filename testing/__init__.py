@@ -3,7 +3,8 @@
 The generated ``*_strategies`` modules build on :mod:`tpwire.testing.strategies`: valid
 envelopes that reach a spec's edges, a reference verdict computed from the declared rules,
 and labelled mutants that break one named rule. :func:`check_transport` is the conformance
-kit every transport passes (``tpwire.testing.transport_kit``; docs/runtime.md).
+kit every transport passes (``tpwire.testing.transport_kit``; docs/runtime.md;
+docs/architecture.md, "How to add a transport").
 """
 
 from typing import TYPE_CHECKING, Any

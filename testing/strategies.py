@@ -15,6 +15,8 @@ here:
   named rule broken (see :data:`MUTANT_KINDS`), carrying the violations it must produce.
   Where a spec makes one rule imply another (``none_unless`` and an iff invariant on the
   same field) a mutant breaks both and carries both; otherwise it breaks exactly one.
+
+Each field's :class:`Rule` is filled from its constraint record (docs/architecture.md).
 """
 
 from __future__ import annotations

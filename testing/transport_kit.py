@@ -1,5 +1,6 @@
 """The transport conformance kit: ``check_transport`` runs the same cases on the real
-``Channel`` over any ``Transport`` (docs/runtime.md, writing a transport).
+``Channel`` over any ``Transport`` (docs/runtime.md, writing a transport; docs/architecture.md,
+"How to add a transport").
 
 Each run spawns ``world`` processes joined by a gloo world group; in each, ``make_pair(rank,
 world)`` builds the transport and the rank plays its part: rank 0 is the source, the others
