@@ -206,6 +206,23 @@ def test_closing_twice_tells_the_recorders_once() -> None:
     assert "CLOSED 1" in run.stdout, run.stdout
 
 
+def test_a_recorder_named_like_a_status_key_is_not_refused_by_it() -> None:
+    """The handshake's status holds each recorder's setup problem under its name, and the
+    rank under "rank": a recorder named "rank" has its status overwritten by the rank
+    number, which ``agree`` reads as every rank's problem (the recorder goes off
+    everywhere). Two recorders of one name share one status the same way."""
+    run = _run(
+        """
+        class Rank(Recorder):
+            name = "rank"
+        ch = BroadcastChannel(tc.BINDINGS, poison="raise", recorders=[Rank()]).open()
+        print("ACTIVE", [r.name for r in ch.recorders.active])
+        """
+    )
+    assert run.returncode == 0, run.stderr
+    assert "ACTIVE ['rank']" in run.stdout, run.stderr
+
+
 # -- compat -----------------------------------------------------------------------------------
 
 
