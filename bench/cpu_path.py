@@ -1,9 +1,8 @@
 """tpwire's CPU path per envelope: what a channel adds on top of moving the bytes.
 
-Both ends of a ``BroadcastChannel`` run in one process (a gloo group of one rank, used by the
-open handshake only) and the collectives are replaced by a hand-over in memory: the source's
-``_put`` keeps the tensor it would broadcast, the worker's ``_get`` copies it into the buffer
-the channel hands it. That copy is the collective's own work, so it is timed and left out;
+Both ends of a broadcast ``Channel`` run in one process (a gloo group of one rank, used by the
+open handshake only) over an in-memory transport: the source's ``put`` keeps the tensor it
+would broadcast, the worker's ``get`` copies it into the buffer the channel hands it. That copy is the collective's own work, so it is timed and left out;
 what remains is everything else: the source's preflight and layout, the worker's buffers,
 frame 0 checks, views and validation. Every envelope the worker receives is compared with
 the one sent (the untimed ones), so the path measured is one that works.
@@ -52,7 +51,8 @@ def _run(port: int, kinds: tuple[str, ...], counts: dict[str, int], out: str) ->
     import torch
     import torch.distributed as dist
 
-    from tpwire.runtime.channel import BroadcastChannel
+    from tpwire.runtime.channel import Channel, ChannelOptions
+    from tpwire.runtime.transport import BroadcastTransport
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
@@ -60,18 +60,22 @@ def _run(port: int, kinds: tuple[str, ...], counts: dict[str, int], out: str) ->
     )  # fmt: skip
     torch.set_num_threads(1)
     wire: collections.deque[torch.Tensor] = collections.deque()
-    marks: list[tuple[float, float]] = []  # (start, end) of every worker _get
+    marks: list[tuple[float, float]] = []  # (start, end) of every worker get
     clock = time.perf_counter
 
-    class Source(BroadcastChannel[Any, Any]):
-        def _put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+    class Source(BroadcastTransport):
+        def put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
             wire.append(tensor)  # the worker runs next: the bytes are still there
 
-    class Worker(BroadcastChannel[Any, Any]):
-        def _get(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
+        get = put
+
+    class Worker(BroadcastTransport):
+        def get(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
             t0 = clock()
             tensor.copy_(wire.popleft())
             marks.append((t0, clock()))
+
+        put = get
 
     junk = torch.zeros(16 << 20, dtype=torch.uint8)
     before_each: dict[str, Callable[[], object]] = {
@@ -85,8 +89,9 @@ def _run(port: int, kinds: tuple[str, ...], counts: dict[str, int], out: str) ->
         kind = E.KINDS[name]
         proto = kind.protocol()
         msgs = [kind.message(proto, i) for i in range(24)]
-        source = Source(proto, poison="raise", src=0).open()
-        worker = Worker(proto, poison="raise", src=1).open()  # rank 0 is not its source
+        opts = ChannelOptions(poison="raise")
+        source = Channel(proto, Source(src=0), opts).open()
+        worker = Channel(proto, Worker(src=1), opts).open()  # rank 0 is not its source
         row: dict[str, Any] = {"kind": name}
         j = 0  # the chunk of this kind's stream (its first one carries every cached field)
         for cond in CONDITIONS:

@@ -28,8 +28,8 @@ from bench import envelopes as E
 from bench.__main__ import _free_port
 
 #: (rank, the channel method whose samples count)
-SIDES = ((0, "_Channel.send"), (1, "_Channel.recv"))
-_COLLECTIVE = ("BroadcastChannel._put", "BroadcastChannel._get")
+SIDES = ((0, "Sender.send"), (1, "Receiver.recv"))
+_COLLECTIVE = ("BroadcastTransport.put", "BroadcastTransport.get")
 
 
 def _stream(rank: int, port: int, kind_name: str, ready: str, stop: str) -> None:

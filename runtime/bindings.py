@@ -166,10 +166,15 @@ class Bindings(Generic[H, M, A]):
         seq = getattr(header, roles.sequence, None)
         chunk = getattr(header, roles.chunk, None) if roles.chunk is not None else None
         epoch = getattr(header, roles.epoch, None) if roles.epoch is not None else None
-        return RoleIds(
-            seq if type(seq) is int else None,
-            chunk if type(chunk) is int else None,
-            epoch if type(epoch) is int else None,
+        # tuple.__new__: a NamedTuple's own __new__ is a Python call, and this runs on both
+        # ends of every envelope
+        return tuple.__new__(
+            RoleIds,
+            (
+                seq if type(seq) is int else None,
+                chunk if type(chunk) is int else None,
+                epoch if type(epoch) is int else None,
+            ),
         )
 
     def ids(self, header: object) -> Ids:

@@ -35,7 +35,7 @@ from .arena import ArenaError, ArenaStats
 from .bindings import A, Bindings, GeneratedModule, H, M, bindings_of
 from .escape import printable
 from .framing import CPU_CARRY_LIMIT, FRAME0_TAG, TRAILER_NBYTES, Framing
-from .journal_recorder import JournalRecorder, journal_recorder
+from .journal_recorder import journal_recorder
 from .options import ChannelKnobs, ChannelOptions, options_of
 from .ordering import Ordering, OrderingError
 from .policy import (
@@ -94,7 +94,9 @@ class Channel(Generic[H, M, A]):
         self.last_sent: H | None = None
         self.last_header: H | None = None
         self._journal = journal_recorder(opts.journal)
-        self.recorders = Recorders([self._journal, *opts.recorders], self.rank)
+        # a journal that is off records nothing: not a recorder the hot path calls
+        journaling = [self._journal] if self._journal.config is not None else []
+        self.recorders = Recorders([*journaling, *opts.recorders], self.rank)
         self.policy = Policy(self)
         self.terminate_token: int | None = None
         for action in (self.protocol.noop, self.protocol.shutdown, self.protocol.error):
@@ -108,6 +110,7 @@ class Channel(Generic[H, M, A]):
         self.parity_flags: dict[str, object] = {
             **dict(opts.parity_flags or {}),
             "tpwire.tripwires": opts.tripwires,  # the tripwires run only if every rank agrees
+            **self._journal.parity(),  # "off" too: every rank should agree
             **self.recorders.parity(),
             "tpwire.steady_state": steady,
             "tpwire.carry_limit": carry,
@@ -138,7 +141,7 @@ class Channel(Generic[H, M, A]):
     @property
     def journal(self) -> Any:
         """This rank's journal writer (``runtime/journal.py``); None when not journaling."""
-        return self._journal.writer if isinstance(self._journal, JournalRecorder) else None
+        return self._journal.writer
 
     def ids(self, header: object) -> str:
         """The envelope's ids for a log line, by the spec's own field names."""

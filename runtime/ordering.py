@@ -19,6 +19,8 @@ class Ordering:
 
     def __init__(self, bindings: Bindings[Any, Any]) -> None:
         self.bindings = bindings
+        self.payload_actions = bindings.payload_actions
+        self._checked: tuple[Any, Any] = (None, None)
         roles = bindings.roles
         self.seq_field, self.chunk_field, self.epoch_field = (
             roles.sequence,
@@ -29,12 +31,11 @@ class Ordering:
         self.chunk: int | None = None
         self.epoch: int | None = None
 
-    def _payload(self, header: Any) -> bool:
-        return self.bindings.action_of(header) in self.bindings.payload_actions
-
     def problem(self, header: Any) -> str | None:
         """What is wrong with ``header`` after the headers committed so far (None: nothing)."""
-        seq, chunk, epoch = self.bindings.role_ids(header)
+        ids = self.bindings.role_ids(header)
+        self._checked = (header, ids)  # commit() of the same header reads them again
+        seq, chunk, epoch = ids
         if self.seq is not None and seq is not None and seq <= self.seq:
             kind = "duplicate" if seq == self.seq else "regressing"
             return f"{kind} {self.seq_field} {seq} after {self.seq}"
@@ -44,17 +45,20 @@ class Ordering:
             self.chunk is not None
             and chunk is not None
             and chunk <= self.chunk
-            and self._payload(header)
+            and self.bindings.action_of(header) in self.payload_actions
         ):
             return f"{self.chunk_field} {chunk} after {self.chunk}"
         return None
 
     def commit(self, header: Any) -> None:
         """``header`` went out (or was accepted): later ones are ordered after it."""
-        seq, chunk, epoch = self.bindings.role_ids(header)
+        checked = self._checked
+        ids = checked[1] if checked[0] is header else self.bindings.role_ids(header)
+        self._checked = (None, None)
+        seq, chunk, epoch = ids
         self.seq = seq if seq is not None else self.seq
         self.epoch = epoch if epoch is not None else self.epoch
-        if chunk is not None and self._payload(header):
+        if chunk is not None and self.bindings.action_of(header) in self.payload_actions:
             self.chunk = chunk
 
     def next_sequence(self) -> int:

@@ -47,13 +47,14 @@ class Received(Generic[H, M, A]):
     kept: frozenset[str] = frozenset()
 
 
-@dataclass
+@dataclass(slots=True)
 class Arrival:
     """One envelope on its way in: its head, its checked frame 0, where its segments are."""
 
     head: torch.Tensor
     raw: bytes
     manifest: Manifest
+    header: Any
     started: float
     ahead: Ahead | None
     #: segment i: the bytes of buffers[i] from offsets[i] on (the head's slot, or its own)
@@ -64,10 +65,6 @@ class Arrival:
     head_free: bool = True
     segments: list[bytes] | None = None  # copies for the recorders that want them
 
-    @property
-    def header(self) -> Any:
-        return self.manifest.header
-
 
 class Receiver:
     """What one channel end keeps for the envelopes it receives."""
@@ -77,6 +74,7 @@ class Receiver:
         self.bindings = channel.protocol
         self.framing = framing
         self.order = Ordering(self.bindings)
+        self.terminal = self.bindings.terminal  # (a property: made once, not per envelope)
         self.cache = EpochCache(self.bindings, keep_values=True) if self.bindings.cached else None
 
     def recv(self) -> Received[Any, Any, Any]:
@@ -122,7 +120,7 @@ class Receiver:
             raw = frame0_bytes(head, framing.frame0_nbytes)
             manifest = self.bindings.read_frame0_bytes(raw)
         except BaseException as exc:  # frame 1 may follow: this rank can no longer keep step
-            if raw and ch.recorders:
+            if raw and ch.recorders.active:
                 event = EnvelopeEvent(
                     None, None, "refused", raw, len(raw), 0.0, error=describe(exc)
                 )
@@ -132,7 +130,9 @@ class Receiver:
             framing.check_trailer(head, raw)
         except WireError as exc:
             ch.policy.poison(manifest.header, f"head refused: {exc}")
-        return Arrival(head, raw, manifest, started, ahead if _same(ahead, manifest) else None)
+        if ahead is not None and manifest.slots is not ahead.slots:
+            ahead = None  # made for another layout
+        return Arrival(head, raw, manifest, manifest.header, started, ahead)
 
     def _frame1(self, a: Arrival) -> None:
         """The segments: those in the head, and one collective for each other one."""
@@ -147,7 +147,7 @@ class Receiver:
                 rest.append(i)
             elif n:
                 a.head_free = False
-        a.nbytes = a.head.numel()
+        a.nbytes = framing.head_nbytes
         if not rest:  # (a head that carried everything: no collective to watch)
             return
         header = a.header
@@ -174,7 +174,7 @@ class Receiver:
             framing.ahead = a.manifest
         if a.head_free:
             framing.keep_spare(a.head, ch.frame0_device)
-        if ch.recorders.wants_segments:
+        if ch.recorders.active and ch.recorders.wants_segments:
             a.segments = [tensor_bytes(a.buffers[i], a.offsets[i], n) for i, n in enumerate(sizes)]
 
     def _commit(self, header: Any) -> None:
@@ -218,9 +218,9 @@ class Receiver:
         ch = self.channel
         action = self.bindings.action_of(header)
         reason = a.manifest.reason if a is not None else None
-        if ch.recorders:
+        if ch.recorders.active:
             self._record(a, action, header, msg, reason)
-        if action in self.bindings.terminal:
+        if action in self.terminal:
             ch.closed = True  # terminal actions: no further frame will come
         if action is self.bindings.error:
             # the peer's text, escaped: a newline in it would forge a log line
@@ -253,7 +253,7 @@ class Receiver:
 
     def _refused(self, a: Arrival, error: str, *, state: str = "refused") -> None:
         ch = self.channel
-        if ch.recorders:
+        if ch.recorders.active:
             action = self.bindings.action_of(a.header)
             seconds = time.perf_counter() - a.started
             event = EnvelopeEvent(
@@ -294,7 +294,3 @@ class Receiver:
     def forget(self) -> None:
         if self.cache is not None:
             self.cache.forget()
-
-
-def _same(ahead: Ahead | None, manifest: Manifest) -> bool:
-    return ahead is not None and manifest.slots is ahead.slots

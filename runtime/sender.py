@@ -43,6 +43,7 @@ class Sender:
         self.bindings = channel.protocol
         self.framing = framing
         self.order = Ordering(self.bindings)
+        self.terminal = self.bindings.terminal  # (a property: made once, not per envelope)
         # fields cached by an epoch: the rules across envelopes, against what this end sent
         self.cache = EpochCache(self.bindings, keep_values=False) if self.bindings.cached else None
         #: copy-free sends (``alloc``); None unless the channel was opened with ``arena=True``
@@ -116,15 +117,18 @@ class Sender:
             lambda: f"send of {action.name} {ch.ids(header)}", armed=watched, header=header
         ):
             sizes: tuple[int, ...] = ()
+            head: torch.Tensor | None = None
+            rest: Rest = []
             if ch.carrier is not None:
-                head, nbytes = None, 0
                 self._carried(header, action, msg)
             else:
                 frames, head, rest, sizes = self.lay_out(frames)
-                nbytes = self._put(header, action, head, rest)
+                self._put(header, action, head, rest)
         ch.policy.in_flight = None
-        if ch.recorders:
-            self.record(frames, head, header, action, nbytes, time.perf_counter() - started)
+        if ch.recorders.active:
+            nbytes = (head.numel() if head is not None else 0) + sum(s.numel() for _, s in rest)
+            seconds = time.perf_counter() - started
+            self.record(frames, head, header, action, int(nbytes), seconds)
         self.after(frames, header, action, sizes)
 
     def lay_out(
@@ -145,23 +149,20 @@ class Sender:
             rest = [(i, s) for i, s in enumerate(frames.segments) if not carried[i]]
         return frames, framing.head_to_send(frames, carried, device), rest, sizes
 
-    def _put(self, header: Any, action: enum.IntEnum, head: torch.Tensor, rest: Rest) -> int:
+    def _put(self, header: Any, action: enum.IntEnum, head: torch.Tensor, rest: Rest) -> None:
         ch = self.channel
         put = ch.transport.put
         try:
             put(head, FRAME0_TAG, frame0=True)
         except BaseException as exc:  # a peer is gone, the group is broken, an interrupt
             ch.policy.poison(header, f"frame 0 send of {action.name} failed: {describe(exc)}")
-        nbytes = head.numel()
         try:
             for i, segment in rest:
                 put(segment, ch.segment_tag(header, i), frame0=False)
-                nbytes += segment.numel()
         except BaseException as exc:
             ch.policy.poison(
                 header, f"frame 1 send of {action.name} failed after frame 0: {describe(exc)}"
             )
-        return int(nbytes)
 
     def _carried(self, header: Any, action: enum.IntEnum, msg: Any) -> None:
         ch = self.channel
@@ -183,7 +184,7 @@ class Sender:
         self.order.commit(header)
         ch.last_sent = header
         self.last_send = time.monotonic()
-        if action in self.bindings.terminal:
+        if action in self.terminal:
             # however it was sent (send(), shutdown(), error()): the workers have left their
             # receive loops, so a further frame 0 would strand this rank
             ch.closed = True
@@ -206,7 +207,7 @@ class Sender:
         else:
             frame0 = tensor_bytes(frames.frame0.cpu().contiguous().view(torch.uint8))
         segments = None
-        if ch.recorders.wants_segments:
+        if ch.recorders.wants_segments:  # (recorders there: asked only then)
             if isinstance(frames, Prepared):
                 packed = frames.frames().segments if frames.sizes else ()
             else:

@@ -129,6 +129,7 @@ class BroadcastTransport(Transport):
     ) -> None:
         super().__init__(group, cpu_group)
         self.src = src
+        self.is_source = self.rank == src
 
     def put(self, tensor: torch.Tensor, tag: int, *, frame0: bool) -> None:
         group = self.cpu_group if frame0 and self.cpu_group is not None else self.group
@@ -137,10 +138,10 @@ class BroadcastTransport(Transport):
     get = put  # a broadcast is the same call on every rank
 
     def sends(self) -> bool:
-        return self.rank == self.src
+        return self.is_source
 
     def check_role(self, sender: bool) -> None:
-        if sender != self.sends():
+        if sender != self.is_source:
             role = "the source rank" if sender else "a receiving rank"
             raise RuntimeError(f"only {role} may call this (rank {self.rank}, src {self.src})")
 
