@@ -138,9 +138,23 @@ def _make(cwd: Path, target: str) -> str:
     out = []
     for raw in recipe.group(1).splitlines():
         line = raw.strip().replace("$(PY)", ".venv/bin/python")
+        out.append(line + "\n")
+        # the project's own steps before the compiler (the checker's name data, the docs'
+        # error-code table) write into the dev checkout, silent when it is fresh: checked
+        # there (the copy the tour edits holds no codegen/ or tools/)
+        own = re.fullmatch(
+            r"\.venv/bin/python -m (tpwire\.codegen\.reserved_probe|tools\.codes_doc)", line
+        )
+        if own:
+            done = subprocess.run(
+                [sys.executable, "-m", own[1], "--check"], cwd=REPO, capture_output=True,
+                text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            out.append(done.stdout + done.stderr)
+            continue
         m = re.fullmatch(r"(?:cd (\S+) && )?\S*\.venv/bin/python -m tpwire (.*)", line)
         assert m, f"make {target}: cannot run {line!r} here"
-        out.append(line + "\n")
         out.append(tpwire(cwd / (m[1] or "."), *m[2].split()))
     return "".join(out)
 
