@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
-from . import codes, reserved_names
+from . import codes
 from .check_context import Context
 from .load import PathKey
 from .model import CMessage, variant_class_name
@@ -49,6 +49,10 @@ class GeneratedNames:
 def generated_names() -> GeneratedNames:
     """The module-scope names of the generated bindings and strategies modules (the data
     ``make gen`` keeps in codegen/reserved_names.py)."""
+    # imported here, not at the top: ``python -m tpwire.codegen.reserved_probe`` imports this
+    # module to write that file, so a missing or broken one must not stop it (make gen)
+    from . import reserved_names
+
     return GeneratedNames(dict(reserved_names.FIXED), reserved_names.PATTERNS)
 
 

@@ -12,8 +12,11 @@ A new rule kind end to end: docs/architecture.md, "How to add a rule kind".
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Any, Protocol
 
 from .codes import Code
@@ -22,6 +25,19 @@ from .model import CDim, TypeRef
 
 #: The kinds a field can have (``TypeRef.kind``).
 FIELD_KINDS = ("int", "float", "bool", "str", "tensor", "enum")
+#: Field keys that are no rule kind: ``codegen/check_fields.py`` reads them itself (the
+#: type, prose, presence conditions, the derived expression, the cache epoch).
+SPEC_KEYS = frozenset(
+    {"type", "doc", "why", "check", "fm", "derived"}
+    | {"required_when", "forbidden_when", "none_unless", "cached_by"}
+)
+
+
+@cache
+def shipped_field_keys() -> frozenset[str]:
+    """The field keys codegen/meta_schema.json spells itself (``$defs.field.properties``)."""
+    text = resources.files("tpwire.codegen").joinpath("meta_schema.json").read_text("utf-8")
+    return frozenset(json.loads(text)["$defs"]["field"]["properties"])
 
 
 class Fail(Protocol):
@@ -93,12 +109,22 @@ def register_field_rule(
 ) -> FieldRule:
     """Add a rule kind: ``key`` in a field body of one of ``kinds`` is checked by ``check``.
 
-    Raises ``ValueError`` for a key registered already or an unknown kind."""
+    Raises ``ValueError`` for a key registered already, an unknown kind, a key that is no
+    rule kind (``SPEC_KEYS``), a ``schema`` for a key the meta-schema spells already (it
+    would replace that key's schema on every field) and no ``schema`` for a key it lacks
+    (the key would be refused as ``unknown-key``)."""
     if key in _RULES:
         raise ValueError(f"field rule {key!r} is registered already")
     unknown = [k for k in kinds if k not in FIELD_KINDS]
     if unknown or not kinds:
         raise ValueError(f"field rule {key!r}: kinds must be among {FIELD_KINDS}, got {kinds}")
+    if key in SPEC_KEYS:
+        raise ValueError(f"{key!r} is a field key the checker reads itself, not a rule kind")
+    spelled = key in shipped_field_keys()
+    if spelled and schema is not None:
+        raise ValueError(f"codegen/meta_schema.json spells {key!r} already: pass schema=None")
+    if not spelled and schema is None:
+        raise ValueError(f"field rule {key!r} needs the schema of its value")
     rule = FieldRule(key, tuple(kinds), schema, check, always)
     _RULES[key] = rule
     return rule

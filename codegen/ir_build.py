@@ -35,9 +35,12 @@ def records_of(spec: CheckedSpec) -> dict[tuple[str | None, str], FieldConstrain
 
 def _canonical_field(f: CField, c: FieldConstraints) -> dict[str, Any]:
     # a cached field's epoch and a registered rule kind are wire-relevant; their keys exist
-    # only where one is declared, so the fingerprints of specs without them stay the same
+    # only where one is declared, so the fingerprints of specs without them stay the same.
+    # Registered kinds go by key, not registration order: peers that register the same
+    # kinds in another order (their imports differ) still agree on the fingerprint.
     cached = {"cached_by": f.cached_by} if f.cached_by is not None else {}
-    extra = {"extra": [[k, v] for k, v in c.extra]} if c.extra else {}
+    pairs = sorted(c.extra, key=lambda kv: kv[0])
+    extra = {"extra": [[k, v] for k, v in pairs]} if pairs else {}
     return {
         **cached,
         **extra,

@@ -1,0 +1,167 @@
+"""Review checks of the compiler's extension points and `make gen` data (codegen/field_rules.py,
+codegen/constraints.py with the fingerprint, codegen/reserved_probe.py, the Makefile's
+freshness gate). Every registration here is removed again before the test ends."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tpwire.codegen import constraints
+from tpwire.codegen.check import check
+from tpwire.codegen.field_rules import (
+    SPEC_KEYS,
+    FieldInput,
+    field_rules,
+    register_field_rule,
+    shipped_field_keys,
+    unregister_field_rule,
+)
+from tpwire.codegen.ir import build
+from tpwire.codegen.load import load_text
+from tpwire.codegen.model import CField
+
+REPO = Path(__file__).resolve().parents[1]
+BUILT_IN = ["range", "max_len", "dtypes", "shape", "max_elements"]
+
+SPEC = """\
+tpwire: 1
+protocol: review
+enums:
+  Act: {values: {NOOP: 0, RUN: 1, STOP: 2, FAIL: 3}}
+header:
+  slots: [seq, act]
+  action: act
+  roles: {sequence: seq}
+  control: {noop: NOOP, shutdown: STOP, error: FAIL}
+  fields:
+    seq: {type: int, range: {min: 0}}
+    act: {type: Act}
+messages:
+  Run:
+    id: 1
+    version: 1
+    action: RUN
+    fields:
+      gain: {type: float, range: {min: -4.0, max: 4.0}}
+"""
+
+
+def _nothing(f: FieldInput) -> Mapping[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def registry_unchanged() -> Iterator[None]:
+    yield
+    assert [r.key for r in field_rules()] == BUILT_IN
+
+
+@pytest.mark.usefixtures("registry_unchanged")
+@pytest.mark.parametrize("key", sorted(SPEC_KEYS))
+def test_a_spec_key_is_no_rule_kind(key: str) -> None:
+    """A rule kind named ``why`` (or ``doc``, ``derived``...) would replace that key's
+    meta-schema on every field of every spec, or run beside the checker's own reading."""
+    with pytest.raises(ValueError, match="not a rule kind"):
+        register_field_rule(key, ("int",), {"type": "integer"}, _nothing)
+    with pytest.raises(ValueError, match="not a rule kind"):
+        register_field_rule(key, ("int",), None, _nothing)
+
+
+@pytest.mark.usefixtures("registry_unchanged")
+def test_a_new_key_needs_its_value_schema() -> None:
+    """Without a schema the meta-schema refuses the key as unknown: the kind could never
+    be used, and nothing would say why."""
+    with pytest.raises(ValueError, match="needs the schema of its value"):
+        register_field_rule("toy_review_bound", ("int",), None, _nothing)
+
+
+def test_the_meta_schema_keys_are_spec_keys_or_built_in_kinds() -> None:
+    """What lets ``register_field_rule`` tell the two apart: every key the shipped
+    meta-schema spells is a spec key or a built-in rule kind (registered without a schema)."""
+    assert shipped_field_keys() == SPEC_KEYS | set(BUILT_IN)
+    assert all(r.schema is None for r in field_rules())
+
+
+def _fingerprint() -> str:
+    return build(check(load_text(SPEC, "review.yaml"))).fingerprint
+
+
+def _kind(key: str, value: float) -> constraints.RuleKind:
+    def value_of(f: CField) -> float | None:
+        return value if f.name == "gain" else None
+
+    return constraints.RuleKind(key, ("float",), value_of)
+
+
+def _fingerprint_with(*kinds: constraints.RuleKind) -> str:
+    try:
+        for k in kinds:
+            constraints.register_kind(k)
+        return _fingerprint()
+    finally:
+        for k in kinds:
+            constraints.unregister_kind(k.key)
+
+
+def test_the_fingerprint_does_not_depend_on_registration_order() -> None:
+    """Two peers that register the same rule kinds in another order (their imports differ)
+    compile the same spec to the same contract."""
+    a, b = _kind("toy_review_a", 1.0), _kind("toy_review_b", 2.0)
+    plain = _fingerprint()
+    ab, ba = _fingerprint_with(a, b), _fingerprint_with(b, a)
+    assert ab == ba != plain
+    assert _fingerprint() == plain
+    assert list(constraints.registered_kinds()) == []
+
+
+_PROBE_WITHOUT_DATA = """
+import sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tpwire.codegen.reserved_names":
+            raise ImportError("codegen/reserved_names.py is missing")
+        return None
+sys.meta_path.insert(0, Blocked())
+from tpwire.codegen import reserved_probe
+text = reserved_probe.render(reserved_probe.probe())
+assert text == reserved_probe.DATA_MODULE.read_text("utf-8"), "probe output differs"
+print("ok")
+"""
+
+
+def test_the_probe_runs_without_the_data_it_writes() -> None:
+    """``make gen`` rewrites codegen/reserved_names.py with the probe, which imports the
+    checker: a missing or conflicted file must not stop it from being written again."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE_WITHOUT_DATA],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_make_fresh_holds_reserved_names_to_the_templates() -> None:
+    """CI runs ``make gen`` before ``make check`` and ``make test``: the test that compares
+    codegen/reserved_names.py with the probe sees the regenerated file, so only the
+    freshness gate can see a stale committed one."""
+    makefile = (REPO / "Makefile").read_text("utf-8")
+    recipe = makefile[makefile.index("\nfresh:") :].split("\n\n")[0]
+    output = re.search(r"^GEN_OUTPUT := (.*)$", makefile, re.M)
+    paths = set(output.group(1).split()) if output else set()
+    assert "$(GEN_OUTPUT)" in recipe and "git status --porcelain" in recipe
+    assert {"generated", "docs", "examples", "codegen/reserved_names.py"} <= paths
+
+
+def test_unregistering_a_new_kind_leaves_the_built_in_order() -> None:
+    register_field_rule("toy_review_bound", ("int",), {"type": "integer"}, _nothing)
+    unregister_field_rule("toy_review_bound")
+    assert [r.key for r in field_rules()] == BUILT_IN
