@@ -201,13 +201,15 @@ class RuleKind:
 _KINDS: dict[str, RuleKind] = {}
 
 #: The spec's own field keys and the rule names a validator's checks use
-#: (``codegen/rules.py``, ``field_rules``): a registered kind may not take one of them.
+#: (``codegen/rules.py``: ``field_rules``, and ``plan_rule``/``version_rule``, whose constants
+#: ``_R_<Message>_<field>_plan``/``_version`` a kind's ``_R_<Message>_<field>_<kind>`` would
+#: rebind): a registered kind may not take one of them.
 BUILTIN_KEYS = frozenset(
     (
         *("type", "range", "max_len", "dtypes", "shape", "max_elements", "derived"),
         *("required_when", "forbidden_when", "none_unless", "cached_by"),
         *("doc", "why", "check", "fm"),
-        *("dtype", "bool", "missing", "forbidden", "none"),
+        *("dtype", "bool", "missing", "forbidden", "none", "plan", "version"),
     )
 )
 

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .constraints import BUILTIN_KEYS
+
 if TYPE_CHECKING:
     from .ir import ExprIR, FieldIR, InvariantIR, MessageIR, ProtocolIR
 
@@ -72,6 +74,8 @@ _EMITTERS: dict[str, RuleEmitter] = {}
 
 def register_emitter(emitter: RuleEmitter) -> None:
     """Make the validators check ``emitter.kind`` wherever a field's record carries it."""
+    if emitter.kind in BUILTIN_KEYS:
+        raise ValueError(f"{emitter.kind!r} is a built-in rule, not a registered rule kind")
     if emitter.kind in _EMITTERS:
         raise ValueError(f"an emitter for rule kind {emitter.kind!r} is already registered")
     _EMITTERS[emitter.kind] = emitter

@@ -26,6 +26,7 @@ from tpwire.codegen.field_rules import (
 from tpwire.codegen.ir import build
 from tpwire.codegen.load import load_text
 from tpwire.codegen.model import CField
+from tpwire.codegen.rules import RuleEmitter, register_emitter
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = ["range", "max_len", "dtypes", "shape", "max_elements"]
@@ -165,3 +166,15 @@ def test_unregistering_a_new_kind_leaves_the_built_in_order() -> None:
     register_field_rule("toy_review_bound", ("int",), {"type": "integer"}, _nothing)
     unregister_field_rule("toy_review_bound")
     assert [r.key for r in field_rules()] == BUILT_IN
+
+
+@pytest.mark.parametrize("key", ["plan", "version"])
+def test_a_kind_cannot_rebind_the_plan_or_version_rule(key: str) -> None:
+    """A kind's rule constant is ``_R_<Message>_<field>_<kind>``: a kind named ``version``
+    on a message's version field would rebind ``_R_<Message>_<field>_version``, and a
+    value over the kind's bound would be reported as the wrong envelope version."""
+    with pytest.raises(ValueError, match="built-in"):
+        constraints.register_kind(constraints.RuleKind(key, ("int", "enum")))
+    with pytest.raises(ValueError, match="built-in"):
+        register_emitter(RuleEmitter(key, "range", lambda v, b: "True", lambda n, b: "any"))
+    assert list(constraints.registered_kinds()) == []
