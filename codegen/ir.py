@@ -72,10 +72,6 @@ class ExprIR:
     solves: tuple[tuple[str, str], ...] = ()
 
     @property
-    def data_guarded(self) -> str:
-        return f"({self.data_guard} and {self.data_py})" if self.data_guard else self.data_py
-
-    @property
     def data_value(self) -> str:
         """The expression's value over plain data; None when a nullable name it reads is."""
         return (
@@ -350,13 +346,6 @@ class VariantIR:
     def derived(self) -> tuple[FieldIR, ...]:
         """Fields computed from the others when the caller leaves them out."""
         return tuple(vf.field for vf in self.fields if vf.default == "_w.DERIVE")
-
-    other_member: str | None = None
-
-    @property
-    def other_member_py(self) -> str:
-        """Another discriminator member (a mutant that breaks the variant's plan)."""
-        return f"{self.enum}.{self.other_member}" if self.other_member is not None else "None"
 
     @property
     def member_py(self) -> str:

@@ -113,7 +113,6 @@ def _variants(
             fields=variant_fields(m, fields, {disc.name: value}, enums, disc.name, member),
             doc=f"{m.name} with {disc.name} = {member}.",
             enum=disc.enum,
-            other_member=next((o for o in members if o != member), None),
         )
         for member, value in members.items()
     )

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from . import expr
 from .load import PathKey
 
-SCALAR_KINDS = ("int", "float", "bool", "str", "enum")
-
 
 def variant_class_name(message: str, member: str) -> str:
     """``Infer`` + ``v1_generator_only`` -> ``InferV1GeneratorOnly``."""
