@@ -19,6 +19,8 @@ from functools import cache
 from importlib import resources
 from typing import Any, Protocol
 
+import jsonschema
+
 from .codes import Code
 from .load import PathKey
 from .model import CDim, TypeRef
@@ -125,6 +127,16 @@ def register_field_rule(
         raise ValueError(f"codegen/meta_schema.json spells {key!r} already: pass schema=None")
     if not spelled and schema is None:
         raise ValueError(f"field rule {key!r} needs the schema of its value")
+    if schema is not None:
+        # refused now, not by every later check of a spec that uses the key
+        try:
+            json.dumps(schema)
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except (TypeError, ValueError, jsonschema.SchemaError) as exc:
+            why = getattr(exc, "message", exc)
+            raise ValueError(
+                f"field rule {key!r}: its value schema is no JSON Schema: {why}"
+            ) from None
     rule = FieldRule(key, tuple(kinds), schema, check, always)
     _RULES[key] = rule
     return rule

@@ -178,3 +178,12 @@ def test_a_kind_cannot_rebind_the_plan_or_version_rule(key: str) -> None:
     with pytest.raises(ValueError, match="built-in"):
         register_emitter(RuleEmitter(key, "range", lambda v, b: "True", lambda n, b: "any"))
     assert list(constraints.registered_kinds()) == []
+
+
+@pytest.mark.usefixtures("registry_unchanged")
+@pytest.mark.parametrize("schema", [{"type": "nmber"}, {"enum": {1, 2}}, {"minimum": "0"}])
+def test_a_value_schema_that_is_no_json_schema_is_refused(schema: dict[str, Any]) -> None:
+    """Refused when registered: the checker would otherwise fail with a jsonschema error,
+    not a located spec error, on the first spec that uses the key."""
+    with pytest.raises(ValueError, match="no JSON Schema"):
+        register_field_rule("toy_review_bound", ("int",), schema, _nothing)
