@@ -215,9 +215,15 @@ BUILTIN_KEYS = frozenset(
 
 
 def register_kind(kind: RuleKind) -> None:
-    """Add a rule kind to every record built from now on (its key must be new)."""
+    """Add a rule kind to every record built from now on (its key must be new).
+
+    A kind applies to scalar fields only: the validators run a kind's test on a scalar's
+    value (``codegen/templates/macros/validate.j2``), a tensor's checks are its dtypes,
+    shape and element bound, so a kind on a tensor would be fingerprinted but never run."""
     if kind.key in BUILTIN_KEYS:
         raise ValueError(f"{kind.key!r} is a built-in field key, not a new rule kind")
+    if "tensor" in kind.field_kinds:
+        raise ValueError(f"rule kind {kind.key!r}: the validators run kinds on scalar fields only")
     if kind.key in _KINDS:
         raise ValueError(f"rule kind {kind.key!r} is already registered")
     _KINDS[kind.key] = kind

@@ -187,3 +187,11 @@ def test_a_value_schema_that_is_no_json_schema_is_refused(schema: dict[str, Any]
     not a located spec error, on the first spec that uses the key."""
     with pytest.raises(ValueError, match="no JSON Schema"):
         register_field_rule("toy_review_bound", ("int",), schema, _nothing)
+
+
+def test_a_kind_on_tensor_fields_is_refused() -> None:
+    """The validators run a kind's test on scalar values only: on a tensor it would be in
+    the fingerprint and the rule constants, and never checked."""
+    with pytest.raises(ValueError, match="scalar fields only"):
+        constraints.register_kind(constraints.RuleKind("toy_review_norm", ("float", "tensor")))
+    assert list(constraints.registered_kinds()) == []
