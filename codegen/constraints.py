@@ -200,6 +200,11 @@ class RuleKind:
 
 _KINDS: dict[str, RuleKind] = {}
 
+#: The rules a validator reports for a field (``codegen/rules.py``), by the suffix of their
+#: constants' names.
+_RULE_NAMES = ("type", "range", "dtype", "shape", "bool", "missing", "forbidden", "none")
+_RULE_NAMES += ("derived", "plan", "version")
+
 #: The spec's own field keys and the rule names a validator's checks use
 #: (``codegen/rules.py``: ``field_rules``, and ``plan_rule``/``version_rule``, whose constants
 #: ``_R_<Message>_<field>_plan``/``_version`` a kind's ``_R_<Message>_<field>_<kind>`` would
@@ -226,6 +231,14 @@ def register_kind(kind: RuleKind) -> None:
         raise ValueError(f"rule kind {kind.key!r}: the validators run kinds on scalar fields only")
     if kind.key in _KINDS:
         raise ValueError(f"rule kind {kind.key!r} is already registered")
+    # a rule's constant is _R_<owner>_<field>_<rule>: field ``a`` with kind ``min_range``
+    # and field ``a_min`` with its ``range`` would both be _R_<owner>_a_min_range
+    for other in (*_RULE_NAMES, *_KINDS):
+        if kind.key.endswith(f"_{other}") or other.endswith(f"_{kind.key}"):
+            raise ValueError(
+                f"rule kind {kind.key!r}: its rule constants could be those of rule {other!r} "
+                "of another field (a key may not end in _<rule>, nor a rule in _<key>)"
+            )
     _KINDS[kind.key] = kind
 
 

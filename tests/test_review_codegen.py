@@ -195,3 +195,17 @@ def test_a_kind_on_tensor_fields_is_refused() -> None:
     with pytest.raises(ValueError, match="scalar fields only"):
         constraints.register_kind(constraints.RuleKind("toy_review_norm", ("float", "tensor")))
     assert list(constraints.registered_kinds()) == []
+
+
+@pytest.mark.parametrize("key", ["min_range", "step_type", "toy_review_q"])
+def test_a_kind_whose_constants_could_be_another_rules_is_refused(key: str) -> None:
+    """Field ``a`` with kind ``min_range`` and field ``a_min`` with its range would both
+    bind ``_R_<Message>_a_min_range``: a value under the kind's bound was reported as
+    ``a_min``'s range. The same holds between two registered kinds (``q`` and ``..._q``)."""
+    constraints.register_kind(constraints.RuleKind("q", ("int",)))
+    try:
+        with pytest.raises(ValueError, match="rule constants could be those of rule"):
+            constraints.register_kind(constraints.RuleKind(key, ("int",)))
+    finally:
+        constraints.unregister_kind("q")
+    assert list(constraints.registered_kinds()) == []
