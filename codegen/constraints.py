@@ -202,8 +202,10 @@ _KINDS: dict[str, RuleKind] = {}
 
 #: The rules a validator reports for a field (``codegen/rules.py``), by the suffix of their
 #: constants' names.
-_RULE_NAMES = ("type", "range", "dtype", "shape", "bool", "missing", "forbidden", "none")
-_RULE_NAMES += ("derived", "plan", "version")
+_RULE_NAMES: tuple[str, ...] = (
+    *("type", "range", "dtype", "shape", "bool", "missing", "forbidden", "none"),
+    *("derived", "plan", "version"),
+)
 
 #: The spec's own field keys and the rule names a validator's checks use
 #: (``codegen/rules.py``: ``field_rules``, and ``plan_rule``/``version_rule``, whose constants
