@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Generic, Self
+from typing import Generic, Self
 
 import torch
 import torch.distributed as dist
@@ -35,6 +35,7 @@ from .arena import ArenaError, ArenaStats
 from .bindings import A, Bindings, GeneratedModule, H, M, bindings_of
 from .escape import printable
 from .framing import CPU_CARRY_LIMIT, FRAME0_TAG, TRAILER_NBYTES, Framing
+from .journal import JournalWriter
 from .journal_recorder import journal_recorder
 from .options import ChannelKnobs, ChannelOptions, options_of
 from .ordering import Ordering, OrderingError
@@ -89,7 +90,7 @@ class Channel(Generic[H, M, A]):
         self.device = torch.device(opts.device) if opts.device is not None else None
         self._check_options()
         self.carrier: Carrier | None = transport.carrier(self.protocol, self.device)
-        self.opened = self.closed = False
+        self.opened = self.closed = self._told_closed = False
         #: the last header sent and the last one received (ids for logs and heartbeats)
         self.last_sent: H | None = None
         self.last_header: H | None = None
@@ -124,8 +125,7 @@ class Channel(Generic[H, M, A]):
         opts, transport = self.options, self.transport
         if opts.heartbeat_s and not transport.heartbeats:
             raise ValueError(
-                f"{type(transport).__name__}: no heartbeats on this transport; use watchdog_s "
-                "on both ends"
+                f"{transport.label} channels have no heartbeat; use watchdog_s on both ends"
             )
         if opts.arena and transport.carrier(self.protocol, self.device) is not None:
             raise ValueError(
@@ -139,7 +139,7 @@ class Channel(Generic[H, M, A]):
         return self.policy.poisoned
 
     @property
-    def journal(self) -> Any:
+    def journal(self) -> JournalWriter | None:
         """This rank's journal writer (``runtime/journal.py``); None when not journaling."""
         return self._journal.writer
 
@@ -192,7 +192,9 @@ class Channel(Generic[H, M, A]):
         self.closed = True
         self._terminate_release()
         self.recorders.abandon()  # set up for a handshake that never ran
-        self.recorders.emit("closed")
+        if not self._told_closed:  # closing twice (a block's exit after close()) tells once
+            self._told_closed = True
+            self.recorders.emit("closed")
         if destroy_group and not self.poisoned:
             dist.destroy_process_group(self.transport.group)
 
@@ -216,6 +218,7 @@ class Channel(Generic[H, M, A]):
     def terminated(self, what: str) -> None:
         # the reason's class is "SIGTERM", whatever each rank was doing, so ranks all stopped
         # by the launcher agree in ``journal diff``
+        self.recorders.abandon()  # set up for a handshake that did not finish: no file left
         self.recorders.emit("terminated", f"SIGTERM: while {what}")
 
     def __enter__(self) -> Self:
@@ -324,9 +327,17 @@ class Channel(Generic[H, M, A]):
         no-op without recorders): the journal keeps the digest of the ``inputs`` it ran (and
         of each of their fields), of each of its ``outputs``, integer ``counts`` and its
         commit ``state``. ``tpwire journal diff`` compares them across ranks."""
-        if self.recorders:
-            seen = Observation("observed", state, inputs, outputs, counts)
-            self.recorders.emit("observed", header, seen)
+        if not self.recorders.active:
+            return
+        seen = Observation(
+            "observed",
+            state,
+            {k: int(v) for k, v in sorted(counts.items())},
+            tripwire.digest_envelope(self.protocol, inputs, header) if inputs is not None else None,
+            tripwire.digest_fields(inputs) if inputs is not None else None,
+            {k: tripwire.digest_tensors([t]) for k, t in sorted((outputs or {}).items())},
+        )
+        self.recorders.emit("observed", header, seen)
 
     # -- drift tripwires (bringup) and guards --------------------------------------------
 
@@ -336,7 +347,7 @@ class Channel(Generic[H, M, A]):
         value, failure = tripwire.safely(
             lambda: tripwire.digest_envelope(self.protocol, msg, header)
         )
-        if self.recorders:
+        if self.recorders.active:
             self.recorders.emit("observed", header, Observation("tripwire", input_digest=value))
         self._compare(value, f"the inputs of {self.ids(header)}", failure)
 
@@ -344,7 +355,7 @@ class Channel(Generic[H, M, A]):
         """Every rank compares a tensor that must be identical (an output, a replicated weight)."""
         self._tripwire_ready()
         value, failure = tripwire.safely(lambda: tripwire.digest_tensors([tensor]))
-        if self.recorders:
+        if self.recorders.active:
             header = self.last_sent if self.last_sent is not None else self.last_header
             seen = Observation("tripwire", output_digests={what: value})
             self.recorders.emit("observed", header, seen)

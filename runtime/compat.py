@@ -58,13 +58,12 @@ class CompatWire:
         self.slots = [f.name for f in dataclasses.fields(bindings.header)]
         self.enums = dict(bindings.enums)
 
-    def send(self, msg: Any, header: Any) -> None:
+    def stage(self, msg: Any, header: Any) -> tuple[torch.Tensor, Any, list[torch.Tensor]]:
+        """The header slots, the metadata and the tensors, built before any byte leaves."""
         values = [getattr(header, name) for name in self.slots]
         slots = torch.tensor([_ABSENT if v is None else int(v) for v in values], dtype=torch.int64)
-        t = self.transport
-        t.put(slots, FRAME0_TAG, frame0=True)
         if msg is None:
-            return
+            return slots, None, []
         fields: dict[str, Any] = {}
         tensors: list[tuple[str, torch.Tensor]] = []
         for f in dataclasses.fields(msg):
@@ -81,17 +80,29 @@ class CompatWire:
                 [k, str(v.dtype).removeprefix("torch."), list(v.shape)] for k, v in tensors
             ],
         }
+        return slots, meta, [t for _, t in tensors]
+
+    def send_header(self, staged: tuple[torch.Tensor, Any, list[torch.Tensor]]) -> None:
+        self.transport.put(staged[0], FRAME0_TAG, frame0=True)
+
+    def send_payload(self, staged: tuple[torch.Tensor, Any, list[torch.Tensor]]) -> None:
+        _, meta, tensors = staged
+        if meta is None:
+            return
+        t = self.transport
         dist.broadcast_object_list([meta], src=t.src, group=t.group)
-        for _, tensor in tensors:
+        for tensor in tensors:
             t.put(tensor, 0, frame0=False)
 
-    def receive(self) -> tuple[Any, Any]:
+    def receive_header(self) -> Any:
         slots = torch.empty(len(self.slots), dtype=torch.int64)
         self.transport.get(slots, FRAME0_TAG, frame0=True)
-        header = self._header_from(slots.tolist())
+        return self._header_from(slots.tolist())
+
+    def receive_payload(self, header: Any) -> Any:
         if self.bindings.action_of(header) not in self.bindings.payload_actions:
-            return header, None
-        return header, self._payload()
+            return None
+        return self._payload()
 
     def _header_from(self, raw_slots: list[int]) -> Any:
         header_fields = {f.name: f for f in dataclasses.fields(self.bindings.header)}

@@ -27,7 +27,7 @@ def shake(ch: Channel[Any, Any, Any]) -> parity.ParityMismatch | None:
     recorders were abandoned."""
     t = ch.transport
     info = ChannelInfo(ch.protocol, ch.rank, t.world(), t.name(), t.source(), ch.options.poison)
-    status: dict[str, object] = {**ch.recorders.setup(info), "rank": ch.rank}
+    status: dict[str, object] = {"rank": ch.rank, "recorders": ch.recorders.setup(info)}
     rec = parity.record(ch.protocol, ch.options.parity_env, ch.parity_flags, status=status)
     # from here on, SIGTERM (a launcher stopping the job) prints what the rank was doing
     ch.terminate_token = terminate.register(ch.rank, ch.doing, ch.terminated)
@@ -54,11 +54,12 @@ def shake(ch: Channel[Any, Any, Any]) -> parity.ParityMismatch | None:
 def agree(recorders: Recorders, records: Sequence[Mapping[str, Any]]) -> None:
     """Every rank records, or, where one cannot, none does: one line on each."""
     ranks = parity.statuses(records, "rank")
+    theirs = [s if isinstance(s, Mapping) else {} for s in parity.statuses(records, "recorders")]
     problems: dict[str, list[str]] = {}
     for name in {r.name for r in recorders.pending}:
         problems[name] = [  # a peer's text, on one visible line
             f"rank {printable(ranks[i] if ranks[i] is not None else i)}: {printable(p, 300)}"
-            for i, p in enumerate(parity.statuses(records, name))
+            for i, p in enumerate(t.get(name) for t in theirs)
             if p is not None
         ]
     recorders.agree(problems)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -26,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import xxhash
 
-from . import tripwire, wire
+from . import tripwire
 from .bindings import Bindings
 from .escape import printable
 from .journal_files import JournalFiles, JournalUnavailable, write_all
@@ -166,19 +164,9 @@ def resolve(arg: JournalArg) -> JournalConfig | None:
 
 
 def field_digests(msg: Any) -> dict[str, str]:
-    """Each field of a message: the digest of a tensor's dtype, shape and bytes, or of a
-    scalar's ``repr`` (so ``journal diff`` can say which field of an input differs)."""
-    out: dict[str, str] = {}
-    if not dataclasses.is_dataclass(msg):
-        return out
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        if isinstance(value, torch.Tensor):
-            d = tripwire.digest_tensors([value])
-        else:
-            d = wire.signed64(xxhash.xxh3_64_intdigest(repr(value).encode()))
-        out[f.name] = hex64(d)
-    return out
+    """Each field of a message: its digest (``tripwire.digest_fields``) as the journal
+    writes it."""
+    return {k: hex64(d) for k, d in tripwire.digest_fields(msg).items()}
 
 
 def tensor_bytes(t: torch.Tensor, start: int = 0, nbytes: int | None = None) -> bytes:

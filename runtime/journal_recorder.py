@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import journal as _journal
-from . import tripwire
 from .escape import printable
 from .recorder import ChannelInfo, EnvelopeEvent, Observation, Recorder
 
@@ -106,31 +105,20 @@ class JournalRecorder(Recorder):
             )  # fmt: skip
 
     def observed(self, header: Any, observation: Observation) -> None:
-        w, info = self.writer, self._info
-        if w is None or info is None:
+        w = self.writer
+        if w is None:
             return
         meta: dict[str, Any] = {"what": observation.what}
-        if observation.what == "tripwire":
-            if observation.input_digest is not None:
-                meta["inputs"] = _journal.hex64(observation.input_digest)
-            if observation.output_digests:
-                meta["outputs"] = {
-                    k: _journal.hex64(v) for k, v in observation.output_digests.items()
-                }
-            w.observe(header, meta)
-            return
-        meta["state"] = observation.state
-        if observation.inputs is not None:
-            digest = tripwire.digest_envelope(info.bindings, observation.inputs, header)
-            meta["inputs"] = _journal.hex64(digest)
-            meta["fields"] = _journal.field_digests(observation.inputs)
-        if observation.outputs:
-            meta["outputs"] = {
-                k: _journal.hex64(tripwire.digest_tensors([t]))
-                for k, t in sorted(observation.outputs.items())
-            }
+        if observation.what == "observed":
+            meta["state"] = observation.state
+        if observation.input_digest is not None:
+            meta["inputs"] = _journal.hex64(observation.input_digest)
+        if observation.field_digests is not None:
+            meta["fields"] = {k: _journal.hex64(v) for k, v in observation.field_digests.items()}
+        if observation.output_digests:
+            meta["outputs"] = {k: _journal.hex64(v) for k, v in observation.output_digests.items()}
         if observation.counts:
-            meta["counts"] = {k: int(v) for k, v in sorted(observation.counts.items())}
+            meta["counts"] = dict(observation.counts)
         w.observe(header, meta)
 
     def poisoned(self, header: Any, reason: str, *, exiting: bool) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -37,7 +37,7 @@ class ChannelOptions:
     #: a sender idle this long sends a NOOP (needs a ``cpu_group`` used only by the channel)
     heartbeat_s: float | None = None
     #: what poison does: "exit" (one line, exit 86) or "raise" (``ChannelPoisoned``)
-    poison: Literal["exit", "raise"] | str = "exit"
+    poison: str = "exit"
     #: the drift tripwires (``check_inputs``, ``check_same``) may run: a parity-checked flag
     tripwires: bool = False
     #: one head collective per envelope once two payload envelopes in a row agree on layout
@@ -88,7 +88,7 @@ class ChannelKnobs(TypedDict, total=False):
     parity_flags: Mapping[str, object] | None
     watchdog_s: float | None
     heartbeat_s: float | None
-    poison: Literal["exit", "raise"] | str
+    poison: str
     tripwires: bool
     steady_state: bool
     carry_limit: int | None

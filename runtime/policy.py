@@ -112,12 +112,16 @@ class Policy:
         self.poisoned = True
         header = self._last(header)
         line = f"tpwire[rank {self.rank}]: POISONED {self.channel.ids(header)}: {printable(reason)}"
-        self.channel.recorders.emit("poisoned", header, reason, exiting=not self.raises)
-        if self.raises:
-            log(line)
-            raise ChannelPoisoned(line)
-        log(f"{line}; exiting {EXIT_POISONED}")
-        os._exit(EXIT_POISONED)
+        try:  # the line and the exit come whatever a recorder runs into
+            recorders = self.channel.recorders
+            recorders.abandon()  # set up for a handshake that did not finish: no file left
+            recorders.emit("poisoned", header, reason, exiting=not self.raises)
+        finally:
+            if self.raises:
+                log(line)
+                raise ChannelPoisoned(line)
+            log(f"{line}; exiting {EXIT_POISONED}")
+            os._exit(EXIT_POISONED)
 
     def watchdog_exit(self, what: str, seconds: float | None, header: Any = None) -> NoReturn:
         try:  # the exit comes whatever the line or the recorders run into
@@ -126,7 +130,9 @@ class Policy:
                 f"tpwire[rank {self.rank}]: WATCHDOG: {printable(what)} not done within "
                 f"{seconds:g} s; last ids {self.channel.ids(header)}; exiting {EXIT_WATCHDOG}"
             )
-            self.channel.recorders.emit("watchdog", header, f"{what} not done within {seconds:g} s")
+            recorders = self.channel.recorders
+            recorders.abandon()  # set up for a handshake that did not finish: no file left
+            recorders.emit("watchdog", header, f"{what} not done within {seconds:g} s")
         finally:
             os._exit(EXIT_WATCHDOG)
 

@@ -273,12 +273,17 @@ class Receiver:
     def _recv_carried(self) -> Received[Any, Any, Any]:
         ch = self.channel
         assert ch.carrier is not None
-        header: Any = ch.last_header
-        with ch.policy.deadline(lambda: f"an envelope after {ch.ids(ch.last_header)}"):
+        with ch.policy.deadline(lambda: f"a header after {ch.ids(ch.last_header)}"):
             try:
-                header, msg = ch.carrier.receive()
+                header = ch.carrier.receive_header()
+            except BaseException as exc:
+                ch.policy.poison(ch.last_header, f"waiting for the header failed: {describe(exc)}")
+        with ch.policy.deadline(lambda: f"the payload of {ch.ids(header)}", header=header):
+            try:
+                msg = ch.carrier.receive_payload(header)
             except BaseException as exc:  # the sender is mid-message: this rank cannot follow
-                ch.policy.poison(header, f"receive failed: {describe(exc)}")
+                kind = ch.transport.kind
+                ch.policy.poison(header, f"{kind} payload failed: {describe(exc)}")
         problem = self.order.problem(header)
         if problem is not None:
             ch.policy.poison(header, f"ordering: {problem}")

@@ -78,15 +78,17 @@ class EnvelopeEvent:
 
 @dataclass(frozen=True)
 class Observation:
-    """What a rank did with an envelope (``Channel.observe``) or a tripwire's digests."""
+    """What a rank did with an envelope (``Channel.observe``) or a tripwire's digests:
+    digests (``runtime/tripwire.py``) and counts, made by the channel, so a caller's
+    mistake (a count that is no integer) raises to the caller, not in a recorder."""
 
     what: str  # "observed" or "tripwire"
     state: str | None = None
-    inputs: Any = None  # the message the rank ran
-    outputs: Mapping[str, torch.Tensor] | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
-    #: a tripwire's digest of the inputs, or of named outputs
+    #: the digest of the envelope the rank ran, and of each of its fields
     input_digest: int | None = None
+    field_digests: Mapping[str, int] | None = None
+    #: the digest of each named output
     output_digests: Mapping[str, int] | None = None
 
 
@@ -147,6 +149,10 @@ class Recorders:
     __slots__ = ("active", "pending", "rank")
 
     def __init__(self, recorders: Sequence[Recorder], rank: int) -> None:
+        names = [r.name for r in recorders]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # the handshake tells the ranks' set-up problems apart by name
+            raise ValueError(f"two recorders named {', '.join(map(repr, twice))}")
         self.pending = list(recorders)  # set up, waiting for the handshake's verdict
         self.active: list[Recorder] = []
         self.rank = rank
@@ -188,8 +194,14 @@ class Recorders:
     @property
     def wants_segments(self) -> bool:
         """Whether an event should carry each segment's bytes (asked per envelope: a journal
-        that stopped wants no copies)."""
-        return any(r.wants_segments for r in self.active)
+        that stopped wants no copies). A recorder whose answer raises is switched off."""
+        wanted = False
+        for r in list(self.active):
+            try:
+                wanted = r.wants_segments or wanted
+            except Exception as exc:
+                self._off(r, "wants_segments", exc)
+        return wanted
 
     def abandon(self) -> None:
         for r in self.pending:
@@ -200,14 +212,22 @@ class Recorders:
         try:
             getattr(r, event)(*args, **kwargs)
         except Exception as exc:
-            if r in self.active:
-                self.active.remove(r)
-            _log(
-                f"tpwire[rank {self.rank}]: {r.name} off (the stream goes on): {event} "
-                f"raised {printable(f'{type(exc).__name__}: {exc}', 300)}"
-            )
+            self._off(r, event, exc)
             return False
         return True
+
+    def _off(self, r: Recorder, event: str, exc: Exception) -> None:
+        if r in self.active:
+            try:  # a heartbeat's thread and the caller's may both get here
+                self.active.remove(r)
+            except ValueError:
+                return
+        elif event not in ("opened", "abandoned"):
+            return  # switched off already, by another thread's event
+        _log(
+            f"tpwire[rank {self.rank}]: {r.name} off (the stream goes on): {event} "
+            f"raised {printable(f'{type(exc).__name__}: {exc}', 300)}"
+        )
 
     def emit(self, event: str, *args: Any, **kwargs: Any) -> None:
         """Call ``event`` on every active recorder."""

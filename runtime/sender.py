@@ -111,6 +111,8 @@ class Sender:
         (``Frames``) are sent as they are: tests send hostile ones this way."""
         ch = self.channel
         action = self.bindings.action_of(header)
+        # a wire of its own builds everything first: a failure here sent nothing
+        staged = ch.carrier.stage(msg, header) if ch.carrier is not None else None
         started = time.perf_counter()
         ch.policy.in_flight = header  # a heartbeat may wait as long as workers compute
         with ch.policy.deadline(
@@ -120,7 +122,7 @@ class Sender:
             head: torch.Tensor | None = None
             rest: Rest = []
             if ch.carrier is not None:
-                self._carried(header, action, msg)
+                self._carried(header, action, staged)
             else:
                 frames, head, rest, sizes = self.lay_out(frames)
                 self._put(header, action, head, rest)
@@ -164,13 +166,19 @@ class Sender:
                 header, f"frame 1 send of {action.name} failed after frame 0: {describe(exc)}"
             )
 
-    def _carried(self, header: Any, action: enum.IntEnum, msg: Any) -> None:
+    def _carried(self, header: Any, action: enum.IntEnum, staged: Any) -> None:
         ch = self.channel
         assert ch.carrier is not None
         try:
-            ch.carrier.send(msg, header)
+            ch.carrier.send_header(staged)
         except BaseException as exc:
-            ch.policy.poison(header, f"send of {action.name} failed: {describe(exc)}")
+            ch.policy.poison(header, f"header send of {action.name} failed: {describe(exc)}")
+        try:
+            ch.carrier.send_payload(staged)
+        except BaseException as exc:
+            ch.policy.poison(
+                header, f"payload send of {action.name} failed after the header: {describe(exc)}"
+            )
 
     def after(
         self, frames: Frames | Prepared, header: Any, action: enum.IntEnum, sizes: tuple[int, ...]

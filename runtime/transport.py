@@ -28,12 +28,19 @@ if TYPE_CHECKING:
 
 class Carrier(Protocol):
     """A wire of its own for whole envelopes (``Transport.carrier``), in place of tpwire's
-    frames: the compat wire is one. ``send`` and ``receive`` run inside the channel's
-    deadline; an exception from either poisons the channel."""
+    frames: the compat wire is one. ``stage`` builds everything before the commitment (an
+    exception there refuses the envelope; nothing was sent); the sends and receives run
+    inside the channel's deadline, and an exception from them poisons the channel."""
 
-    def send(self, msg: Any, header: Any) -> None: ...
+    def stage(self, msg: Any, header: Any) -> Any: ...
 
-    def receive(self) -> tuple[Any, Any]: ...
+    def send_header(self, staged: Any) -> None: ...
+
+    def send_payload(self, staged: Any) -> None: ...
+
+    def receive_header(self) -> Any: ...
+
+    def receive_payload(self, header: Any) -> Any: ...
 
 
 class Transport(abc.ABC):
@@ -50,6 +57,8 @@ class Transport(abc.ABC):
     kind: ClassVar[str] = "custom"
     #: whether a sender may fill idle time with NOOP heartbeats (``heartbeat_s``)
     heartbeats: ClassVar[bool] = True
+    #: what its channels are called in messages ("p2p channels have no heartbeat")
+    label: ClassVar[str] = "custom"
 
     def __init__(
         self,
@@ -120,6 +129,7 @@ class BroadcastTransport(Transport):
     """One source rank ``src`` to every rank of ``group`` (tensor parallelism)."""
 
     kind = "tpwire"
+    label = "broadcast"
 
     def __init__(
         self,
@@ -160,6 +170,7 @@ class P2PTransport(Transport):
     call them, so a larger group would hang."""
 
     kind = "tpwire"
+    label = "p2p"
     # both ends send on a p2p link and a RESULT carries its envelope's ids: a NOOP from
     # either end would break ordering or block on a peer that stopped receiving
     heartbeats = False

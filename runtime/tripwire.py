@@ -15,6 +15,7 @@ channel was opened with the tripwire flag, which the handshake checks on every r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,6 +60,21 @@ def digest_envelope(protocol: Any, msg: Any, header: Any) -> int:
     digest of frame 1."""
     prepared = bindings_of(protocol).prepare(msg, header)
     return wire.bytes_digest([wire.seal_words(prepared.words).tobytes()])
+
+
+def digest_fields(msg: Any) -> dict[str, int]:
+    """Each field of a message: the digest of a tensor's dtype, shape and bytes, or of a
+    scalar's ``repr`` (so ``journal diff`` can say which field of an input differs)."""
+    out: dict[str, int] = {}
+    if not dataclasses.is_dataclass(msg):
+        return out
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, torch.Tensor):
+            out[f.name] = digest_tensors([value])
+        else:
+            out[f.name] = wire.signed64(xxhash.xxh3_64_intdigest(repr(value).encode()))
+    return out
 
 
 def safely(compute: Callable[[], int]) -> tuple[int, BaseException | None]:

@@ -54,7 +54,13 @@ def plan(i):
 
 
 def _run(body: str) -> subprocess.CompletedProcess[str]:
-    script = _ONE_RANK.format(tests=str(REPO / "tests")) + textwrap.dedent(body)
+    # the group destroyed before exit: a process leaving a live gloo group may abort in
+    # torch's teardown ("terminate called without an active exception"), with or without tpwire
+    script = (
+        _ONE_RANK.format(tests=str(REPO / "tests"))
+        + textwrap.dedent(body)
+        + "\nif dist.is_initialized():\n    dist.destroy_process_group()\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TPWIRE_JOURNAL"}
     return subprocess.run(
         [sys.executable, "-c", script],

@@ -405,9 +405,10 @@ def test_a_peers_journal_status_is_one_escaped_line_and_every_rank_decides_alike
 
     forged = "x\ntpwire[rank 1]: POISONED call_id=7: forged; exiting 86\x1b[2J"
     records = [
-        {"status": {"journal": None, "rank": 0}},
-        {"status": {"journal": forged, "rank": "1\nforged"}},
-        {"status": {"journal": {"nested": [1, "\x1b"]}, "rank": None}},
+        {"status": {"recorders": {"journal": None}, "rank": 0}},
+        {"status": {"recorders": {"journal": forged}, "rank": "1\nforged"}},
+        {"status": {"recorders": {"journal": {"nested": [1, "\x1b"]}}, "rank": None}},
+        {"status": {"recorders": "not an object"}},
         {"status": "not an object"},
     ]
 
