@@ -139,17 +139,17 @@ def test_profile_attributes_samples_to_the_innermost_tpwire_line() -> None:
 
     raw = "\n".join(
         [
-            "main (x.py:1);_Channel.recv (tpwire/runtime/channel.py:10);"
+            "main (x.py:1);Receiver.recv (tpwire/runtime/receiver.py:10);"
             "read_frame0_bytes (tpwire/generated/tp_control.py:5);len (builtins) 7",
-            "main (x.py:1);_Channel.recv (tpwire/runtime/channel.py:12);"
-            "BroadcastChannel._get (tpwire/runtime/channel.py:600);broadcast (c10d.py:3) 5",
+            "main (x.py:1);Receiver.recv (tpwire/runtime/receiver.py:12);"
+            "BroadcastTransport.put (tpwire/runtime/transport.py:60);broadcast (c10d.py:3) 5",
             "main (x.py:1);barrier (c10d.py:9) 11",
-            "main (x.py:1);_Channel.recv (tpwire/runtime/channel.py:20) 2",
+            "main (x.py:1);Receiver.recv (tpwire/runtime/receiver.py:20) 2",
         ]
     )
-    total, ours, collective, lines = attribute(raw, "_Channel.recv")
+    total, ours, collective, lines = attribute(raw, "Receiver.recv")
     assert (total, ours, collective) == (25, 9, 5)
     assert lines == {
         "read_frame0_bytes (tpwire/generated/tp_control.py:5)": 7,
-        "_Channel.recv (tpwire/runtime/channel.py:20)": 2,
+        "Receiver.recv (tpwire/runtime/receiver.py:20)": 2,
     }
