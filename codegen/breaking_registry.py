@@ -127,10 +127,24 @@ def rule(id: str, direction: str, group: str, summary: str) -> Callable[[Check[P
     return register
 
 
+def _built_in(check: Callable[..., object]) -> bool:
+    """A rule the compiler ships: its function is defined in a module of this package
+    (``tpwire.codegen``: the ``breaking_<group>.py`` modules)."""
+    return str(getattr(check, "__module__", "")).startswith(f"{__package__}.")
+
+
 def unregister(id: str) -> None:
-    """Remove rule ``id`` (tests that register a rule remove it again); a no-op if absent."""
-    if _ENTRIES.pop(id, None) is not None:
-        _reorder()
+    """Remove rule ``id`` a caller registered (tests that register a rule remove it again);
+    a no-op if absent. A built-in rule raises ``ValueError``: registered again it would
+    come last in its group, changing the catalogue, the docs' tables and the order rules
+    run in."""
+    entry = _ENTRIES.get(id)
+    if entry is None:
+        return
+    if _built_in(entry.check):
+        raise ValueError(f"rule {id} is built in; only a rule a caller registered is removed")
+    del _ENTRIES[id]
+    _reorder()
 
 
 def rules_over(kind: type[Pair]) -> tuple[tuple[str, Callable[[typing.Any], None]], ...]:
@@ -157,14 +171,19 @@ class Finding:
     subject: str = field(default="", compare=False)
     #: the new spec's messages whose version this finding calls for bumping
     affects: tuple[str, ...] = field(default=(), compare=False)
+    #: the catalogue entry of ``rule`` when the finding was made, so a finding stays
+    #: printable after its rule is unregistered
+    entry: Rule = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
+        entry = RULES.get(self.rule)
+        if entry is None:
             raise UnknownRuleError(f"finding with unregistered rule id {self.rule!r}")
+        object.__setattr__(self, "entry", entry)
 
     @property
     def direction(self) -> str:
-        return RULES[self.rule].direction
+        return self.entry.direction
 
     def __str__(self) -> str:
         return (

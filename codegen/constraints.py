@@ -245,7 +245,11 @@ def register_kind(kind: RuleKind) -> None:
 
 
 def unregister_kind(key: str) -> None:
-    """Remove a registered rule kind (a no-op when it is not registered)."""
+    """Remove a registered rule kind (a no-op when it is not registered). A built-in key
+    raises ``ValueError``: the built-in rules are ``FieldConstraints`` attributes, never
+    registered, so there is nothing of theirs to remove."""
+    if key in BUILTIN_KEYS:
+        raise ValueError(f"{key!r} is a built-in field key; only a registered kind is removed")
     _KINDS.pop(key, None)
 
 

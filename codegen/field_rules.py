@@ -142,9 +142,21 @@ def register_field_rule(
     return rule
 
 
+def _built_in(check: Callable[..., object]) -> bool:
+    """A check the compiler ships: defined in a module of this package (``tpwire.codegen``),
+    where ``codegen/check_fields.py`` registers the built-in kinds."""
+    return str(getattr(check, "__module__", "")).startswith(f"{__package__}.")
+
+
 def unregister_field_rule(key: str) -> None:
-    """Remove a rule kind (a test's toy rule, after the test)."""
-    del _RULES[key]
+    """Remove a rule kind a caller registered (a test's toy rule, after the test); a no-op
+    when ``key`` is not registered. A built-in kind raises ``ValueError``: registered again
+    it would come last, and the checks, ``CField.extra`` and the meta-schema follow
+    registration order."""
+    rule = _RULES.get(key)
+    if rule is not None and _built_in(rule.check):
+        raise ValueError(f"field rule {key!r} is built in; only a registered kind is removed")
+    _RULES.pop(key, None)
 
 
 def field_rules() -> tuple[FieldRule, ...]:

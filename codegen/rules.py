@@ -82,7 +82,12 @@ def register_emitter(emitter: RuleEmitter) -> None:
 
 
 def unregister_emitter(kind: str) -> None:
-    """Remove the emitter of ``kind`` (a no-op when there is none)."""
+    """Remove the emitter of ``kind`` (a no-op when there is none). A built-in rule raises
+    ``ValueError``: its rule is spelled in ``field_rules`` below, not registered."""
+    if kind in BUILTIN_KEYS:
+        raise ValueError(
+            f"{kind!r} is a built-in rule; only a registered kind's emitter is removed"
+        )
     _EMITTERS.pop(kind, None)
 
 

@@ -24,10 +24,16 @@ from tpwire.codegen.breaking import compare_texts
 from tpwire.codegen.breaking_pairs import FieldPair
 from tpwire.codegen.breaking_registry import RULES, rule, unregister
 from tpwire.codegen.compiler import compile, protocol_ir_from_text
-from tpwire.codegen.constraints import RuleKind, register_kind, unregister_kind
+from tpwire.codegen.constraints import (
+    RuleKind,
+    register_kind,
+    registered_kinds,
+    unregister_kind,
+)
 from tpwire.codegen.errors import SpecErrors
 from tpwire.codegen.field_rules import (
     FieldInput,
+    field_rules,
     register_field_rule,
     unregister_field_rule,
 )
@@ -87,29 +93,29 @@ def _max_abs_narrowed(p: FieldPair) -> None:
 
 @contextlib.contextmanager
 def registered() -> Iterator[None]:
-    """The four registrations of ``max_abs``, removed again on the way out."""
-    register_field_rule(
-        KEY, ("float",), {"type": "number", "$comment": "toy rule kind"}, _check_max_abs
-    )
-    register_kind(RuleKind(KEY, ("float",)))  # (a) the constraint, read from CField.extra
-    register_emitter(  # (c) the validator's condition
-        RuleEmitter(
-            KEY,
-            "range",
-            lambda var, bound: f"abs({var}) <= {bound!r}",
-            lambda name, bound: f"abs({name}) <= {bound!r}",
+    """The four registrations of ``max_abs``, removed again on the way out: each removal is
+    pushed as soon as its registration succeeds, so one that fails leaves none behind."""
+    with contextlib.ExitStack() as undo:
+        register_field_rule(
+            KEY, ("float",), {"type": "number", "$comment": "toy rule kind"}, _check_max_abs
         )
-    )
-    rule("MAX_ABS_NARROWED", "tightening", "fields", "a float field's max_abs lowered")(
-        _max_abs_narrowed
-    )
-    try:
+        undo.callback(unregister_field_rule, KEY)
+        register_kind(RuleKind(KEY, ("float",)))  # (a) the constraint, read from CField.extra
+        undo.callback(unregister_kind, KEY)
+        register_emitter(  # (c) the validator's condition
+            RuleEmitter(
+                KEY,
+                "range",
+                lambda var, bound: f"abs({var}) <= {bound!r}",
+                lambda name, bound: f"abs({name}) <= {bound!r}",
+            )
+        )
+        undo.callback(unregister_emitter, KEY)
+        rule("MAX_ABS_NARROWED", "tightening", "fields", "a float field's max_abs lowered")(
+            _max_abs_narrowed
+        )
+        undo.callback(unregister, "MAX_ABS_NARROWED")
         yield
-    finally:
-        unregister("MAX_ABS_NARROWED")
-        unregister_emitter(KEY)
-        unregister_kind(KEY)
-        unregister_field_rule(KEY)
 
 
 @pytest.fixture
@@ -134,6 +140,22 @@ def test_unregistered_key_is_refused_as_unknown() -> None:
         protocol_ir_from_text(spec())
     assert "MAX_ABS_NARROWED" not in RULES
     assert [e.code for e in _errors(spec())] == ["unknown-key"]
+
+
+def test_a_registration_that_fails_leaves_the_earlier_ones_removed() -> None:
+    """The breaking rule, registered last, is taken already: the three registrations before
+    it are removed again, so the rest of this worker's tests see the key as unknown."""
+    rule("MAX_ABS_NARROWED", "tightening", "fields", "taken")(_max_abs_narrowed)
+    try:
+        with pytest.raises(ValueError, match="already registered"), registered():
+            pass
+    finally:
+        unregister("MAX_ABS_NARROWED")
+    assert [r.key for r in field_rules() if r.key == KEY] == []
+    assert KEY not in [k.key for k in registered_kinds()]
+    assert [e.code for e in _errors(spec())] == ["unknown-key"]
+    register_emitter(RuleEmitter(KEY, "range", lambda v, b: "True", lambda n, b: "any"))
+    unregister_emitter(KEY)  # the emitter was removed: registering it again works
 
 
 @pytest.mark.usefixtures("max_abs")

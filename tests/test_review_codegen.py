@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
-from tpwire.codegen import constraints
+from tools import codes_doc
+from tpwire.codegen import breaking_registry, constraints, reserved_probe
+from tpwire.codegen.breaking_pairs import FieldPair
+from tpwire.codegen.breaking_registry import Finding
 from tpwire.codegen.check import check
 from tpwire.codegen.field_rules import (
     SPEC_KEYS,
@@ -26,7 +29,8 @@ from tpwire.codegen.field_rules import (
 from tpwire.codegen.ir import build
 from tpwire.codegen.load import load_text
 from tpwire.codegen.model import CField
-from tpwire.codegen.rules import RuleEmitter, register_emitter
+from tpwire.codegen.rules import RuleEmitter, register_emitter, unregister_emitter
+from tpwire.codegen.splice import refresh
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = ["range", "max_len", "dtypes", "shape", "max_elements"]
@@ -209,3 +213,97 @@ def test_a_kind_whose_constants_could_be_another_rules_is_refused(key: str) -> N
     finally:
         constraints.unregister_kind("q")
     assert list(constraints.registered_kinds()) == []
+
+
+# --- removing registrations ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("registry_unchanged")
+def test_unregistering_a_missing_field_rule_is_a_no_op() -> None:
+    """Like ``unregister``, ``unregister_kind`` and ``unregister_emitter``: a fixture's
+    teardown after a registration that failed must not hide the failure with a KeyError."""
+    unregister_field_rule("toy_review_never_registered")
+    register_field_rule("toy_review_bound", ("int",), {"type": "integer"}, _nothing)
+    unregister_field_rule("toy_review_bound")
+    unregister_field_rule("toy_review_bound")
+
+
+@pytest.mark.usefixtures("registry_unchanged")
+@pytest.mark.parametrize("key", BUILT_IN)
+def test_a_built_in_field_rule_is_not_unregistered(key: str) -> None:
+    """Registered again it would come last: the checks, ``CField.extra`` and the
+    meta-schema follow registration order."""
+    with pytest.raises(ValueError, match=f"field rule '{key}' is built in"):
+        unregister_field_rule(key)
+
+
+def test_a_built_in_breaking_rule_is_not_unregistered() -> None:
+    """Registered again it would come last in its group: the catalogue, docs/evolution.md's
+    tables and the order the rules run in would change."""
+    before = list(breaking_registry.RULES)
+    for rule_id in ("FIELD_ADDED", "BREAKING_WITHOUT_VERSION_BUMP"):
+        with pytest.raises(ValueError, match=f"rule {rule_id} is built in"):
+            breaking_registry.unregister(rule_id)
+    assert list(breaking_registry.RULES) == before
+    breaking_registry.unregister("TOY_REVIEW_NEVER_REGISTERED")  # still a no-op
+
+
+@pytest.mark.parametrize("key", ["range", "max_len", "version"])
+def test_a_built_in_key_has_no_kind_or_emitter_to_unregister(key: str) -> None:
+    """The built-in rules are ``FieldConstraints`` attributes and ``field_rules`` entries,
+    never registered (``register_kind`` and ``register_emitter`` refuse their keys), so
+    removing one is a caller's mistake, said plainly."""
+    with pytest.raises(ValueError, match="built-in"):
+        constraints.unregister_kind(key)
+    with pytest.raises(ValueError, match="built-in"):
+        unregister_emitter(key)
+    unregister_emitter("toy_review_never_registered")  # a registered kind's: a no-op
+    constraints.unregister_kind("toy_review_never_registered")
+
+
+def _toy_rule(p: FieldPair) -> None:
+    p.emit("TOY_REVIEW_GONE", f"{p.subject} changed", ("doc",))
+
+
+def test_a_finding_outlives_its_rule() -> None:
+    """A finding carries its catalogue entry: made before its rule is unregistered, it
+    still prints and exports with the direction and summary it was made with."""
+    breaking_registry.rule("TOY_REVIEW_GONE", "wire", "fields", "a toy rule")(_toy_rule)
+    try:
+        found = Finding("x.yaml", 3, 5, "TOY_REVIEW_GONE", "Run.gain changed")
+    finally:
+        breaking_registry.unregister("TOY_REVIEW_GONE")
+    assert "TOY_REVIEW_GONE" not in breaking_registry.RULES
+    assert found.direction == "wire" and found.entry.summary == "a toy rule"
+    assert str(found) == (
+        "x.yaml:3:5: error[TOY_REVIEW_GONE] (wire): Run.gain changed: "
+        f"{breaking_registry.CONSEQUENCE['wire']}"
+    )
+    assert found.as_dict()["direction"] == "wire"
+    # the entry is no part of a finding's identity, order or repr
+    assert hash(found) == hash(("x.yaml", 3, 5, "TOY_REVIEW_GONE", "Run.gain changed"))
+    assert "entry" not in repr(found)
+
+
+# --- make gen's write-or-check helper ------------------------------------------------------
+
+
+def test_refresh_writes_or_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``codegen/splice.py``'s ``refresh``, behind ``python -m tpwire.codegen.reserved_probe``
+    and ``python -m tools.codes_doc``: ``--check`` reports a stale file and writes nothing."""
+    target = tmp_path / "data.py"
+    assert refresh(target, lambda old: "new\n", ["--check"], "data.py is stale") == 1
+    assert not target.exists() and capsys.readouterr().err == "data.py is stale\n"
+    assert refresh(target, lambda old: "new\n", [], "data.py is stale") == 0
+    assert target.read_text("utf-8") == "new\n"
+    assert capsys.readouterr().out == f"wrote {target}\n"
+    # fresh: nothing written, nothing said, with or without --check
+    for argv in ([], ["--check"]):
+        assert refresh(target, lambda old: old, argv, "stale") == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_generators_check_their_files_fresh(capsys: pytest.CaptureFixture[str]) -> None:
+    assert codes_doc.main(["--check"]) == 0
+    assert reserved_probe.main(["--check"]) == 0
+    assert capsys.readouterr() == ("", "")
