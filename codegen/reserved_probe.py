@@ -24,6 +24,7 @@ from .check_names import GeneratedNames
 from .ir import build
 from .load import load_text
 from .render import render_module, render_strategies
+from .splice import refresh
 
 #: A spec that reaches every construct the templates spell (discriminated and plain messages,
 #: derived fields, tensors, invariants, every role and control action). Its enum and message
@@ -181,15 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     """Write codegen/reserved_names.py (``--check``: exit 1 where it is stale)."""
     args = sys.argv[1:] if argv is None else argv
     text = render(probe())
-    old = DATA_MODULE.read_text("utf-8") if DATA_MODULE.exists() else ""
-    if text == old:
-        return 0
-    if "--check" in args:
-        print(f"{DATA_MODULE} is stale: run make gen", file=sys.stderr)
-        return 1
-    DATA_MODULE.write_text(text, "utf-8")
-    print(f"wrote {DATA_MODULE}")
-    return 0
+    return refresh(DATA_MODULE, lambda old: text, args, f"{DATA_MODULE} is stale: run make gen")
 
 
 if __name__ == "__main__":

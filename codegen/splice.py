@@ -1,8 +1,12 @@
-"""Replace a marked block in a markdown file, touching nothing else."""
+"""Replace a marked block in a markdown file, touching nothing else; write or ``--check``
+a file ``make gen`` keeps fresh (:func:`refresh`)."""
 
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 class SpliceError(Exception):
@@ -34,3 +38,20 @@ def splice(text: str, name: str, block: str, file: str = "<markdown>") -> str:
     nl = "\r\n" if "\r\n" in text else "\n"
     body = nl + block if block.endswith("\n") else nl + block + nl
     return head + body + tail
+
+
+def refresh(path: Path, render: Callable[[str], str], argv: Sequence[str], stale: str) -> int:
+    """Rewrite the file ``make gen`` keeps fresh: ``render(old text)`` is what ``path``
+    should hold ("" for a missing file). With ``--check`` in ``argv`` nothing is written:
+    a stale file prints ``stale`` to stderr and returns 1. Otherwise a changed file is
+    written and named on stdout; 0 either way."""
+    old = path.read_text("utf-8") if path.exists() else ""
+    new = render(old)
+    if new == old:
+        return 0
+    if "--check" in argv:
+        print(stale, file=sys.stderr)
+        return 1
+    path.write_text(new, "utf-8")
+    print(f"wrote {path}")
+    return 0

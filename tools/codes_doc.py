@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tpwire.codegen.codes import CODES
-from tpwire.codegen.splice import splice
+from tpwire.codegen.splice import refresh, splice
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "spec-language.md"
 BLOCK = "codes"
@@ -41,16 +41,8 @@ def spliced(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    old = PAGE.read_text("utf-8")
-    new = spliced(old)
-    if new == old:
-        return 0
-    if "--check" in args:
-        print(f"{PAGE}: the error-code list is stale: run make gen", file=sys.stderr)
-        return 1
-    PAGE.write_text(new, "utf-8")
-    print(f"wrote {PAGE}")
-    return 0
+    stale = f"{PAGE}: the error-code list is stale: run make gen"
+    return refresh(PAGE, spliced, args, stale)
 
 
 if __name__ == "__main__":
