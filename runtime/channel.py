@@ -329,14 +329,7 @@ class Channel(Generic[H, M, A]):
         commit ``state``. ``tpwire journal diff`` compares them across ranks."""
         if not self.recorders.active:
             return
-        seen = Observation(
-            "observed",
-            state,
-            {k: int(v) for k, v in sorted(counts.items())},
-            tripwire.digest_envelope(self.protocol, inputs, header) if inputs is not None else None,
-            tripwire.digest_fields(inputs) if inputs is not None else None,
-            {k: tripwire.digest_tensors([t]) for k, t in sorted((outputs or {}).items())},
-        )
+        seen = Observation.of(self.protocol, header, inputs, outputs, state, counts)
         self.recorders.emit("observed", header, seen)
 
     # -- drift tripwires (bringup) and guards --------------------------------------------

@@ -91,6 +91,29 @@ class Observation:
     #: the digest of each named output
     output_digests: Mapping[str, int] | None = None
 
+    @classmethod
+    def of(
+        cls,
+        bindings: Bindings[Any, Any],
+        header: Any,
+        inputs: Any,
+        outputs: Mapping[str, torch.Tensor] | None,
+        state: str,
+        counts: Mapping[str, Any],
+    ) -> Observation:
+        """What ``Channel.observe`` was told, as digests (the caller's mistakes raise here)."""
+        from . import tripwire  # the digests need torch.distributed: not for every recorder
+
+        ran = inputs is not None
+        return cls(
+            "observed",
+            state,
+            {k: int(v) for k, v in sorted(counts.items())},
+            tripwire.digest_envelope(bindings, inputs, header) if ran else None,
+            tripwire.digest_fields(inputs) if ran else None,
+            {k: tripwire.digest_tensors([t]) for k, t in sorted((outputs or {}).items())},
+        )
+
 
 class Recorder:
     """The events of one channel; every method is a no-op unless overridden.
@@ -204,9 +227,10 @@ class Recorders:
         return wanted
 
     def abandon(self) -> None:
-        for r in self.pending:
+        # taken first: SIGTERM's reader thread and the main thread may both get here
+        pending, self.pending = self.pending, []
+        for r in pending:
             self._call(r, "abandoned")
-        self.pending = []
 
     def _call(self, r: Recorder, event: str, *args: Any, **kwargs: Any) -> bool:
         try:

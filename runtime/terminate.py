@@ -321,8 +321,9 @@ def _write(text: str) -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child (a data loader's worker, say) holds no channel: SIGTERM is its own."""
-    global _hook, _lock
+    global _hook, _lock, _dying
     _lock = threading.RLock()  # another thread may have held it at the fork
+    _dying = threading.Lock()
     _channels.clear()
     _said.clear()
     hook, _hook = _hook, None
@@ -344,9 +345,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: held by the thread that ends the process: the reader thread and the main thread's
+#: handler may both get to ``_die``, and the second must not kill the process while the
+#: first is still recording each channel's end
+_dying = threading.Lock()
+
+
 def _die() -> None:
     """Die of SIGTERM as the default disposition would have made the process, once each
     channel has recorded its end (its journal, bounded by the writer's close)."""
+    _dying.acquire()  # never released: whoever holds it ends the process
     try:
         for ref, what in _said:
             with contextlib.suppress(BaseException):  # the exit comes whatever this runs into
