@@ -68,7 +68,7 @@ import torch.distributed as dist
 from bench import envelopes as E
 from tpwire.generated import pp_contract
 from tpwire.runtime import wire
-from tpwire.runtime.channel import BroadcastChannel, P2PChannel
+from tpwire.runtime.channel import BroadcastChannel, Channel, P2PChannel
 from tpwire.runtime.compat import CompatBroadcastChannel
 
 BROADCAST_TRANSPORTS = (
@@ -170,7 +170,7 @@ class Tpwire:
     def device_options(self, env: Env) -> dict[str, Any]:
         return {}
 
-    def channel_class(self) -> type[BroadcastChannel[Any, Any]]:
+    def channel_class(self) -> Callable[..., Channel[Any, Any, Any]]:
         return BroadcastChannel
 
     def before(self, i: int, msg: Any) -> None:
@@ -302,7 +302,7 @@ class JournalWritten(Journaled):
 class Compat(Tpwire):
     split_cpu: ClassVar[bool] = False
 
-    def channel_class(self) -> type[BroadcastChannel[Any, Any]]:
+    def channel_class(self) -> Callable[..., Channel[Any, Any, Any]]:
         return CompatBroadcastChannel
 
     def device_options(self, env: Env) -> dict[str, Any]:

@@ -189,7 +189,9 @@ def p2p_head_long(rank: int, world: int) -> Any:
     head[: pp.FRAME0_LEN * 8] = frames.frame0.view(torch.uint8)
     # the send waits for a receiver that aborts: from a daemon thread, so this stage does
     # not wait out the group's 60 s timeout (its end is not what the test is about)
-    threading.Thread(target=ch.transport.put, args=(head, 0), kwargs={"frame0": True}, daemon=True).start()
+    threading.Thread(
+        target=ch.transport.put, args=(head, 0), kwargs={"frame0": True}, daemon=True
+    ).start()
     time.sleep(5)  # stage 1 is gone by then
     return {}
 
