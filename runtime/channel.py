@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Generic, Self
+from typing import ClassVar, Generic, Self
 
 import torch
 import torch.distributed as dist
@@ -389,6 +389,9 @@ class BroadcastChannel(Channel[H, M, A]):
     (a ``cpu_group`` of the same ranks carries frame 0 apart, e.g. beside an NCCL group).
     The knobs are ``ChannelOptions``' fields, as keywords or as ``options``."""
 
+    #: the transport it builds (``CompatBroadcastChannel``: the compat one)
+    transport_class: ClassVar[type[BroadcastTransport]] = BroadcastTransport
+
     def __init__(
         self,
         protocol: Bindings[H, M, A] | GeneratedModule[H, M, A],
@@ -400,7 +403,7 @@ class BroadcastChannel(Channel[H, M, A]):
         **knobs: Unpack[ChannelKnobs],
     ) -> None:
         opts = options_of(options, knobs)  # checked before anything touches the group
-        transport = BroadcastTransport(group, src, cpu_group)
+        transport = self.transport_class(group, src, cpu_group)
         super().__init__(protocol, transport, opts)
         self.src = src
         self.is_sender = transport.sends()

@@ -21,12 +21,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from typing_extensions import Unpack
 
-from .bindings import A, Bindings, GeneratedModule, H, M
-from .channel import Channel
+from .bindings import A, Bindings, H, M
+from .channel import BroadcastChannel
 from .framing import FRAME0_TAG
-from .options import ChannelKnobs, ChannelOptions, options_of
 from .plain import plain_value, value_from_plain
 from .transport import BroadcastTransport, Carrier
 from .wire import DTYPE_BY_NAME, materialize
@@ -130,21 +128,7 @@ class CompatWire:
         return cls(**kw)
 
 
-class CompatBroadcastChannel(Channel[H, M, A]):
+class CompatBroadcastChannel(BroadcastChannel[H, M, A]):
     """``BroadcastChannel``'s API over Scope's current (pickle-based) wire."""
 
-    def __init__(
-        self,
-        protocol: Bindings[H, M, A] | GeneratedModule[H, M, A],
-        group: dist.ProcessGroup | None = None,
-        src: int = 0,
-        *,
-        cpu_group: dist.ProcessGroup | None = None,
-        options: ChannelOptions | None = None,
-        **knobs: Unpack[ChannelKnobs],
-    ) -> None:
-        opts = options_of(options, knobs)  # checked before anything touches the group
-        transport = CompatTransport(group, src, cpu_group)
-        super().__init__(protocol, transport, opts)
-        self.src = src
-        self.is_sender = transport.sends()
+    transport_class = CompatTransport
