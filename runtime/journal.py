@@ -17,14 +17,11 @@ digests and copies they hand over (``field_digests``, ``tensor_bytes``) and
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from . import tripwire
 from .bindings import Bindings
@@ -62,6 +59,7 @@ from .journal_format import (
 )
 from .journal_records import Item, RecordWriter, end_meta, envelope_meta, observe_meta
 from .journal_thread import WriterThread
+from .recorder import tensor_bytes  # re-exported: the journal's copies are an event's
 
 # the writer's names, and the format and reader names importable from here too
 # (``jr.scan``, ``jr.Record``...)
@@ -167,17 +165,6 @@ def field_digests(msg: Any) -> dict[str, str]:
     """Each field of a message: its digest (``tripwire.digest_fields``) as the journal
     writes it."""
     return {k: hex64(d) for k, d in tripwire.digest_fields(msg).items()}
-
-
-def tensor_bytes(t: torch.Tensor, start: int = 0, nbytes: int | None = None) -> bytes:
-    """A copy of a contiguous uint8 tensor's bytes (``start``, ``nbytes``)."""
-    n = t.numel() - start if nbytes is None else nbytes
-    if not n:
-        return b""
-    if t.is_cpu:
-        return ctypes.string_at(t.data_ptr() + start, n)
-    host = t[start : start + n].cpu()
-    return ctypes.string_at(host.data_ptr(), n)
 
 
 class JournalWriter:
