@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch.distributed as dist
 
@@ -52,7 +52,7 @@ class Ids:
         roles = bindings.roles
         ids = bindings.role_ids(header)
         names = (roles.sequence, roles.chunk, roles.epoch)
-        seq = ids.sequence if ids.sequence is not None else -1
+        seq = cast(int, ids.sequence)  # None where a header has none: shown as None
         return cls(ids.epoch if ids.epoch is not None else 0, seq, ids.chunk, names)
 
     def __str__(self) -> str:
