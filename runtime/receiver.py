@@ -87,7 +87,7 @@ class Receiver:
         self._frame1(arrival)
         self._settle(arrival)
         if problem is not None:  # frame 1 is drained: the sender is not stranded
-            self._refused(arrival, f"ordering: {problem}", state="received")
+            self._refused(arrival, f"ordering: {problem}", state="received", code="ordering")
             self.channel.policy.poison(arrival.header, f"ordering: {problem}")
         self._commit(arrival.header)
         header, msg = self._assemble(arrival)
@@ -122,7 +122,7 @@ class Receiver:
         except BaseException as exc:  # frame 1 may follow: this rank can no longer keep step
             if raw and ch.recorders.active:
                 event = EnvelopeEvent(
-                    None, None, "refused", raw, len(raw), 0.0, error=describe(exc)
+                    None, None, "refused", raw, len(raw), 0.0, error=describe(exc), code="frame0"
                 )
                 ch.recorders.emit("refused", event)
             ch.policy.poison(ch.last_header, f"frame 0 refused: {exc}")
@@ -188,10 +188,10 @@ class Receiver:
                 a.buffers, a.offsets, a.ahead.views if a.ahead is not None else None
             )
         except WireError as exc:
-            self._refused(a, describe(exc))
+            self._refused(a, describe(exc), code="wire")
             self.channel.policy.poison(a.header, f"frame 1 refused: {exc}")
         except EnvelopeInvalid as exc:
-            self._refused(a, describe(exc))
+            self._refused(a, describe(exc), code=exc.violations[0].code)
             self._refused_line(a.header, exc)
             raise
 
@@ -206,7 +206,7 @@ class Receiver:
         if across:
             refused = EnvelopeInvalid(across)
             if a is not None:
-                self._refused(a, describe(refused))
+                self._refused(a, describe(refused), code=across[0].code)
             self._refused_line(header, refused)
             raise refused
         kept = cache.kept(msg)
@@ -251,13 +251,23 @@ class Receiver:
         except Exception:
             return b""
 
-    def _refused(self, a: Arrival, error: str, *, state: str = "refused") -> None:
+    def _refused(
+        self, a: Arrival, error: str, *, state: str = "refused", code: str | None = None
+    ) -> None:
         ch = self.channel
         if ch.recorders.active:
             action = self.bindings.action_of(a.header)
             seconds = time.perf_counter() - a.started
             event = EnvelopeEvent(
-                a.header, action, state, a.raw, a.nbytes, seconds, a.segments, error=error
+                a.header,
+                action,
+                state,
+                a.raw,
+                a.nbytes,
+                seconds,
+                a.segments,
+                error=error,
+                code=code,
             )
             ch.recorders.emit("refused", event)
 

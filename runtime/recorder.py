@@ -56,8 +56,9 @@ class EnvelopeEvent:
 
     header: Any  # None when frame 0 itself was refused
     action: enum.IntEnum | None
-    #: "sent", "validated" (received and accepted), "refused", or "received" (taken off the
-    #: wire, then refused by the ordering rules)
+    #: "sent", "validated" (received and accepted), "refused", "received" (taken off the
+    #: wire, then refused by the ordering rules), or "unsent" (refused by the sending rank
+    #: before frame 0: no bytes)
     state: str
     #: frame 0's bytes (empty for a wire without frames, such as compat)
     frame0: bytes
@@ -70,6 +71,9 @@ class EnvelopeEvent:
     #: an ERROR frame's reason text, or why the envelope was refused
     reason: str | None = None
     error: str | None = None
+    #: why a refused envelope was refused, as a bounded class: the first violation's code,
+    #: or "ordering", "wire" (frame 1), "frame0"
+    code: str | None = None
 
     @property
     def sent(self) -> bool:

@@ -94,6 +94,16 @@ class Sender:
             f"{self.channel.ids(header)}: {len(violations)} violation(s), first: "
             f"{violations[0] if violations else None}"
         )
+        ch = self.channel
+        if ch.recorders.active:  # nothing went out: no frame 0 bytes (the journal skips it)
+            first = violations[0] if violations else None
+            code = getattr(first, "code", None)
+            action = getattr(header, self.bindings.action_field, None)  # may be ill-typed
+            action = action if isinstance(action, enum.IntEnum) else None
+            event = EnvelopeEvent(
+                header, action, "unsent", b"", 0, 0.0, error=str(first), code=code
+            )
+            ch.recorders.emit("refused", event)
 
     def check_order(self, header: Any) -> None:
         problem = self.order.problem(header)

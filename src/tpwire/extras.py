@@ -13,6 +13,7 @@ import importlib
 EXTRAS: dict[str, tuple[str, ...]] = {
     "compiler": ("yaml", "jinja2", "jsonschema", "ruff"),
     "testing": ("hypothesis",),
+    "metrics": ("prometheus_client",),
 }
 
 
