@@ -1,4 +1,4 @@
-"""``tpwire journal show|diff`` and ``tpwire replay``: read envelope journals
+"""``tpwire journal show|diff|trace`` and ``tpwire replay``: read envelope journals
 (docs/journal.md). Bad input is one line per problem with its file offset, never a
 traceback; exit 1 on a divergence or a refused envelope, 2 when nothing usable was given."""
 
@@ -405,6 +405,38 @@ def _diff_channel(
     return code, doc
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    """``journal trace``: the journals as a trace-event file (runtime/journal_trace.py)."""
+    from tpwire.runtime.journal_trace import dumps, trace
+    from tpwire.runtime.replay import load
+
+    missing = _missing(args.paths)
+    if missing:
+        for p in missing:
+            _err(f"{printable(p)}: no such file or folder")
+        return EXIT_USAGE
+    journals = _unread(load(args.paths))
+    if not journals:
+        _err("no journal records in " + " ".join(map(printable, args.paths)))
+        return EXIT_USAGE
+    doc = trace(journals)
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(dumps(doc))
+    except OSError as exc:
+        _err(f"{printable(args.output)}: cannot write: {exc.strerror or exc}")
+        return EXIT_USAGE
+    events = doc["traceEvents"]
+    tracks = {(e["pid"], e["tid"]) for e in events}
+    problems = sum(len(j.problems) for j in journals)
+    tail = f"; {problems} unreadable stretch(es) marked" if problems else ""
+    print(
+        f"{printable(args.output)}: {len(tracks)} track(s), {len(events)} events from "
+        f"{len(journals)} journal(s){tail}; open it in ui.perfetto.dev or chrome://tracing"
+    )
+    return EXIT_OK
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from tpwire.runtime.escape import printable
     from tpwire.runtime.replay import bindings_for, gaps, holds_start, load, replay
@@ -489,10 +521,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``journal`` (show, diff) and ``replay`` to the ``tpwire`` command line."""
+    """Add ``journal`` (show, diff, trace) and ``replay`` to the ``tpwire`` command line."""
     jp = sub.add_parser(
         "journal",
-        help="read envelope journals: show the records, diff the ranks",
+        help="read envelope journals: show the records, diff the ranks, trace a timeline",
         description="Envelope journals (channel journal=DIR or TPWIRE_JOURNAL=DIR) hold one "
         "checksummed record per envelope a rank sent or received and what it observed. "
         "See docs/journal.md.",
@@ -523,6 +555,18 @@ def add_parsers(sub: Any) -> None:
                     "generated module named by the journal)")  # fmt: skip
     df.add_argument("--format", choices=("text", "json"), default="text")
     df.set_defaults(func=cmd_diff)
+    tr = jsub.add_parser(
+        "trace",
+        help="the ranks' journals as a timeline (Chrome trace-event / Perfetto JSON)",
+        description="Write the journals of DIR_OR_FILE... as a trace-event JSON file for "
+        "ui.perfetto.dev or chrome://tracing: one track per rank, each envelope sent or "
+        "received (and each observation) a slice, refusals, ends, damage and the first "
+        "divergence (as journal diff finds it) instant events, an arrow from each send to "
+        "each receive. Exit 0: written; 2: unusable input, or FILE cannot be written.",
+    )
+    tr.add_argument("paths", nargs="+", metavar="DIR_OR_FILE")
+    tr.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSON file")
+    tr.set_defaults(func=cmd_trace)
     rp = sub.add_parser(
         "replay",
         help="push a recorded stream through this build's receive path",
