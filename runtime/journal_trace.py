@@ -165,6 +165,7 @@ def _instants(track: _Track) -> list[dict[str, Any]]:
     """Refusals, ends and reader problems on the track, each at its record's time (a problem
     at the time of the last record before it in its file)."""
     out = []
+    args: dict[str, Any]
     for p in track.placed:
         rec, info = p.record, p.record.info
         if isinstance(info, EnvelopeMeta) and (info.error or info.frame0_error):

@@ -6,6 +6,7 @@ track, every flow start with its finish inside a slice); the instants sit on the
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -52,7 +53,7 @@ def check_trace(doc: Any) -> dict[tuple[int, int], list[dict[str, Any]]]:
         timed = [e for e in evs if e["ph"] != "M"]
         assert [e["ts"] for e in timed] == sorted(e["ts"] for e in timed), key  # monotonic
         slices = [e for e in timed if e["ph"] == "X"]
-        for a, b in zip(slices, slices[1:], strict=False):
+        for a, b in itertools.pairwise(slices):
             assert a["dur"] >= 1 and a["ts"] + a["dur"] <= b["ts"], (a, b)  # no overlap
         for e in timed:
             if e["ph"] == "i":
