@@ -223,12 +223,16 @@ def _journal_target(result: dict[str, Any], world: str, at: str) -> Target:
     if "scope/journal-written" in _runs(result)[world]:  # runs before it had none
         wr = _stat(result, world, "scope", "journal-written")["median_us"]
         written = f", handover written {(wr / tp - 1) * 100:+.1f}%"
+    metrics = ""
+    if "scope/tpwire-metrics" in _runs(result)[world]:  # runs without the metrics extra: none
+        me = _stat(result, world, "scope", "tpwire-metrics")["median_us"]
+        metrics = f"; metrics recorder {(me / tp - 1) * 100:+.1f}%"
     return Target(
         f"{at}: journaling (digest mode) adds at most 5% to a Scope INFER's channel time",
         f"{added * 100:+.1f}%",
         added <= 0.05,
         f"full mode {(full / tp - 1) * 100:+.1f}%{written}; background writer per record: "
-        f"digest {writer['digest']:.0f} us, full {writer['full']:.0f} us",
+        f"digest {writer['digest']:.0f} us, full {writer['full']:.0f} us{metrics}",
     )
 
 
@@ -236,8 +240,8 @@ def _journal_table(result: dict[str, Any]) -> list[str]:
     lines = [
         "| world | envelope | tpwire | journal-digest | journal-full | journal-written "
         "| digest / tpwire | full / tpwire | written / tpwire | writer per record, digest "
-        "| writer per record, full |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| writer per record, full | tpwire-metrics | metrics / tpwire |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for world, stats in result["transports"].items():
         for kind in EXTRA_TRANSPORTS:
@@ -261,9 +265,21 @@ def _journal_table(result: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {world} | {TITLES[kind]} | " + " | ".join(cells)
                 + f" | {dg['median_us'] / tp['median_us']:.3f}x"
-                f" | {fu['median_us'] / tp['median_us']:.3f}x | {ratio} | {_us(wd)} | {_us(wf)} |"
+                f" | {fu['median_us'] / tp['median_us']:.3f}x | {ratio} | {_us(wd)} | {_us(wf)} | "
+                + _metrics_cells(result, world, kind, tp["median_us"]) + " |"
             )  # fmt: skip
     return lines
+
+
+def _metrics_cells(result: dict[str, Any], world: str, kind: str, tp: float) -> str:
+    """The metrics recorder's time and its ratio to tpwire ("-": a run without it)."""
+    if f"{kind}/tpwire-metrics" not in result["transports"][world]:
+        return "- | -"
+    me = _stat(result, world, kind, "tpwire-metrics")
+    return (
+        f"{_us(me['median_us'])} ({_us(me['p10_us'])}-{_us(me['p90_us'])}) | "
+        f"{me['median_us'] / tp:.3f}x"
+    )
 
 
 def _us(x: float) -> str:
@@ -565,7 +581,10 @@ def markdown(result: dict[str, Any]) -> str:
             "with the ranks and gloo for the same cores. `journal-written` is `journal-digest` "
             'with `handover="written"`: each send and receive returns once its record is '
             "written, so the write is inside the timing (a rank SIGKILLed right after `recv` "
-            "keeps that envelope's record; docs/journal.md).",
+            "keeps that envelope's record; docs/journal.md). `tpwire-metrics` is tpwire's "
+            "channel with the Prometheus metrics recorder on every rank (docs/runtime.md, "
+            "Metrics): its counters, histogram and gauges are updated on the channel's "
+            "thread, inside the timing.",
             "",
         ]
         out += _journal_table(result)

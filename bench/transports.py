@@ -43,6 +43,9 @@ bytes) happen before the barrier, untimed.
 - ``journal-written``: ``journal-digest`` with ``handover="written"``: each ``send`` and
   ``recv`` returns once the writer thread has written its record, so the write is inside
   the timing (what surviving a SIGKILL right after ``recv`` costs).
+- ``tpwire-metrics`` (Scope-sized envelopes, with the ``metrics`` extra): tpwire with the
+  Prometheus metrics recorder on every rank (docs/runtime.md, Metrics): counters, a
+  histogram observation and gauges per envelope, on the channel's thread.
 
 The same code runs on gloo with CPU tensors and, on a machine with several GPUs, on NCCL
 with every envelope's tensors on the rank's GPU (``Plan.device == "cuda"``): then each
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import pickle
 import random
@@ -82,11 +86,13 @@ BROADCAST_TRANSPORTS = (
 )
 #: transports run for some kinds only: where they differ from tpwire
 JOURNAL_TRANSPORTS = ("journal-digest", "journal-full", "journal-written")
+#: the Prometheus metrics recorder beside the journal (without the metrics extra: not run)
+METRICS_TRANSPORTS = ("tpwire-metrics",) if importlib.util.find_spec("prometheus_client") else ()
 EXTRA_TRANSPORTS = {
     "noop": ("floor+path",),
     "small": ("floor+path",),
-    "scope": ("carry-all", "floor+path", "arena-nocheck", *JOURNAL_TRANSPORTS),
-    "cond_on_update": ("carry-all", *JOURNAL_TRANSPORTS),
+    "scope": ("carry-all", "floor+path", "arena-nocheck", *JOURNAL_TRANSPORTS, *METRICS_TRANSPORTS),
+    "cond_on_update": ("carry-all", *JOURNAL_TRANSPORTS, *METRICS_TRANSPORTS),
 }
 PP_TRANSPORTS = ("tpwire", "vllm", "floor")
 #: the messages a stream of each kind cycles through
@@ -428,6 +434,18 @@ class FloorFresh:
         dist.broadcast(self.buf, src=0)
 
 
+class Metered(Tpwire):
+    """tpwire with the Prometheus metrics recorder (runtime/metrics.py) on every rank, in a
+    registry of its own, not served: what counting each envelope costs the channel."""
+
+    split_cpu: ClassVar[bool] = False
+
+    def device_options(self, env: Env) -> dict[str, Any]:
+        from tpwire.runtime.metrics import MetricsRecorder
+
+        return {"recorders": [MetricsRecorder()]}
+
+
 BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "tpwire": Tpwire,
     "tpwire-arena": Arena,
@@ -440,6 +458,7 @@ BROADCAST: dict[str, Callable[[E.Kind, Env], Any]] = {
     "journal-digest": JournalDigest,
     "journal-full": JournalFull,
     "journal-written": JournalWritten,
+    "tpwire-metrics": Metered,
     "floor+path": FloorPath,
     "arena-nocheck": ArenaNoCheck,
 }
