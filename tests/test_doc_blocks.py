@@ -323,6 +323,8 @@ COMMANDS: dict[str, dict[str, Runner | Skip]] = {
         "ls /tmp/incident": NEEDS_RUN,
         "tpwire journal diff /tmp/incident": INCIDENT,
         "tpwire journal diff /tmp/kill/journal": NEEDS_RUN,
+        "tpwire journal trace /tmp/incident -o /tmp/incident.json": NEEDS_RUN,
+        "python -m tools.trace_picture /tmp/incident.json -o docs/journal-trace.png": NEEDS_RUN,
         "tpwire journal show /tmp/kill/journal/tp_control.rank1.000000.tpj | tail -2": NEEDS_RUN,
     },
     "docs/testing.md": {
