@@ -257,3 +257,24 @@ def test_a_sigkilled_worker_s_end_and_the_poison_sit_where_the_journals_put_them
     assert torn[1]["args"]["offset"] == dead.torn_tail.offset  # type: ignore[union-attr]
     (div,) = _instants(tracks, "divergence")
     assert div[0] == 1 and div[1]["args"]["odd"] == ["tp_control.rank1"]
+
+
+def test_a_process_per_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each rank restarted on the same folder: two streams, two processes; the divergence
+    (rank 1 got one more chunk in the second stream) sits in the second."""
+    for rank in range(2):
+        j = Journal(tmp_path / "s", rank, world=2).open()
+        for i in range(3):
+            j.chunk(i)
+        j.shutdown().end().open()
+        for i in range(2 + rank):
+            j.chunk(i)
+        j.shutdown().end().save()
+    tracks = _traced(tmp_path / "s", capsys)
+    assert sorted(tracks) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    names = [
+        e["args"]["name"] for evs in tracks.values() for e in evs if e["name"] == "process_name"
+    ]
+    assert names == ["tp_control (stream 1 of 2)", "tp_control (stream 2 of 2)"]
+    (div,) = [(key, e) for key, evs in tracks.items() for e in evs if e["cat"] == "divergence"]
+    assert div[0] == (2, 1) and "in stream 2 of 2" in div[1]["args"]["at"]
