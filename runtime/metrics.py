@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tpwire.extras import require
 
+from .errors import VIOLATION_CODES
 from .recorder import ChannelInfo, EnvelopeEvent, Recorder
 
 if TYPE_CHECKING:
@@ -54,12 +55,16 @@ def poison_cause(reason: str) -> str:
     return "other"
 
 
+#: every class a code label can take: the stable violation codes (docs/spec-language.md,
+#: "Violation codes"), the refusals that have none, and "other"
+REFUSAL_CODES: tuple[str, ...] = (*VIOLATION_CODES, "ordering", "wire", "frame0", "other")
+
+
 def refusal_code(event: EnvelopeEvent) -> str:
-    """A refused envelope's code: the event's (a violation code or a fixed class), else the
-    state's class ("ordering" for an envelope received, then refused by the ordering)."""
-    if event.code:
-        return event.code[:64]  # a spec's code: bounded by the spec, cut in case
-    return "ordering" if event.state == "received" else "other"
+    """A refused envelope's code (``REFUSAL_CODES``): the event's, else "ordering" for an
+    envelope received, then refused by the ordering rules."""
+    code = event.code or ("ordering" if event.state == "received" else "other")
+    return code if code in REFUSAL_CODES else "other"
 
 
 class MetricsRecorder(Recorder):
@@ -84,9 +89,14 @@ class MetricsRecorder(Recorder):
         self.registry = registry if registry is not None else pc.CollectorRegistry()
         self.port = port
         self.ranks = ranks
+        #: the protocol of the channel set up last (events whose header tells none)
         self.protocol = ""
         self.server: Any = None  # (server, thread) once this rank serves
-        self._bindings: Any = None
+        #: header class -> its protocol's name and bindings: one recorder may be in the
+        #: options of several channels (docs/runtime.md, Options and recorders)
+        self._protocols: dict[type, tuple[str, Any]] = {}
+        self._last: tuple[str, Any] = ("", None)
+        self._cache: dict[tuple[type, str, str], tuple[Any, ...]] = {}
         pd, pdc, pc_ = ("protocol", "direction"), ("protocol", "direction", "code"), ("protocol",)
         reg = self.registry
         self.envelopes = pc.Counter(
@@ -120,7 +130,7 @@ class MetricsRecorder(Recorder):
 
     def setup(self, channel: ChannelInfo) -> str | None:
         self.protocol = channel.bindings.protocol
-        self._bindings = channel.bindings
+        self._protocols[channel.bindings.header] = self._last = (self.protocol, channel.bindings)
         if self.port is not None and (self.ranks == "all" or channel.rank == 0):
             self.serve(self.port)
         return None
@@ -133,19 +143,43 @@ class MetricsRecorder(Recorder):
             # (server, thread) since prometheus-client 0.20; None before
             self.server = pc.start_http_server(port, registry=self.registry) or (None, None)
 
+    def _protocol(self, header: Any) -> str:
+        known = self._protocols.get(type(header))
+        return known[0] if known is not None else self.protocol
+
+    def _children(self, header: type, action: str, direction: str) -> tuple[Any, ...]:
+        """The labelled series one envelope updates, made once per protocol, action and
+        direction (``labels`` looks its labels up on every call)."""
+        key = (header, action, direction)
+        children = self._cache.get(key)
+        if children is None:
+            p, bindings = self._protocols.get(header, self._last)
+            children = self._cache[key] = (
+                self.envelopes.labels(p, action, direction),
+                self.frame0_bytes.labels(p, direction),
+                self.frame1_bytes.labels(p, direction),
+                self.seconds.labels(p, direction),
+                self.last_sequence.labels(p, direction),
+                self.last_epoch.labels(p, direction),
+                bindings.role_ids,
+            )
+        return children
+
     def _count(self, event: EnvelopeEvent, direction: str) -> None:
-        protocol = self.protocol
         action = event.action.name if event.action is not None else "unknown"
-        self.envelopes.labels(protocol, action, direction).inc()
-        frame0 = len(event.frame0)
-        self.frame0_bytes.labels(protocol, direction).inc(frame0)
-        self.frame1_bytes.labels(protocol, direction).inc(max(event.nbytes - frame0, 0))
-        self.seconds.labels(protocol, direction).observe(event.seconds)
-        ids = self._bindings.role_ids(event.header)
+        header = event.header
+        children = self._children(type(header), action, direction)
+        envelopes, frame0, frame1, seconds, sequence, epoch, role_ids = children
+        envelopes.inc()
+        n0 = len(event.frame0)
+        frame0.inc(n0)
+        frame1.inc(max(event.nbytes - n0, 0))
+        seconds.observe(event.seconds)
+        ids = role_ids(header)
         if ids.sequence is not None:
-            self.last_sequence.labels(protocol, direction).set(ids.sequence)
+            sequence.set(ids.sequence)
         if ids.epoch is not None:
-            self.last_epoch.labels(protocol, direction).set(ids.epoch)
+            epoch.set(ids.epoch)
 
     def sent(self, event: EnvelopeEvent) -> None:
         self._count(event, "sent")
@@ -155,10 +189,11 @@ class MetricsRecorder(Recorder):
 
     def refused(self, event: EnvelopeEvent) -> None:
         direction = "sent" if event.state == "unsent" else "received"
-        self.refused_total.labels(self.protocol, direction, refusal_code(event)).inc()
+        protocol = self._protocol(event.header)
+        self.refused_total.labels(protocol, direction, refusal_code(event)).inc()
 
     def poisoned(self, header: Any, reason: str, *, exiting: bool) -> None:
-        self.poisoned_total.labels(self.protocol, poison_cause(reason)).inc()
+        self.poisoned_total.labels(self._protocol(header), poison_cause(reason)).inc()
 
     def watchdog(self, header: Any, reason: str) -> None:
-        self.watchdog_total.labels(self.protocol).inc()
+        self.watchdog_total.labels(self._protocol(header)).inc()

@@ -150,8 +150,30 @@ def test_watchdog_and_refusal_classes_without_a_channel() -> None:
     refused = "tpwire_envelopes_refused_total"
     assert value(text, refused, protocol="p", direction="received", code="frame0") == 1
     assert value(text, refused, protocol="p", direction="received", code="ordering") == 1
+    rec.refused(EnvelopeEvent(None, None, "unsent", b"", 0, 0.0, code="no such code"))
+    text = generate_latest(registry).decode()
+    assert value(text, refused, protocol="p", direction="sent", code="other") == 1
     with pytest.raises(ValueError, match="ranks must be"):
         MetricsRecorder(registry, ranks="1")
+
+
+def test_one_recorder_in_two_channels_labels_each_envelope_with_its_protocol() -> None:
+    from tests.envelopes import HEADER
+    from tpwire.generated import pp_contract, tp_control
+    from tpwire.runtime.recorder import ChannelInfo
+
+    rec = MetricsRecorder(CollectorRegistry())
+    for bindings in (tp_control.BINDINGS, pp_contract.BINDINGS):
+        rec.setup(ChannelInfo(bindings, 0, 2, "rank0", None, "raise"))  # type: ignore[arg-type]
+    pp_header = pp_contract.BINDINGS.control_header(None, pp_contract.BINDINGS.noop)
+    for header in (HEADER, pp_header):
+        rec.sent(EnvelopeEvent(header, header.action, "sent", b"x" * 8, 8, 0.001))
+    text = generate_latest(rec.registry).decode()
+    assert value(text, "tpwire_envelopes_total", protocol="tp_control", action="INFER",
+                 direction="sent") == 1  # fmt: skip
+    assert value(text, "tpwire_last_sequence", protocol="tp_control", direction="sent") == 7
+    assert value(text, "tpwire_envelopes_total", protocol="pp_contract", action="NOOP",
+                 direction="sent") == 1  # fmt: skip
 
 
 def test_without_the_extra_the_recorder_says_so_in_one_line(
