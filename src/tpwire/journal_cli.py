@@ -520,6 +520,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return status
 
 
+def _add_trace_parser(jsub: Any) -> None:
+    """Add ``journal trace`` to the ``journal`` subcommands ``jsub``."""
+    tr = jsub.add_parser(
+        "trace",
+        help="the ranks' journals as a timeline (Chrome trace-event / Perfetto JSON)",
+        description="Write the journals of DIR_OR_FILE... as a trace-event JSON file for "
+        "ui.perfetto.dev or chrome://tracing: one track per rank, each envelope sent or "
+        "received (and each observation) a slice, refusals, ends, damage and the first "
+        "divergence (as journal diff finds it) instant events, an arrow from each send to "
+        "each receive. Exit 0: written; 2: unusable input, or FILE cannot be written.",
+    )
+    tr.add_argument("paths", nargs="+", metavar="DIR_OR_FILE")
+    tr.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSON file")
+    tr.set_defaults(func=cmd_trace)
+
+
 def add_parsers(sub: Any) -> None:
     """Add ``journal`` (show, diff, trace) and ``replay`` to the ``tpwire`` command line."""
     jp = sub.add_parser(
@@ -555,18 +571,7 @@ def add_parsers(sub: Any) -> None:
                     "generated module named by the journal)")  # fmt: skip
     df.add_argument("--format", choices=("text", "json"), default="text")
     df.set_defaults(func=cmd_diff)
-    tr = jsub.add_parser(
-        "trace",
-        help="the ranks' journals as a timeline (Chrome trace-event / Perfetto JSON)",
-        description="Write the journals of DIR_OR_FILE... as a trace-event JSON file for "
-        "ui.perfetto.dev or chrome://tracing: one track per rank, each envelope sent or "
-        "received (and each observation) a slice, refusals, ends, damage and the first "
-        "divergence (as journal diff finds it) instant events, an arrow from each send to "
-        "each receive. Exit 0: written; 2: unusable input, or FILE cannot be written.",
-    )
-    tr.add_argument("paths", nargs="+", metavar="DIR_OR_FILE")
-    tr.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSON file")
-    tr.set_defaults(func=cmd_trace)
+    _add_trace_parser(jsub)
     rp = sub.add_parser(
         "replay",
         help="push a recorded stream through this build's receive path",
