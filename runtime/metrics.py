@@ -121,6 +121,16 @@ class MetricsRecorder(Recorder):
             "tpwire_envelope_seconds", "Seconds from an envelope's first collective's start "
             "to its last one's end", pd, registry=reg, buckets=SECONDS_BUCKETS,
         )  # fmt: skip
+        self.head_wait = pc.Histogram(
+            "tpwire_head_wait_seconds", "Seconds a receiving rank waited for an envelope's "
+            "head (the source preparing it, or a late peer)", pc_, registry=reg,
+            buckets=SECONDS_BUCKETS,
+        )  # fmt: skip
+        self.cpu_path = pc.Histogram(
+            "tpwire_cpu_path_seconds", "Seconds of tpwire's own work on an envelope outside "
+            "its collectives (preflight and layout; checks, buffers and validation)", pd,
+            registry=reg, buckets=SECONDS_BUCKETS,
+        )  # fmt: skip
         self.last_sequence = pc.Gauge(
             "tpwire_last_sequence", "The last accepted envelope's sequence id", pd, registry=reg
         )
@@ -161,6 +171,8 @@ class MetricsRecorder(Recorder):
                 self.seconds.labels(p, direction),
                 self.last_sequence.labels(p, direction),
                 self.last_epoch.labels(p, direction),
+                self.cpu_path.labels(p, direction),
+                self.head_wait.labels(p) if direction == "received" else None,
                 bindings.role_ids,
             )
         return children
@@ -169,12 +181,15 @@ class MetricsRecorder(Recorder):
         action = event.action.name if event.action is not None else "unknown"
         header = event.header
         children = self._children(type(header), action, direction)
-        envelopes, frame0, frame1, seconds, sequence, epoch, role_ids = children
+        envelopes, frame0, frame1, seconds, sequence, epoch, cpu, wait, role_ids = children
         envelopes.inc()
         n0 = len(event.frame0)
         frame0.inc(n0)
         frame1.inc(max(event.nbytes - n0, 0))
         seconds.observe(event.seconds)
+        cpu.observe(event.cpu)
+        if wait is not None:
+            wait.observe(event.waited)
         ids = role_ids(header)
         if ids.sequence is not None:
             sequence.set(ids.sequence)

@@ -61,6 +61,9 @@ class Arrival:
     buffers: list[torch.Tensor] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     nbytes: int = 0
+    #: when the head arrived, and the seconds the other segments' collectives took
+    head_at: float = 0.0
+    frame1_s: float = 0.0
     #: no segment rides in the head: nothing handed out views it, the next envelope may reuse it
     head_free: bool = True
     segments: list[bytes] | None = None  # copies for the recorders that want them
@@ -115,6 +118,7 @@ class Receiver:
                 ch.transport.get(head, FRAME0_TAG, frame0=True)
             except BaseException as exc:
                 ch.policy.poison(ch.last_header, f"waiting for frame 0 failed: {describe(exc)}")
+        arrived = time.perf_counter()
         raw = b""
         try:
             raw = frame0_bytes(head, framing.frame0_nbytes)
@@ -132,7 +136,9 @@ class Receiver:
             ch.policy.poison(manifest.header, f"head refused: {exc}")
         if ahead is not None and manifest.slots is not ahead.slots:
             ahead = None  # made for another layout
-        return Arrival(head, raw, manifest, manifest.header, started, ahead)
+        arrival = Arrival(head, raw, manifest, manifest.header, started, ahead)
+        arrival.head_at = arrived
+        return arrival
 
     def _frame1(self, a: Arrival) -> None:
         """The segments: those in the head, and one collective for each other one."""
@@ -151,6 +157,7 @@ class Receiver:
         if not rest:  # (a head that carried everything: no collective to watch)
             return
         header = a.header
+        getting = time.perf_counter()
         with ch.policy.deadline(lambda: f"frame 1 of {ch.ids(header)}", header=header):
             try:
                 for i in rest:
@@ -163,6 +170,7 @@ class Receiver:
                     a.nbytes += sizes[i]
             except BaseException as exc:
                 ch.policy.poison(header, f"frame 1 receive failed: {describe(exc)}")
+        a.frame1_s = time.perf_counter() - getting
 
     def _settle(self, a: Arrival) -> None:
         """The layout moves on; a head nothing views is kept for the next envelope."""
@@ -236,13 +244,17 @@ class Receiver:
     def _record(
         self, a: Arrival | None, action: enum.IntEnum, header: Any, msg: Any, reason: Any
     ) -> None:
-        if a is not None:
-            raw, nbytes, segments = a.raw, a.nbytes, a.segments
-            seconds = time.perf_counter() - a.started
-        else:  # a wire of its own: frame 0 as tpwire's frames would have had it
-            raw, nbytes, seconds, segments = self._frame0_of(msg, header), 0, 0.0, None
         text = str(reason) if reason is not None else None
-        event = EnvelopeEvent(header, action, "validated", raw, nbytes, seconds, segments, text)
+        if a is None:  # a wire of its own: frame 0 as tpwire's frames would have had it
+            raw = self._frame0_of(msg, header)
+            event = EnvelopeEvent(header, action, "validated", raw, 0, 0.0, None, text)
+        else:
+            now = time.perf_counter()
+            waited, cpu = a.head_at - a.started, now - a.head_at - a.frame1_s
+            event = EnvelopeEvent(
+                header, action, "validated", a.raw, a.nbytes, now - a.started, a.segments, text,
+                waited=waited, cpu=cpu,
+            )  # fmt: skip
         self.channel.recorders.emit("received", event)
 
     def _frame0_of(self, msg: Any, header: Any) -> bytes:

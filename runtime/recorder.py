@@ -64,7 +64,8 @@ class EnvelopeEvent:
     frame0: bytes
     #: bytes put or got for it, frame 0 and frame 1 together
     nbytes: int
-    #: seconds from its first collective's start to its last one's end
+    #: seconds from its first collective's start to its last one's end (a received one's:
+    #: from when this rank started waiting for its head, ``waited`` included)
     seconds: float
     #: each frame 1 segment's bytes, when a recorder asked for them (``wants_segments``)
     segments: list[bytes] | None = None
@@ -74,6 +75,12 @@ class EnvelopeEvent:
     #: why a refused envelope was refused, as a bounded class: the first violation's code,
     #: or "ordering", "wire" (frame 1), "frame0"
     code: str | None = None
+    #: a received envelope: seconds blocked before its head arrived (the source preparing
+    #: it, or a peer late); 0 for a sent one
+    waited: float = 0.0
+    #: seconds of tpwire's own work on it outside the collectives (the CPU path): a sender's
+    #: preflight and layout, a receiver's checks, buffers, views and validation
+    cpu: float = 0.0
 
     @property
     def sent(self) -> bool:

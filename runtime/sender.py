@@ -51,6 +51,8 @@ class Sender:
         self.last_send = time.monotonic()
         #: the exception a ``send`` raised and its header (the ids of a root cause)
         self.failure: tuple[int, Any] | None = None
+        #: when the envelope in hand started its CPU path (``send``, a control frame)
+        self.began: float | None = None
         self.heartbeat: threading.Thread | None = None
 
     # -- envelopes ----------------------------------------------------------------------
@@ -59,6 +61,7 @@ class Sender:
         """Preflight everything, then commit: frame 0, frame 1."""
         ch = self.channel
         ch.ready(sender=True)
+        self.began = time.perf_counter()  # the CPU path starts (the recorders' ``cpu``)
         try:
             prepared = self.preflight(msg, header)
             with ch.policy.locked():  # check and commit atomically: a heartbeat may take an id
@@ -123,7 +126,7 @@ class Sender:
         action = self.bindings.action_of(header)
         # a wire of its own builds everything first: a failure here sent nothing
         staged = ch.carrier.stage(msg, header) if ch.carrier is not None else None
-        started = time.perf_counter()
+        putting = time.perf_counter()
         ch.policy.in_flight = header  # a heartbeat may wait as long as workers compute
         with ch.policy.deadline(
             lambda: f"send of {action.name} {ch.ids(header)}", armed=watched, header=header
@@ -135,12 +138,13 @@ class Sender:
                 self._carried(header, action, staged)
             else:
                 frames, head, rest, sizes = self.lay_out(frames)
+                putting = time.perf_counter()
                 self._put(header, action, head, rest)
         ch.policy.in_flight = None
+        began, self.began = self.began, None
         if ch.recorders.active:
-            nbytes = (head.numel() if head is not None else 0) + sum(s.numel() for _, s in rest)
-            seconds = time.perf_counter() - started
-            self.record(frames, head, header, action, int(nbytes), seconds)
+            timing = (time.perf_counter() - putting, putting - (began or putting))
+            self.record(frames, head, rest, header, action, timing)
         self.after(frames, header, action, sizes)
 
     def lay_out(
@@ -211,30 +215,23 @@ class Sender:
         self,
         frames: Frames | Prepared,
         head: torch.Tensor | None,
+        rest: Rest,
         header: Any,
         action: enum.IntEnum,
-        nbytes: int,
-        seconds: float,
+        timing: tuple[float, float],
     ) -> None:
-        """Tell the recorders (frame 0's bytes; each segment's when one wants them)."""
+        """Tell the recorders. ``timing``: the collectives' seconds and the CPU path's."""
         ch = self.channel
-        if head is not None and head.is_cpu:
-            frame0 = ctypes.string_at(head.data_ptr(), self.framing.frame0_nbytes)
-        elif isinstance(frames, Prepared):
-            frame0 = seal_words(frames.words).tobytes()
-        else:
-            frame0 = tensor_bytes(frames.frame0.cpu().contiguous().view(torch.uint8))
-        segments = None
-        if ch.recorders.wants_segments:  # (recorders there: asked only then)
-            if isinstance(frames, Prepared):
-                packed = frames.frames().segments if frames.sizes else ()
-            else:
-                packed = frames.segments
-            segments = [tensor_bytes(s.contiguous()) for s in packed]
+        frame0 = _frame0_sent(frames, head, self.framing.frame0_nbytes)
+        segments = _segments_sent(frames) if ch.recorders.wants_segments else None
         reason = None
         if action is self.bindings.error:
             reason = str(self.bindings.read_frame0_bytes(frame0).reason)
-        event = EnvelopeEvent(header, action, "sent", frame0, nbytes, seconds, segments, reason)
+        nbytes = int((head.numel() if head is not None else 0) + sum(s.numel() for _, s in rest))
+        seconds, cpu = timing
+        event = EnvelopeEvent(
+            header, action, "sent", frame0, nbytes, seconds, segments, reason, cpu=cpu
+        )
         ch.recorders.emit("sent", event)
 
     # -- control frames and heartbeats --------------------------------------------------
@@ -246,6 +243,7 @@ class Sender:
         ch.ready(sender=True)
         with ch.policy.locked():
             ch.ready(sender=True)  # a heartbeat may have poisoned it meanwhile
+            self.began = time.perf_counter()
             header, prepared = self.control_frame(action)
             if reason is not None:
                 put_reason(prepared.words, self.bindings.w_reason, reason.code, reason.text)
@@ -303,6 +301,7 @@ class Sender:
             if not self._idle(seconds):
                 return not (ch.closed or ch.policy.poisoned)
             try:
+                self.began = time.perf_counter()
                 header, prepared = self.control_frame(self.noop_action())
             except (ValueError, EnvelopeInvalid) as exc:  # nothing sent: stop beating
                 log(f"tpwire[rank {ch.rank}]: heartbeats stopped: {printable(exc)}")
@@ -341,3 +340,21 @@ class Sender:
                 return live  # asked twice before a send: the same view
             buf = framing.send_buffer(ch.frame0_device)
             return arena.view(field, buf, framing.offsets[slot.segment] + slot.offset, slot)
+
+
+def _frame0_sent(frames: Frames | Prepared, head: torch.Tensor | None, nbytes: int) -> bytes:
+    """Frame 0's bytes as they went out (a copy, for the recorders)."""
+    if head is not None and head.is_cpu:
+        return ctypes.string_at(head.data_ptr(), nbytes)
+    if isinstance(frames, Prepared):
+        return seal_words(frames.words).tobytes()
+    return tensor_bytes(frames.frame0.cpu().contiguous().view(torch.uint8))
+
+
+def _segments_sent(frames: Frames | Prepared) -> list[bytes]:
+    """Each frame 1 segment's bytes (copies, for a recorder that wants them)."""
+    if isinstance(frames, Prepared):
+        packed = frames.frames().segments if frames.sizes else ()
+    else:
+        packed = frames.segments
+    return [tensor_bytes(s.contiguous()) for s in packed]

@@ -97,6 +97,8 @@ def test_a_stream_is_counted_by_action_direction_code_and_cause(tmp_path: Path) 
             value(text, "tpwire_envelopes_refused_total", direction="sent", code=code, **proto) == 1
         )
         assert value(text, "tpwire_envelope_seconds_count", direction="sent", **proto) == 3
+        assert value(text, "tpwire_cpu_path_seconds_count", direction="sent", **proto) == 3
+        assert 0 < value(text, "tpwire_cpu_path_seconds_sum", direction="sent", **proto) < 10
         assert value(text, "tpwire_last_sequence", direction="sent", **proto) == 3
         assert value(text, "tpwire_frame0_bytes_total", direction="sent", **proto) > 0
         assert value(text, "tpwire_frame1_bytes_total", direction="sent", **proto) > 0
@@ -107,6 +109,14 @@ def test_a_stream_is_counted_by_action_direction_code_and_cause(tmp_path: Path) 
         received = {"direction": "received", **proto}
         assert value(text, "tpwire_envelopes_total", action="INFER", **received) == 2
         assert value(text, "tpwire_envelope_seconds_count", **received) == 2
+        assert value(text, "tpwire_cpu_path_seconds_count", **received) == 2
+        assert value(text, "tpwire_head_wait_seconds_count", **proto) == 2
+        # the wait and the CPU path are parts of the envelope's time on this rank
+        spent = value(text, "tpwire_envelope_seconds_sum", **received)
+        parts = value(text, "tpwire_head_wait_seconds_sum", **proto) + value(
+            text, "tpwire_cpu_path_seconds_sum", **received
+        )
+        assert 0 < parts <= spent
         assert value(text, "tpwire_last_sequence", **received) == 3
         assert value(text, "tpwire_last_epoch", **received) == 0
         refused = "tpwire_envelopes_refused_total"
