@@ -114,12 +114,17 @@ class MetricsRecorder(Recorder):
         self.frame0_bytes = pc.Counter(
             "tpwire_frame0_bytes", "Frame 0 bytes of accepted envelopes", pd, registry=reg
         )
+        # nbytes less frame 0: a head's slots (used or not), padding and trailer count too,
+        # so an envelope without segments counts its head's bytes past frame 0
         self.frame1_bytes = pc.Counter(
-            "tpwire_frame1_bytes", "Frame 1 bytes of accepted envelopes", pd, registry=reg
-        )
+            "tpwire_frame1_bytes", "Bytes of accepted envelopes moved beyond frame 0: the "
+            "head's segment slots, padding and trailer word, and the segments of their own",
+            pd, registry=reg,
+        )  # fmt: skip
         self.seconds = pc.Histogram(
-            "tpwire_envelope_seconds", "Seconds from an envelope's first collective's start "
-            "to its last one's end", pd, registry=reg, buckets=SECONDS_BUCKETS,
+            "tpwire_envelope_seconds", "Seconds an envelope took: sent, from its first "
+            "collective's start to its last one's end; received, from when the rank waited "
+            "for its head to its hand-over", pd, registry=reg, buckets=SECONDS_BUCKETS,
         )  # fmt: skip
         self.head_wait = pc.Histogram(
             "tpwire_head_wait_seconds", "Seconds a receiving rank waited for an envelope's "
