@@ -15,7 +15,13 @@ covers the gap from the rank's previous record to this one: a receive slice is t
 for the envelope, an observe slice the time the rank ran it. Times are microseconds from
 the earliest record of the document. A record without ``t`` is placed ``NO_TIME_US`` after
 the one before it, and a record whose ``t`` is not after the previous one's 1 µs after it,
-so the slices of a track never overlap and never have zero length.
+so the slices of a track never overlap and never have zero length. A ``t`` so far from the
+others that its microseconds leave the range a viewer reads exactly (``MAX_T``) is placed
+as if it had none, and said by a ``problem`` instant.
+
+The ends of point-to-point channels (``.rank1-peer0``) that one rank holds in a stream each
+get a track of their own: the rank's number where it is free, else one from
+``EXTRA_TIDS`` on; their flows join a send to the receive of the peer it went to.
 """
 
 from __future__ import annotations
@@ -34,8 +40,13 @@ from .replay import Journal, streams
 
 #: where a record has no timestamp, it is placed this many microseconds after the previous one
 NO_TIME_US = 1000
+#: the largest ``|t|`` in seconds that is placed: the microseconds between two such times stay
+#: below 2**53, the integers a viewer's JSON numbers (doubles) hold exactly
+MAX_T = 2**52 / 1e6
+#: the first ``tid`` of a track whose rank's number another track of its stream holds already
+EXTRA_TIDS = 1_000_000
 #: a journal's stem past its channel: ``.rank1`` (broadcast), ``.rank0-peer1`` (p2p)
-_RANK_PART = re.compile(r"\.rank(\d+)(?:-peer\d+)?$")
+_RANK_PART = re.compile(r"\.rank(\d+)(?:-peer(\d+))?$")
 _STREAM = re.compile(r" in stream (\d+) of (\d+) \(from .*\)$")
 #: the END records whose ``how`` is a failure, each an instant of its own category
 _FAILED = {"poisoned": "poison", "watchdog": "watchdog", "terminated": "terminated"}
@@ -59,6 +70,20 @@ def rank_of(journal: Journal, fallback: int) -> int:
     return int(m.group(1)) if m else fallback
 
 
+def peer_of(journal: Journal) -> int | None:
+    """The peer of a point-to-point end (``.rank0-peer1``: 1), None for a broadcast one."""
+    m = _RANK_PART.search(journal.name)
+    return int(m.group(2)) if m and m.group(2) is not None else None
+
+
+def time_of(rec: jr.Record) -> float | None:
+    """The record's ``t`` in seconds where it has one a viewer can place (``MAX_T``)."""
+    t = rec.meta.get("t")
+    if isinstance(t, int | float) and not isinstance(t, bool) and abs(t) <= MAX_T:
+        return float(t)
+    return None
+
+
 @dataclass
 class _Placed:
     """One record on its track: when it ends (``t_us``) and its slice's start."""
@@ -75,16 +100,18 @@ class _Track:
     pid: int
     tid: int
     journal: Journal
+    #: the rank that wrote it, and its peer where it is a point-to-point end
+    rank: int = 0
+    peer: int | None = None
     placed: list[_Placed] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"rank {self.rank}" + (f" (peer {self.peer})" if self.peer is not None else "")
 
 
 def _origin(journals: Sequence[Journal]) -> float:
-    times = [
-        float(r.meta["t"])
-        for j in journals
-        for r in j.records
-        if isinstance(r.meta.get("t"), int | float)
-    ]
+    times = [t for j in journals for r in j.records if (t := time_of(r)) is not None]
     return min(times, default=0.0)
 
 
@@ -92,9 +119,9 @@ def _place(track: _Track, origin: float) -> None:
     """Each record's time on the track: its own ``t`` where it has one, strictly increasing."""
     prev: int | None = None
     for rec in track.journal.records:
-        t = rec.meta.get("t")
-        if isinstance(t, int | float):
-            at = round((float(t) - origin) * 1e6)
+        t = time_of(rec)
+        if t is not None:
+            at = round((t - origin) * 1e6)
         else:
             at = NO_TIME_US if prev is None else prev + NO_TIME_US
         if prev is not None:
@@ -177,6 +204,10 @@ def _instants(track: _Track) -> list[dict[str, Any]]:
             cat = _FAILED.get(info.how, "end")
             args = {"how": info.how, "reason": info.reason}
             out.append(_event("i", f"END {info.how}", cat, track, p.t_us, args=args))
+        if "t" in rec.meta and time_of(rec) is None:
+            message = f"t={rec.meta['t']!r} is out of range; placed after the record before it"
+            args = {"offset": rec.offset, "file": rec.path, "message": message}
+            out.append(_event("i", "unplaceable time", "problem", track, p.t_us, args=args))
     for problem in track.journal.problems:
         before = [
             p
@@ -193,12 +224,13 @@ def _instants(track: _Track) -> list[dict[str, Any]]:
 def _flows(tracks: Sequence[_Track], first_id: int) -> list[dict[str, Any]]:
     """An arrow from each send to each receive of the same (source rank, sequence id) on the
     other tracks of the process: ``s`` and ``f`` share an id, one pair per receive."""
-    sends: dict[tuple[int, int], tuple[_Track, _Placed]] = {}
+    # (source rank, the peer it sent to or None for a broadcast, sequence id)
+    sends: dict[tuple[int, int | None, int], tuple[_Track, _Placed]] = {}
     for track in tracks:
         for p in track.placed:
             rec = p.record
             if rec.kind == jr.ENVELOPE and rec.meta.get("dir") == "send" and rec.seq is not None:
-                sends.setdefault((track.tid, rec.seq), (track, p))
+                sends.setdefault((track.rank, track.peer, rec.seq), (track, p))
     out = []
     n = first_id
     for track in tracks:
@@ -207,7 +239,8 @@ def _flows(tracks: Sequence[_Track], first_id: int) -> list[dict[str, Any]]:
             src = rec.meta.get("src")
             if rec.kind != jr.ENVELOPE or rec.meta.get("dir") != "recv" or type(src) is not int:
                 continue
-            found = sends.get((src, rec.seq if rec.seq is not None else -1))
+            to = track.rank if track.peer is not None else None
+            found = sends.get((src, to, rec.seq if rec.seq is not None else -1))
             if found is None:
                 continue
             s_track, s = found
@@ -255,10 +288,12 @@ def _stream_tracks(group: Sequence[Journal], pid0: int) -> list[list[_Track]]:
     n = max(len(p) for p in parts)
     out: list[list[_Track]] = [[] for _ in range(n)]
     for i, (journal, p) in enumerate(zip(group, parts, strict=True)):
-        tid = rank_of(journal, i)
+        rank, peer = rank_of(journal, i), peer_of(journal)
         for k, part in enumerate(p):
             stream = n - len(p) + k
-            out[stream].append(_Track(pid0 + stream, tid, part))
+            taken = {t.tid for t in out[stream]}
+            tid = rank if rank not in taken else max(EXTRA_TIDS - 1, *taken) + 1
+            out[stream].append(_Track(pid0 + stream, tid, part, rank, peer))
     return out
 
 
@@ -293,9 +328,9 @@ def _process(
         _place(track, origin)
         if i == 0:  # one name per process
             events.append(_event("M", "process_name", "", track, 0, args={"name": name}))
-        events.append(_event("M", "thread_name", "", track, 0, args={"name": f"rank {track.tid}"}))
+        events.append(_event("M", "thread_name", "", track, 0, args={"name": track.label}))
         events.append(
-            _event("M", "thread_sort_index", "", track, 0, args={"sort_index": track.tid})
+            _event("M", "thread_sort_index", "", track, 0, args={"sort_index": track.rank})
         )
         for p in track.placed:
             if p.record.kind in (jr.ENVELOPE, jr.OBSERVE):

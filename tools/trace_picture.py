@@ -32,9 +32,16 @@ _MARK = {
 def _rows(events: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
     """Each track's row label, in the trace's order (process, then rank)."""
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    # the track's own name ("rank 1", or "rank 1 (peer 0)" for a point-to-point end)
+    threads = {
+        (e["pid"], e["tid"]): e["args"]["name"] for e in events if e["name"] == "thread_name"
+    }
     tracks = sorted({(e["pid"], e["tid"]) for e in events})
     many = len(names) > 1
-    return {t: (f"{names.get(t[0], t[0])} " if many else "") + f"rank {t[1]}" for t in tracks}
+    return {
+        t: (f"{names.get(t[0], t[0])} " if many else "") + threads.get(t, f"rank {t[1]}")
+        for t in tracks
+    }
 
 
 def _draw(ax: Any, events: list[dict[str, Any]], row: dict[tuple[int, int], int]) -> None:

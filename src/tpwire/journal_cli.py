@@ -415,7 +415,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
         for p in missing:
             _err(f"{printable(p)}: no such file or folder")
         return EXIT_USAGE
-    journals = _unread(load(args.paths))
+    loaded = load(args.paths)
+    if _one_of_the_files(args.output, loaded):  # the output would overwrite the evidence
+        _err(f"{printable(args.output)}: is one of the journals read; name another file")
+        return EXIT_USAGE
+    journals = _unread(loaded)
     if not journals:
         _err("no journal records in " + " ".join(map(printable, args.paths)))
         return EXIT_USAGE
@@ -435,6 +439,22 @@ def cmd_trace(args: argparse.Namespace) -> int:
         f"{len(journals)} journal(s){tail}; open it in ui.perfetto.dev or chrome://tracing"
     )
     return EXIT_OK
+
+
+def _one_of_the_files(path: str, journals: list[Any]) -> bool:
+    """Whether ``path`` is one of the files ``journals`` were read from (a link to one, too)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False  # not there yet (or unreachable: the write says why)
+    for j in journals:
+        for f in j.files:
+            try:
+                if os.path.samestat(st, os.stat(f)):
+                    return True
+            except (OSError, ValueError):
+                continue
+    return False
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

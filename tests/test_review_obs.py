@@ -1,0 +1,168 @@
+"""Hostile and edge inputs of the observability tools: ``tpwire journal trace`` on journals
+whose times a viewer cannot place, an output path that names an input journal, the ends of
+point-to-point channels one rank holds (docs/journal.md "Timeline"); the metrics recorder's
+help texts (docs/runtime.md, Metrics)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from journal_scenarios import plan
+from test_journal_diff_replay import Journal, _prefetching
+from test_journal_trace import check_trace
+
+from tpwire.cli import main
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _trace(folder: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["journal", "trace", str(folder), "-o", str(out)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("far", [1e303, -1e303, 2**62])
+def test_a_time_out_of_a_viewer_s_range_is_a_problem_instant_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], far: float
+) -> None:
+    """Two resealed records whose ``t`` are valid JSON numbers far apart: their microseconds
+    overflowed (an internal error, exit 70) or left the integers a double holds exactly."""
+    folder = tmp_path / "far"
+    for rank in range(2):
+        j = Journal(folder, rank, world=2).open()
+        j.envelope(*plan(1), meta={"t": 0.5})
+        j.envelope(*plan(2), meta={"t": far if rank == 1 else 1.5})
+        j.end().save()
+    out = tmp_path / "far.json"
+    code, err = _trace(folder, out, capsys)
+    assert code == 0, err
+    doc = json.loads(out.read_text("utf-8"))
+    tracks = check_trace(doc)
+    ts = [e["ts"] for e in doc["traceEvents"]]
+    assert max(ts) < 2**53 and min(ts) > -(2**53)
+    (problem,) = [e for e in tracks[(1, 1)] if e.get("cat") == "problem"]
+    assert problem["name"] == "unplaceable time" and "out of range" in problem["args"]["message"]
+    # the good times keep their place: rank 0's second envelope 1 s after the earliest time
+    sends = [e for e in tracks[(1, 0)] if e["ph"] == "X"]
+    assert sends[1]["ts"] + sends[1]["dur"] == 1_000_000
+
+
+def test_the_output_may_not_overwrite_an_input_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _prefetching(tmp_path / "p")
+    victim = sorted((tmp_path / "p").iterdir())[0]
+    before = victim.read_bytes()
+    code, err = _trace(tmp_path / "p", victim, capsys)
+    assert code == 2 and err.count("\n") == 1 and "is one of the journals read" in err
+    assert victim.read_bytes() == before
+    link = tmp_path / "link.json"
+    link.symlink_to(victim)  # a link to one is the same file
+    code, err = _trace(tmp_path / "p", link, capsys)
+    assert code == 2 and victim.read_bytes() == before
+    code, err = _trace(tmp_path / "p", tmp_path / "p", capsys)  # a folder: cannot write
+    assert code == 2 and err.count("\n") == 1 and "cannot write" in err
+
+
+class _P2P(Journal):
+    """A point-to-point end: ``tp_control.rank{rank}-peer{peer}``."""
+
+    peer = 0
+
+    @property
+    def stem(self) -> str:
+        return f"tp_control.rank{self.rank}-peer{self.peer}"
+
+
+def _tracks_by_name(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    names = {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in doc["traceEvents"]
+        if e["name"] == "thread_name"
+    }
+    out: dict[str, list[dict[str, Any]]] = {}
+    for e in doc["traceEvents"]:
+        if e["ph"] != "M":
+            out.setdefault(names[(e["pid"], e["tid"])], []).append(e)
+    return out
+
+
+def test_the_p2p_ends_one_rank_holds_get_a_track_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rank 0 sends to ranks 1 and 2 on two channels of one protocol: its two ends were one
+    track (two thread names on it, overlapping slices) and the arrows of both peers left
+    whichever send came first."""
+    folder = tmp_path / "pp"
+    for rank, peer in ((0, 1), (0, 2), (1, 0), (2, 0)):
+        j = _P2P(folder, rank, world=3)
+        j.peer = peer
+        j.open()
+        for i in range(2 if peer != 2 and rank != 2 else 3):
+            j.chunk(i)
+        j.end().save()
+    out = tmp_path / "pp.json"
+    code, err = _trace(folder, out, capsys)
+    assert code == 0, err
+    doc = json.loads(out.read_text("utf-8"))
+    names = [e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "thread_name"]
+    keys = [(e["pid"], e["tid"]) for e in doc["traceEvents"] if e["name"] == "thread_name"]
+    assert len(keys) == len(set(keys)) == 4
+    assert sorted(names) == ["rank 0 (peer 1)", "rank 0 (peer 2)", "rank 1 (peer 0)",
+                             "rank 2 (peer 0)"]  # fmt: skip
+    by_name = _tracks_by_name(doc)
+    for evs in by_name.values():
+        slices = [e for e in evs if e["ph"] == "X"]
+        for a, b in itertools.pairwise(slices):
+            assert a["ts"] + a["dur"] <= b["ts"], (a, b)  # no overlap on a track
+    # each receive's arrow starts on the end that sent to that peer
+    starts = {e["id"]: e for e in doc["traceEvents"] if e["ph"] == "s"}
+    tid_name = {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in doc["traceEvents"]
+        if e["name"] == "thread_name"
+    }
+    pairs = sorted(
+        (tid_name[(starts[e["id"]]["pid"], starts[e["id"]]["tid"])], tid_name[(e["pid"], e["tid"])])
+        for e in doc["traceEvents"]
+        if e["ph"] == "f"
+    )
+    assert set(pairs) == {("rank 0 (peer 1)", "rank 1 (peer 0)"),
+                          ("rank 0 (peer 2)", "rank 2 (peer 0)")}  # fmt: skip
+    assert len(pairs) == 2 + 3
+
+
+def test_the_picture_labels_rows_by_their_track_names() -> None:
+    from tools.trace_picture import _rows
+
+    def named(kind: str, tid: int, name: str) -> dict[str, Any]:
+        return {"ph": "M", "name": kind, "pid": 1, "tid": tid, "args": {"name": name}}
+
+    events = [
+        named("process_name", 0, "pp"),
+        named("thread_name", 0, "rank 0 (peer 1)"),
+        named("thread_name", 1_000_000, "rank 0 (peer 2)"),
+    ]
+    assert list(_rows(events).values()) == ["rank 0 (peer 1)", "rank 0 (peer 2)"]
+
+
+def test_the_metrics_help_says_what_is_counted() -> None:
+    """A received envelope's seconds include the wait for its head, and what moved beyond
+    frame 0 includes the head's slots and trailer: the help texts say so."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from tpwire.runtime.metrics import MetricsRecorder
+
+    text = generate_latest(MetricsRecorder().registry).decode()
+    helps = {
+        line.split()[2]: line.split(None, 3)[3]
+        for line in text.splitlines()
+        if line.startswith("# HELP")
+    }
+    assert "waited for its head" in helps["tpwire_envelope_seconds"]
+    assert "trailer" in helps["tpwire_frame1_bytes_total"]
