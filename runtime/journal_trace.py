@@ -126,7 +126,8 @@ def _place(track: _Track, origin: float) -> None:
             at = NO_TIME_US if prev is None else prev + NO_TIME_US
         if prev is not None:
             at = max(at, prev + 1)
-        start = prev if prev is not None else at - 1
+        start = prev if prev is not None else max(at - 1, 0)
+        at = max(at, start + 1)  # (the earliest record of all: from 0 to 1, not from -1)
         track.placed.append(_Placed(rec, start, at))
         prev = at
 

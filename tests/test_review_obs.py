@@ -51,6 +51,22 @@ def test_a_time_out_of_a_viewer_s_range_is_a_problem_instant_not_a_crash(
     assert sends[1]["ts"] + sends[1]["dur"] == 1_000_000
 
 
+def test_a_journal_whose_first_record_is_the_earliest_starts_at_0_not_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rank's journal whose OPEN record is gone (its file rotated away) and whose first
+    envelope holds the earliest time: its slice started at ts -1."""
+    j = Journal(tmp_path / "n", 0, world=1).open()
+    j.files[-1] = (j.files[-1][0], bytearray())  # no OPEN record
+    j.envelope(*plan(1), meta={"t": 5.0}).envelope(*plan(2), meta={"t": 5.5}).save()
+    out = tmp_path / "n.json"
+    code, err = _trace(tmp_path / "n", out, capsys)
+    assert code == 0, err
+    tracks = check_trace(json.loads(out.read_text("utf-8")))  # every ts >= 0
+    slices = [(e["ts"], e["dur"]) for e in tracks[(1, 0)] if e["ph"] == "X"]
+    assert slices == [(0, 1), (1, 499_999)]
+
+
 def test_the_output_may_not_overwrite_an_input_journal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
