@@ -112,8 +112,9 @@ class MetricsRecorder(Recorder):
         )
         self.watchdog_total = pc.Counter("tpwire_watchdog", "Watchdog exits", pc_, registry=reg)
         self.frame0_bytes = pc.Counter(
-            "tpwire_frame0_bytes", "Frame 0 bytes of accepted envelopes", pd, registry=reg
-        )
+            "tpwire_frame0_bytes", "Frame 0 bytes of accepted envelopes (none for a wire of "
+            "its own, such as compat's)", pd, registry=reg,
+        )  # fmt: skip
         # nbytes less frame 0: a head's slots (used or not), padding and trailer count too,
         # so an envelope without segments counts its head's bytes past frame 0
         self.frame1_bytes = pc.Counter(
@@ -188,7 +189,9 @@ class MetricsRecorder(Recorder):
         children = self._children(type(header), action, direction)
         envelopes, frame0, frame1, seconds, sequence, epoch, cpu, wait, role_ids = children
         envelopes.inc()
-        n0 = len(event.frame0)
+        # nbytes 0: a wire of its own (compat) moved it, and its frame 0 is one rebuilt for
+        # the recorders, never sent: no bytes of tpwire's frames to count
+        n0 = len(event.frame0) if event.nbytes else 0
         frame0.inc(n0)
         frame1.inc(max(event.nbytes - n0, 0))
         seconds.observe(event.seconds)

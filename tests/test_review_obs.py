@@ -184,6 +184,30 @@ def test_the_metrics_help_says_what_is_counted() -> None:
     assert "trailer" in helps["tpwire_frame1_bytes_total"]
 
 
+def test_a_wire_of_its_own_counts_no_frame_bytes() -> None:
+    """Compat moves an envelope with collectives of its own (``nbytes`` 0); the frame 0 its
+    events carry is rebuilt for the recorders and was never sent: not counted as sent."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tests.envelopes import HEADER
+    from tpwire.generated import tp_control
+    from tpwire.runtime.metrics import MetricsRecorder
+    from tpwire.runtime.recorder import ChannelInfo, EnvelopeEvent
+
+    rec = MetricsRecorder(CollectorRegistry())
+    rec.setup(ChannelInfo(tp_control.BINDINGS, 0, 2, "rank0", None, "raise"))  # type: ignore[arg-type]
+    rec.sent(EnvelopeEvent(HEADER, HEADER.action, "sent", b"x" * 64, 0, 0.001))
+    rec.sent(EnvelopeEvent(HEADER, HEADER.action, "sent", b"x" * 64, 96, 0.001))
+    text = generate_latest(rec.registry).decode()
+    labels = '{direction="sent",protocol="tp_control"}'
+    assert f"tpwire_frame0_bytes_total{labels} 64.0" in text
+    assert f"tpwire_frame1_bytes_total{labels} 32.0" in text
+    assert (
+        'tpwire_envelopes_total{action="INFER",direction="sent",protocol="tp_control"} 2.0' in text
+    )
+
+
 def raced_heartbeat(rank: int, world: int) -> Any:
     """Rank 0's heartbeat NOOP is in flight (its put held 1.2 s, as a NOOP waits while the
     workers compute) when the main thread's send starts and waits for the send lock (the
