@@ -51,9 +51,7 @@ class Sender:
         self.last_send = time.monotonic()
         #: the exception a ``send`` raised and its header (the ids of a root cause)
         self.failure: tuple[int, Any] | None = None
-        #: when the envelope in hand started its CPU path (``send``, a control frame)
-        self.began: float | None = None
-        self.heartbeat: threading.Thread | None = None
+        self.heartbeat: Heartbeat | None = None
 
     # -- envelopes ----------------------------------------------------------------------
 
@@ -61,13 +59,14 @@ class Sender:
         """Preflight everything, then commit: frame 0, frame 1."""
         ch = self.channel
         ch.ready(sender=True)
-        self.began = time.perf_counter()  # the CPU path starts (the recorders' ``cpu``)
+        began = time.perf_counter()  # the CPU path starts (the recorders' ``cpu``)
         try:
             prepared = self.preflight(msg, header)
+            prepared_s = time.perf_counter() - began  # (waiting for the lock is not in it)
             with ch.policy.locked():  # check and commit atomically: a heartbeat may take an id
                 ch.ready(sender=True)
                 self.check_order(header)
-                self.transmit(prepared, header, msg=msg)
+                self.transmit(prepared, header, msg=msg, cpu_before=prepared_s)
                 if self.cache is not None:
                     self.cache.commit(msg, header)
         except BaseException as exc:
@@ -118,11 +117,19 @@ class Sender:
     # -- the commitment -----------------------------------------------------------------
 
     def transmit(
-        self, frames: Frames | Prepared, header: Any, *, watched: bool = True, msg: Any = None
+        self,
+        frames: Frames | Prepared,
+        header: Any,
+        *,
+        watched: bool = True,
+        msg: Any = None,
+        cpu_before: float = 0.0,
     ) -> None:
         """After the first byte of frame 0, any failure poisons. ``frames`` built elsewhere
-        (``Frames``) are sent as they are: tests send hostile ones this way."""
+        (``Frames``) are sent as they are: tests send hostile ones this way. ``cpu_before``:
+        the seconds its preflight took (for the recorders)."""
         ch = self.channel
+        started = time.perf_counter()
         action = self.bindings.action_of(header)
         # a wire of its own builds everything first: a failure here sent nothing
         staged = ch.carrier.stage(msg, header) if ch.carrier is not None else None
@@ -141,9 +148,8 @@ class Sender:
                 putting = time.perf_counter()
                 self._put(header, action, head, rest)
         ch.policy.in_flight = None
-        began, self.began = self.began, None
         if ch.recorders.active:
-            timing = (time.perf_counter() - putting, putting - (began or putting))
+            timing = (time.perf_counter() - putting, cpu_before + putting - started)
             self.record(frames, head, rest, header, action, timing)
         self.after(frames, header, action, sizes)
 
@@ -243,11 +249,11 @@ class Sender:
         ch.ready(sender=True)
         with ch.policy.locked():
             ch.ready(sender=True)  # a heartbeat may have poisoned it meanwhile
-            self.began = time.perf_counter()
+            began = time.perf_counter()
             header, prepared = self.control_frame(action)
             if reason is not None:
                 put_reason(prepared.words, self.bindings.w_reason, reason.code, reason.text)
-            self.transmit(prepared, header)
+            self.transmit(prepared, header, cpu_before=time.perf_counter() - began)
         return header
 
     def control_frame(self, action: enum.IntEnum) -> tuple[Any, Prepared]:
@@ -272,44 +278,7 @@ class Sender:
         return noop
 
     def start_heartbeat(self, seconds: float) -> None:
-        self.heartbeat = threading.Thread(
-            target=self._beat, args=(seconds,), name="tpwire-heartbeat", daemon=True
-        )
-        self.heartbeat.start()
-
-    def _beat(self, seconds: float) -> None:
-        try:
-            while self._beat_once(seconds):
-                pass
-        except ChannelPoisoned:
-            return  # poison="raise": the line is logged; the main thread's next call raises
-
-    def _idle(self, seconds: float) -> bool:
-        ch = self.channel
-        live = not ch.closed and not ch.policy.poisoned
-        return live and time.monotonic() - self.last_send >= seconds
-
-    def _beat_once(self, seconds: float) -> bool:
-        """Sleep a little, then send a NOOP if the sender was idle ``seconds``; False: stop."""
-        ch = self.channel
-        time.sleep(min(seconds / 4, 0.25))
-        if ch.closed or ch.policy.poisoned:
-            return False
-        if not self._idle(seconds):
-            return True
-        with ch.policy.lock:
-            if not self._idle(seconds):
-                return not (ch.closed or ch.policy.poisoned)
-            try:
-                self.began = time.perf_counter()
-                header, prepared = self.control_frame(self.noop_action())
-            except (ValueError, EnvelopeInvalid) as exc:  # nothing sent: stop beating
-                log(f"tpwire[rank {ch.rank}]: heartbeats stopped: {printable(exc)}")
-                return False
-            except BaseException as exc:
-                ch.policy.poison(ch.last_sent, f"a heartbeat failed: {describe(exc)}")
-            self.transmit(prepared, header, watched=False)
-        return True
+        self.heartbeat = Heartbeat(self, seconds)
 
     # -- copy-free sends ----------------------------------------------------------------
 
@@ -358,3 +327,50 @@ def _segments_sent(frames: Frames | Prepared) -> list[bytes]:
     else:
         packed = frames.segments
     return [tensor_bytes(s.contiguous()) for s in packed]
+
+
+class Heartbeat:
+    """NOOPs from a thread of their own while the sender is idle ``seconds`` (a ``cpu_group``
+    carries them, so workers waiting in the model's collectives are not disturbed)."""
+
+    def __init__(self, sender: Sender, seconds: float) -> None:
+        self.sender = sender
+        self.seconds = seconds
+        self.thread = threading.Thread(target=self._beat, name="tpwire-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        try:
+            while self._beat_once():
+                pass
+        except ChannelPoisoned:
+            return  # poison="raise": the line is logged; the main thread's next call raises
+
+    def _idle(self) -> bool:
+        ch = self.sender.channel
+        live = not ch.closed and not ch.policy.poisoned
+        return live and time.monotonic() - self.sender.last_send >= self.seconds
+
+    def _beat_once(self) -> bool:
+        """Sleep a little, then send a NOOP if the sender was idle; False: stop."""
+        sender = self.sender
+        ch = sender.channel
+        time.sleep(min(self.seconds / 4, 0.25))
+        if ch.closed or ch.policy.poisoned:
+            return False
+        if not self._idle():
+            return True
+        with ch.policy.lock:
+            if not self._idle():
+                return not (ch.closed or ch.policy.poisoned)
+            try:
+                began = time.perf_counter()
+                header, prepared = sender.control_frame(sender.noop_action())
+            except (ValueError, EnvelopeInvalid) as exc:  # nothing sent: stop beating
+                log(f"tpwire[rank {ch.rank}]: heartbeats stopped: {printable(exc)}")
+                return False
+            except BaseException as exc:
+                ch.policy.poison(ch.last_sent, f"a heartbeat failed: {describe(exc)}")
+            cpu = time.perf_counter() - began
+            sender.transmit(prepared, header, watched=False, cpu_before=cpu)
+        return True

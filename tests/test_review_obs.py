@@ -261,12 +261,6 @@ def raced_heartbeat(rank: int, world: int) -> Any:
             return {"actions": actions}
 
 
-@pytest.mark.xfail(
-    strict=False,  # (timing: a heartbeat late under load may miss the race)
-    reason="runtime/sender.py: Sender.began is one attribute for the main thread's send and "
-    "the heartbeat thread's NOOP; send sets it outside the send lock, so a NOOP in flight "
-    "takes the send's start as its own (its cpu goes negative) and clears it",
-)
 @pytest.mark.timeout(150)
 def test_a_heartbeat_in_flight_keeps_its_own_cpu_path(tmp_path: Path) -> None:
     from tests.mp import run_ranks
