@@ -11,6 +11,7 @@ serve their registry over HTTP when a ``port`` is given. Needs the ``metrics`` e
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from tpwire.extras import require
@@ -60,6 +61,18 @@ def poison_cause(reason: str) -> str:
 REFUSAL_CODES: tuple[str, ...] = (*VIOLATION_CODES, "ordering", "wire", "frame0", "other")
 
 
+#: a failure-mode id as the spec spells one (``FM-03``); anything else is "other"
+_FM = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+
+
+def refusal_fm(event: EnvelopeEvent) -> str:
+    """A refused envelope's failure-mode id: the spec's (bounded by the spec), else "none"."""
+    fm = event.fm
+    if fm is None:
+        return "none"
+    return fm if _FM.fullmatch(fm) else "other"
+
+
 def refusal_code(event: EnvelopeEvent) -> str:
     """A refused envelope's code (``REFUSAL_CODES``): the event's, else "ordering" for an
     envelope received, then refused by the ordering rules."""
@@ -97,14 +110,19 @@ class MetricsRecorder(Recorder):
         self._protocols: dict[type, tuple[str, Any]] = {}
         self._last: tuple[str, Any] = ("", None)
         self._cache: dict[tuple[type, str, str], tuple[Any, ...]] = {}
-        pd, pdc, pc_ = ("protocol", "direction"), ("protocol", "direction", "code"), ("protocol",)
+        pd, pdc, pc_ = (
+            ("protocol", "direction"),
+            ("protocol", "direction", "code", "fm"),
+            ("protocol",),
+        )
         reg = self.registry
         self.envelopes = pc.Counter(
             "tpwire_envelopes", "Envelopes sent or received and accepted",
             ("protocol", "action", "direction"), registry=reg,
         )  # fmt: skip
         self.refused_total = pc.Counter(
-            "tpwire_envelopes_refused", "Envelopes refused, by the first violation's code",
+            "tpwire_envelopes_refused", "Envelopes refused, by the first violation's code and "
+            "failure-mode id",
             pdc, registry=reg,
         )  # fmt: skip
         self.poisoned_total = pc.Counter(
@@ -213,7 +231,8 @@ class MetricsRecorder(Recorder):
     def refused(self, event: EnvelopeEvent) -> None:
         direction = "sent" if event.state == "unsent" else "received"
         protocol = self._protocol(event.header)
-        self.refused_total.labels(protocol, direction, refusal_code(event)).inc()
+        code, fm = refusal_code(event), refusal_fm(event)
+        self.refused_total.labels(protocol, direction, code, fm).inc()
 
     def poisoned(self, header: Any, reason: str, *, exiting: bool) -> None:
         self.poisoned_total.labels(self._protocol(header), poison_cause(reason)).inc()

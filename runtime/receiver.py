@@ -199,7 +199,8 @@ class Receiver:
             self._refused(a, describe(exc), code="wire")
             self.channel.policy.poison(a.header, f"frame 1 refused: {exc}")
         except EnvelopeInvalid as exc:
-            self._refused(a, describe(exc), code=exc.violations[0].code)
+            first = exc.violations[0]
+            self._refused(a, describe(exc), code=first.code, fm=first.fm)
             self._refused_line(a.header, exc)
             raise
 
@@ -214,7 +215,7 @@ class Receiver:
         if across:
             refused = EnvelopeInvalid(across)
             if a is not None:
-                self._refused(a, describe(refused), code=across[0].code)
+                self._refused(a, describe(refused), code=across[0].code, fm=across[0].fm)
             self._refused_line(header, refused)
             raise refused
         kept = cache.kept(msg)
@@ -264,7 +265,13 @@ class Receiver:
             return b""
 
     def _refused(
-        self, a: Arrival, error: str, *, state: str = "refused", code: str | None = None
+        self,
+        a: Arrival,
+        error: str,
+        *,
+        state: str = "refused",
+        code: str | None = None,
+        fm: str | None = None,
     ) -> None:
         ch = self.channel
         if ch.recorders.active:
@@ -280,6 +287,7 @@ class Receiver:
                 a.segments,
                 error=error,
                 code=code,
+                fm=fm,
             )
             ch.recorders.emit("refused", event)
 

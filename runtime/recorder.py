@@ -75,6 +75,8 @@ class EnvelopeEvent:
     #: why a refused envelope was refused, as a bounded class: the first violation's code,
     #: or "ordering", "wire" (frame 1), "frame0"
     code: str | None = None
+    #: the first violation's failure-mode id, where its rule names one (the spec's ``fm``)
+    fm: str | None = None
     #: a received envelope: seconds blocked before its head arrived (the source preparing
     #: it, or a peer late); 0 for a sent one
     waited: float = 0.0

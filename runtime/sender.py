@@ -103,8 +103,9 @@ class Sender:
             action = getattr(header, self.bindings.action_field, None)  # may be ill-typed
             action = action if isinstance(action, enum.IntEnum) else None
             event = EnvelopeEvent(
-                header, action, "unsent", b"", 0, 0.0, error=str(first), code=code
-            )
+                header, action, "unsent", b"", 0, 0.0, error=str(first), code=code,
+                fm=getattr(first, "fm", None),
+            )  # fmt: skip
             ch.recorders.emit("refused", event)
 
     def check_order(self, header: Any) -> None:

@@ -57,6 +57,7 @@ def metered_stream(rank: int, world: int, port: int) -> Any:
             ch.send(envelope(2, tp_num_denoise_steps=5), header(2))
         except EnvelopeInvalid as exc:
             out["preflight_code"] = exc.violations[0].code
+            out["preflight_fm"] = exc.violations[0].fm or "none"
         frames = tc.encode(envelope(2), header(2))
         words = frames.frame0.tolist()
         steps = next(i for i in range(tc.W_SCALARS, tc.W_MANIFEST) if words[i] == 4)
@@ -75,6 +76,7 @@ def metered_stream(rank: int, world: int, port: int) -> Any:
                 got.append(ch.recv().header.call_id)
             except EnvelopeInvalid as exc:
                 out["refused_code"] = exc.violations[0].code
+                out["refused_fm"] = exc.violations[0].fm or "none"
     except ChannelPoisoned as exc:
         out["poisoned"] = str(exc)
     out["got"] = got
@@ -92,10 +94,9 @@ def test_a_stream_is_counted_by_action_direction_code_and_cause(tmp_path: Path) 
     proto = {"protocol": "tp_control"}
     for text in (src["http"], src["latest"]):  # served over HTTP as generate_latest has it
         assert value(text, "tpwire_envelopes_total", action="INFER", direction="sent", **proto) == 3
-        code = src["preflight_code"]
-        assert (
-            value(text, "tpwire_envelopes_refused_total", direction="sent", code=code, **proto) == 1
-        )
+        code, fm = src["preflight_code"], src["preflight_fm"]
+        refused = "tpwire_envelopes_refused_total"
+        assert value(text, refused, direction="sent", code=code, fm=fm, **proto) == 1
         assert value(text, "tpwire_envelope_seconds_count", direction="sent", **proto) == 3
         assert value(text, "tpwire_cpu_path_seconds_count", direction="sent", **proto) == 3
         assert 0 < value(text, "tpwire_cpu_path_seconds_sum", direction="sent", **proto) < 10
@@ -120,8 +121,8 @@ def test_a_stream_is_counted_by_action_direction_code_and_cause(tmp_path: Path) 
         assert value(text, "tpwire_last_sequence", **received) == 3
         assert value(text, "tpwire_last_epoch", **received) == 0
         refused = "tpwire_envelopes_refused_total"
-        assert value(text, refused, code=w["refused_code"], **received) == 1
-        assert value(text, refused, code="ordering", **received) == 1
+        assert value(text, refused, code=w["refused_code"], fm=w["refused_fm"], **received) == 1
+        assert value(text, refused, code="ordering", fm="none", **received) == 1
         assert value(text, "tpwire_poisoned_total", cause="ordering", **proto) == 1
         assert value(text, "tpwire_watchdog_total", **proto) == 0
         # frame 0 is the same size on every end: what rank 0 counted for the two delivered
@@ -158,11 +159,18 @@ def test_watchdog_and_refusal_classes_without_a_channel() -> None:
     text = generate_latest(registry).decode()
     assert value(text, "tpwire_watchdog_total", protocol="p") == 1
     refused = "tpwire_envelopes_refused_total"
-    assert value(text, refused, protocol="p", direction="received", code="frame0") == 1
-    assert value(text, refused, protocol="p", direction="received", code="ordering") == 1
+    received = {"protocol": "p", "direction": "received", "fm": "none"}
+    assert value(text, refused, code="frame0", **received) == 1
+    assert value(text, refused, code="ordering", **received) == 1
     rec.refused(EnvelopeEvent(None, None, "unsent", b"", 0, 0.0, code="no such code"))
+    # a failure-mode id as the spec spells one is its label; anything else is "other"
+    rec.refused(EnvelopeEvent(None, None, "unsent", b"", 0, 0.0, code="range", fm="FM-03"))
+    rec.refused(EnvelopeEvent(None, None, "unsent", b"", 0, 0.0, code="range", fm="x\ny z"))
     text = generate_latest(registry).decode()
-    assert value(text, refused, protocol="p", direction="sent", code="other") == 1
+    sent = {"protocol": "p", "direction": "sent"}
+    assert value(text, refused, code="other", fm="none", **sent) == 1
+    assert value(text, refused, code="range", fm="FM-03", **sent) == 1
+    assert value(text, refused, code="range", fm="other", **sent) == 1
     with pytest.raises(ValueError, match="ranks must be"):
         MetricsRecorder(registry, ranks="1")
 
