@@ -83,7 +83,8 @@ def refusal_code(event: EnvelopeEvent) -> str:
 class MetricsRecorder(Recorder):
     """Every rank's envelopes, refusals and failures as Prometheus metrics in ``registry``
     (a fresh ``CollectorRegistry`` of its own unless given); with ``port``, the ranks that
-    ``ranks`` names ("0", or "all") serve it (``prometheus_client.start_http_server``)."""
+    ``ranks`` names ("0", or "all") serve it (``prometheus_client.start_http_server``) on
+    ``addr`` (every interface by default; "127.0.0.1" keeps it on the machine)."""
 
     name = "metrics"
 
@@ -92,6 +93,7 @@ class MetricsRecorder(Recorder):
         registry: CollectorRegistry | None = None,
         *,
         port: int | None = None,
+        addr: str = "0.0.0.0",
         ranks: str = "0",
     ) -> None:
         require("metrics", "tpwire.runtime.metrics")
@@ -101,6 +103,7 @@ class MetricsRecorder(Recorder):
             raise ValueError(f"ranks must be '0' or 'all', not {ranks!r}")
         self.registry = registry if registry is not None else pc.CollectorRegistry()
         self.port = port
+        self.addr = addr
         self.ranks = ranks
         #: the protocol of the channel set up last (events whose header tells none)
         self.protocol = ""
@@ -147,8 +150,8 @@ class MetricsRecorder(Recorder):
         )  # fmt: skip
         self.head_wait = pc.Histogram(
             "tpwire_head_wait_seconds", "Seconds a receiving rank waited for an envelope's "
-            "head (the source preparing it, or a late peer)", pc_, registry=reg,
-            buckets=SECONDS_BUCKETS,
+            "head (the source preparing it, or a late peer), by the action it brought",
+            ("protocol", "action"), registry=reg, buckets=SECONDS_BUCKETS,
         )  # fmt: skip
         self.cpu_path = pc.Histogram(
             "tpwire_cpu_path_seconds", "Seconds of tpwire's own work on an envelope outside "
@@ -175,7 +178,8 @@ class MetricsRecorder(Recorder):
             import prometheus_client as pc
 
             # (server, thread) since prometheus-client 0.20; None before
-            self.server = pc.start_http_server(port, registry=self.registry) or (None, None)
+            served = pc.start_http_server(port, addr=self.addr, registry=self.registry)
+            self.server = served or (None, None)
 
     def _protocol(self, header: Any) -> str:
         known = self._protocols.get(type(header))
@@ -196,7 +200,7 @@ class MetricsRecorder(Recorder):
                 self.last_sequence.labels(p, direction),
                 self.last_epoch.labels(p, direction),
                 self.cpu_path.labels(p, direction),
-                self.head_wait.labels(p) if direction == "received" else None,
+                self.head_wait.labels(p, action) if direction == "received" else None,
                 bindings.role_ids,
             )
         return children

@@ -47,7 +47,7 @@ def metered_stream(rank: int, world: int, port: int) -> Any:
     from tpwire.runtime.errors import EnvelopeInvalid
     from tpwire.runtime.options import ChannelOptions
 
-    metrics = MetricsRecorder(port=port)
+    metrics = MetricsRecorder(port=port, addr="127.0.0.1")
     ch = BroadcastChannel(tc, options=ChannelOptions(poison="raise", recorders=[metrics]))
     ch.open()
     out: dict[str, Any] = {}
@@ -111,10 +111,10 @@ def test_a_stream_is_counted_by_action_direction_code_and_cause(tmp_path: Path) 
         assert value(text, "tpwire_envelopes_total", action="INFER", **received) == 2
         assert value(text, "tpwire_envelope_seconds_count", **received) == 2
         assert value(text, "tpwire_cpu_path_seconds_count", **received) == 2
-        assert value(text, "tpwire_head_wait_seconds_count", **proto) == 2
+        assert value(text, "tpwire_head_wait_seconds_count", action="INFER", **proto) == 2
         # the wait and the CPU path are parts of the envelope's time on this rank
         spent = value(text, "tpwire_envelope_seconds_sum", **received)
-        parts = value(text, "tpwire_head_wait_seconds_sum", **proto) + value(
+        parts = value(text, "tpwire_head_wait_seconds_sum", action="INFER", **proto) + value(
             text, "tpwire_cpu_path_seconds_sum", **received
         )
         assert 0 < parts <= spent
