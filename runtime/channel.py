@@ -202,19 +202,6 @@ class Channel(Generic[H, M, A]):
         token, self.terminate_token = self.terminate_token, None
         terminate.unregister(token)
 
-    def doing(self) -> str:
-        """What the TERMINATED line says this channel was doing (after "while")."""
-        now = self.policy.activity.now
-        if now is not None:
-            return now()
-        if self.poisoned:
-            return "holding a poisoned channel"
-        if self.last_sent is not None:
-            return f"between envelopes, after sending {self.ids(self.last_sent)}"
-        if self.last_header is not None:
-            return f"between envelopes, after receiving {self.ids(self.last_header)}"
-        return "between envelopes, before the first one"
-
     def terminated(self, what: str) -> None:
         # the reason's class is "SIGTERM", whatever each rank was doing, so ranks all stopped
         # by the launcher agree in ``journal diff``
@@ -226,7 +213,7 @@ class Channel(Generic[H, M, A]):
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if isinstance(exc, BaseException) and not isinstance(exc, ChannelPoisoned):
-            self._root_cause(exc)  # first, before anything else can fail
+            self.policy.root_cause(exc)  # first, before anything else can fail
         # a sender leaving the block never strands its workers: SHUTDOWN, or ERROR on failure
         if self.opened and not self.closed and not self.poisoned and self.transport.sends_on_exit():
             if not isinstance(exc, BaseException):
@@ -234,18 +221,6 @@ class Channel(Generic[H, M, A]):
             else:
                 self.error(describe(exc), error_code(exc))
         self.close()
-
-    def _root_cause(self, exc: BaseException) -> None:
-        failure = self.sender.failure
-        if failure is not None and failure[0] == id(exc):
-            where = f"while sending {self.ids(failure[1])}"
-        elif self.last_sent is not None:
-            where = f"after sending {self.ids(self.last_sent)}"
-        elif self.last_header is not None:
-            where = f"after receiving {self.ids(self.last_header)}"
-        else:
-            where = "before the first envelope"
-        log(f"tpwire[rank {self.rank}]: FAILED {where}: {printable(describe(exc))}")
 
     # -- envelopes ----------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ def shake(ch: Channel[Any, Any, Any]) -> parity.ParityMismatch | None:
     status: dict[str, object] = {"rank": ch.rank, "recorders": ch.recorders.setup(info)}
     rec = parity.record(ch.protocol, ch.options.parity_env, ch.parity_flags, status=status)
     # from here on, SIGTERM (a launcher stopping the job) prints what the rank was doing
-    ch.terminate_token = terminate.register(ch.rank, ch.doing, ch.terminated)
+    ch.terminate_token = terminate.register(ch.rank, ch.policy.doing, ch.terminated)
     try:
         records = ch.policy.collective(
             "the open handshake",

@@ -123,6 +123,34 @@ class Policy:
             log(f"{line}; exiting {EXIT_POISONED}")
             os._exit(EXIT_POISONED)
 
+    def doing(self) -> str:
+        """What the TERMINATED line says the channel was doing (after "while")."""
+        now = self.activity.now
+        if now is not None:
+            return now()
+        ch = self.channel
+        if self.poisoned:
+            return "holding a poisoned channel"
+        if ch.last_sent is not None:
+            return f"between envelopes, after sending {ch.ids(ch.last_sent)}"
+        if ch.last_header is not None:
+            return f"between envelopes, after receiving {ch.ids(ch.last_header)}"
+        return "between envelopes, before the first one"
+
+    def root_cause(self, exc: BaseException) -> None:
+        """The FAILED line for an exception leaving the channel's ``with`` block."""
+        ch = self.channel
+        failure = ch.sender.failure
+        if failure is not None and failure[0] == id(exc):
+            where = f"while sending {ch.ids(failure[1])}"
+        elif ch.last_sent is not None:
+            where = f"after sending {ch.ids(ch.last_sent)}"
+        elif ch.last_header is not None:
+            where = f"after receiving {ch.ids(ch.last_header)}"
+        else:
+            where = "before the first envelope"
+        log(f"tpwire[rank {self.rank}]: FAILED {where}: {printable(describe(exc))}")
+
     def watchdog_exit(self, what: str, seconds: float | None, header: Any = None) -> NoReturn:
         try:  # the exit comes whatever the line or the recorders run into
             header = self._last(header)
