@@ -159,6 +159,14 @@ def _missing(paths: list[str]) -> list[str]:
     return out
 
 
+def _said_missing(paths: list[str], what: str) -> bool:
+    """One line per path that names nothing ("PATH: no such file"); whether there was one."""
+    missing = _missing(paths)
+    for p in missing:
+        _err(f"{printable(p)}: {what}")
+    return bool(missing)
+
+
 def _unread(journals: list[Any]) -> list[Any]:
     """The journals of which no record could be read, each problem said in one line; the
     others are returned."""
@@ -266,10 +274,7 @@ def _compact(v: Any) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     from tpwire.runtime import journal as jr
 
-    missing = _missing(args.files)
-    if missing:
-        for p in missing:
-            _err(f"{printable(p)}: no such file")
+    if _said_missing(args.files, "no such file"):
         return EXIT_USAGE
     bad = False
     docs = []
@@ -320,10 +325,7 @@ def _channel(journal: Any) -> str:
 def cmd_diff(args: argparse.Namespace) -> int:
     from tpwire.runtime.replay import bindings_for, load
 
-    missing = _missing(args.paths)
-    if missing:
-        for p in missing:
-            _err(f"{printable(p)}: no such file or folder")
+    if _said_missing(args.paths, "no such file or folder"):
         return EXIT_USAGE
     journals = _unread(load(args.paths))
     # the ranks of one channel are compared with each other, never with another channel's
@@ -410,10 +412,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from tpwire.runtime.journal_trace import dumps, trace
     from tpwire.runtime.replay import load
 
-    missing = _missing(args.paths)
-    if missing:
-        for p in missing:
-            _err(f"{printable(p)}: no such file or folder")
+    if _said_missing(args.paths, "no such file or folder"):
         return EXIT_USAGE
     loaded = load(args.paths)
     if _one_of_the_files(args.output, loaded):  # the output would overwrite the evidence
@@ -461,10 +460,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from tpwire.runtime.escape import printable
     from tpwire.runtime.replay import bindings_for, gaps, holds_start, load, replay
 
-    missing = _missing(args.files)
-    if missing:
-        for p in missing:
-            _err(f"{printable(p)}: no such file")
+    if _said_missing(args.files, "no such file"):
         return EXIT_USAGE
     journals = _unread(load(args.files))
     if not journals:
